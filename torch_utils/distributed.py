@@ -1,0 +1,120 @@
+"""Process-group set-up that works the same on one CPU process, under torchrun on CPUs (gloo)
+and under torchrun on GPUs (nccl). Nothing here assumes CUDA."""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+_device = None
+
+
+def pick_device(name=None):
+    """Returns the device to run on: `name` if given ('cpu', 'cuda', 'cuda:1', 'mps'), else CUDA
+    when available (the local rank's GPU under torchrun), else MPS, else CPU."""
+    if name:
+        dev = torch.device(name)
+        if dev.type == 'cuda' and not torch.cuda.is_available():
+            from dnnlib.util import UserError
+            raise UserError(f'--device={name}: CUDA is not available on this machine')
+        if dev.type == 'cuda' and dev.index is None:
+            dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
+        return dev
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
+    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+        return torch.device('mps')
+    return torch.device('cpu')
+
+
+def init(device=None):
+    """Joins the torchrun process group if there is one and picks this rank's device.
+
+    Uses nccl when the device is CUDA and gloo otherwise. Without torchrun (no WORLD_SIZE in the
+    environment, or WORLD_SIZE=1) it runs as a single process and creates no group. Returns the
+    device; call once at start-up, before anything else in this module."""
+    global _device
+    _device = pick_device(device)
+    if _device.type == 'cuda':
+        torch.cuda.set_device(_device)
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault('MASTER_ADDR', 'localhost')
+        os.environ.setdefault('MASTER_PORT', '29500')
+        backend = 'nccl' if _device.type == 'cuda' else 'gloo'
+        kwargs = dict(device_id=_device) if backend == 'nccl' else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return _device
+
+
+def device():
+    """This rank's device as chosen by `init()` (CPU if `init()` was never called)."""
+    return _device if _device is not None else torch.device('cpu')
+
+
+def get_rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main():
+    return get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def print0(*args, **kwargs):
+    """`print` on rank 0 only, so that N processes do not print N copies."""
+    if get_rank() == 0:
+        print(*args, **kwargs)
+
+
+def all_reduce_sum(tensor):
+    """Sums `tensor` in place across ranks (no-op in a single process) and returns it.
+
+    gloo cannot reduce CUDA tensors of every dtype and nccl cannot reduce CPU tensors, so the
+    tensor is moved to the process group's device for the reduction and back."""
+    if not dist.is_initialized():
+        return tensor
+    work_device = device() if dist.get_backend() == 'nccl' else torch.device('cpu')
+    buf = tensor.to(work_device)
+    dist.all_reduce(buf)
+    tensor.copy_(buf)
+    return tensor
+
+
+def all_gather_object(obj):
+    """Returns the list of `obj` from every rank (a one-element list in a single process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src=0):
+    """Returns rank `src`'s `obj` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown():
+    """Leaves the process group (call at the end of a script)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def tqdm_disabled():
+    """Progress bars are drawn by rank 0 only."""
+    return get_rank() != 0

@@ -1,0 +1,168 @@
+"""Small tensor and module helpers used across training, sampling and evaluation."""
+
+import contextlib
+
+import numpy as np
+import torch
+
+
+def seed_to_int(*parts):
+    """Mixes any number of non-negative integers into one 63-bit seed (via numpy's SeedSequence),
+    so that e.g. (run seed, block index) pairs give well-separated, reproducible streams."""
+    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+class BatchRNG:
+    """Draws random tensors row-block by row-block, each block from its own seeded generator.
+
+    Row i of a draw comes from generator `seeds[i // rows_per_seed]`. Two uses:
+    - sampling: one seed per image (`rows_per_seed=1`), so an image depends only on its seed and
+      not on the batch it was drawn in;
+    - training: one seed per data-loader block, so an image's noise, σ, crop and augmentation do
+      not depend on which rank or accumulation round handles it (DDP with N ranks then computes
+      the same step as one process on the same global batch, and a resumed run repeats exactly).
+    """
+
+    def __init__(self, seeds, rows_per_seed=1, device=torch.device('cpu')):
+        self.device = torch.device(device)
+        self.rows_per_seed = int(rows_per_seed)
+        self.generators = []
+        for seed in seeds:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(seed) % (1 << 64))
+            self.generators.append(gen)
+
+    @property
+    def num_rows(self):
+        return len(self.generators) * self.rows_per_seed
+
+    def _draw(self, fn, shape, **kwargs):
+        shape = tuple(shape)
+        parts = [fn((self.rows_per_seed,) + shape, generator=gen, device=self.device, **kwargs) for gen in self.generators]
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+    def randn(self, *shape, dtype=torch.float32):
+        """Standard normal tensor of shape (num_rows, *shape)."""
+        return self._draw(torch.randn, _flat_shape(shape), dtype=dtype)
+
+    def rand(self, *shape, dtype=torch.float32):
+        """Uniform [0, 1) tensor of shape (num_rows, *shape)."""
+        return self._draw(torch.rand, _flat_shape(shape), dtype=dtype)
+
+    def randint(self, low, high, *shape):
+        """Integers in [low, high) of shape (num_rows, *shape)."""
+        shape = _flat_shape(shape)
+        parts = [torch.randint(low, high, (self.rows_per_seed,) + shape, generator=gen, device=self.device) for gen in self.generators]
+        return torch.cat(parts) if len(parts) != 1 else parts[0]
+
+    def randn_like(self, x):
+        """Like `torch.randn_like(x)` with x's first dimension being the rows."""
+        assert x.shape[0] == self.num_rows
+        return self.randn(*x.shape[1:], dtype=x.dtype if x.dtype.is_floating_point else torch.float32)
+
+
+def _flat_shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        return tuple(shape[0])
+    return tuple(shape)
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Endless stream of data-set indices, cut into blocks of `block_size`, one rank's share.
+
+    The global stream is the concatenation of per-epoch permutations (epoch e shuffled with seed
+    (seed, e)), or of the plain order with `shuffle=False`. It is cut into blocks of `block_size`
+    indices; rank r gets blocks r, r + world_size, r + 2·world_size, ... With a data loader whose
+    batch size equals `block_size`, every batch is one block, and block b holds the same images
+    whatever the number of ranks. `start_block` skips blocks already consumed (resume)."""
+
+    def __init__(self, dataset_size, rank=0, world_size=1, seed=0, block_size=1, start_block=0, shuffle=True):
+        assert dataset_size > 0 and 0 <= rank < world_size and block_size > 0
+        self.dataset_size = int(dataset_size)
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.block_size = int(block_size)
+        self.shuffle = shuffle
+        first = int(start_block)
+        self.start_block = first + (rank - first) % world_size
+
+    def first_block(self):
+        """Global index of the first block this rank yields."""
+        return self.start_block
+
+    def _epoch_order(self, epoch):
+        if not self.shuffle:
+            return np.arange(self.dataset_size)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.dataset_size)
+
+    def __iter__(self):
+        block = self.start_block
+        cached_epoch, order = None, None
+        while True:
+            begin = block * self.block_size
+            indices = []
+            for pos in range(begin, begin + self.block_size):
+                epoch, offset = divmod(pos, self.dataset_size)
+                if epoch != cached_epoch:
+                    cached_epoch, order = epoch, self._epoch_order(epoch)
+                indices.append(int(order[offset]))
+            yield from indices
+            block += self.world_size
+
+
+def params_and_buffers(module):
+    """All parameters and buffers of a module, in a stable order."""
+    return list(module.parameters()) + list(module.buffers())
+
+
+def named_params_and_buffers(module):
+    return list(module.named_parameters()) + list(module.named_buffers())
+
+
+@torch.no_grad()
+def copy_params_and_buffers(src_module, dst_module, require_all=False):
+    """Copies tensors by name from one module to another (used by --transfer and EMA set-up)."""
+    src = dict(named_params_and_buffers(src_module))
+    for name, tensor in named_params_and_buffers(dst_module):
+        if name in src:
+            if src[name].shape != tensor.shape:
+                raise ValueError(f'cannot transfer "{name}": shape {tuple(src[name].shape)} vs {tuple(tensor.shape)}')
+            tensor.copy_(src[name])
+        elif require_all:
+            raise ValueError(f'"{name}" is missing from the source network')
+
+
+@contextlib.contextmanager
+def ddp_sync(module, sync):
+    """Lets DDP all-reduce gradients only when `sync` is true (the last accumulation round)."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel) and not sync:
+        with module.no_sync():
+            yield
+    else:
+        yield
+
+
+def check_ddp_consistency(module, ignore_regex=None):
+    """Asserts that every parameter and buffer is identical on all ranks (a cheap safety net
+    before a snapshot is written)."""
+    import re
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        return
+    for name, tensor in named_params_and_buffers(module):
+        if ignore_regex is not None and re.fullmatch(ignore_regex, name):
+            continue
+        other = tensor.detach().clone()
+        dist.broadcast(tensor=other, src=0)
+        assert (tensor.nan_to_num() == other.nan_to_num()).all(), f'DDP ranks disagree on {name}'
+
+
+def count_parameters(module):
+    """Number of trainable parameters (buffers such as Fourier frequencies are not counted)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def nan_to_num_(tensor):
+    """Replaces NaN by 0 and ±inf by ±1e5, in place (done to gradients before Adam)."""
+    return torch.nan_to_num(tensor, nan=0.0, posinf=1e5, neginf=-1e5, out=tensor)

@@ -1,0 +1,149 @@
+"""Everything that makes Patch Diffusion differ from plain EDM training, in one place.
+
+- `coord_grid`: the one formula for pixel coordinates, used by training, sampling and tests:
+  pixel index i of an image of side R maps to (i / (R − 1) − 0.5)·2, so a full image spans
+  exactly [−1, 1]; channel 0 is x (column), channel 1 is y (row).
+- `coord_features`: the raw two channels, or sin/cos features at 2^0..2^(F−1) (`pos_embed=F`).
+- `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities
+  or `--progressive`), identical on every rank, and how many images that step consumes.
+- `extract_patches`: one random crop per image, with its coordinate channels.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from dnnlib.util import UserError
+from torch_utils import misc
+
+
+def coord_channels(use_coords, pos_embed=0):
+    """Number of extra input channels a network needs for its coordinates."""
+    if not use_coords:
+        return 0
+    return 4 * pos_embed if pos_embed else 2
+
+
+def coord_grid(resolution, height, width=None, y_start=0, x_start=0, device=None):
+    """(2, height, width) float32 coordinates of the pixels of a canvas whose top-left pixel sits
+    at (y_start, x_start) of an image of side `resolution`. Beyond the image (a larger canvas or
+    an offset) the values simply continue past [−1, 1]."""
+    width = height if width is None else width
+    scale = 2 / (resolution - 1) if resolution > 1 else 0.0
+    ys = (torch.arange(height, dtype=torch.float32, device=device) + y_start) * scale - 1
+    xs = (torch.arange(width, dtype=torch.float32, device=device) + x_start) * scale - 1
+    return torch.stack([xs.reshape(1, -1).expand(height, -1), ys.reshape(-1, 1).expand(-1, width)])
+
+
+def coord_features(coords, pos_embed=0):
+    """The channels fed to the network for (N, 2, H, W) coordinates: the coordinates themselves,
+    or [sin(2^k π c), cos(2^k π c)] for k < pos_embed and both axes (4·pos_embed channels)."""
+    if not pos_embed:
+        return coords
+    freqs = (2.0 ** torch.arange(pos_embed, dtype=torch.float32, device=coords.device)) * math.pi
+    angles = coords.unsqueeze(2) * freqs.reshape(1, 1, -1, 1, 1)
+    angles = angles.flatten(1, 2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def extract_patches(images, patch_size, rng=None):
+    """One `patch_size` crop per image at a uniformly random position, with its coordinates.
+
+    images: (N, C, R, R). The top-left row and column are each drawn from 0..R−patch_size
+    inclusive, per image, from `rng` (a `torch_utils.misc.BatchRNG`) or the global generator.
+    Returns (patches (N, C, s, s), coords (N, 2, s, s)). With patch_size == R the patches are the
+    images and the coordinates the full grid."""
+    n, _c, height, width = images.shape
+    s = int(patch_size)
+    if s > height or s > width:
+        raise ValueError(f'patch size {s} exceeds the image size {height}x{width}')
+    resolution = height
+    if rng is None:
+        offsets = torch.randint(0, height - s + 1, (n, 2), device=images.device)
+    else:
+        offsets = rng.randint(0, height - s + 1, 2).to(images.device)
+    rows = offsets[:, 0].reshape(n, 1, 1) + torch.arange(s, device=images.device).reshape(1, s, 1)
+    cols = offsets[:, 1].reshape(n, 1, 1) + torch.arange(s, device=images.device).reshape(1, 1, s)
+    flat_index = (rows * width + cols).reshape(n, 1, s * s)
+    patches = images.flatten(2).gather(2, flat_index.expand(-1, images.shape[1], -1)).reshape(n, -1, s, s)
+    scale = 2 / (resolution - 1)
+    coords = torch.stack([cols.expand(n, s, s), rows.expand(n, s, s)], dim=1).to(torch.float32) * scale - 1
+    return patches, coords
+
+
+def default_patch_sizes(resolution, latent=False):
+    """{R/4, R/2, R} in pixel space, {R/2, R} in latent space."""
+    if latent:
+        return [resolution // 2, resolution]
+    return [resolution // 4, resolution // 2, resolution]
+
+
+def patch_probabilities(num_sizes, real_p):
+    """Probabilities of the sizes in ascending order, the largest (full image) taking `real_p`.
+
+    The smaller sizes share 1 − real_p with weights 2, 3, 4, ... (smallest first), which gives the
+    paper's ((1 − p)·2/5, (1 − p)·3/5, p) for three sizes and (1 − p, p) for two."""
+    if num_sizes == 1:
+        return [1.0]
+    weights = np.arange(2, num_sizes + 1, dtype=np.float64)
+    probs = list((1 - real_p) * weights / weights.sum()) + [real_p]
+    return [float(p) for p in probs]
+
+
+def parse_patch_sizes(text, resolution, down_factor, latent=False):
+    """Validates `--patch-sizes` (comma-separated, or None for the default) against the image
+    side and the network's down-sampling factor; returns the ascending list of sides, always
+    ending with the full image."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        sizes = default_patch_sizes(resolution, latent)
+    else:
+        try:
+            sizes = [int(s) for s in (text.split(',') if isinstance(text, str) else text)]
+        except ValueError:
+            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of integers') from None
+    sizes = sorted(set(sizes) | {resolution})
+    for s in sizes:
+        if s <= 0 or s > resolution or resolution % s != 0:
+            raise UserError(f'--patch-sizes: {s} does not divide the image side {resolution}')
+        if s % down_factor != 0:
+            raise UserError(f'--patch-sizes: {s} is not divisible by the network\'s down-sampling factor {down_factor}')
+    return sizes
+
+
+class PatchSchedule:
+    """Picks the patch side of each training step and the image multiplier that goes with it.
+
+    The random draw for step k comes from a generator seeded with (seed, k), so every rank picks
+    the same side without communicating, and a resumed run repeats the same sequence.
+    `progressive=True` instead uses the smallest side for the first fraction of training equal
+    to its probability, then the next, and full images last."""
+
+    def __init__(self, resolution, sizes, real_p=0.5, seed=0, progressive=False):
+        if not 0 <= real_p <= 1:
+            raise UserError(f'--real_p: {real_p} is outside [0, 1]')
+        self.resolution = int(resolution)
+        self.sizes = [int(s) for s in sizes]
+        assert self.sizes == sorted(self.sizes) and self.sizes[-1] == self.resolution
+        self.probs = patch_probabilities(len(self.sizes), real_p)
+        self.seed = seed
+        self.progressive = progressive
+
+    def batch_mul(self, size):
+        """Images per image-slot for patches of side `size`: R // size."""
+        return self.resolution // int(size)
+
+    def size_for_step(self, step, progress=0.0):
+        """Patch side for training step `step`; `progress` is the fraction of training done
+        (only `progressive` uses it)."""
+        if self.progressive:
+            edges = np.cumsum(self.probs)
+            index = int(np.searchsorted(edges, progress, side='right'))
+            candidates = [i for i in range(index, len(self.sizes)) if self.probs[i] > 0]
+            return self.sizes[candidates[0] if candidates else -1]
+        rng = np.random.default_rng(misc.seed_to_int(self.seed, step))
+        return int(self.sizes[rng.choice(len(self.sizes), p=self.probs)])
+
+    def expected_batch_mul(self):
+        """Average images per image-slot over the random draw."""
+        return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.sizes)))
