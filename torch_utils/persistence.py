@@ -69,6 +69,7 @@ def persistent_class(orig_class):
             return tuple(fields)
 
     Persistent.__name__ = orig_class.__name__
+    Persistent.__module__ = orig_class.__module__
     Persistent.__qualname__ = orig_class.__qualname__
     Persistent.__doc__ = orig_class.__doc__
     _persistent_classes.add(Persistent)
