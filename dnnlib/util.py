@@ -220,6 +220,9 @@ class atomic_write:
     def __exit__(self, exc_type, _exc, _tb):
         self.file.close()
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp_path, 0o666 & ~umask)
             os.replace(self.tmp_path, self.path)
         else:
             os.unlink(self.tmp_path)

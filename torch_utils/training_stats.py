@@ -36,7 +36,7 @@ class Collector:
     `regex` selects which names to collect. Every rank must call `update()` together, and names
     appear in sorted order so that all ranks reduce the same tensor."""
 
-    def __init__(self, regex='.*', keep_previous=True):
+    def __init__(self, regex='.*', keep_previous=False):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
         self._moments = {}

@@ -1,0 +1,281 @@
+"""Train a Patch Diffusion (or plain EDM) denoiser.
+
+Runs as one process (`python train.py ...`) or as N processes
+(`torchrun --standalone --nproc_per_node=N train.py ...`), on CPUs (gloo) or GPUs (nccl).
+Options and defaults are EDM's, plus the patch options of Patch Diffusion."""
+
+import json
+import os
+import re
+
+import click
+import torch
+
+import dnnlib
+from dnnlib.util import UserError, atomic_write
+from torch_utils import distributed as dist
+from training import patch as patch_lib
+from training import training_loop
+
+ARCHITECTURES = {
+    'ddpmpp': dict(model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                   channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'ncsnpp': dict(model_type='SongUNet', embedding_type='fourier', encoder_type='residual', decoder_type='standard',
+                   channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2]),
+    'adm': dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
+}
+
+PRECONDITIONINGS = {
+    'vp': ('training.networks.VPPrecond', 'training.loss.VPLoss'),
+    've': ('training.networks.VEPrecond', 'training.loss.VELoss'),
+    'edm': ('training.networks.EDMPrecond', 'training.loss.EDMLoss'),
+}
+
+
+def parse_int_list(text):
+    """'1,2,4' or '0-3' → list of ints (as EDM's --cres)."""
+    if isinstance(text, list):
+        return text
+    values = []
+    for part in text.split(','):
+        match = re.fullmatch(r'^(\d+)-(\d+)$', part.strip())
+        if match:
+            values.extend(range(int(match.group(1)), int(match.group(2)) + 1))
+        else:
+            values.append(int(part))
+    return values
+
+
+class IntList(click.ParamType):
+    name = 'LIST'
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, list):
+            return value
+        try:
+            return parse_int_list(value)
+        except ValueError:
+            self.fail(f'"{value}" is not a comma-separated list of integers', param, ctx)
+
+
+def next_run_dir(outdir, desc):
+    """`<outdir>/<id:05d>-<desc>`, id one more than the largest existing id."""
+    ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
+           if (m := re.match(r'^(\d+)-', name)) and os.path.isdir(os.path.join(outdir, name))]
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+
+
+def dataset_options(data, use_labels, xflip, cache, train_on_latents):
+    """Data-set kwargs for `training.dataset`, opening the data set once to validate it."""
+    if not os.path.exists(data):
+        raise UserError(f'--data: "{data}" does not exist')
+    kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=use_labels,
+                             xflip=xflip, cache=cache)
+    dataset = dnnlib.construct_class_by_name(**kwargs)
+    if use_labels and not dataset.has_labels:
+        raise UserError(f'--cond: data set "{data}" has no labels (dataset.json with "labels")')
+    kwargs.resolution = dataset.resolution
+    kwargs.max_size = len(dataset)
+    return kwargs, dataset
+
+
+def build_config(opts, world_size):
+    """Turns the command-line options into the keyword arguments of `training_loop`, validating
+    everything that can be checked before any file is written."""
+    c = dnnlib.EasyDict()
+    if opts.precond == 'pedm':
+        opts.precond, opts.patch = 'edm', True
+    if not 0 <= opts.real_p <= 1:
+        raise UserError(f'--real_p: {opts.real_p} is outside [0, 1]')
+    if opts.fp16 and opts.bf16:
+        raise UserError('--fp16 and --bf16: choose one')
+
+    c.dataset_kwargs, dataset = dataset_options(opts.data, opts.cond, opts.xflip, opts.cache, opts.train_on_latents)
+    dataset_name = dataset.name
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2,
+                                           persistent_workers=opts.workers > 0)
+
+    arch = dict(ARCHITECTURES[opts.arch])
+    if opts.cbase is not None:
+        arch['model_channels'] = opts.cbase
+    if opts.cres is not None:
+        arch['channel_mult'] = opts.cres
+    precond_class, loss_class = PRECONDITIONINGS[opts.precond]
+    c.network_kwargs = dnnlib.EasyDict(class_name=precond_class, **arch, dropout=opts.dropout, use_fp16=opts.fp16)
+    if opts.bf16:
+        c.network_kwargs.use_bf16 = True
+    if opts.label_dropout:
+        c.network_kwargs.label_dropout = opts.label_dropout
+    c.loss_kwargs = dnnlib.EasyDict(class_name=loss_class)
+    if opts.precond == 'edm':
+        c.loss_kwargs.update(P_mean=opts.P_mean, P_std=opts.P_std, sigma_data=opts.sigma_data)
+        c.network_kwargs.sigma_data = opts.sigma_data
+
+    down_factor = 2 ** (len(arch['channel_mult']) - 1)
+    resolution = dataset.resolution
+    if resolution % down_factor != 0:
+        raise UserError(f'--data: resolution {resolution} is not divisible by the network\'s down-sampling factor '
+                        f'{down_factor} (--arch={opts.arch}, channel_mult={arch["channel_mult"]})')
+
+    c.patch_kwargs = None
+    if opts.patch:
+        c.network_kwargs.use_coords = True
+        if opts.pos_embed:
+            c.network_kwargs.pos_embed = opts.pos_embed
+        sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent=bool(opts.train_on_latents))
+        c.patch_kwargs = dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive)
+
+    augment = opts.augment if opts.augment is not None else (0.0 if opts.patch else 0.12)
+    c.augment_kwargs = None
+    if augment:
+        c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=augment, xflip=1e8, yflip=1,
+                                           scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+        pipe = dnnlib.construct_class_by_name(**c.augment_kwargs)
+        c.network_kwargs.augment_dim = pipe.label_dim
+
+    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
+    c.total_kimg = opts.duration * 1000
+    c.ema_halflife_kimg = int(opts.ema * 1000)
+    c.lr_rampup_kimg = opts.lr_rampup
+    c.batch_size = opts.batch
+    c.batch_gpu = opts.batch_gpu
+    if opts.batch_gpu is not None and opts.batch % (opts.batch_gpu * world_size) != 0:
+        raise UserError(f'--batch={opts.batch} is not divisible by --batch-gpu={opts.batch_gpu} times {world_size} processes')
+    if opts.batch % world_size != 0:
+        raise UserError(f'--batch={opts.batch} is not divisible by the number of processes ({world_size})')
+    c.loss_scaling = opts.ls
+    c.cudnn_benchmark = opts.bench
+    c.kimg_per_tick = opts.tick
+    c.snapshot_ticks = opts.snap
+    c.state_dump_ticks = opts.dump
+
+    if opts.transfer is not None:
+        if opts.resume is not None:
+            raise UserError('--transfer and --resume: choose one')
+        c.resume_pkl = opts.transfer
+    if opts.resume is not None:
+        c.resume_state = training_loop.find_resume_state(opts.resume)
+
+    cond = 'cond' if opts.cond else 'uncond'
+    precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
+    dtype = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
+    desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}-gpus{world_size}-batch{opts.batch}-{dtype}'
+    if opts.desc is not None:
+        desc += f'-{opts.desc}'
+    return c, desc
+
+
+@click.command(context_settings=dict(show_default=True, max_content_width=100))
+@click.option('--outdir', help='Where to save the results', metavar='DIR', type=str, required=True)
+@click.option('--data', help='Path to the dataset (folder or zip)', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--cond', help='Train class-conditional model', metavar='BOOL', type=bool, default=False)
+@click.option('--arch', help='Network architecture', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp')
+@click.option('--precond', help='Preconditioning & loss function (pedm = edm with patches)',
+              type=click.Choice(['vp', 've', 'edm', 'pedm']), default='edm')
+@click.option('--patch', help='Train on patches with coordinate channels (0 = plain EDM)', metavar='BOOL', type=bool, default=True)
+@click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=0.5)
+@click.option('--patch-sizes', 'patch_sizes', help='Patch sides [default: R/4,R/2,R; latents R/2,R]', metavar='LIST', type=str, default=None)
+@click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
+@click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
+              type=click.IntRange(min=0), default=0)
+@click.option('--train_on_latents', help='Train on Stable Diffusion VAE latents', metavar='BOOL', type=bool, default=False)
+@click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True), default=200)
+@click.option('--batch', help='Total batch size (image slots per step)', metavar='INT', type=click.IntRange(min=1), default=512)
+@click.option('--batch-gpu', 'batch_gpu', help='Limit batch size per process', metavar='INT', type=click.IntRange(min=1))
+@click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=IntList())
+@click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
+@click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
+@click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
+@click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)
+@click.option('--label-dropout', 'label_dropout', help='Class-label dropout probability (for CFG)', metavar='FLOAT',
+              type=click.FloatRange(min=0, max=1), default=0)
+@click.option('--augment', help='Augment probability  [default: 0.12, or 0 with patches]', metavar='FLOAT', type=click.FloatRange(min=0, max=1))
+@click.option('--xflip', help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False)
+@click.option('--P_mean', 'P_mean', help='Mean of ln(sigma) in training (EDM)', metavar='FLOAT', type=float, default=-1.2)
+@click.option('--P_std', 'P_std', help='Std of ln(sigma) in training (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.2)
+@click.option('--sigma_data', 'sigma_data', help='Data standard deviation (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=0.5)
+@click.option('--fp16', help='Enable mixed-precision training (CUDA)', metavar='BOOL', type=bool, default=False)
+@click.option('--bf16', help='Enable bfloat16 network body (CUDA)', metavar='BOOL', type=bool, default=False)
+@click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
+@click.option('--bench', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
+@click.option('--cache', help='Cache dataset in CPU memory', metavar='BOOL', type=bool, default=True)
+@click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=1)
+@click.option('--device', help='Force a device (cpu, cuda, cuda:1, mps)  [default: CUDA if available]', metavar='STR', type=str)
+@click.option('--desc', help='String to include in result dir name', metavar='STR', type=str)
+@click.option('--nosubdir', help='Do not create a subdirectory for results', is_flag=True)
+@click.option('--tick', help='How often to print progress', metavar='KIMG', type=click.FloatRange(min=0, min_open=True), default=50)
+@click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50)
+@click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500)
+@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
+@click.option('--transfer', help='Transfer learning from network pickle', metavar='PKL|URL', type=str)
+@click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
+@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
+def main(**kwargs):
+    """Train a diffusion model on patches (Patch Diffusion) or full images (EDM).
+
+    \b
+    Examples:
+    \b
+    # Patch Diffusion on 32x32 digits, one CPU process
+    python train.py --outdir=runs --data=datasets/mnist-32x32.zip --cbase=32 --cres=1,2,2 \\
+        --batch=32 --duration=0.05 --lr-rampup=1 --tick=2 --snap=10
+    \b
+    # CelebA-64 as in the paper, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 train.py --outdir=runs \\
+        --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
+    """
+    opts = dnnlib.EasyDict(kwargs)
+    device = dist.init(opts.device)
+    torch.multiprocessing.set_sharing_strategy('file_system')
+    c, desc = build_config(opts, dist.get_world_size())
+
+    seed = opts.seed
+    if seed is None:
+        seed = int(torch.randint(1 << 31, size=[]))
+    c.seed = dist.broadcast_object(seed)
+
+    if opts.nosubdir:
+        c.run_dir = opts.outdir
+    else:
+        c.run_dir = dist.broadcast_object(next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None)
+
+    dist.print0()
+    dist.print0('Training options:')
+    dist.print0(json.dumps(c, indent=2))
+    dist.print0()
+    dist.print0(f'Output directory:        {c.run_dir}')
+    dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
+    dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
+    dist.print0(f'Network architecture:    {opts.arch}')
+    dist.print0(f'Preconditioning & loss:  {opts.precond}{" + patches" if opts.patch else ""}')
+    dist.print0(f'Device:                  {device}')
+    dist.print0(f'Number of processes:     {dist.get_world_size()}')
+    dist.print0(f'Batch size:              {c.batch_size}')
+    dist.print0(f'Mixed-precision:         {"fp16" if opts.fp16 else "bf16" if opts.bf16 else "off"}')
+    dist.print0()
+
+    if opts.dry_run:
+        dist.print0('Dry run; exiting.')
+        dist.shutdown()
+        return
+
+    dist.print0('Creating output directory...')
+    logger = None
+    if dist.get_rank() == 0:
+        os.makedirs(c.run_dir, exist_ok=True)
+        with atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
+            json.dump(c, f, indent=2)
+        logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)
+    dist.barrier()
+
+    try:
+        training_loop.training_loop(**c, device=device)
+    finally:
+        if logger is not None:
+            logger.close()
+    dist.shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,416 @@
+"""The training loop: EDM's loop with the patch schedule plugged into it.
+
+One step: pick the patch side s for the step (the same on every rank), take R // s data-loader
+blocks per accumulation round, compute the loss on one random crop per image, accumulate
+gradients, then update Adam, the learning-rate ramp and the EMA from the number of images
+actually consumed. All randomness of an image (augmentation, crop, σ, noise) comes from the
+generator of its data-loader block, so the run does not depend on how the global batch is split
+over ranks and rounds, and a resumed run repeats the uninterrupted one exactly.
+"""
+
+import copy
+import glob
+import json
+import os
+import pickle
+import re
+import time
+
+import numpy as np
+import psutil
+import torch
+
+import dnnlib
+from dnnlib.util import UserError, atomic_write
+from torch_utils import distributed as dist
+from torch_utils import misc, training_stats
+from training import patch as patch_lib
+
+# ----------------------------------------------------------------------------------------------
+# Files of a run.
+
+
+def snapshot_name(kimg):
+    return f'network-snapshot-{int(kimg):06d}.pkl'
+
+
+def state_name(kimg):
+    return f'training-state-{int(kimg):06d}.pt'
+
+
+def find_resume_state(path):
+    """The training-state file to resume from: `path` itself, or the latest state in a run folder."""
+    if os.path.isdir(path):
+        states = sorted(glob.glob(os.path.join(path, 'training-state-*.pt')), key=_kimg_of)
+        if not states:
+            raise UserError(f'--resume: run folder "{path}" holds no training-state-*.pt file')
+        return states[-1]
+    if not os.path.isfile(path):
+        raise UserError(f'--resume: "{path}" does not exist')
+    return path
+
+
+def _kimg_of(path):
+    match = re.search(r'-(\d+)\.\w+$', os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def load_state(path):
+    """Reads a training-state file written by `save_state`, with a clear error for anything else."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as err:
+        raise UserError(f'--resume: "{path}" is not a readable training state ({type(err).__name__})') from None
+    if not isinstance(state, dict) or 'net' not in state or 'nimg' not in state:
+        raise UserError(f'--resume: "{path}" is not a training-state file written by train.py')
+    return state
+
+
+def _rng_state():
+    """This process's global RNG states (used by dropout and the data-loader workers' seeds)."""
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state())
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state['torch'])
+    np.random.set_state(state['numpy'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of a step.
+
+
+def build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs):
+    """This rank's endless iterator of data-loader blocks (batches of `batch_gpu` images)."""
+    sampler = misc.InfiniteSampler(len(dataset), rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                   seed=seed, block_size=batch_gpu, start_block=start_block)
+    kwargs = dict(data_loader_kwargs)
+    if dist.device().type != 'cuda':
+        kwargs.pop('pin_memory', None)
+    if not kwargs.get('num_workers'):
+        kwargs.pop('prefetch_factor', None)
+        kwargs.pop('persistent_workers', None)
+    loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, **kwargs)
+    return iter(loader), sampler.first_block()
+
+
+def images_to_float(images, device):
+    """uint8 NCHW → float32 in [−1, 1] on the device."""
+    return images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+
+
+def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio):
+    """ema ← β·ema + (1 − β)·net with β = 0.5^(images in step / h), h = min(half-life, ratio·nimg)."""
+    halflife = ema_halflife_kimg * 1000
+    if ema_rampup_ratio is not None:
+        halflife = min(halflife, nimg * ema_rampup_ratio)
+    beta = 0.5 ** (images_in_step / max(halflife, 1e-8))
+    with torch.no_grad():
+        for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+            p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+        for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+            b_ema.copy_(b_net.detach())
+
+
+def sanitize_gradients(net):
+    """NaN → 0 and ±∞ → ±1e5 in every gradient, so one bad batch cannot poison Adam."""
+    for param in net.parameters():
+        if param.grad is not None:
+            misc.nan_to_num_(param.grad)
+
+
+def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, encoder=None):
+    """`network-snapshot-<kimg>.pkl`: the EMA network (eval, CPU) and what generate.py needs."""
+    data = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
+    if encoder is not None:
+        data['encoder'] = encoder
+    for key, value in list(data.items()):
+        if isinstance(value, torch.nn.Module):
+            value = copy.deepcopy(value).eval().requires_grad_(False)
+            misc.check_ddp_consistency(value)
+            data[key] = value.cpu()
+    path = os.path.join(run_dir, snapshot_name(kimg))
+    if dist.get_rank() == 0:
+        with atomic_write(path, 'wb') as f:
+            pickle.dump(data, f)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def format_tick_line(fields):
+    """The status line printed every tick."""
+    parts = [f'tick {fields["tick"]:<5d}', f'kimg {fields["kimg"]:<9.3f}', f'time {_fmt_time(fields["time"]):<12s}',
+             f'sec/tick {fields["sec_per_tick"]:<7.1f}', f'sec/kimg {fields["sec_per_kimg"]:<7.2f}',
+             f'cpumem {fields["cpumem_gb"]:<5.2f}']
+    if fields.get('gpumem_gb') is not None:
+        parts.append(f'gpumem {fields["gpumem_gb"]:<5.2f}')
+    parts.append(f'loss {fields["loss"]:<8.4f}')
+    for size, value in sorted(fields.get('loss_by_patch', {}).items(), key=lambda kv: int(kv[0])):
+        parts.append(f'loss@{size} {value:<8.4f}')
+    return ' '.join(parts)
+
+
+def _fmt_time(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f'{seconds}s'
+    if seconds < 3600:
+        return f'{seconds // 60}m {seconds % 60:02d}s'
+    if seconds < 86400:
+        return f'{seconds // 3600}h {(seconds // 60) % 60:02d}m'
+    return f'{seconds // 86400}d {(seconds // 3600) % 24:02d}h'
+
+
+def write_stats(run_dir, records):
+    """Rewrites `stats.jsonl` (one JSON line per tick) atomically."""
+    with atomic_write(os.path.join(run_dir, 'stats.jsonl'), 'w', encoding='utf-8') as f:
+        for record in records:
+            f.write(json.dumps(record) + '\n')
+
+
+def write_loss_plot(run_dir, records):
+    """`loss.png`: total loss and loss per patch side against kimg."""
+    from dnnlib import plot
+    if len(records) < 2:
+        return
+    series = {'all': [(r['kimg'], r['loss']) for r in records if np.isfinite(r['loss'])]}
+    sizes = sorted({int(s) for r in records for s in r.get('loss_by_patch', {})})
+    for size in sizes:
+        points = [(r['kimg'], r['loss_by_patch'][str(size)]) for r in records if str(size) in r.get('loss_by_patch', {})]
+        series[f'patch {size}'] = points
+    plot.line_plot(os.path.join(run_dir, 'loss.png'), series, xlabel='kimg', ylabel='loss', title='training loss', logy=True)
+
+
+def save_sample_grid(run_dir, kimg, ema, device, encoder=None, num_images=64):
+    """`samples-<kimg>.png`: a grid from the EMA network with fixed seeds (the sampler of
+    generate.py, 18 steps)."""
+    from training import sampler
+    images = sampler.sample_images(ema, seeds=list(range(num_images)), device=device, decoder=encoder)
+    sampler.save_image_grid(images, os.path.join(run_dir, f'samples-{int(kimg):06d}.png'))
+
+
+def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
+    """`reals.png`: the first training images, for comparison with the sample grids."""
+    from training import sampler
+    count = min(num_images, len(dataset))
+    images = torch.as_tensor(np.stack([dataset[i][0] for i in range(count)]))
+    if encoder is not None and images.dtype != torch.uint8:
+        images = encoder.decode(images)
+    sampler.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def training_loop(
+    run_dir='.',
+    dataset_kwargs=None,
+    data_loader_kwargs=None,
+    network_kwargs=None,
+    loss_kwargs=None,
+    optimizer_kwargs=None,
+    augment_kwargs=None,
+    patch_kwargs=None,
+    encoder_kwargs=None,
+    seed=0,
+    batch_size=512,
+    batch_gpu=None,
+    total_kimg=200000,
+    ema_halflife_kimg=500,
+    ema_rampup_ratio=0.05,
+    lr_rampup_kimg=10000,
+    loss_scaling=1,
+    kimg_per_tick=50,
+    snapshot_ticks=50,
+    state_dump_ticks=500,
+    sample_grid=True,
+    resume_pkl=None,
+    resume_state=None,
+    cudnn_benchmark=True,
+    device=torch.device('cpu'),
+):
+    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`."""
+    start_time = time.time()
+    torch.manual_seed(misc.seed_to_int(seed, 1, dist.get_rank()))
+    np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    world = dist.get_world_size()
+    batch_gpu_total = batch_size // world
+    if batch_gpu is None or batch_gpu > batch_gpu_total:
+        batch_gpu = batch_gpu_total
+    rounds = batch_gpu_total // batch_gpu
+    if batch_size != batch_gpu * rounds * world:
+        raise UserError(f'--batch={batch_size} is not divisible by --batch-gpu={batch_gpu} times {world} processes')
+
+    dist.print0('Loading data set...')
+    dataset = dnnlib.construct_class_by_name(**dataset_kwargs)
+    encoder = dnnlib.construct_class_by_name(**encoder_kwargs) if encoder_kwargs else None
+    if encoder is not None:
+        encoder.init(device)
+
+    net_resolution, net_channels = dataset.resolution, dataset.num_channels
+    if encoder is not None:
+        net_resolution, net_channels = encoder.latent_shape(dataset)
+    dist.print0('Constructing network...')
+    net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=net_resolution, img_channels=net_channels,
+                                         label_dim=dataset.label_dim)
+    net.train().requires_grad_(True).to(device)
+    if net_resolution % net.down_factor != 0:
+        raise UserError(f'--data: resolution {net_resolution} is not divisible by the network\'s down-sampling factor {net.down_factor}')
+
+    schedule = None
+    if net.use_coords:
+        sizes = patch_lib.parse_patch_sizes(patch_kwargs.get('patch_sizes'), net_resolution, net.down_factor,
+                                            latent=encoder is not None)
+        schedule = patch_lib.PatchSchedule(net_resolution, sizes, real_p=patch_kwargs.get('real_p', 0.5), seed=seed,
+                                           progressive=patch_kwargs.get('progressive', False))
+        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)' for s, p in zip(schedule.sizes, schedule.probs)))
+
+    dist.print0(f'Network parameters: {misc.count_parameters(net):,}')
+    dist.print0('Setting up optimizer...')
+    loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
+    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+
+    nimg, step, cur_tick, start_block, stats_records = 0, 0, 0, 0, []
+    if resume_pkl is not None:
+        dist.print0(f'Loading network weights from "{resume_pkl}"...')
+        with dnnlib.util.open_url(resume_pkl) as f:
+            data = pickle.load(f)
+        misc.copy_params_and_buffers(data['ema'], net, require_all=False)
+        misc.copy_params_and_buffers(data['ema'], ema, require_all=False)
+        del data
+    if resume_state is not None:
+        dist.print0(f'Resuming from "{resume_state}"...')
+        state = load_state(resume_state)
+        net.load_state_dict(state['net'])
+        ema.load_state_dict(state['ema'])
+        optimizer.load_state_dict(state['optimizer_state'])
+        nimg, step, cur_tick, start_block = state['nimg'], state['step'], state['tick'], state['blocks_consumed']
+        stats_records = list(state.get('stats', []))
+        rng_states = state.get('rng_states', [])
+        if dist.get_rank() < len(rng_states):
+            _set_rng_state(rng_states[dist.get_rank()])
+        del state
+
+    ddp = net
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
+                                                        broadcast_buffers=False)
+
+    data_iter, first_block = build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
+    rank_blocks_taken = 0
+    blocks_consumed = start_block
+    if dist.get_rank() == 0 and sample_grid and resume_state is None:
+        save_reals_grid(run_dir, dataset, encoder)
+
+    dist.print0(f'Training for {total_kimg} kimg...')
+    dist.print0()
+    tick_start_nimg = nimg
+    tick_start_time = time.time()
+    maintenance_time = tick_start_time - start_time
+    dist.barrier()
+    while True:
+        progress = nimg / max(total_kimg * 1000, 1)
+        patch_size = schedule.size_for_step(step, progress) if schedule is not None else None
+        batch_mul = schedule.batch_mul(patch_size) if schedule is not None else 1
+        images_per_rank = batch_gpu * rounds * batch_mul
+
+        optimizer.zero_grad(set_to_none=True)
+        for round_idx in range(rounds):
+            blocks, block_ids = [], []
+            for _ in range(batch_mul):
+                blocks.append(next(data_iter))
+                block_ids.append(first_block + rank_blocks_taken * world)
+                rank_blocks_taken += 1
+            images = torch.cat([b[0] for b in blocks])
+            labels = torch.cat([b[1] for b in blocks]).to(device)
+            rng = misc.BatchRNG([misc.seed_to_int(seed, 3, b) for b in block_ids], rows_per_seed=batch_gpu, device=device)
+            if encoder is not None:
+                images = encoder.encode(images.to(device), rng)
+            else:
+                images = images_to_float(images, device)
+            with misc.ddp_sync(ddp, sync=(round_idx == rounds - 1)):
+                loss = loss_fn(net=ddp, images=images, labels=labels, augment_pipe=augment_pipe,
+                               patch_size=patch_size, rng=rng)
+                per_image = loss.detach().mean(dim=(1, 2, 3))
+                training_stats.report('Loss/loss', per_image)
+                if patch_size is not None:
+                    training_stats.report(f'Loss/patch{patch_size}', per_image)
+                loss.sum().mul(loss_scaling / images_per_rank).backward()
+
+        for group in optimizer.param_groups:
+            group['lr'] = optimizer_kwargs['lr'] * min(nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+        sanitize_gradients(net)
+        optimizer.step()
+
+        images_in_step = batch_size * batch_mul
+        nimg += images_in_step
+        blocks_consumed += rounds * batch_mul * world
+        step += 1
+        update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio)
+
+        done = nimg >= total_kimg * 1000
+        if not done and cur_tick != 0 and nimg < tick_start_nimg + kimg_per_tick * 1000:
+            continue
+
+        tick_end_time = time.time()
+        training_stats.default_collector.update()
+        collected = training_stats.default_collector
+        sec_per_tick = tick_end_time - tick_start_time
+        fields = dict(
+            tick=cur_tick, kimg=nimg / 1e3, step=step, time=tick_end_time - start_time,
+            sec_per_tick=sec_per_tick, sec_per_kimg=sec_per_tick / max(nimg - tick_start_nimg, 1) * 1e3,
+            maintenance_sec=maintenance_time, cpumem_gb=psutil.Process(os.getpid()).memory_info().rss / 2**30,
+            gpumem_gb=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == 'cuda' else None,
+            loss=collected.mean('Loss/loss'), lr=optimizer.param_groups[0]['lr'],
+            loss_by_patch={name.split('patch')[-1]: collected.mean(name) for name in collected.names()
+                           if name.startswith('Loss/patch') and collected.num(name) > 0},
+            timestamp=time.time())
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+        dist.print0(format_tick_line(fields))
+        stats_records.append(fields)
+
+        if dist.get_rank() == 0:
+            write_stats(run_dir, stats_records)
+
+        if snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0):
+            save_snapshot(run_dir, nimg // 1000, ema, loss_fn, augment_pipe, dataset_kwargs, encoder)
+            if sample_grid and dist.get_rank() == 0:
+                save_sample_grid(run_dir, nimg // 1000, ema, device, encoder)
+            if dist.get_rank() == 0:
+                write_loss_plot(run_dir, stats_records)
+
+        if state_dump_ticks is not None and (done or (cur_tick % state_dump_ticks == 0 and cur_tick != 0)):
+            rng_states = dist.all_gather_object(_rng_state())
+            if dist.get_rank() == 0:
+                state = dict(net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
+                             nimg=nimg, step=step, tick=cur_tick + 1, blocks_consumed=blocks_consumed,
+                             rng_states=rng_states, stats=stats_records, network_kwargs=network_kwargs)
+                with atomic_write(os.path.join(run_dir, state_name(nimg // 1000)), 'wb') as f:
+                    torch.save(state, f)
+        dist.barrier()
+
+        cur_tick += 1
+        tick_start_nimg = nimg
+        tick_start_time = time.time()
+        maintenance_time = tick_start_time - tick_end_time
+        if done:
+            break
+
+    dist.print0()
+    dist.print0('Exiting...')
