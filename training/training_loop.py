@@ -95,7 +95,10 @@ def build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
     if not kwargs.get('num_workers'):
         kwargs.pop('prefetch_factor', None)
         kwargs.pop('persistent_workers', None)
-    loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, **kwargs)
+    # A generator of its own keeps the loader from drawing on the global RNG (which dropout uses
+    # and a resumed run restores) and makes worker seeds reproducible.
+    generator = torch.Generator().manual_seed(misc.seed_to_int(seed, 4, dist.get_rank(), start_block))
+    loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, generator=generator, **kwargs)
     return iter(loader), sampler.first_block()
 
 

@@ -1,0 +1,251 @@
+"""train.py end to end on a tiny network: the files a run leaves, exact resume, DDP equivalence
+with two gloo processes, and the one-line errors for bad input."""
+
+import io
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.01']
+
+
+def make_zip(path, count=64, size=16, labels=True, channels=1):
+    """A tiny EDM-format data set of real MNIST digits (from the bundled npz)."""
+    data = np.load(os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz'))
+    entries = []
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+        for i in range(count):
+            img = Image.fromarray(data['images'][i]).resize((size, size), Image.LANCZOS)
+            if channels == 3:
+                img = img.convert('RGB')
+            buf = io.BytesIO()
+            img.save(buf, format='PNG')
+            name = f'{i // 1000:05d}/img{i:08d}.png'
+            z.writestr(name, buf.getvalue())
+            entries.append([name, int(data['labels'][i])])
+        z.writestr('dataset.json', json.dumps({'labels': entries if labels else None}))
+    return str(path)
+
+
+def run_train(args, nproc=1, timeout=600):
+    """Runs train.py in a subprocess (under torchrun for nproc > 1) and returns the result."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    if nproc == 1:
+        cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + args
+    else:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+               os.path.join(ROOT, 'train.py')] + args
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def run_dir_of(outdir):
+    dirs = sorted(d for d in os.listdir(outdir) if os.path.isdir(os.path.join(outdir, d)))
+    assert len(dirs) == 1, dirs
+    return os.path.join(outdir, dirs[0])
+
+
+def read_stats(run_dir):
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'digits.zip')
+
+
+def test_run_leaves_snapshot_grid_stats_and_state(digits, tmp_path):
+    outdir = tmp_path / 'runs'
+    run_train(['--outdir', str(outdir), '--data', digits, '--batch=8', '--duration=0.00005', '--tick=0.001',
+               '--snap=2', '--dump=2', '--seed=3', '--patch-sizes=4,8'] + TINY)
+    run_dir = run_dir_of(outdir)
+    assert os.path.basename(run_dir) == '00000-digits-uncond-ddpmpp-pedm-gpus1-batch8-fp32'
+    names = set(os.listdir(run_dir))
+    assert {'training_options.json', 'log.txt', 'stats.jsonl', 'reals.png', 'loss.png'} <= names
+    snapshots = sorted(n for n in names if n.startswith('network-snapshot-'))
+    assert snapshots and any(n.startswith('samples-') for n in names)
+    assert any(n.startswith('training-state-') for n in names)
+    assert not any(n.endswith('.tmp') for n in names)
+
+    stats = read_stats(run_dir)
+    assert stats[-1]['kimg'] >= 0.05 and all(np.isfinite(s['loss']) for s in stats)
+    seen_sizes = {int(k) for s in stats for k in s['loss_by_patch']}
+    assert seen_sizes <= {4, 8, 16} and len(seen_sizes) >= 2
+    # Image counts are real images: each step adds batch * (16 // patch side).
+    steps = [s['step'] for s in stats]
+    assert steps == sorted(steps)
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        log = f.read()
+    assert 'tick 0 ' in log and 'loss@' in log
+
+    with open(os.path.join(run_dir, snapshots[-1]), 'rb') as f:
+        snap = pickle.load(f)
+    assert set(snap) >= {'ema', 'loss_fn', 'augment_pipe', 'dataset_kwargs'}
+    net = snap['ema']
+    assert net.use_coords and net.img_channels == 1 and not net.training
+    assert next(net.parameters()).device.type == 'cpu'
+    with Image.open(os.path.join(run_dir, 'samples-000000.png')) as img:
+        assert img.mode == 'L' and img.size[0] >= 16 * 8
+
+
+def test_image_count_follows_patch_multiplier(digits, tmp_path):
+    """Fix 3: kimg counts the images consumed, batch · R // s per step."""
+    outdir = tmp_path / 'runs'
+    run_train(['--outdir', str(outdir), '--data', digits, '--batch=4', '--duration=0.00003', '--tick=0.0001',
+               '--snap=1000', '--dump=1000', '--seed=5'] + TINY)
+    stats = read_stats(run_dir_of(outdir))
+    previous = 0
+    for record in stats:
+        (size,) = [int(k) for k in record['loss_by_patch']]
+        assert round(record['kimg'] * 1000) - previous == 4 * (16 // size)
+        previous = round(record['kimg'] * 1000)
+
+
+def _state_tensors(path):
+    state = torch.load(path, map_location='cpu', weights_only=False)
+    return state
+
+
+def test_resume_continues_exactly(digits, tmp_path):
+    """A run resumed from a state dump reproduces the uninterrupted run's losses and weights,
+    with dropout and augmentation on (RNG, optimizer, EMA and image count all restored)."""
+    common = ['--data', digits, '--batch=4', '--tick=0.0001', '--snap=1000', '--seed=7', '--dropout=0.2',
+              '--augment=0.5'] + TINY
+    full = tmp_path / 'full'
+    run_train(['--outdir', str(full), '--duration=0.00008', '--dump=1000'] + common)
+    first = tmp_path / 'first'
+    run_train(['--outdir', str(first), '--duration=0.00003', '--dump=1000'] + common)
+    first_dir = run_dir_of(first)
+    resumed = tmp_path / 'resumed'
+    run_train(['--outdir', str(resumed), '--duration=0.00008', '--dump=1000', '--resume', first_dir] + common)
+
+    full_dir, resumed_dir = run_dir_of(full), run_dir_of(resumed)
+    full_stats = {s['step']: s['loss'] for s in read_stats(full_dir)}
+    resumed_stats = read_stats(resumed_dir)
+    first_steps = {s['step'] for s in read_stats(first_dir)}
+    new_records = [s for s in resumed_stats if s['step'] not in first_steps]
+    assert new_records, 'the resumed run trained no further steps'
+    for record in new_records:
+        assert record['loss'] == full_stats[record['step']], record['step']
+
+    def final_state(run_dir):
+        states = sorted(n for n in os.listdir(run_dir) if n.startswith('training-state-'))
+        return _state_tensors(os.path.join(run_dir, states[-1]))
+
+    a, b = final_state(full_dir), final_state(resumed_dir)
+    assert a['nimg'] == b['nimg'] and a['step'] == b['step']
+    for key in ('net', 'ema'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_ddp_two_processes_match_one(digits, tmp_path):
+    """Two gloo processes with one accumulation round each compute the same steps as one process
+    with two rounds over the same global batch (same blocks, same per-block randomness)."""
+    common = ['--data', digits, '--batch=8', '--batch-gpu=4', '--tick=0.0001', '--snap=1000', '--dump=1000',
+              '--seed=11', '--dropout=0', '--duration=0.00006', '--patch-sizes=8'] + TINY
+    one = tmp_path / 'one'
+    run_train(['--outdir', str(one)] + common, nproc=1)
+    two = tmp_path / 'two'
+    run_train(['--outdir', str(two)] + common, nproc=2)
+    one_dir, two_dir = run_dir_of(one), run_dir_of(two)
+    assert 'gpus2' in two_dir
+    s1, s2 = read_stats(one_dir), read_stats(two_dir)
+    assert [s['step'] for s in s1] == [s['step'] for s in s2]
+    for a, b in zip(s1, s2):
+        assert a['kimg'] == b['kimg']
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-5, abs=1e-7)
+
+    def final(run_dir):
+        states = sorted(n for n in os.listdir(run_dir) if n.startswith('training-state-'))
+        return _state_tensors(os.path.join(run_dir, states[-1]))['net']
+
+    w1, w2 = final(one_dir), final(two_dir)
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line naming the option, exit status 1, nothing created.
+
+
+def invoke_train(args):
+    import train
+    runner = CliRunner()
+    return runner.invoke(train.main, args, catch_exceptions=True)
+
+
+def assert_user_error(result, *needles):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.strip().splitlines() if line.startswith('Error:')]
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert 'Traceback' not in result.output
+
+
+@pytest.fixture(scope='module')
+def unlabelled(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'nolabels.zip', count=8, labels=False)
+
+
+@pytest.fixture(scope='module')
+def odd_size(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'odd.zip', count=8, size=18)
+
+
+@pytest.mark.parametrize('case', ['missing', 'unreadable', 'resolution', 'patch-divide', 'patch-factor', 'batch',
+                                  'real_p', 'cond', 'resume'])
+def test_bad_input_gives_one_line(case, digits, unlabelled, odd_size, tmp_path):
+    outdir = tmp_path / 'runs'
+    base = ['--outdir', str(outdir), '--batch=8', '--cbase=8', '--workers=0', '-n']
+    if case == 'missing':
+        result = invoke_train(base + ['--data', str(tmp_path / 'nope.zip')])
+        assert_user_error(result, '--data', 'nope.zip')
+    elif case == 'unreadable':
+        bad = tmp_path / 'bad.zip'
+        bad.write_text('not a zip')
+        result = invoke_train(base + ['--data', str(bad)])
+        assert_user_error(result, 'bad.zip')
+    elif case == 'resolution':
+        result = invoke_train(base + ['--data', odd_size, '--cres=1,2,2'])
+        assert_user_error(result, '--data', '18', 'down-sampling factor 4')
+    elif case == 'patch-divide':
+        result = invoke_train(base + ['--data', digits, '--cres=1,2', '--patch-sizes=6,16'])
+        assert_user_error(result, '--patch-sizes', '6')
+    elif case == 'patch-factor':
+        result = invoke_train(base + ['--data', digits, '--cres=1,2,2', '--patch-sizes=2,16'])
+        assert_user_error(result, '--patch-sizes', '2', 'factor 4')
+    elif case == 'batch':
+        result = invoke_train(base[:-2] + ['--batch=10', '--batch-gpu=4', '--data', digits, '-n'])
+        assert_user_error(result, '--batch=10', '--batch-gpu=4')
+    elif case == 'real_p':
+        result = invoke_train(base + ['--data', digits, '--real_p=1.5'])
+        assert_user_error(result, '--real_p')
+    elif case == 'cond':
+        result = invoke_train(base + ['--data', unlabelled, '--cond=1'])
+        assert_user_error(result, '--cond')
+    elif case == 'resume':
+        result = invoke_train(base + ['--data', digits, '--resume', str(tmp_path / 'nothing-here')])
+        assert_user_error(result, '--resume', 'nothing-here')
+    assert not outdir.exists()
+
+
+def test_dry_run_writes_nothing(digits, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', digits, '--batch=8', '--cbase=8', '-n'])
+    assert result.exit_code == 0, result.output
+    assert 'Dry run' in result.output and not outdir.exists()

@@ -1,0 +1,409 @@
+"""Image data sets in EDM's format: a folder or an uncompressed zip of PNGs plus `dataset.json`.
+
+Layout: `NNNNN/imgNNNNNNNN.png` (any nesting is accepted when reading), and optionally
+`dataset.json` holding `{"labels": [["00000/img00000000.png", 6], ...]}` or `{"labels": null}`.
+Items are `(uint8 CHW numpy array, float32 label)`; integer labels come out one-hot.
+
+Class and keyword names are EDM's (`training.dataset.ImageFolderDataset(path, resolution,
+max_size, use_labels, xflip, random_seed, cache)`), so `dataset_kwargs` in EDM's
+`training_options.json` files construct the same data set here.
+
+Subclasses (for example a data set of precomputed latents) override `_load_raw_image` and
+`_load_raw_labels`, and may set `item_dtype` and override `_flip`; the base class handles
+subsets, flipping, caching and labels.
+"""
+
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import PIL.Image
+import torch
+
+from dnnlib.util import UserError
+
+# Transparent pixels are composited on white: most sources with an alpha channel are icons and
+# emoji drawn for a light page (the bundled emoji set was made the same way).
+ALPHA_BACKGROUND = 255
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+
+
+def image_extensions():
+    """File extensions (lower case, with the dot) that PIL can decode; used to find images.
+    Formats PIL can only write (such as .pdf) are left out."""
+    return {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
+
+
+def mode_channels(mode):
+    """Channel count (1 or 3) that an image of PIL mode `mode` becomes: grey kinds give 1,
+    everything else (RGB, RGBA, palette, CMYK, YCbCr, ...) gives 3."""
+    return 1 if mode in _GREY_MODES else 3
+
+
+def convert_image(img, channels):
+    """Returns `img` as an 8-bit PIL image of mode 'L' (channels=1) or 'RGB' (channels=3).
+
+    Handles what real folders contain: 1-bit, 16- and 32-bit grey (scaled to 0..255, not
+    clipped), palette (with or without transparency), CMYK and other colour spaces, and alpha
+    (LA, RGBA, ...; composited on `ALPHA_BACKGROUND`). RGB becomes grey by ITU-R 601 luma, grey
+    becomes RGB by repeating the channel."""
+    assert channels in (1, 3)
+    mode = img.mode
+    if mode.startswith('I'):  # 16/32-bit integer grey: PNG 16-bit opens as I;16
+        arr = np.asarray(img).astype(np.int64)
+        arr = (np.clip(arr, 0, 65535) * 255 + 32767) // 65535
+        img = PIL.Image.fromarray(arr.astype(np.uint8), 'L')
+    elif mode == 'F':
+        img = PIL.Image.fromarray(np.clip(np.asarray(img), 0, 255).round().astype(np.uint8), 'L')
+    elif mode == '1':
+        img = img.convert('L')
+    elif mode == 'P':
+        img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
+    elif mode == 'PA':
+        img = img.convert('RGBA')
+    if img.mode in ('LA', 'La', 'RGBA', 'RGBa'):
+        base = 'L' if img.mode.startswith('L') else 'RGB'
+        if img.mode in ('La', 'RGBa'):  # premultiplied alpha: undo it first
+            img = img.convert(base + 'A')
+        background = PIL.Image.new(base + 'A', img.size, (ALPHA_BACKGROUND,) * (len(base) + 1))
+        img = PIL.Image.alpha_composite(background, img).convert(base)
+    target = 'L' if channels == 1 else 'RGB'
+    if img.mode != target:
+        img = img.convert(target)
+    return img
+
+
+def probe_png_header(head):
+    """Returns `(width, height, channels)` from the first 26 bytes of a PNG file, or None when
+    `head` is not the start of a PNG."""
+    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+        return None
+    width, height = struct.unpack('>II', head[16:24])
+    colour_type = head[25]
+    return width, height, (1 if colour_type in (0, 4) else 3)
+
+
+def probe_image(file):
+    """Returns `(width, height, channels)` of an image file object without decoding pixels.
+
+    PNG headers are parsed directly (a few bytes), which keeps checking every image of a large
+    data set fast; other formats go through PIL's lazy open. Raises OSError for unreadable files."""
+    found = probe_png_header(file.read(26))
+    if found is not None:
+        return found
+    file.seek(0)
+    with PIL.Image.open(file) as img:
+        return img.size[0], img.size[1], mode_channels(img.mode)
+
+
+class Dataset(torch.utils.data.Dataset):
+    """Base of all data sets: subset selection, x-flips, labels and an in-memory cache.
+
+    `raw_shape` is [N, C, H, W] of the raw items. Subclasses implement `_load_raw_image(raw_idx)`
+    (returning an array of shape `raw_shape[1:]` and dtype `item_dtype`) and
+    `_load_raw_labels()` (returning an int64 (N,) or float32 (N, ...) array, or None)."""
+
+    item_dtype = np.uint8
+
+    def __init__(self, name, raw_shape, max_size=None, use_labels=False, xflip=False, random_seed=0, cache=False):
+        self._name = name
+        self._raw_shape = list(raw_shape)
+        self._use_labels = use_labels
+        self._cache = cache
+        self._cached_images = {}
+        self._raw_labels = None
+        self._label_shape = None
+
+        # A subset picked by a seeded generator, so every run and every rank sees the same one.
+        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
+        if max_size is not None and self._raw_idx.size > max_size:
+            rng = np.random.RandomState(random_seed % (1 << 31))
+            self._raw_idx = np.sort(rng.permutation(self._raw_idx)[:max_size])
+
+        # x-flips double the set: the second half repeats the first, mirrored.
+        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
+        if xflip:
+            self._raw_idx = np.tile(self._raw_idx, 2)
+            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
+
+        if use_labels:
+            self._get_raw_labels()  # fail now, not in a DataLoader worker
+
+    def _get_raw_labels(self):
+        """Labels of all raw items, loaded once: zeros of shape (N, 0) when labels are off."""
+        if self._raw_labels is None:
+            labels = self._load_raw_labels() if self._use_labels else None
+            if labels is None:
+                if self._use_labels:
+                    raise UserError(f'{self._where()}: use_labels=True (--cond=1) but the data set has no labels')
+                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
+            labels = np.asarray(labels)
+            if labels.shape[0] != self._raw_shape[0]:
+                raise UserError(f'{self._where()}: {labels.shape[0]} labels for {self._raw_shape[0]} items')
+            if labels.dtype.kind in 'iu':
+                labels = labels.astype(np.int64)
+                if labels.ndim != 1 or (labels.size and labels.min() < 0):
+                    raise UserError(f'{self._where()}: integer labels must be class indices >= 0')
+            else:
+                labels = labels.astype(np.float32)
+            self._raw_labels = labels
+        return self._raw_labels
+
+    def _where(self):
+        """What error messages name: the data set's path where it has one."""
+        return self._name
+
+    def close(self):
+        """Releases open files; the data set reopens them when read again."""
+
+    def _load_raw_image(self, raw_idx):
+        """Returns raw item `raw_idx` as an array of shape `raw_shape[1:]` (CHW)."""
+        raise NotImplementedError
+
+    def _load_raw_labels(self):
+        """Returns the labels of all raw items, or None when the data set has none."""
+        raise NotImplementedError
+
+    def _flip(self, image):
+        """Mirrors a CHW item left to right; a subclass whose items do not flip this way overrides it."""
+        return image[:, :, ::-1]
+
+    def __getstate__(self):
+        return dict(self.__dict__)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
+
+    def __len__(self):
+        return self._raw_idx.size
+
+    def __getitem__(self, idx):
+        raw_idx = int(self._raw_idx[idx])
+        image = self._cached_images.get(raw_idx)
+        if image is None:
+            image = self._load_raw_image(raw_idx)
+            if self._cache:
+                self._cached_images[raw_idx] = image
+        assert isinstance(image, np.ndarray)
+        assert list(image.shape) == self.image_shape, (image.shape, self.image_shape)
+        assert image.dtype == self.item_dtype
+        if self._xflip[idx]:
+            image = self._flip(image)
+        return image.copy(), self.get_label(idx)
+
+    def get_label(self, idx):
+        """Label of item `idx` as float32: one-hot for integer labels, empty when labels are off."""
+        label = self._get_raw_labels()[self._raw_idx[idx]]
+        if label.dtype == np.int64:
+            onehot = np.zeros(self.label_shape, dtype=np.float32)
+            onehot[label] = 1
+            label = onehot
+        return label.copy()
+
+    def get_details(self, idx):
+        """Where item `idx` comes from: raw index, whether it is flipped, and its raw label."""
+        return dict(raw_idx=int(self._raw_idx[idx]), xflip=bool(self._xflip[idx]),
+                    raw_label=self._get_raw_labels()[self._raw_idx[idx]].copy())
+
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def image_shape(self):
+        """[C, H, W] of every item."""
+        return list(self._raw_shape[1:])
+
+    @property
+    def num_channels(self):
+        return self.image_shape[0]
+
+    @property
+    def resolution(self):
+        assert self.image_shape[1] == self.image_shape[2]
+        return self.image_shape[1]
+
+    @property
+    def label_shape(self):
+        """[label_dim] for class labels (max + 1), the label array's shape for float labels."""
+        if self._label_shape is None:
+            raw_labels = self._get_raw_labels()
+            if raw_labels.dtype == np.int64:
+                self._label_shape = [int(raw_labels.max()) + 1 if raw_labels.size else 0]
+            else:
+                self._label_shape = list(raw_labels.shape[1:])
+        return list(self._label_shape)
+
+    @property
+    def label_dim(self):
+        assert len(self.label_shape) == 1
+        return self.label_shape[0]
+
+    @property
+    def has_labels(self):
+        return any(x != 0 for x in self.label_shape)
+
+    @property
+    def has_onehot_labels(self):
+        return self._get_raw_labels().dtype == np.int64
+
+
+class ImageFolderDataset(Dataset):
+    """EDM's image data set: a folder or a zip of images (any nesting) plus `dataset.json`.
+
+    Every image is checked when the data set is opened (header only): all must be square and the
+    same size, else a `UserError` names the file. Images are decoded to grey when all of them are
+    grey and to RGB otherwise. A zip is opened lazily in each process, so the data set works in
+    DataLoader workers whether they are forked or spawned."""
+
+    def __init__(self, path, resolution=None, **super_kwargs):
+        self._path = os.fspath(path)
+        self._zipfile = None
+        self._zip_pid = None
+
+        if os.path.isdir(self._path):
+            self._type = 'dir'
+            self._all_fnames = sorted(
+                os.path.relpath(os.path.join(root, fname), start=self._path).replace(os.sep, '/')
+                for root, _dirs, files in os.walk(self._path) for fname in files)
+        elif os.path.isfile(self._path):
+            self._type = 'zip'
+            try:
+                self._all_fnames = sorted(n for n in self._get_zipfile().namelist() if not n.endswith('/'))
+            except (zipfile.BadZipFile, OSError) as err:
+                raise UserError(f'{self._path}: not a readable zip file ({err})') from None
+        elif os.path.exists(self._path):
+            raise UserError(f'{self._path}: neither a folder nor a zip file')
+        else:
+            raise UserError(f'{self._path}: no such data set (expected a folder or a .zip)')
+
+        extensions = image_extensions()
+        self._image_fnames = [f for f in self._all_fnames if os.path.splitext(f)[1].lower() in extensions]
+        if not self._image_fnames:
+            raise UserError(f'{self._path}: no image files found')
+
+        width, height, channels = self._probe_all()
+        raw_shape = [len(self._image_fnames), channels, height, width]
+        if resolution is not None and (height != resolution or width != resolution):
+            raise UserError(f'{self._path}: images are {width}x{height}, not the requested resolution {resolution}')
+        name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
+        super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
+        self.close()  # after the labels are read: reopening a large zip costs seconds
+
+    def _probe_all(self):
+        """Reads every image's header: returns the common (width, height) and the channel count,
+        and raises a `UserError` naming the first image that is non-square or differently sized."""
+        size = None
+        channels = 1
+        heads = self._read_stored_heads() if self._type == 'zip' else {}
+        for fname in self._image_fnames:
+            try:
+                found = probe_png_header(heads.get(fname, b''))
+                if found is None:
+                    with self._open_file(fname) as f:
+                        found = probe_image(f)
+                width, height, chans = found
+            except (OSError, SyntaxError, ValueError, zipfile.BadZipFile) as err:
+                raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
+            if width != height:
+                raise UserError(f'{self._path}: {fname} is {width}x{height}; images must be square')
+            if size is None:
+                size = (width, height)
+            elif (width, height) != size:
+                raise UserError(f'{self._path}: {fname} is {width}x{height}, but {self._image_fnames[0]} is {size[0]}x{size[1]}; all images must be the same size')
+            channels = max(channels, chans)
+        return size[0], size[1], channels
+
+    def _where(self):
+        return self._path
+
+    def _read_stored_heads(self):
+        """First 26 bytes of every uncompressed zip member, read straight from the archive: about
+        ten times faster than opening each member through `zipfile`, which matters for the header
+        check of a million-image zip. Compressed members are left to the slow path."""
+        heads = {}
+        with open(self._path, 'rb') as f:
+            for info in self._get_zipfile().infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # stored, not encrypted
+                    continue
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if len(local) < 30 or local[:4] != b'PK\x03\x04':
+                    continue
+                name_len, extra_len = struct.unpack('<HH', local[26:30])
+                f.seek(name_len + extra_len, os.SEEK_CUR)
+                heads[info.filename] = f.read(min(26, info.file_size))
+        return heads
+
+    def _get_zipfile(self):
+        """The zip, opened once per process: a handle shared across fork would share its file
+        offset between DataLoader workers."""
+        assert self._type == 'zip'
+        if self._zipfile is None or self._zip_pid != os.getpid():
+            self._zipfile = zipfile.ZipFile(self._path)
+            self._zip_pid = os.getpid()
+        return self._zipfile
+
+    def _open_file(self, fname):
+        """Opens member `fname` (relative, '/'-separated) of the folder or zip for binary reading."""
+        if self._type == 'dir':
+            return open(os.path.join(self._path, fname), 'rb')
+        return self._get_zipfile().open(fname, 'r')
+
+    def close(self):
+        try:
+            if self._zipfile is not None and self._zip_pid == os.getpid():
+                self._zipfile.close()
+        finally:
+            self._zipfile = None
+            self._zip_pid = None
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _zipfile=None, _zip_pid=None)
+
+    def _load_raw_image(self, raw_idx):
+        fname = self._image_fnames[raw_idx]
+        try:
+            with self._open_file(fname) as f:
+                data = f.read()
+            with PIL.Image.open(io.BytesIO(data)) as img:
+                image = np.asarray(convert_image(img, self._raw_shape[1]), dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise UserError(f'{self._path}: cannot decode {fname} ({err})') from None
+        if image.ndim == 2:
+            image = image[:, :, np.newaxis]
+        image = image.transpose(2, 0, 1)  # HWC => CHW
+        if list(image.shape) != self._raw_shape[1:]:
+            raise UserError(f'{self._path}: {fname} changed size since the data set was opened')
+        return image
+
+    def _load_raw_labels(self):
+        fname = 'dataset.json'
+        if fname not in self._all_fnames:
+            return None
+        try:
+            with self._open_file(fname) as f:
+                labels = json.load(f)['labels']
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f'{self._path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
+        if labels is None:
+            return None
+        try:
+            labels = dict((str(name).replace('\\', '/'), label) for name, label in labels)
+        except (TypeError, ValueError):
+            raise UserError(f'{self._path}: dataset.json labels must be [name, label] pairs') from None
+        missing = [f for f in self._image_fnames if f not in labels]
+        if missing:
+            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} images unlabelled)')
+        labels = np.array([labels[f] for f in self._image_fnames])
+        if labels.dtype.kind not in 'iuf':
+            raise UserError(f'{self._path}: dataset.json labels must be numbers or lists of numbers')
+        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
