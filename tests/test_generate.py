@@ -1,0 +1,214 @@
+"""generate.py end to end: PNG files, per-seed determinism across --batch and torchrun, grey
+output, --subdirs, --grid, canvases, guidance, and every bad input (exit 1, one line, no files)."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dnnlib
+import generate
+from training.networks import EDMPrecond
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_net(img_channels=3, label_dim=0):
+    """16x16 DDPM++-style net with ordinary weights in place of the near-zero initial ones."""
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=16, img_channels=img_channels, label_dim=label_dim, use_coords=True,
+                     model_type='SongUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1,
+                     attn_resolutions=[8], dropout=0)
+    with torch.no_grad():
+        for param in net.parameters():
+            if param.dim() > 1 and param.abs().max() < 1e-3:
+                param.mul_(1e5)
+    return net.eval()
+
+
+def write_snapshot(path, net):
+    with dnnlib.util.atomic_write(path, 'wb') as f:
+        pickle.dump(dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs={}), f)
+    return str(path)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def snapshots(tmp_path_factory):
+    root = tmp_path_factory.mktemp('snapshots')
+    return dict(rgb=write_snapshot(root / 'rgb.pkl', tiny_net()),
+                grey=write_snapshot(root / 'grey.pkl', tiny_net(img_channels=1)),
+                cond=write_snapshot(root / 'cond.pkl', tiny_net(label_dim=3)))
+
+
+def run(*args):
+    """generate.py in this process (click's runner): returns the click Result."""
+    return CliRunner().invoke(generate.main, [str(a) for a in args] + ['--device=cpu'], catch_exceptions=False)
+
+
+def read_pngs(folder):
+    """{relative path: pixel array} of every PNG under `folder`."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with PIL.Image.open(path) as img:
+                out[os.path.relpath(path, folder)] = (img.mode, np.asarray(img).astype(np.int32))
+    return out
+
+
+def assert_same_images(a, b):
+    """Same files, modes and pixels up to a rare ±1 (CPU kernels round a row's result slightly
+    differently depending on the batch around it; the per-seed noise is identical)."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name][0] == b[name][0]
+        diff = np.abs(a[name][1] - b[name][1])
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, name
+
+
+def test_writes_one_png_per_seed_independent_of_batch(snapshots, tmp_path):
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path / 'a', '--seeds', '0-4', '--steps', 2, '--batch', 5)
+    assert res.exit_code == 0, res.output
+    run('--network', snapshots['rgb'], '--outdir', tmp_path / 'b', '--seeds', '4,0-3', '--steps', 2, '--batch', 2)
+    a, b = read_pngs(tmp_path / 'a'), read_pngs(tmp_path / 'b')
+    assert sorted(a) == [f'{s:06d}.png' for s in range(5)]
+    assert a['000000.png'][0] == 'RGB' and a['000000.png'][1].shape == (16, 16, 3)
+    assert_same_images(a, b)
+    assert not os.path.exists(tmp_path / 'a' / '000000.png.tmp') and len(os.listdir(tmp_path / 'a')) == 5
+
+
+def test_torchrun_two_processes_match_one(snapshots, tmp_path):
+    run('--network', snapshots['rgb'], '--outdir', tmp_path / 'one', '--seeds', '0-4', '--steps', 2, '--batch', 4,
+        '--grid', tmp_path / 'one.png')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'generate.py',
+           '--network', snapshots['rgb'], '--outdir', str(tmp_path / 'two'), '--seeds', '0-4', '--steps', '2',
+           '--batch', '4', '--grid', str(tmp_path / 'two.png'), '--device', 'cpu']
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_images(read_pngs(tmp_path / 'one'), read_pngs(tmp_path / 'two'))
+    with PIL.Image.open(tmp_path / 'one.png') as one, PIL.Image.open(tmp_path / 'two.png') as two:
+        assert one.size == two.size == (48, 32)
+        diff = np.abs(np.asarray(one).astype(int) - np.asarray(two).astype(int))
+        assert diff.max() <= 1
+
+
+def test_grey_network_writes_grey_pngs(snapshots, tmp_path):
+    assert run('--network', snapshots['grey'], '--outdir', tmp_path, '--seeds', '3', '--steps', 1).exit_code == 0
+    with PIL.Image.open(tmp_path / '000003.png') as img:
+        assert img.mode == 'L' and img.size == (16, 16)
+
+
+def test_subdirs_layout(snapshots, tmp_path):
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path, '--seeds', '998-1001', '--steps', 1, '--subdirs')
+    assert res.exit_code == 0, res.output
+    assert sorted(read_pngs(tmp_path)) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
+                                           '001000/001001.png']
+
+
+def test_grid_alone_writes_one_png_of_the_right_size(snapshots, tmp_path):
+    grid = tmp_path / 'sub' / 'grid.png'
+    res = run('--network', snapshots['grey'], '--grid', grid, '--seeds', '0-9', '--steps', 1)
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path / 'sub')) == ['grid.png']
+    with PIL.Image.open(grid) as img:
+        assert img.mode == 'L' and img.size == (4 * 16, 3 * 16)
+
+
+def test_canvas_options_make_larger_or_shifted_images(snapshots, tmp_path):
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path / 'big', '--seeds', '0', '--steps', 1, '--image_size', 32)
+    assert res.exit_code == 0, res.output
+    with PIL.Image.open(tmp_path / 'big' / '000000.png') as img:
+        assert img.size == (32, 32)
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path / 'off', '--seeds', '0', '--steps', 1, '--x_start', 8)
+    assert res.exit_code == 0, res.output
+    assert os.path.isfile(tmp_path / 'off' / '000000.png')
+
+
+def test_conditional_network_with_class_cfg_and_ablation(snapshots, tmp_path):
+    res = run('--network', snapshots['cond'], '--outdir', tmp_path, '--seeds', '0-1', '--steps', 2, '--class', 2,
+              '--cfg', 1.5, '--solver', 'euler', '--disc', 'vp', '--schedule', 'vp', '--scaling', 'vp', '--S_churn', 5)
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path)) == ['000000.png', '000001.png']
+
+
+def _random_binary(path):
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+
+def _foreign_pickle(path):
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+
+
+def _dict_without_ema(path):
+    path.write_bytes(pickle.dumps(dict(loss_fn=None, dataset_kwargs={})))
+
+
+BAD_NETWORKS = {'missing': None, 'random binary': _random_binary, 'foreign pickle': _foreign_pickle,
+                'dict without ema': _dict_without_ema, 'truncated': 'truncate'}
+
+
+@pytest.mark.parametrize('case', list(BAD_NETWORKS))
+def test_bad_network_file(snapshots, tmp_path, case):
+    path = tmp_path / 'net.pkl'
+    make = BAD_NETWORKS[case]
+    if make == 'truncate':
+        data = open(snapshots['rgb'], 'rb').read()
+        path.write_bytes(data[:len(data) // 2])
+    elif make is not None:
+        make(path)
+    assert_user_error(['--network', path], '--network')
+
+
+@pytest.mark.parametrize('seeds', ['', 'a', '3-1', '1,,2', '-5', '0-3x'])
+def test_bad_seeds(snapshots, seeds):
+    assert_user_error(['--network', snapshots['rgb'], '--seeds', seeds], '--seeds')
+
+
+@pytest.mark.parametrize('net,args,option', [
+    ('cond', ['--class', 3], '--class'),
+    ('rgb', ['--class', 0], '--class'),
+    ('rgb', ['--image_size', 17], '--image_size'),
+    ('rgb', ['--cfg', 2], '--cfg'),
+])
+def test_bad_options_for_the_network(snapshots, net, args, option):
+    assert_user_error(['--network', snapshots[net]] + args, option)
+
+
+def assert_user_error(args, option, tmp=None):
+    """Exit status 1, exactly one line naming `option`, no traceback, and nothing written."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        outdir, grid = os.path.join(tmp, 'out'), os.path.join(tmp, 'grid.png')
+        res = CliRunner().invoke(generate.main, [str(a) for a in args] + ['--outdir', outdir, '--grid', grid, '--steps', '1',
+                                                                        '--device', 'cpu'])
+        assert res.exit_code == 1, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('Error: ') and option in lines[0], res.output
+        assert os.listdir(tmp) == []
+
+
+def test_bad_input_from_the_command_line_prints_one_line(tmp_path):
+    """The real script: one 'Error:' line on stderr, status 1, no traceback, no output folder."""
+    bad = tmp_path / 'net.pkl'
+    _random_binary(bad)
+    proc = subprocess.run([sys.executable, 'generate.py', '--network', str(bad), '--outdir', str(tmp_path / 'out')],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stdout == '' and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith('Error: --network') and 'Traceback' not in proc.stderr
+    assert not os.path.exists(tmp_path / 'out')
