@@ -4,7 +4,6 @@ installed) the real Inception weights on real digits and emoji. No test reaches 
 
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -203,10 +202,12 @@ def test_kid_matches_double_loop():
 
 def test_kid_of_set_with_itself_is_near_zero():
     rng = np.random.default_rng(7)
-    a = np.abs(rng.standard_normal((400, 32)))
-    same, _ = fid.compute_kid(a, a, num_subsets=20, max_subset_size=200)
-    other, _ = fid.compute_kid(a, a + 0.3, num_subsets=20, max_subset_size=200)
-    assert other > 0.1 and abs(same) < 0.01 * other
+    a = np.abs(rng.standard_normal((300, 32)))
+    same, _ = fid.compute_kid(a, a, num_subsets=10, max_subset_size=150)
+    other, _ = fid.compute_kid(a, a + 0.3, num_subsets=10, max_subset_size=150)
+    fresh, _ = fid.compute_kid(a, np.abs(rng.standard_normal((300, 32))), num_subsets=10, max_subset_size=150)
+    # overlapping subsets share k(x, x) terms in the cross sum, so "same" is slightly negative
+    assert other > 1.0 and abs(same) < 0.03 * other and abs(fresh) < 0.01 * other
 
 #----------------------------------------------------------------------------------------------
 # Detectors and the command line (stand-in network).
@@ -391,7 +392,7 @@ def test_error_no_detector_available(tmp_path, digits, monkeypatch):
 def test_real_weights_separate_digits_from_emoji(tmp_path, digits, emoji):
     det = fid.load_detector(None, device='cpu')
     assert det.contract == 'fid_helper' and det.source == REAL_WEIGHTS
-    n = 24
+    n = 16  # about 0.3 s per image per core: keep the real network's share of the suite small
     sets = {name: write_pngs(str(tmp_path / name), imgs) for name, imgs in
             (('d1', digits[:n]), ('d2', digits[n:2 * n]), ('emoji', emoji[:n]))}
     stats = {name: fid.calculate_inception_stats(path, detector=det, num_workers=0, return_features=True, verbose=False)
