@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import PIL.Image
@@ -189,9 +190,8 @@ def test_bad_options_for_the_network(snapshots, net, args, option):
     assert_user_error(['--network', snapshots[net]] + args, option)
 
 
-def assert_user_error(args, option, tmp=None):
+def assert_user_error(args, option):
     """Exit status 1, exactly one line naming `option`, no traceback, and nothing written."""
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         outdir, grid = os.path.join(tmp, 'out'), os.path.join(tmp, 'grid.png')
         res = CliRunner().invoke(generate.main, [str(a) for a in args] + ['--outdir', outdir, '--grid', grid, '--steps', '1',

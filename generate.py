@@ -1,0 +1,176 @@
+"""Generate images from a trained network snapshot (EDM-compatible command line).
+
+    python generate.py --network=network-snapshot-000200.pkl --outdir=out --seeds=0-63
+    torchrun --standalone --nproc_per_node=2 generate.py --network=... --outdir=out --seeds=0-49999
+
+Every seed has its own random generator, so an image depends only on its seed, not on --batch or
+the number of processes. The sampling itself lives in `training.sampler`.
+"""
+
+import os
+import pickle
+import re
+
+import click
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+from torch_utils import distributed
+from training import sampler
+
+
+def parse_seeds(text):
+    """'0-63,100' → [0, …, 63, 100]: comma-separated non-negative integers and inclusive ranges
+    a-b (a ≤ b), duplicates dropped, order kept."""
+    seeds = []
+    for part in str(text).split(','):
+        part = part.strip()
+        match = re.fullmatch(r'(\d+)(?:\s*-\s*(\d+))?', part)
+        if match is None:
+            raise UserError(f'--seeds: "{text}" is not a list like 0-63,100 (bad item "{part}")')
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise UserError(f'--seeds: range "{part}" ends before it starts')
+        seeds.extend(range(first, last + 1))
+    return list(dict.fromkeys(seeds))
+
+
+def load_network(url):
+    """(network, decoder or None) from a snapshot pickle at a path or URL. Anything that is not a
+    complete snapshot (missing, truncated, foreign pickle, not a pickle) is a UserError."""
+    try:
+        f = dnnlib.util.open_url(url)
+    except (OSError, ValueError) as err:
+        raise UserError(f'--network: cannot open "{url}": {err.strerror if isinstance(err, OSError) and err.strerror else err}') from None
+    try:
+        with f:
+            data = pickle.load(f)
+    except Exception as err:  # a damaged or foreign file can fail in any way while unpickling
+        raise UserError(f'--network: "{url}" is not a readable network snapshot ({type(err).__name__}: {err})'.replace('\n', ' ')) from None
+    net = data.get('ema') if isinstance(data, dict) else None
+    if not isinstance(net, torch.nn.Module) or not all(hasattr(net, a) for a in ('img_resolution', 'img_channels', 'label_dim')):
+        raise UserError(f'--network: "{url}" is a pickle but not a network snapshot (no "ema" network in it)')
+    decoder = data.get('encoder')
+    if decoder is not None and not hasattr(decoder, 'decode'):
+        raise UserError(f'--network: the "encoder" in "{url}" has no decode() method')
+    return net, decoder
+
+
+def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg):
+    """Keyword arguments for the sampler; any of solver/disc/schedule/scaling selects the
+    ablation sampler (as in EDM), and σ bounds left out take that sampler's defaults."""
+    if sigma_min is not None and sigma_min <= 0:
+        raise UserError(f'--sigma_min: must be positive (got {sigma_min})')
+    if sigma_min is not None and sigma_max is not None and sigma_max <= sigma_min:
+        raise UserError(f'--sigma_max: {sigma_max} must exceed --sigma_min {sigma_min}')
+    kwargs = dict(num_steps=steps, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, cfg_scale=cfg)
+    if sigma_min is not None:
+        kwargs['sigma_min'] = sigma_min
+    if sigma_max is not None:
+        kwargs['sigma_max'] = sigma_max
+    ablation = dict(solver=solver, discretization=disc, schedule=schedule, scaling=scaling)
+    kwargs.update({k: v for k, v in ablation.items() if v is not None})
+    return kwargs
+
+
+def build_canvas(net, resolution, image_size, x_start, y_start):
+    """A `sampler.Canvas` when any canvas option is given (missing ones from the network), else None."""
+    if resolution is None and image_size is None and x_start == 0 and y_start == 0:
+        return None
+    resolution = net.img_resolution if resolution is None else resolution
+    image_size = resolution if image_size is None else image_size
+    return sampler.Canvas(resolution, image_size, x_start, y_start)
+
+
+def image_path(outdir, seed, subdirs):
+    folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
+    return os.path.join(folder, f'{seed:06d}.png')
+
+
+@click.command(context_settings=dict(max_content_width=100))
+@click.option('--network', 'network_url', help='Snapshot to sample from (network-snapshot-*.pkl, a path or URL)', metavar='PATH|URL', type=str, required=True)
+@click.option('--outdir', help='Folder for the PNG files, one per seed', metavar='DIR', type=str)
+@click.option('--seeds', help='Seeds to sample, comma-separated numbers and a-b ranges', metavar='LIST', type=str, default='0-63', show_default=True)
+@click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
+@click.option('--class', 'class_idx', help='Class of every image  [default: drawn per seed]', metavar='INT', type=click.IntRange(min=0), default=None)
+@click.option('--batch', 'max_batch_size', help='Images per network call, per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--sigma_min', help='Smallest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@click.option('--sigma_max', help='Largest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
+@click.option('--rho', help='Exponent rho of the sigma spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
+@click.option('--S_churn', 'S_churn', help='Churn: how much noise to re-inject per step', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_min', 'S_min', help='Churn only at sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option('--S_max', 'S_max', help='Churn only at sigma <= this', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True)
+@click.option('--S_noise', 'S_noise', help='Scale of the re-injected noise', metavar='FLOAT', type=float, default=1, show_default=True)
+@click.option('--solver', help='Generalised sampler: solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']))
+@click.option('--disc', 'disc', help='Generalised sampler: time steps', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
+@click.option('--schedule', help='Generalised sampler: sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']))
+@click.option('--scaling', help='Generalised sampler: scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']))
+@click.option('--cfg', help='Classifier-free guidance weight w (class-conditional networks)', metavar='FLOAT', type=float)
+@click.option('--grid', 'grid_path', help='Write all samples as one PNG grid here too', metavar='PATH', type=str)
+@click.option('--resolution', help='Side of the full image the canvas is placed in  [default: network\'s]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--image_size', help='Side of the generated canvas  [default: --resolution]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--x_start', help='Column of the canvas\'s left edge in that image', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--y_start', help='Row of the canvas\'s top edge in that image', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
+def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_steps, sigma_min, sigma_max, rho,
+         S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, grid_path,
+         resolution, image_size, x_start, y_start, device):
+    """Sample images from a trained network with EDM's samplers (Karras et al. 2022), whether
+    it was trained on full images or on patches with coordinates (Wang et al. 2023).
+
+    Any of --solver/--disc/--schedule/--scaling switches to the generalised sampler. Seeds are
+    split across torchrun processes; each image depends only on its seed.
+
+    \b
+    python generate.py --network=network-snapshot-000500.pkl --outdir=samples --seeds=0-99
+    torchrun --standalone --nproc_per_node=4 generate.py --network=URL --outdir=fid50k \\
+        --seeds=0-49999 --subdirs
+    python generate.py --network=NET.pkl --grid=wide.png --image_size=64 --seeds=0-15
+    """
+    dev = distributed.init(device)
+    seed_list = parse_seeds(seeds)
+    if outdir is None and grid_path is None:
+        raise UserError('--outdir: give an output folder (or --grid for one PNG of all samples)')
+    net, decoder = load_network(network_url)
+    canvas = build_canvas(net, resolution, image_size, x_start, y_start)
+    sampler_kwargs = build_sampler_kwargs(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
+                                          solver, disc, schedule, scaling, cfg)
+    sampler.check_sampling_options(net, class_idx, canvas, cfg)
+
+    net = net.to(dev)
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    my_seeds = seed_list[rank::world]
+    distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')
+    kept = []
+    batches = sampler.iter_sample_batches(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
+                                          canvas=canvas, decoder=decoder, progress=True, **sampler_kwargs)
+    for batch_seeds, images in batches:
+        if outdir is not None:
+            for seed, image in zip(batch_seeds, images):
+                sampler.save_image(image, image_path(outdir, seed, subdirs))
+        if grid_path is not None:
+            kept.append((batch_seeds, images))
+
+    if grid_path is not None:
+        save_grid(kept, seed_list, grid_path)
+    distributed.shutdown()
+    distributed.print0('Done.')
+
+
+def save_grid(kept, seed_list, grid_path):
+    """Gathers every rank's (seeds, images) and writes the grid on rank 0, in --seeds order."""
+    parts = distributed.all_gather_object(kept)
+    if distributed.get_rank() != 0:
+        return
+    by_seed = {}
+    for rank_parts in parts:
+        for batch_seeds, images in rank_parts:
+            by_seed.update(zip(batch_seeds, images))
+    sampler.save_image_grid(torch.stack([by_seed[seed] for seed in seed_list]), grid_path)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,440 @@
+"""The one sampling implementation, shared by generate.py and the training loop's snapshot grids.
+
+- `edm_sampler`: EDM's deterministic/stochastic 2nd-order Heun sampler (Karras et al. 2022,
+  Algorithm 2), float64 state, 2N − 1 network evaluations.
+- `ablation_sampler`: EDM's generalised sampler (Algorithm 1 with the choices of Table 1):
+  Euler or 2nd-order solver, VP/VE/iDDPM/EDM time discretisation, VP/VE/linear noise schedule,
+  VP/no signal scaling.
+- `sample_images` / `iter_sample_batches`: seeds → uint8 images. Every seed has its own
+  generator (seed mod 2³²) for its latent, its class label and its churn noise, so an image
+  depends only on its seed, not on the batch, the batch size or the number of processes.
+  Networks trained with coordinates get the coordinate grid of a canvas (`Canvas`), built with
+  `training.patch.coord_grid`, the formula training uses.
+- `save_image`, `save_image_grid`: PNG writers (grey 'L' or 'RGB' by channel count), atomic.
+
+Classifier-free guidance (`cfg_scale=w`): D = D_u + w·(D_c − D_u), D_u being the network with the
+zero label vector. Both halves are evaluated in one batched call of 2B rows.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from dnnlib.util import UserError, atomic_write
+from torch_utils import distributed, misc
+from training import patch
+
+ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces.
+
+
+def state_dtype(device):
+    """Sampler state precision: float64 as in EDM, float32 where the device has no float64 (MPS)."""
+    return torch.float32 if torch.device(device).type == 'mps' else torch.float64
+
+
+def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
+    """Returns D(x, sigma) → denoised x in x's dtype, for a float64 (or float32) state x.
+
+    The network sees float32 inputs (it would convert them anyway); only the sampler state is
+    kept in float64. With `cfg_scale` the conditional and unconditional (zero label) rows are
+    evaluated in one call of twice the batch and combined as D_u + w·(D_c − D_u)."""
+    if cfg_scale is None:
+        def denoise(x, sigma):
+            return net(x.to(torch.float32), sigma, class_labels, coords=coords).to(x.dtype)
+        return denoise
+
+    if net.label_dim == 0:
+        raise UserError('--cfg: classifier-free guidance needs a class-conditional network; this one is unconditional')
+    if class_labels is None:
+        raise ValueError('classifier-free guidance needs class labels for the conditional half')
+    both_labels = torch.cat([class_labels, torch.zeros_like(class_labels)])
+    both_coords = None if coords is None else torch.cat([coords, coords])
+    w = float(cfg_scale)
+
+    def guided(x, sigma):
+        x32 = x.to(torch.float32)
+        out = net(torch.cat([x32, x32]), sigma, both_labels, coords=both_coords).to(x.dtype)
+        cond, uncond = out.chunk(2)
+        return uncond + w * (cond - uncond)
+    return guided
+
+
+def _randn_like(rng, x):
+    return torch.randn_like(x) if rng is None else rng.randn_like(x)
+
+
+def churn_gamma(sigma, num_steps, S_churn, S_min, S_max):
+    """γ_i = min(S_churn/N, √2 − 1) when S_min ≤ σ_i ≤ S_max, else 0."""
+    if S_churn > 0 and S_min <= sigma <= S_max:
+        return min(S_churn / num_steps, math.sqrt(2) - 1)
+    return 0.0
+
+
+def clamp_sigma_range(net, sigma_min, sigma_max):
+    """The requested σ range intersected with the one the network supports."""
+    return max(sigma_min, getattr(net, 'sigma_min', 0)), min(sigma_max, getattr(net, 'sigma_max', float('inf')))
+
+
+def _round_sigma(net, sigma):
+    """`net.round_sigma` on a float64 tensor (networks without it use σ as is)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if not hasattr(net, 'round_sigma'):
+        return sigma
+    return torch.as_tensor(net.round_sigma(sigma), dtype=torch.float64)
+
+
+def edm_sigma_steps(num_steps, sigma_min, sigma_max, rho):
+    """EDM's discretisation σ_i = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, i < N,
+    as a float64 tensor of N values (one step at σ_max when N = 1)."""
+    i = torch.arange(num_steps, dtype=torch.float64)
+    frac = i / max(num_steps - 1, 1)
+    return (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def edm_time_steps(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7):
+    """t_0 … t_N of the EDM sampler: the σ range clamped to the network's, each σ_i rounded by
+    `net.round_sigma`, and t_N = 0 (float64, N + 1 values)."""
+    sigma_min, sigma_max = clamp_sigma_range(net, sigma_min, sigma_max)
+    steps = _round_sigma(net, edm_sigma_steps(num_steps, sigma_min, sigma_max, rho))
+    return torch.cat([steps, torch.zeros(1, dtype=torch.float64)])
+
+# ----------------------------------------------------------------------------------------------
+# EDM sampler.
+
+
+def edm_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7,
+                S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2).
+
+    latents: (B, C, H, W) standard normal noise z; x_0 = z·t_0. `rng` (a `torch_utils.misc.BatchRNG`
+    with one generator per image) draws the churn noise, so each image depends only on its own
+    generator; without it the global generator is used. `coords` are the (B, 2, H, W) coordinate
+    channels of networks trained with patches. Returns the denoised images in float64 (float32 on
+    MPS), nominally in [−1, 1]. Makes 2N − 1 network calls (2N with CFG rows batched together)."""
+    denoise = make_denoiser(net, class_labels, coords, cfg_scale)
+    t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho).tolist()
+    x_next = latents.to(state_dtype(latents.device)) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        gamma = churn_gamma(t_cur, num_steps, S_churn, S_min, S_max)
+        t_hat = t_cur
+        x_hat = x_cur
+        if gamma > 0:
+            t_hat = float(_round_sigma(net, t_cur + gamma * t_cur))
+            x_hat = x_cur + math.sqrt(t_hat ** 2 - t_cur ** 2) * S_noise * _randn_like(rng, x_cur)
+
+        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+# ----------------------------------------------------------------------------------------------
+# Generalised (ablation) sampler.
+
+
+class _Schedule(NamedTuple):
+    sigma: callable        # σ(t)
+    sigma_deriv: callable  # σ'(t)
+    sigma_inv: callable    # t(σ)
+
+
+def _vp_schedule(beta_d, beta_min):
+    """σ(t) = √(exp(½β_d t² + β_min t) − 1) and its derivative and inverse."""
+    def sigma(t):
+        return math.sqrt(math.expm1(0.5 * beta_d * t ** 2 + beta_min * t))
+
+    def sigma_deriv(t):
+        return 0.5 * (beta_min + beta_d * t) * math.exp(0.5 * beta_d * t ** 2 + beta_min * t) / sigma(t)
+
+    def sigma_inv(s):
+        return (math.sqrt(beta_min ** 2 + 2 * beta_d * math.log1p(s ** 2)) - beta_min) / beta_d
+    return _Schedule(sigma, sigma_deriv, sigma_inv)
+
+
+def _vp_betas(sigma_min, sigma_max, epsilon_s):
+    """β_d, β_min of the VP schedule that maps t = ε_s to σ_min and t = 1 to σ_max."""
+    l_min, l_max = math.log1p(sigma_min ** 2), math.log1p(sigma_max ** 2)
+    beta_d = 2 * (l_min / epsilon_s - l_max) / (epsilon_s - 1)
+    return beta_d, l_max - 0.5 * beta_d
+
+
+_VE_SCHEDULE = _Schedule(lambda t: math.sqrt(t), lambda t: 0.5 / math.sqrt(t), lambda s: s ** 2)
+_LINEAR_SCHEDULE = _Schedule(lambda t: t, lambda t: 1.0, lambda s: s)
+
+
+def _scaling(name, schedule):
+    """s(t) and s'(t): VP keeps the signal at unit variance, s = 1/√(1 + σ²); none is s = 1."""
+    if name == 'none':
+        return (lambda t: 1.0), (lambda t: 0.0)
+
+    def s(t):
+        return 1 / math.sqrt(1 + schedule.sigma(t) ** 2)
+
+    def s_deriv(t):
+        return -schedule.sigma(t) * schedule.sigma_deriv(t) * s(t) ** 3
+    return s, s_deriv
+
+
+def iddpm_levels(C_1=0.001, C_2=0.008, M=1000):
+    """The M + 1 σ levels u_0 > … > u_M = 0 of improved DDPM: u_{j−1} = √((u_j² + 1) /
+    max(ᾱ(j−1)/ᾱ(j), C_1) − 1), ᾱ(j) = sin²(π/2 · j / (M·(C_2 + 1)))."""
+    def alpha_bar(j):
+        return math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2
+    u = np.zeros(M + 1)
+    for j in range(M, 0, -1):
+        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1)
+    return torch.as_tensor(u, dtype=torch.float64)
+
+
+_DEFAULT_SIGMA_RANGE = {'ve': (0.02, 100), 'iddpm': (0.002, 81), 'edm': (0.002, 80)}
+
+
+def ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M, vp_betas):
+    """σ_0 … σ_{N−1} of each discretisation of EDM's Table 1 (float64 tensor).
+
+    vp: σ(t_i) with t_i = 1 + i/(N−1)·(ε_s − 1) on the VP schedule; ve: σ_i geometric from σ_max
+    to σ_min (t_i = σ_i² on the VE schedule); iddpm: N of the iDDPM levels in [σ_min, σ_max],
+    evenly spaced by index and rounded; edm: the ρ-spaced σ_i of `edm_sigma_steps`."""
+    frac = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
+    if discretization == 'vp':
+        vp = _vp_schedule(*vp_betas)
+        return torch.tensor([vp.sigma(float(t)) for t in 1 + frac * (epsilon_s - 1)], dtype=torch.float64)
+    if discretization == 've':
+        return sigma_max * (sigma_min / sigma_max) ** frac
+    if discretization == 'iddpm':
+        u = iddpm_levels(C_1, C_2, M)
+        u = u[(u >= sigma_min) & (u <= sigma_max)]
+        return u[(frac * (len(u) - 1)).round().to(torch.int64)]
+    if discretization == 'edm':
+        return edm_sigma_steps(num_steps, sigma_min, sigma_max, rho)
+    raise ValueError(f'unknown discretization "{discretization}"')
+
+
+def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_min=None, sigma_max=None, rho=7,
+                     solver='heun', discretization='edm', schedule='linear', scaling='none',
+                     epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,
+                     S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
+    """EDM's generalised sampler (Karras et al. 2022, Algorithm 1; choices of Table 1).
+
+    The ODE dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D(x/s; σ) is integrated over the time steps of
+    `discretization` (vp|ve|iddpm|edm), mapped through the noise schedule σ(t) (vp|ve|linear) and
+    signal scaling s(t) (vp|none), with `solver` euler or heun (the 2nd-order step evaluates at
+    t + α·h and weights the slopes 1 − 1/(2α), 1/(2α)). σ_min/σ_max default per discretisation
+    (EDM's defaults) and are clamped to the network's range. Stochastic churn is as in
+    `edm_sampler`, on σ(t). With discretization=edm, schedule=linear, scaling=none, solver=heun
+    it computes `edm_sampler`."""
+    if solver not in ('euler', 'heun'):
+        raise ValueError(f'unknown solver "{solver}"')
+    if schedule not in ('vp', 've', 'linear') or scaling not in ('vp', 'none'):
+        raise ValueError(f'unknown schedule "{schedule}" or scaling "{scaling}"')
+    vp_defaults = _vp_schedule(19.9, 0.1)
+    default_min, default_max = _DEFAULT_SIGMA_RANGE.get(discretization, (vp_defaults.sigma(epsilon_s), vp_defaults.sigma(1)))
+    sigma_min, sigma_max = clamp_sigma_range(net, default_min if sigma_min is None else sigma_min,
+                                             default_max if sigma_max is None else sigma_max)
+    vp_betas = _vp_betas(sigma_min, sigma_max, epsilon_s)
+    sched = {'vp': _vp_schedule(*vp_betas), 've': _VE_SCHEDULE, 'linear': _LINEAR_SCHEDULE}[schedule]
+    s, s_deriv = _scaling(scaling, sched)
+
+    sigma_steps = _round_sigma(net, ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho,
+                                                         epsilon_s, C_1, C_2, M, vp_betas))
+    t_steps = [sched.sigma_inv(float(sig)) for sig in sigma_steps] + [0.0]
+    denoise = make_denoiser(net, class_labels, coords, cfg_scale)
+
+    def slope(x, t):
+        sig, dsig = sched.sigma(t), sched.sigma_deriv(t)
+        return (dsig / sig + s_deriv(t) / s(t)) * x - dsig * s(t) / sig * denoise(x / s(t), sig)
+
+    x_next = latents.to(state_dtype(latents.device)) * (sched.sigma(t_steps[0]) * s(t_steps[0]))
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        sigma_cur = sched.sigma(t_cur)
+        gamma = churn_gamma(sigma_cur, num_steps, S_churn, S_min, S_max)
+        t_hat = t_cur
+        x_hat = x_cur
+        if gamma > 0:
+            t_hat = sched.sigma_inv(float(_round_sigma(net, sigma_cur + gamma * sigma_cur)))
+            noise_std = math.sqrt(sched.sigma(t_hat) ** 2 - sigma_cur ** 2) * s(t_hat) * S_noise
+            x_hat = s(t_hat) / s(t_cur) * x_cur + noise_std * _randn_like(rng, x_cur)
+
+        h = t_next - t_hat
+        d_cur = slope(x_hat, t_hat)
+        if solver == 'euler' or i == num_steps - 1:
+            x_next = x_hat + h * d_cur
+        else:
+            t_prime = t_hat + alpha * h
+            d_prime = slope(x_hat + alpha * h * d_cur, t_prime)
+            x_next = x_hat + h * ((1 - 1 / (2 * alpha)) * d_cur + 1 / (2 * alpha) * d_prime)
+    return x_next
+
+
+def select_sampler(sampler_kwargs):
+    """`ablation_sampler` when any of solver/discretization/schedule/scaling is given (as EDM's
+    generate.py does), else `edm_sampler`."""
+    return ablation_sampler if any(k in sampler_kwargs for k in ABLATION_KEYS) else edm_sampler
+
+# ----------------------------------------------------------------------------------------------
+# Seeds → images.
+
+
+class Canvas(NamedTuple):
+    """Where the sampled image sits relative to the training images, in the network's pixels
+    (latent pixels for latent networks): an `image_size` square whose top-left pixel is at
+    (y_start, x_start) of an image of side `resolution`. A canvas larger than `resolution` or
+    offset from 0 extends the coordinate grid past [−1, 1]."""
+    resolution: int
+    image_size: int
+    x_start: int = 0
+    y_start: int = 0
+
+
+def default_canvas(net):
+    """The full training image."""
+    return Canvas(net.img_resolution, net.img_resolution, 0, 0)
+
+
+def check_sampling_options(net, class_idx=None, canvas=None, cfg_scale=None):
+    """Raises `UserError` (naming the generate.py option) for choices the network cannot honour;
+    generate.py calls it before writing anything."""
+    label_dim = getattr(net, 'label_dim', 0)
+    if class_idx is not None:
+        if label_dim == 0:
+            raise UserError(f'--class: the network is unconditional, so --class={class_idx} cannot be used')
+        if not 0 <= class_idx < label_dim:
+            raise UserError(f'--class: {class_idx} is out of range; the network has {label_dim} classes (0..{label_dim - 1})')
+    if cfg_scale is not None and label_dim == 0:
+        raise UserError('--cfg: classifier-free guidance needs a class-conditional network; this one is unconditional')
+    if canvas is not None:
+        factor = getattr(net, 'down_factor', 1)
+        if canvas.image_size <= 0 or canvas.resolution <= 0:
+            raise UserError(f'--image_size/--resolution: must be positive (got {canvas.image_size}, {canvas.resolution})')
+        if canvas.image_size % factor != 0:
+            raise UserError(f'--image_size: {canvas.image_size} is not divisible by the network\'s down-sampling factor {factor}')
+        uses_coords = getattr(net, 'use_coords', False)
+        if not uses_coords and (canvas.resolution != net.img_resolution or canvas.x_start or canvas.y_start):
+            raise UserError('--resolution/--x_start/--y_start: the network was trained without coordinates; only --image_size applies')
+
+
+def canvas_coords(net, canvas, batch, device):
+    """(batch, 2, S, S) coordinate channels of the canvas for a network with `use_coords`, else None."""
+    if not getattr(net, 'use_coords', False):
+        return None
+    grid = patch.coord_grid(canvas.resolution, canvas.image_size, canvas.image_size, canvas.y_start, canvas.x_start,
+                            device=device)
+    return grid.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def to_uint8(x):
+    """[−1, 1] images → uint8 as (x·127.5 + 128) clipped, EDM's convention."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
+    """Per-seed latents (B, C, S, S) and one-hot labels (or None) from a `BatchRNG` of the seeds
+    (each mod 2³²); the labels of a conditional net without `class_idx` come from each seed's
+    generator after its latent. Returns (rng, latents, labels); rng then draws the churn noise."""
+    rng = misc.BatchRNG([int(seed) % (1 << 32) for seed in seeds], rows_per_seed=1, device=device)
+    latents = rng.randn(net.img_channels, canvas.image_size, canvas.image_size)
+    labels = None
+    if net.label_dim:
+        if class_idx is None:
+            index = rng.randint(0, net.label_dim)
+        else:
+            index = torch.full([len(seeds)], int(class_idx), dtype=torch.int64, device=device)
+        labels = torch.nn.functional.one_hot(index.to(device), net.label_dim).to(torch.float32)
+    return rng, latents, labels
+
+
+def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None,
+                        progress=False, **sampler_kwargs):
+    """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of
+    `seeds`.
+
+    `net` must already be on `device` (default: the device of its parameters); it is put in eval
+    mode while sampling and restored afterwards. `canvas` (a `Canvas`, default the full training
+    image) sets the image size and, for networks with `use_coords`, the coordinate grid.
+    `decoder` (an object with `decode(latents float (B, 4, h, w)) → uint8 (B, 3, 8h, 8w)`, the
+    snapshot's `encoder` for latent networks) turns sampled latents into images. The remaining
+    keywords go to the sampler (`select_sampler` picks it); `progress` draws a tqdm bar on rank 0."""
+    if device is None:
+        device = next(net.parameters()).device
+    device = torch.device(device)
+    canvas = default_canvas(net) if canvas is None else Canvas(*canvas)
+    check_sampling_options(net, class_idx, canvas, sampler_kwargs.get('cfg_scale'))
+    sampler = select_sampler(sampler_kwargs)
+    seeds = [int(seed) for seed in seeds]
+    batches = [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
+
+    from tqdm import tqdm
+    bar = tqdm(total=len(seeds), unit='img', disable=(not progress) or distributed.tqdm_disabled())
+    was_training = net.training
+    net.eval()
+    try:
+        for batch_seeds in batches:
+            with torch.inference_mode():
+                rng, latents, labels = draw_batch_inputs(net, batch_seeds, canvas, device, class_idx)
+                coords = canvas_coords(net, canvas, len(batch_seeds), device)
+                x = sampler(net, latents, labels, rng=rng, coords=coords, **sampler_kwargs)
+                images = decoder.decode(x.to(torch.float32)) if decoder is not None else to_uint8(x)
+            bar.update(len(batch_seeds))
+            yield batch_seeds, images.to(torch.uint8).cpu()
+    finally:
+        net.train(was_training)
+        bar.close()
+
+
+def sample_images(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None, progress=False,
+                  **sampler_kwargs):
+    """uint8 images (len(seeds), C, H, W) on the CPU, one per seed, in the order of `seeds`.
+
+    What the training loop calls for its snapshot grid, e.g.
+    `save_image_grid(sample_images(ema, range(64), device, batch_size=32), path)`. Arguments as in
+    `iter_sample_batches`; an image depends only on its seed."""
+    chunks = [images for _, images in iter_sample_batches(net, seeds, device, class_idx, batch_size, canvas, decoder,
+                                                          progress, **sampler_kwargs)]
+    if not chunks:
+        raise ValueError('no seeds to sample')
+    return torch.cat(chunks)
+
+# ----------------------------------------------------------------------------------------------
+# PNG output.
+
+
+def _to_pil(image_chw):
+    import PIL.Image
+    array = image_chw.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        return PIL.Image.fromarray(array[:, :, 0], 'L')
+    if array.shape[2] == 3:
+        return PIL.Image.fromarray(array, 'RGB')
+    raise ValueError(f'cannot write an image with {array.shape[2]} channels as PNG')
+
+
+def save_image(image_chw, path):
+    """Writes one uint8 (C, H, W) image as a grey (C = 1) or RGB (C = 3) PNG, atomically."""
+    with atomic_write(path, 'wb') as f:
+        _to_pil(image_chw).save(f, format='PNG')
+
+
+def grid_shape(num_images, cols=None):
+    """(rows, cols) of a grid: `cols` columns (default ⌈√N⌉) and as many rows as needed."""
+    cols = cols or max(1, math.ceil(math.sqrt(num_images)))
+    return max(1, math.ceil(num_images / cols)), cols
+
+
+def save_image_grid(images, path, cols=None):
+    """Writes uint8 (N, C, H, W) images as one PNG grid, row-major, empty cells black, atomically.
+    The grid is rows·H by cols·W pixels (see `grid_shape`)."""
+    images = torch.as_tensor(images)
+    n, c, h, w = images.shape
+    rows, cols = grid_shape(n, cols)
+    canvas = torch.zeros([rows * cols, c, h, w], dtype=torch.uint8)
+    canvas[:n] = images.cpu().to(torch.uint8)
+    grid = canvas.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    save_image(grid, path)
