@@ -487,6 +487,7 @@ class DatasetWriter:
         self.is_zip = self.dest.lower().endswith('.zip')
         self.count = 0
         self.labels = []
+        self.meta = {}  # further top-level entries of dataset.json (e.g. "latents")
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)
             if not empty_dir and not overwrite:
@@ -520,6 +521,17 @@ class DatasetWriter:
             with open(path, 'wb') as f:
                 f.write(data)
 
+    def add_array(self, array, label=None):
+        """Stores a numpy array as the next item `NNNNN/imgNNNNNNNN.npy`, with its label (or None)."""
+        idx = f'{self.count:08d}'
+        name = f'{idx[:5]}/img{idx}.npy'
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        self.add_file(name, buf.getvalue())
+        self.labels.append([name, label])
+        self.count += 1
+        return name
+
     def add_image(self, image, label=None):
         """Stores an HWC uint8 image (C = 1 or 3) as the next PNG, with its label (or None)."""
         idx = f'{self.count:08d}'
@@ -537,7 +549,7 @@ class DatasetWriter:
         if any(has) and not all(has):
             raise UserError(f'--dest={self.dest}: some images have labels and some do not')
         labels = self.labels if self.labels and all(has) else None
-        self.add_file('dataset.json', json.dumps({'labels': labels}).encode('utf-8'))
+        self.add_file('dataset.json', json.dumps({'labels': labels, **self.meta}).encode('utf-8'))
 
     def __exit__(self, exc_type, _exc, _tb):
         try:
@@ -571,6 +583,63 @@ class DatasetWriter:
 
 
 # ----------------------------------------------------------------------------------------------
+# Precomputed VAE latents.
+
+LATENT_DTYPES = ('float16', 'float32')
+
+
+def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device=None):
+    """Encodes every image of `stream` with the VAE and stores its posterior moments through
+    `writer` as `NNNNN/imgNNNNNNNN.npy` arrays (K, 8, r, r): channels 0-3 the mean, 4-7 the std
+    of the raw latent; K = 2 with `xflip` (the second row belongs to the mirrored image). Adds the
+    `latents` description to dataset.json, with per-channel statistics of posterior samples over
+    everything stored (what `--latent-norm=channel` uses)."""
+    import torch
+    from training import encoders
+    recorded = encoders.check_vae_name(vae_name)
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    encoder = encoders.StabilityVAEEncoder(vae_name=recorded)
+    encoder.init(device)
+    sums = np.zeros([3, encoders.LATENT_CHANNELS], dtype=np.float64)  # count, Σm, Σ(m² + s²)
+    shape = None
+
+    def flush(batch):
+        nonlocal shape
+        images = torch.as_tensor(np.stack([image.transpose(2, 0, 1) for image, _label in batch])).to(device)
+        views = [images, images.flip(3)] if xflip else [images]
+        moments = torch.stack([torch.cat(encoder.posterior(view), dim=1) for view in views], dim=1).cpu()
+        mean, std = moments.to(torch.float64).chunk(2, dim=2)
+        sums[0] += mean[:, :, 0].numel()
+        sums[1] += mean.sum(dim=(0, 1, 3, 4)).numpy()
+        sums[2] += (mean.square() + std.square()).sum(dim=(0, 1, 3, 4)).numpy()
+        shape = list(moments.shape[2:])
+        for (_image, label), item in zip(batch, moments.numpy().astype(dtype)):
+            writer.add_array(item, label)
+
+    batch = []
+    for name, image, label in stream:
+        if image.shape[0] % encoders.DOWN_FACTOR != 0:
+            raise UserError(f'{name}: image side {image.shape[0]} is not divisible by {encoders.DOWN_FACTOR}, '
+                            f'the VAE\'s down-sampling factor; give --resolution=WxH')
+        batch.append((image, label))
+        if len(batch) == encoders.ENCODE_BATCH:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    if shape is None:
+        return
+    mean = sums[1] / sums[0]
+    std = np.sqrt(np.maximum(sums[2] / sums[0] - mean ** 2, 0))
+    writer.meta['latents'] = dict(
+        encoder='vae', vae=recorded, shape=shape, channels=encoders.LATENT_CHANNELS,
+        image_resolution=shape[1] * encoders.DOWN_FACTOR, flips=2 if xflip else 1, dtype=dtype,
+        layout='(flips, 8, r, r): channels 0-3 posterior mean, 4-7 posterior std of the raw VAE latent; '
+               'flips row 1 is the mirrored image',
+        stats=dict(mean=mean.tolist(), std=std.tolist()))
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line.
 
 def _describe(count, stream, labels):
@@ -589,6 +658,13 @@ def _describe(count, stream, labels):
     if stream.skipped:
         text += f', {len(stream.skipped)} unreadable image{"s" if len(stream.skipped) > 1 else ""} skipped'
     return text
+
+
+def _counted(items, bar):
+    """Yields `items`, advancing the progress bar by one for each."""
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 class _DefaultCommandGroup(click.Group):
@@ -618,7 +694,12 @@ def cli():
 @click.option('--channels', help='1 (grey) or 3 (RGB)  [default: as the source]', metavar='1|3', type=int)
 @click.option('--skip-bad', help='Skip unreadable images instead of stopping', is_flag=True)
 @click.option('--overwrite', help='Replace a data set that already exists at --dest', is_flag=True)
-def convert(source, dest, max_images, transform, resolution, channels, skip_bad, overwrite):
+@click.option('--encoder', help='Store VAE latents (posterior mean and std) instead of images', type=click.Choice(['vae']))
+@click.option('--vae', help='VAE for --encoder: hub id or local folder  [default: stabilityai/sd-vae-ft-ema]', metavar='ID|DIR', type=str)
+@click.option('--xflip', help='With --encoder: also store the latents of the mirrored images', is_flag=True)
+@click.option('--latent-dtype', 'latent_dtype', help='With --encoder: storage precision', type=click.Choice(LATENT_DTYPES),
+              default='float16', show_default=True)
+def convert(source, dest, max_images, transform, resolution, channels, skip_bad, overwrite, encoder, vae, xflip, latent_dtype):
     """Convert an image collection into an EDM-format data set (PNG images + dataset.json).
 
     The word `convert` may be left out: `python dataset_tool.py --source=... --dest=...`.
@@ -642,13 +723,38 @@ def convert(source, dest, max_images, transform, resolution, channels, skip_bad,
     written to a temporary name and renamed when complete.
 
     \b
-    Example:
+    With --encoder=vae the data set holds Stable Diffusion VAE latents instead of PNGs: for every
+    image, the posterior mean and std (NNNNN/imgNNNNNNNN.npy, shape (1 or 2, 8, R/8, R/8)), and
+    with --xflip those of its mirror image too; train.py recognises such a set and draws a
+    posterior sample per step instead of running the encoder (see docs/latents.md).
+
+    \b
+    Examples:
       python dataset_tool.py convert --source=data/mnist-10k-28x28.npz \\
           --dest=datasets/mnist-32x32.zip --resolution=32x32
+      python dataset_tool.py convert --source=downloads/imagenet/train --dest=datasets/in256-sd.zip \\
+          --transform=center-crop --resolution=256x256 --encoder=vae --xflip
     """
+    if encoder is None:
+        for name, value in (('--vae', vae), ('--xflip', xflip)):
+            if value:
+                raise UserError(f'{name}: only applies with --encoder=vae')
+    else:
+        from training.encoders import DEFAULT_VAE, check_vae_name
+        vae = check_vae_name(vae or DEFAULT_VAE)  # a missing folder fails before any work
     writer = DatasetWriter(dest, overwrite=overwrite)  # refuse an existing --dest before any work
     stream = iterate_images(source, max_images=max_images, transform=transform, resolution=resolution,
                             channels=channels, skip_bad=skip_bad)
+    if encoder is not None:
+        with writer, tqdm(total=len(stream), unit='img', file=sys.stderr, dynamic_ncols=True) as bar:
+            write_latents(writer, _counted(stream, bar), vae, xflip, latent_dtype)
+            if writer.count == 0:
+                raise UserError(f'--source={source}: no readable images')
+        info = writer.meta['latents']
+        click.echo(f'Wrote the latents of {_describe(writer.count, stream, writer.labels)} to {writer.dest}: '
+                   f'{info["channels"]}x{info["shape"][1]}x{info["shape"][2]} posterior mean and std, '
+                   f'{"with" if xflip else "without"} mirrored copies, {latent_dtype}')
+        return
     with writer, tqdm(total=len(stream), unit='img', file=sys.stderr, dynamic_ncols=True) as bar:
         for _name, image, label in stream:
             writer.add_image(image, label)

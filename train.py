@@ -14,6 +14,8 @@ import torch
 import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
+from training import dataset as dataset_lib
+from training import encoders
 from training import patch as patch_lib
 from training import training_loop
 
@@ -65,18 +67,38 @@ def next_run_dir(outdir, desc):
     return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 
-def dataset_options(data, use_labels, xflip, cache, train_on_latents):
-    """Data-set kwargs for `training.dataset`, opening the data set once to validate it."""
+def dataset_options(data, use_labels, xflip, cache):
+    """Data-set kwargs for `training.dataset`, opening the data set once to validate it. A data
+    set of precomputed latents (dataset_tool.py --encoder=vae) gets `LatentFolderDataset`."""
     if not os.path.exists(data):
         raise UserError(f'--data: "{data}" does not exist')
-    kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data, use_labels=use_labels,
-                             xflip=xflip, cache=cache)
+    holds_latents = dataset_lib.latent_info(data) is not None
+    class_name = 'training.dataset.LatentFolderDataset' if holds_latents else 'training.dataset.ImageFolderDataset'
+    kwargs = dnnlib.EasyDict(class_name=class_name, path=data, use_labels=use_labels, xflip=xflip, cache=cache)
     dataset = dnnlib.construct_class_by_name(**kwargs)
     if use_labels and not dataset.has_labels:
         raise UserError(f'--cond: data set "{data}" has no labels (dataset.json with "labels")')
     kwargs.resolution = dataset.resolution
     kwargs.max_size = len(dataset)
     return kwargs, dataset
+
+
+def encoder_options(opts, dataset):
+    """`encoder_kwargs` of the training loop: None for pixel-space training, else the Stable
+    Diffusion VAE encoder. A data set of precomputed latents implies --train_on_latents=1 and
+    names its VAE; --vae may point elsewhere (another copy of the same VAE)."""
+    info = getattr(dataset, 'latent_info', None)
+    if not opts.train_on_latents and info is None:
+        for name, value in (('--vae', opts.vae), ('--latent-norm', opts.latent_norm)):
+            if value is not None:
+                raise UserError(f'{name}: only applies with --train_on_latents=1')
+        return None
+    if info is not None and opts.vae is None:
+        vae = info.get('vae', encoders.DEFAULT_VAE)
+    else:
+        vae = encoders.check_vae_name(opts.vae or encoders.DEFAULT_VAE)
+    return dnnlib.EasyDict(class_name='training.encoders.StabilityVAEEncoder', vae_name=vae,
+                           latent_norm=opts.latent_norm or 'scale')
 
 
 def build_config(opts, world_size):
@@ -90,8 +112,9 @@ def build_config(opts, world_size):
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16: choose one')
 
-    c.dataset_kwargs, dataset = dataset_options(opts.data, opts.cond, opts.xflip, opts.cache, opts.train_on_latents)
+    c.dataset_kwargs, dataset = dataset_options(opts.data, opts.cond, opts.xflip, opts.cache)
     dataset_name = dataset.name
+    c.encoder_kwargs = encoder_options(opts, dataset)
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2,
                                            persistent_workers=opts.workers > 0)
 
@@ -113,8 +136,11 @@ def build_config(opts, world_size):
 
     down_factor = 2 ** (len(arch['channel_mult']) - 1)
     resolution = dataset.resolution
+    if c.encoder_kwargs is not None:  # the network works on the latent grid
+        resolution = dnnlib.construct_class_by_name(**c.encoder_kwargs).latent_shape(dataset)[0]
     if resolution % down_factor != 0:
-        raise UserError(f'--data: resolution {resolution} is not divisible by the network\'s down-sampling factor '
+        side = f'latent side {resolution} (image side / 8)' if c.encoder_kwargs is not None else f'resolution {resolution}'
+        raise UserError(f'--data: {side} is not divisible by the network\'s down-sampling factor '
                         f'{down_factor} (--arch={opts.arch}, channel_mult={arch["channel_mult"]})')
 
     c.patch_kwargs = None
@@ -122,7 +148,7 @@ def build_config(opts, world_size):
         c.network_kwargs.use_coords = True
         if opts.pos_embed:
             c.network_kwargs.pos_embed = opts.pos_embed
-        sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent=bool(opts.train_on_latents))
+        sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent=c.encoder_kwargs is not None)
         c.patch_kwargs = dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive)
 
     augment = opts.augment if opts.augment is not None else (0.0 if opts.patch else 0.12)
@@ -159,7 +185,8 @@ def build_config(opts, world_size):
     cond = 'cond' if opts.cond else 'uncond'
     precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
     dtype = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
-    desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}-gpus{world_size}-batch{opts.batch}-{dtype}'
+    latents = '-latents' if c.encoder_kwargs is not None else ''
+    desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}{latents}-gpus{world_size}-batch{opts.batch}-{dtype}'
     if opts.desc is not None:
         desc += f'-{opts.desc}'
     return c, desc
@@ -178,7 +205,12 @@ def build_config(opts, world_size):
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
               type=click.IntRange(min=0), default=0)
-@click.option('--train_on_latents', help='Train on Stable Diffusion VAE latents', metavar='BOOL', type=bool, default=False)
+@click.option('--train_on_latents', help='Train on Stable Diffusion VAE latents (implied by a data set of latents)',
+              metavar='BOOL', type=bool, default=False)
+@click.option('--vae', help='VAE for latents: hub id or local folder  [default: stabilityai/sd-vae-ft-ema, or the data set\'s]',
+              metavar='ID|DIR', type=str)
+@click.option('--latent-norm', 'latent_norm', help='Latent normalisation: x0.18215, or per channel to std 0.5  [default: scale]',
+              type=click.Choice(['scale', 'channel']))
 @click.option('--duration', help='Training duration', metavar='MIMG', type=click.FloatRange(min=0, min_open=True), default=200)
 @click.option('--batch', help='Total batch size (image slots per step)', metavar='INT', type=click.IntRange(min=1), default=512)
 @click.option('--batch-gpu', 'batch_gpu', help='Limit batch size per process', metavar='INT', type=click.IntRange(min=1))
@@ -249,6 +281,8 @@ def main(**kwargs):
     dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
     dist.print0(f'Network architecture:    {opts.arch}')
     dist.print0(f'Preconditioning & loss:  {opts.precond}{" + patches" if opts.patch else ""}')
+    if c.encoder_kwargs is not None:
+        dist.print0(f'Latents:                 VAE "{c.encoder_kwargs.vae_name}", --latent-norm={c.encoder_kwargs.latent_norm}')
     dist.print0(f'Device:                  {device}')
     dist.print0(f'Number of processes:     {dist.get_world_size()}')
     dist.print0(f'Batch size:              {c.batch_size}')

@@ -287,34 +287,6 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, digits, standin_path):
     np.testing.assert_allclose(data['sigma'], sigma, rtol=1e-10, atol=1e-12)
 
 
-HELP_DOC = os.path.join(ROOT, 'docs', 'fid-help.txt')
-HELP_SCRIPT = """
-import sys
-sys.argv[0] = 'fid.py'
-import fid
-for sub in ([], ['ref'], ['calc'], ['kid']):
-    print('$ python fid.py ' + ' '.join(sub + ['--help']), flush=True)
-    try:
-        fid.main(sub + ['--help'], prog_name='fid.py')
-    except SystemExit:
-        pass
-    if sub != ['kid']:
-        print()
-"""
-
-
-def help_text():
-    """The --help output of fid.py and its subcommands, as a user at an 80-column terminal sees it."""
-    env = dict(os.environ, COLUMNS='80')
-    return subprocess.run([sys.executable, '-c', HELP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
-
-
-def test_help_doc_is_current():
-    """docs/fid-help.txt must be the script's --help output (`python tests/test_fid.py` rewrites it)."""
-    with open(HELP_DOC, encoding='utf-8') as f:
-        assert f.read() == help_text()
-
-
 #----------------------------------------------------------------------------------------------
 # User errors: one line, exit code 1, no traceback.
 
@@ -406,9 +378,3 @@ def test_real_weights_separate_digits_from_emoji(tmp_path, digits, emoji):
     kid_same, _ = fid.compute_kid(stats['d1'][2], stats['d2'][2], num_subsets=10)
     kid_diff, _ = fid.compute_kid(stats['d1'][2], stats['emoji'][2], num_subsets=10)
     assert kid_same < 0.2 * kid_diff, (kid_same, kid_diff)
-
-
-if __name__ == '__main__':
-    with open(HELP_DOC, 'w', encoding='utf-8') as f:
-        f.write(help_text())
-    print(f'wrote {HELP_DOC}')

@@ -407,3 +407,146 @@ class ImageFolderDataset(Dataset):
         if labels.dtype.kind not in 'iuf':
             raise UserError(f'{self._path}: dataset.json labels must be numbers or lists of numbers')
         return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precomputed latents.
+
+
+def _read_member(path, name):
+    """Bytes of member `name` of a folder or zip data set, or None when it has no such member."""
+    if os.path.isdir(path):
+        file = os.path.join(path, *name.split('/'))
+        if not os.path.isfile(file):
+            return None
+        with open(file, 'rb') as f:
+            return f.read()
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read(name) if name in z.namelist() else None
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def latent_info(path):
+    """The `latents` description in the dataset.json of the data set at `path` (written by
+    `dataset_tool.py --encoder=vae`), or None when it is an image data set (or unreadable: the
+    image loader then reports the problem)."""
+    data = _read_member(os.fspath(path), 'dataset.json') if os.path.exists(path) else None
+    if data is None:
+        return None
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    info = meta.get('latents') if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+class LatentFolderDataset(Dataset):
+    """Precomputed VAE posterior moments, as written by `dataset_tool.py --encoder=vae`.
+
+    Layout: EDM's, with `NNNNN/imgNNNNNNNN.npy` members instead of PNGs, each a (K, 8, r, r)
+    float16/float32 array: channels 0-3 the posterior mean and 4-7 the posterior std of the raw
+    VAE latent of one image (K = 1), and of its mirror image too (K = 2, `--xflip` at conversion).
+    `dataset.json` holds the labels and a `latents` description (VAE, shape, statistics).
+
+    Items are (8, r, r) float32 arrays; `training.encoders` draws a posterior sample from them.
+    `xflip=True` doubles the set with the stored latents of the mirrored images (a mirrored
+    latent is not the latent of the mirrored image, so latents are never flipped here); a set
+    converted without `--xflip` refuses it."""
+
+    item_dtype = np.float32
+
+    def __init__(self, path, resolution=None, xflip=False, **super_kwargs):
+        self._path = os.fspath(path)
+        self._zipfile = None
+        self._zip_pid = None
+        self._info = latent_info(self._path)
+        if self._info is None:
+            raise UserError(f'{self._path}: not a data set of latents (no "latents" in dataset.json)')
+        if os.path.isdir(self._path):
+            self._type = 'dir'
+            names = [os.path.relpath(os.path.join(root, f), self._path).replace(os.sep, '/')
+                     for root, _dirs, files in os.walk(self._path) for f in files]
+        else:
+            self._type = 'zip'
+            names = self._get_zipfile().namelist()
+        self._fnames = sorted(n for n in names if n.endswith('.npy'))
+        if not self._fnames:
+            raise UserError(f'{self._path}: no .npy latents found')
+        shape = [int(v) for v in self._info['shape']]
+        self._stored_flips = int(self._info.get('flips', 1))
+        if xflip and self._stored_flips < 2:
+            raise UserError(f'--xflip: {self._path} holds no latents of mirrored images; '
+                            f'convert it with dataset_tool.py --encoder=vae --xflip')
+        self._copies = 2 if xflip else 1
+        if resolution is not None and shape[1] != resolution:
+            raise UserError(f'{self._path}: latents are {shape[1]}x{shape[2]}, not the requested resolution {resolution}')
+        name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
+        super().__init__(name=name, raw_shape=[len(self._fnames) * self._copies] + shape, xflip=False, **super_kwargs)
+        self.close()
+
+    @property
+    def latent_info(self):
+        """The `latents` description of dataset.json (VAE, shape, statistics, ...)."""
+        return dict(self._info)
+
+    @property
+    def latent_stats(self):
+        """{'mean': [4], 'std': [4]} of posterior samples of the raw latents over the whole set."""
+        return self._info.get('stats')
+
+    def _where(self):
+        return self._path
+
+    def _get_zipfile(self):
+        if self._zipfile is None or self._zip_pid != os.getpid():
+            try:
+                self._zipfile = zipfile.ZipFile(self._path)
+            except (zipfile.BadZipFile, OSError) as err:
+                raise UserError(f'{self._path}: not a readable zip file ({err})') from None
+            self._zip_pid = os.getpid()
+        return self._zipfile
+
+    def close(self):
+        try:
+            if self._zipfile is not None and self._zip_pid == os.getpid():
+                self._zipfile.close()
+        finally:
+            self._zipfile = None
+            self._zip_pid = None
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _zipfile=None, _zip_pid=None)
+
+    def _read(self, fname):
+        if self._type == 'dir':
+            with open(os.path.join(self._path, *fname.split('/')), 'rb') as f:
+                return f.read()
+        return self._get_zipfile().read(fname)
+
+    def _load_raw_image(self, raw_idx):
+        """Raw item i < N is file i; item N + i is the mirrored version of file i."""
+        count = len(self._fnames)
+        fname = self._fnames[raw_idx % count]
+        try:
+            array = np.load(io.BytesIO(self._read(fname)), allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
+        if array.ndim != 4 or list(array.shape[1:]) != self._raw_shape[1:] or array.shape[0] < self._copies:
+            raise UserError(f'{self._path}: {fname} has shape {list(array.shape)}, expected [{self._stored_flips}, '
+                            f'{", ".join(map(str, self._raw_shape[1:]))}]')
+        return np.ascontiguousarray(array[raw_idx // count], dtype=np.float32)
+
+    def _load_raw_labels(self):
+        data = _read_member(self._path, 'dataset.json')
+        labels = json.loads(data).get('labels')
+        if labels is None:
+            return None
+        labels = dict((str(name), label) for name, label in labels)
+        missing = [f for f in self._fnames if f not in labels]
+        if missing:
+            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} items unlabelled)')
+        labels = np.array([labels[f] for f in self._fnames] * self._copies)
+        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)

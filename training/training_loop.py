@@ -114,8 +114,7 @@ def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_rat
         halflife = min(halflife, nimg * ema_rampup_ratio)
     beta = 0.5 ** (images_in_step / max(halflife, 1e-8))
     with torch.no_grad():
-        for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-            p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - beta)
         for b_ema, b_net in zip(ema.buffers(), net.buffers()):
             b_ema.copy_(b_net.detach())
 
@@ -201,12 +200,13 @@ def save_sample_grid(run_dir, kimg, ema, device, encoder=None, num_images=64):
 
 
 def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
-    """`reals.png`: the first training images, for comparison with the sample grids."""
+    """`reals.png`: the first training images, for comparison with the sample grids (precomputed
+    latents are shown decoded from their posterior means)."""
     from training import sampler
     count = min(num_images, len(dataset))
     images = torch.as_tensor(np.stack([dataset[i][0] for i in range(count)]))
     if encoder is not None and images.dtype != torch.uint8:
-        images = encoder.decode(images)
+        images = encoder.decode(encoder.encode(images.to(encoder.vae_device)))
     sampler.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
 
 
@@ -262,6 +262,8 @@ def training_loop(
     encoder = dnnlib.construct_class_by_name(**encoder_kwargs) if encoder_kwargs else None
     if encoder is not None:
         encoder.init(device)
+        encoder.fit(dataset)
+        dist.print0(f'Latents: {encoder.describe()}')
 
     net_resolution, net_channels = dataset.resolution, dataset.num_channels
     if encoder is not None:

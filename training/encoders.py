@@ -1,0 +1,262 @@
+"""Latent space of the Stable Diffusion VAE, for training on latents (`--train_on_latents=1`).
+
+`StabilityVAEEncoder` turns training data into normalised latents and sampled latents back into
+images. It wraps a diffusers `AutoencoderKL` (default `stabilityai/sd-vae-ft-ema`, or a local
+folder with `config.json` and the weights): an R×R RGB image becomes a 4×(R/8)×(R/8) latent.
+
+Two kinds of training data are accepted by `encode`:
+- uint8 images (N, C, R, R): encoded by the VAE on the fly, then a posterior sample is drawn;
+- precomputed posterior moments (N, 8, r, r) float (channels 0-3 mean, 4-7 std, of the raw
+  VAE latent; written once by `dataset_tool.py --encoder=vae`): only the sample is drawn.
+Both draw the posterior noise ε from the same per-block generator, so the two paths give the same
+samples for the same images, and neither depends on how a batch is split over ranks and rounds.
+
+Normalisation (what the denoiser sees): z_n = (z − shift)·gain per channel, with
+- `latent_norm='scale'`: shift 0, gain 0.18215 (the Stable Diffusion factor; the original
+  release);
+- `latent_norm='channel'`: shift = per-channel mean and gain = 0.5 / per-channel std of the
+  data set's latents, so every channel has mean 0 and std 0.5 = σ_data (estimated exactly from
+  the posterior moments: precomputed statistics of the whole set, else the first images).
+
+The encoder pickles with the snapshot (a persistent class) WITHOUT the VAE weights: it stores the
+VAE's id or path and the normalisation, and reloads the VAE on first use, so generate.py decodes
+with exactly the settings of training. Nothing is imported from diffusers, and nothing is
+downloaded, until a VAE is first needed.
+"""
+
+import os
+import re
+import warnings
+
+import numpy as np
+import torch
+
+from dnnlib.util import UserError
+from torch_utils import distributed as dist
+from torch_utils import persistence
+
+DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'
+SD_SCALE = 0.18215
+LATENT_CHANNELS = 4
+DOWN_FACTOR = 8
+STATS_IMAGES = 256      # images encoded to estimate per-channel statistics when none are stored
+ENCODE_BATCH = 32       # images per VAE call, to bound memory
+
+_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*/[\w.-]+$')
+
+
+def is_local_vae(name):
+    """True when `name` refers to a local folder rather than a hub id ("org/name")."""
+    return os.path.exists(name) or not _HUB_ID.match(name)
+
+
+def _how_to_provide():
+    return ('pass --vae=/path/to/folder holding config.json and diffusion_pytorch_model.safetensors '
+            '(AutoencoderKL.save_pretrained), or allow network access to the Hugging Face hub')
+
+
+def vae_folder(name):
+    """The folder holding the VAE's config.json for a local `name` (the folder itself or its
+    `vae/` sub-folder, as in a full Stable Diffusion checkout); a UserError when there is none."""
+    path = os.path.abspath(os.path.expanduser(name))
+    for folder in (path, os.path.join(path, 'vae')):
+        if os.path.isfile(os.path.join(folder, 'config.json')):
+            return folder
+    what = 'does not exist' if not os.path.exists(path) else 'holds no config.json'
+    raise UserError(f'--vae: "{name}" {what}; {_how_to_provide()}')
+
+
+def check_vae_name(name):
+    """Cheap validation for command lines (no loading): a local folder must hold a config.json.
+    Returns the name to record: an absolute folder for local VAEs, the hub id otherwise."""
+    if is_local_vae(name):
+        return vae_folder(name)
+    return name
+
+
+def load_vae(name, device):
+    """The `AutoencoderKL` `name` (hub id or local folder) in eval mode on `device`, float32.
+    Any failure to find or read it is a one-line UserError that says how to provide it."""
+    source = vae_folder(name) if is_local_vae(name) else name
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as err:
+        raise UserError(f'--vae: the diffusers package is needed for latents ({err})') from None
+    try:
+        with warnings.catch_warnings():  # diffusers' own deprecation notices, not the user's concern
+            warnings.simplefilter('ignore', UserWarning)
+            warnings.simplefilter('ignore', FutureWarning)
+            vae = AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32, low_cpu_mem_usage=False)
+    except Exception as err:  # hub, network and file errors come in many types
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f'--vae: cannot load the VAE "{name}" ({reason}); {_how_to_provide()}') from None
+    return vae.eval().requires_grad_(False).to(device)
+
+
+def moment_stats(means, stds):
+    """Per-channel (mean, std) of posterior samples over a set of items, exactly: with posterior
+    mean m and std s per element, E[z] = avg(m) and Var[z] = avg(m² + s²) − E[z]².
+    means, stds: (N, C, h, w) tensors. Returns two float64 (C,) tensors."""
+    m = means.to(torch.float64)
+    s = stds.to(torch.float64)
+    mean = m.mean(dim=(0, 2, 3))
+    second = (m.square() + s.square()).mean(dim=(0, 2, 3))
+    return mean, (second - mean.square()).clamp(min=0).sqrt()
+
+
+@persistence.persistent_class
+class StabilityVAEEncoder:
+    """Stable Diffusion VAE latents for the denoiser; see the module docstring.
+
+    vae_name:    hub id or local folder of a diffusers AutoencoderKL.
+    latent_norm: 'scale' (× 0.18215) or 'channel' (per channel to mean 0, std 0.5).
+    scale:       the factor of 'scale'.
+    channel_mean, channel_std: statistics of the raw latents for 'channel' (estimated by `fit`
+                 when not given)."""
+
+    def __init__(self, vae_name=DEFAULT_VAE, latent_norm='scale', scale=SD_SCALE, channel_mean=None, channel_std=None):
+        if latent_norm not in ('scale', 'channel'):
+            raise UserError(f'--latent-norm: "{latent_norm}" is not one of scale, channel')
+        self.vae_name = vae_name
+        self.latent_norm = latent_norm
+        self.scale = float(scale)
+        self.channel_mean = None if channel_mean is None else [float(v) for v in channel_mean]
+        self.channel_std = None if channel_std is None else [float(v) for v in channel_std]
+        self._vae = None
+
+    # -- pickling: everything but the VAE ---------------------------------------------------
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != '_vae'}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._vae = None
+
+    # -- the VAE ------------------------------------------------------------------------------
+
+    def init(self, device):
+        """Loads the VAE onto `device` now (so a missing VAE fails before training starts)."""
+        self._get_vae(device)
+
+    def _get_vae(self, device):
+        device = torch.device(device)
+        if self._vae is None:
+            self._vae = load_vae(self.vae_name, device)
+        elif next(self._vae.parameters()).device != device:
+            self._vae = self._vae.to(device)
+        return self._vae
+
+    @property
+    def vae_device(self):
+        """Device of the loaded VAE (None before it is loaded)."""
+        return None if self._vae is None else next(self._vae.parameters()).device
+
+    def latent_shape(self, dataset):
+        """(latent side, channels) of the denoiser for `dataset`: R/8 and 4 for images, the stored
+        side for a data set of precomputed latents."""
+        if _holds_latents(dataset):
+            return dataset.resolution, LATENT_CHANNELS
+        if dataset.resolution % DOWN_FACTOR != 0:
+            raise UserError(f'--data: resolution {dataset.resolution} is not divisible by {DOWN_FACTOR}, '
+                            f'the VAE\'s down-sampling factor (--train_on_latents=1)')
+        return dataset.resolution // DOWN_FACTOR, LATENT_CHANNELS
+
+    # -- normalisation ------------------------------------------------------------------------
+
+    def fit(self, dataset):
+        """For 'channel' normalisation without given statistics: takes them from the data set's
+        precomputed statistics, or encodes its first `STATS_IMAGES` images (on rank 0, then
+        shared, so every rank normalises identically). A no-op for 'scale'."""
+        if self.latent_norm != 'channel' or self.channel_mean is not None:
+            return
+        stats = getattr(dataset, 'latent_stats', None)
+        if stats is None:
+            stats = self._estimate_stats(dataset) if dist.get_rank() == 0 else None
+            stats = dist.broadcast_object(stats)
+        self.channel_mean = [float(v) for v in stats['mean']]
+        self.channel_std = [float(v) for v in stats['std']]
+
+    def _estimate_stats(self, dataset):
+        device = next(self._get_vae(dist.device()).parameters()).device if self._vae is None else self.vae_device
+        count = min(len(dataset), STATS_IMAGES)
+        means, stds = [], []
+        for start in range(0, count, ENCODE_BATCH):
+            batch = np.stack([dataset[i][0] for i in range(start, min(start + ENCODE_BATCH, count))])
+            mean, std = self.posterior(torch.as_tensor(batch).to(device))
+            means.append(mean.cpu())
+            stds.append(std.cpu())
+        mean, std = moment_stats(torch.cat(means), torch.cat(stds))
+        return dict(mean=mean.tolist(), std=std.tolist())
+
+    def _shift_gain(self, device):
+        """Per-channel (shift, gain) tensors (1, 4, 1, 1) of z_n = (z − shift)·gain."""
+        if self.latent_norm == 'scale':
+            shift = torch.zeros(LATENT_CHANNELS)
+            gain = torch.full([LATENT_CHANNELS], self.scale)
+        else:
+            if self.channel_mean is None:
+                raise RuntimeError('channel normalisation needs statistics: call fit(dataset) first')
+            shift = torch.tensor(self.channel_mean)
+            gain = 0.5 / torch.tensor(self.channel_std).clamp(min=1e-8)
+        return (shift.reshape(1, -1, 1, 1).to(device, torch.float32), gain.reshape(1, -1, 1, 1).to(device, torch.float32))
+
+    def normalize(self, z):
+        """Raw VAE latents → what the denoiser sees."""
+        shift, gain = self._shift_gain(z.device)
+        return (z.to(torch.float32) - shift) * gain
+
+    def denormalize(self, x):
+        """Inverse of `normalize`."""
+        shift, gain = self._shift_gain(x.device)
+        return x.to(torch.float32) / gain + shift
+
+    # -- encoding and decoding -------------------------------------------------------------
+
+    def posterior(self, images):
+        """Posterior (mean, std), each (N, 4, R/8, R/8) float32, of uint8 images (N, 1|3, R, R)
+        on the VAE's device (grey images are repeated to RGB)."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        vae = self._get_vae(images.device)
+        means, stds = [], []
+        with torch.no_grad():
+            for chunk in images.split(ENCODE_BATCH):
+                dist_ = vae.encode(chunk.to(torch.float32) / 127.5 - 1).latent_dist
+                means.append(dist_.mean)
+                stds.append(dist_.std)
+        return torch.cat(means), torch.cat(stds)
+
+    def encode(self, batch, rng=None):
+        """Training data → normalised latents (N, 4, r, r) float32 on the batch's device.
+
+        `batch`: uint8 images (encoded by the VAE) or float posterior moments (N, 8, r, r) from a
+        latent data set. With `rng` (a `torch_utils.misc.BatchRNG` with one row per item) the
+        result is a posterior sample mean + std·ε; without it, the posterior mean."""
+        if batch.dtype == torch.uint8:
+            mean, std = self.posterior(batch)
+        else:
+            if batch.shape[1] != 2 * LATENT_CHANNELS:
+                raise ValueError(f'expected posterior moments with {2 * LATENT_CHANNELS} channels, got {batch.shape[1]}')
+            mean, std = batch.to(torch.float32).chunk(2, dim=1)
+        z = mean if rng is None else mean + std * rng.randn_like(mean)
+        return self.normalize(z)
+
+    def decode(self, latents):
+        """Normalised latents (N, 4, r, r) → uint8 RGB images (N, 3, 8r, 8r) on the latents' device."""
+        vae = self._get_vae(latents.device)
+        images = []
+        with torch.no_grad():
+            for chunk in self.denormalize(latents).split(ENCODE_BATCH):
+                x = vae.decode(chunk).sample.clamp(-1, 1)
+                images.append(((x + 1) * 127.5).round().to(torch.uint8))
+        return torch.cat(images)
+
+    def describe(self):
+        """One line for logs."""
+        norm = f'scale {self.scale}' if self.latent_norm == 'scale' else 'per-channel mean 0, std 0.5'
+        return f'VAE "{self.vae_name}", latents normalised by {norm}'
+
+
+def _holds_latents(dataset):
+    return getattr(dataset, 'latent_info', None) is not None
