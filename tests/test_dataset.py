@@ -250,3 +250,25 @@ def test_errors(tmp_path, case):
         ImageFolderDataset(path, **kwargs)
     message = error_message(excinfo)
     assert expect in message and os.path.basename(str(path)) in message
+
+
+@pytest.mark.parametrize('as_zip', [False, True])
+def test_stored_files_folder_or_zip(tmp_path, as_zip):
+    from training.dataset import _StoredFiles
+    images = random_images(2)
+    files = _StoredFiles(write_edm(tmp_path / ('set.zip' if as_zip else 'set'), images, [0, 1], as_zip=as_zip))
+    assert files.type == ('zip' if as_zip else 'dir')
+    assert files.names() == ['00000/img00000000.png', '00000/img00000001.png', 'dataset.json']
+    assert files.read(edm_name(1)) == png_bytes(images[1])
+    assert set(files.stored_heads(26)) == (set(files.names()) if as_zip else set())
+    clone = pickle.loads(pickle.dumps(files))  # no handle travels; the copy opens its own
+    assert clone._zip is None and json.loads(clone.read('dataset.json'))['labels'][1] == [edm_name(1), 1]
+    if as_zip:
+        handle = files.zipfile()
+        files._zip_pid = -1  # as seen from a forked worker: the parent's handle is not reused
+        assert files.zipfile() is not handle
+        handle.close()
+    files.close()
+    clone.close()
+    assert files.read(edm_name(0)) == png_bytes(images[0])  # reopens after close
+    files.close()

@@ -39,14 +39,6 @@ def write_snapshot(path, net):
     return str(path)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp('snapshots')

@@ -72,14 +72,21 @@ def test_edm_loss_formula(P_mean, P_std, sigma_data):
     _check_loss_value(out, y, sigma, noise, lambda s: _edm_weight(s, sigma_data))
 
 
-def test_ve_loss_formula():
-    y = _images(c=1)
+def _run_uniform_loss(loss_fn, channels):
+    """Runs a loss whose σ comes from one uniform draw on a MockNet; returns (net, y, out, u, noise)
+    with u and the noise redrawn from the same seeds, in the documented order."""
+    y = _images(c=channels)
     net = MockNet()
-    out = loss_mod.VELoss()(net, y, rng=BatchRNG(SEEDS))
+    out = loss_fn(net, y, rng=BatchRNG(SEEDS))
     ref = BatchRNG(SEEDS)
     u = ref.rand().double().numpy()
-    sigma = 0.02 * (100 / 0.02) ** u
     noise = ref.randn(*y.shape[1:])
+    return net, y, out, u, noise
+
+
+def test_ve_loss_formula():
+    net, y, out, u, noise = _run_uniform_loss(loss_mod.VELoss(), channels=1)
+    sigma = 0.02 * (100 / 0.02) ** u
     np.testing.assert_allclose(net.calls[0]['sigma'].double().flatten().numpy(), sigma, rtol=1e-5)
     _check_loss_value(out, y, sigma, noise, lambda s: 1 / s ** 2)
 
@@ -89,12 +96,7 @@ def _vp_t(sigma, beta_d=19.9, beta_min=0.1):
 
 
 def test_vp_loss_formula():
-    y = _images(c=4)
-    net = MockNet()
-    out = loss_mod.VPLoss()(net, y, rng=BatchRNG(SEEDS))
-    ref = BatchRNG(SEEDS)
-    u = ref.rand().double().numpy()
-    noise = ref.randn(*y.shape[1:])
+    net, y, out, u, noise = _run_uniform_loss(loss_mod.VPLoss(), channels=4)
     sigma = net.calls[0]['sigma'].double().flatten().numpy()
     # t(σ) is uniform on [ε_t, 1] through u, in either orientation.
     eps = 1e-5

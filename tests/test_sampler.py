@@ -82,15 +82,6 @@ class CallCounter(torch.nn.Module):
         return self.net(x, sigma, class_labels, coords=coords, **kwargs)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny networks run faster on one thread, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def rgb_net():
     return tiny_net()

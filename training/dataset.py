@@ -256,6 +256,91 @@ class Dataset(torch.utils.data.Dataset):
         return self._get_raw_labels().dtype == np.int64
 
 
+class _StoredFiles:
+    """The members of a data set stored as a folder or a zip: `type` is 'dir' or 'zip', member
+    names are relative and '/'-separated.
+
+    A zip is opened once per process: a handle shared across fork would share its file offset
+    between DataLoader workers, so a forked worker opens its own, and a pickled copy (what spawned
+    workers receive) carries no handle and opens the zip when first read."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._zip = None
+        self._zip_pid = None
+        if os.path.isdir(self.path):
+            self.type = 'dir'
+        elif os.path.isfile(self.path):
+            self.type = 'zip'
+            self.zipfile()  # a file that is not a zip fails here, not in a worker
+        elif os.path.exists(self.path):
+            raise UserError(f'{self.path}: neither a folder nor a zip file')
+        else:
+            raise UserError(f'{self.path}: no such data set (expected a folder or a .zip)')
+
+    def zipfile(self):
+        """The `zipfile.ZipFile` of this process."""
+        assert self.type == 'zip'
+        if self._zip is None or self._zip_pid != os.getpid():
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, OSError) as err:
+                raise UserError(f'{self.path}: not a readable zip file ({err})') from None
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def names(self):
+        """Sorted names of all members (files only, at any depth)."""
+        if self.type == 'dir':
+            return sorted(os.path.relpath(os.path.join(root, fname), start=self.path).replace(os.sep, '/')
+                          for root, _dirs, files in os.walk(self.path) for fname in files)
+        return sorted(n for n in self.zipfile().namelist() if not n.endswith('/'))
+
+    def open(self, name):
+        """Opens member `name` for binary reading."""
+        if self.type == 'dir':
+            return open(os.path.join(self.path, *name.split('/')), 'rb')
+        return self.zipfile().open(name, 'r')
+
+    def read(self, name):
+        """All bytes of member `name`."""
+        with self.open(name) as f:
+            return f.read()
+
+    def stored_heads(self, size):
+        """First `size` bytes of every uncompressed zip member, read straight from the archive:
+        about ten times faster than opening each member through `zipfile`, which matters for the
+        header check of a million-image zip. Compressed members are left out, and so is every
+        member of a folder ({} is returned)."""
+        heads = {}
+        if self.type != 'zip':
+            return heads
+        with open(self.path, 'rb') as f:
+            for info in self.zipfile().infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # stored, not encrypted
+                    continue
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if len(local) < 30 or local[:4] != b'PK\x03\x04':
+                    continue
+                name_len, extra_len = struct.unpack('<HH', local[26:30])
+                f.seek(name_len + extra_len, os.SEEK_CUR)
+                heads[info.filename] = f.read(min(size, info.file_size))
+        return heads
+
+    def close(self):
+        """Closes this process's zip handle; the next read reopens it."""
+        try:
+            if self._zip is not None and self._zip_pid == os.getpid():
+                self._zip.close()
+        finally:
+            self._zip = None
+            self._zip_pid = None
+
+    def __getstate__(self):
+        return dict(self.__dict__, _zip=None, _zip_pid=None)
+
+
 class ImageFolderDataset(Dataset):
     """EDM's image data set: a folder or a zip of images (any nesting) plus `dataset.json`.
 
@@ -266,24 +351,8 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, path, resolution=None, **super_kwargs):
         self._path = os.fspath(path)
-        self._zipfile = None
-        self._zip_pid = None
-
-        if os.path.isdir(self._path):
-            self._type = 'dir'
-            self._all_fnames = sorted(
-                os.path.relpath(os.path.join(root, fname), start=self._path).replace(os.sep, '/')
-                for root, _dirs, files in os.walk(self._path) for fname in files)
-        elif os.path.isfile(self._path):
-            self._type = 'zip'
-            try:
-                self._all_fnames = sorted(n for n in self._get_zipfile().namelist() if not n.endswith('/'))
-            except (zipfile.BadZipFile, OSError) as err:
-                raise UserError(f'{self._path}: not a readable zip file ({err})') from None
-        elif os.path.exists(self._path):
-            raise UserError(f'{self._path}: neither a folder nor a zip file')
-        else:
-            raise UserError(f'{self._path}: no such data set (expected a folder or a .zip)')
+        self._files = _StoredFiles(self._path)
+        self._all_fnames = self._files.names()
 
         extensions = image_extensions()
         self._image_fnames = [f for f in self._all_fnames if os.path.splitext(f)[1].lower() in extensions]
@@ -303,12 +372,12 @@ class ImageFolderDataset(Dataset):
         and raises a `UserError` naming the first image that is non-square or differently sized."""
         size = None
         channels = 1
-        heads = self._read_stored_heads() if self._type == 'zip' else {}
+        heads = self._files.stored_heads(26)
         for fname in self._image_fnames:
             try:
                 found = probe_png_header(heads.get(fname, b''))
                 if found is None:
-                    with self._open_file(fname) as f:
+                    with self._files.open(fname) as f:
                         found = probe_image(f)
                 width, height, chans = found
             except (OSError, SyntaxError, ValueError, zipfile.BadZipFile) as err:
@@ -325,54 +394,13 @@ class ImageFolderDataset(Dataset):
     def _where(self):
         return self._path
 
-    def _read_stored_heads(self):
-        """First 26 bytes of every uncompressed zip member, read straight from the archive: about
-        ten times faster than opening each member through `zipfile`, which matters for the header
-        check of a million-image zip. Compressed members are left to the slow path."""
-        heads = {}
-        with open(self._path, 'rb') as f:
-            for info in self._get_zipfile().infolist():
-                if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # stored, not encrypted
-                    continue
-                f.seek(info.header_offset)
-                local = f.read(30)
-                if len(local) < 30 or local[:4] != b'PK\x03\x04':
-                    continue
-                name_len, extra_len = struct.unpack('<HH', local[26:30])
-                f.seek(name_len + extra_len, os.SEEK_CUR)
-                heads[info.filename] = f.read(min(26, info.file_size))
-        return heads
-
-    def _get_zipfile(self):
-        """The zip, opened once per process: a handle shared across fork would share its file
-        offset between DataLoader workers."""
-        assert self._type == 'zip'
-        if self._zipfile is None or self._zip_pid != os.getpid():
-            self._zipfile = zipfile.ZipFile(self._path)
-            self._zip_pid = os.getpid()
-        return self._zipfile
-
-    def _open_file(self, fname):
-        """Opens member `fname` (relative, '/'-separated) of the folder or zip for binary reading."""
-        if self._type == 'dir':
-            return open(os.path.join(self._path, fname), 'rb')
-        return self._get_zipfile().open(fname, 'r')
-
     def close(self):
-        try:
-            if self._zipfile is not None and self._zip_pid == os.getpid():
-                self._zipfile.close()
-        finally:
-            self._zipfile = None
-            self._zip_pid = None
-
-    def __getstate__(self):
-        return dict(super().__getstate__(), _zipfile=None, _zip_pid=None)
+        self._files.close()
 
     def _load_raw_image(self, raw_idx):
         fname = self._image_fnames[raw_idx]
         try:
-            with self._open_file(fname) as f:
+            with self._files.open(fname) as f:
                 data = f.read()
             with PIL.Image.open(io.BytesIO(data)) as img:
                 image = np.asarray(convert_image(img, self._raw_shape[1]), dtype=np.uint8)
@@ -390,7 +418,7 @@ class ImageFolderDataset(Dataset):
         if fname not in self._all_fnames:
             return None
         try:
-            with self._open_file(fname) as f:
+            with self._files.open(fname) as f:
                 labels = json.load(f)['labels']
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f'{self._path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
@@ -460,18 +488,11 @@ class LatentFolderDataset(Dataset):
 
     def __init__(self, path, resolution=None, xflip=False, **super_kwargs):
         self._path = os.fspath(path)
-        self._zipfile = None
-        self._zip_pid = None
         self._info = latent_info(self._path)
         if self._info is None:
             raise UserError(f'{self._path}: not a data set of latents (no "latents" in dataset.json)')
-        if os.path.isdir(self._path):
-            self._type = 'dir'
-            names = [os.path.relpath(os.path.join(root, f), self._path).replace(os.sep, '/')
-                     for root, _dirs, files in os.walk(self._path) for f in files]
-        else:
-            self._type = 'zip'
-            names = self._get_zipfile().namelist()
+        self._files = _StoredFiles(self._path)
+        names = self._files.names()
         self._fnames = sorted(n for n in names if n.endswith('.npy'))
         if not self._fnames:
             raise UserError(f'{self._path}: no .npy latents found')
@@ -500,38 +521,15 @@ class LatentFolderDataset(Dataset):
     def _where(self):
         return self._path
 
-    def _get_zipfile(self):
-        if self._zipfile is None or self._zip_pid != os.getpid():
-            try:
-                self._zipfile = zipfile.ZipFile(self._path)
-            except (zipfile.BadZipFile, OSError) as err:
-                raise UserError(f'{self._path}: not a readable zip file ({err})') from None
-            self._zip_pid = os.getpid()
-        return self._zipfile
-
     def close(self):
-        try:
-            if self._zipfile is not None and self._zip_pid == os.getpid():
-                self._zipfile.close()
-        finally:
-            self._zipfile = None
-            self._zip_pid = None
-
-    def __getstate__(self):
-        return dict(super().__getstate__(), _zipfile=None, _zip_pid=None)
-
-    def _read(self, fname):
-        if self._type == 'dir':
-            with open(os.path.join(self._path, *fname.split('/')), 'rb') as f:
-                return f.read()
-        return self._get_zipfile().read(fname)
+        self._files.close()
 
     def _load_raw_image(self, raw_idx):
         """Raw item i < N is file i; item N + i is the mirrored version of file i."""
         count = len(self._fnames)
         fname = self._fnames[raw_idx % count]
         try:
-            array = np.load(io.BytesIO(self._read(fname)), allow_pickle=False)
+            array = np.load(io.BytesIO(self._files.read(fname)), allow_pickle=False)
         except (OSError, ValueError) as err:
             raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
         if array.ndim != 4 or list(array.shape[1:]) != self._raw_shape[1:] or array.shape[0] < self._copies:
@@ -540,8 +538,7 @@ class LatentFolderDataset(Dataset):
         return np.ascontiguousarray(array[raw_idx // count], dtype=np.float32)
 
     def _load_raw_labels(self):
-        data = _read_member(self._path, 'dataset.json')
-        labels = json.loads(data).get('labels')
+        labels = json.loads(self._files.read('dataset.json')).get('labels')
         if labels is None:
             return None
         labels = dict((str(name), label) for name, label in labels)
