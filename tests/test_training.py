@@ -239,3 +239,21 @@ def test_dry_run_writes_nothing(digits, tmp_path):
     result = invoke_train(['--outdir', str(outdir), '--data', digits, '--batch=8', '--cbase=8', '-n'])
     assert result.exit_code == 0, result.output
     assert 'Dry run' in result.output and not outdir.exists()
+
+
+@pytest.mark.parametrize('precond,patch', [('vp', '0'), ('ve', '1'), ('edm', '0'), ('vp', '1')])
+def test_each_preconditioning_trains_with_and_without_patches(precond, patch, digits, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', digits, f'--precond={precond}', f'--patch={patch}',
+                           '--batch=4', '--duration=0.00002', '--tick=0.001', '--snap=1000', '--dump=1000', '--seed=1'] + TINY)
+    assert result.exit_code == 0, result.output
+    run_dir = run_dir_of(outdir)
+    stats = read_stats(run_dir)
+    assert stats and all(np.isfinite(s['loss']) for s in stats)
+    assert all(bool(s['loss_by_patch']) == (patch == '1') for s in stats)
+    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-'))[-1]
+    with open(os.path.join(run_dir, snapshot), 'rb') as f:
+        net = pickle.load(f)['ema']
+    assert type(net).__name__ == {'vp': 'VPPrecond', 've': 'VEPrecond', 'edm': 'EDMPrecond'}[precond]
+    assert net.use_coords == (patch == '1')
+    assert net.model.enc['16x16_conv'].in_channels == 1 + (2 if patch == '1' else 0)

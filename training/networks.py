@@ -127,12 +127,16 @@ class GroupNorm(torch.nn.Module):
         return F.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype), bias=self.bias.to(x.dtype), eps=self.eps)
 
 
-def attention(q, k, v):
+def attention(qkv):
     """Softmax attention over spatial positions with the softmax computed in float32.
 
-    q, k, v: (batch·heads, channels, positions). Returns (batch·heads, channels, positions)."""
-    out = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2), v.float().transpose(1, 2))
-    return out.transpose(1, 2).to(v.dtype)
+    qkv: (batch·heads, channels, 3, positions). Returns (batch·heads, channels, positions).
+    Queries, keys and values are laid out as contiguous (N, 1, positions, channels) tensors, the
+    layout in which `scaled_dot_product_attention` takes its fused kernels (on the CPU several
+    times faster than the strided views, which fall back to the unfused path)."""
+    q, k, v = qkv.float().permute(2, 0, 3, 1).contiguous().unsqueeze(2).unbind(0)
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.squeeze(1).transpose(1, 2).to(qkv.dtype)
 
 
 @persistence.persistent_class
@@ -193,8 +197,7 @@ class UNetBlock(torch.nn.Module):
         if self.num_heads:
             batch, channels, height, width = x.shape
             qkv = self.qkv(self.norm2(x)).reshape(batch * self.num_heads, channels // self.num_heads, 3, height * width)
-            q, k, v = qkv.unbind(2)
-            a = attention(q, k, v)
+            a = attention(qkv)
             x = self.proj(a.reshape(batch, channels, height, width)).add_(x)
             x = x * self.skip_scale
         return x
