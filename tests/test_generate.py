@@ -15,22 +15,9 @@ from click.testing import CliRunner
 
 import dnnlib
 import generate
-from training.networks import EDMPrecond
+from conftest import sampling_net as tiny_net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_net(img_channels=3, label_dim=0):
-    """16x16 DDPM++-style net with ordinary weights in place of the near-zero initial ones."""
-    torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=16, img_channels=img_channels, label_dim=label_dim, use_coords=True,
-                     model_type='SongUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1,
-                     attn_resolutions=[8], dropout=0)
-    with torch.no_grad():
-        for param in net.parameters():
-            if param.dim() > 1 and param.abs().max() < 1e-3:
-                param.mul_(1e5)
-    return net.eval()
 
 
 def write_snapshot(path, net):

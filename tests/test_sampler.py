@@ -11,21 +11,9 @@ import torch
 from dnnlib.util import UserError
 from training import patch, sampler
 from training.networks import EDMPrecond
+from conftest import sampling_net as tiny_net
 
 
-def tiny_net(img_channels=3, label_dim=0, use_coords=True, seed=0):
-    """A 16x16 DDPM++-style net. The layers that start near zero (Song et al.'s 1e-5 init of the
-    last conv of each block and of the output) get ordinary weights, so labels and coordinates
-    visibly change the output."""
-    torch.manual_seed(seed)
-    net = EDMPrecond(img_resolution=16, img_channels=img_channels, label_dim=label_dim, use_coords=use_coords,
-                     model_type='SongUNet', model_channels=16, channel_mult=[1, 2], num_blocks=1,
-                     attn_resolutions=[8], dropout=0)
-    with torch.no_grad():
-        for param in net.parameters():
-            if param.dim() > 1 and param.abs().max() < 1e-3:
-                param.mul_(1e5)
-    return net.eval()
 
 
 class MockNet:

@@ -241,7 +241,7 @@ def test_dry_run_writes_nothing(digits, tmp_path):
     assert 'Dry run' in result.output and not outdir.exists()
 
 
-@pytest.mark.parametrize('precond,patch', [('vp', '0'), ('ve', '1'), ('edm', '0'), ('vp', '1')])
+@pytest.mark.parametrize('precond,patch', [('vp', '0'), ('ve', '1'), ('edm', '0')])
 def test_each_preconditioning_trains_with_and_without_patches(precond, patch, digits, tmp_path):
     outdir = tmp_path / 'runs'
     result = invoke_train(['--outdir', str(outdir), '--data', digits, f'--precond={precond}', f'--patch={patch}',
