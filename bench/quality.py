@@ -32,11 +32,9 @@ Output (`--out`): `results.json`, `quality.png` (FID against training seconds, o
 method), the training runs (`train-<method>/`: stats.jsonl, log, `point-<i>.pkl` snapshots,
 `samples-point<i>.png` grids of the first 64 FID samples) and a printed table.
 
-How the wall clock is enforced without changing the training loop: the training process wraps
-two of the loop's module-level helpers, `build_data_loader` (its return marks the start of
-training) and `update_ema` (called once per optimizer step with the EMA network), to save the
-EMA network when the next point is reached and to stop the loop at the budget. Time spent saving
-is not counted as training time.
+The wall clock: the training loop's `step_callback` sees every optimizer step with the time since
+training began; it saves the EMA network when the next point is reached and ends training at the
+budget. Time spent saving is not counted as training time.
 """
 
 import argparse
@@ -58,10 +56,6 @@ METHODS = {
     'full': dict(label='full images (real_p 1)', args=['--patch=1', '--real_p=1']),
     'edm': dict(label='plain EDM (--patch=0)', args=['--patch=0']),
 }
-
-
-class BudgetReached(Exception):
-    """Raised from inside the training loop when the wall-clock budget is used up."""
 
 
 def log(text):
@@ -178,43 +172,28 @@ def run_training(args):
 
     budget = args.budget_min * 60
     targets = [budget * (i + 1) / args.points for i in range(args.points)]
-    clock = dict(start=None, paused=0.0, steps=0)
+    clock = dict(paused=0.0)
     points = []
-    build_data_loader, update_ema = training_loop.build_data_loader, training_loop.update_ema
 
-    def elapsed():
-        return time.perf_counter() - clock['start'] - clock['paused']
-
-    def hooked_build_data_loader(*a, **k):
-        result = build_data_loader(*a, **k)
-        clock['start'] = time.perf_counter()
-        return result
-
-    def hooked_update_ema(ema, net, images_in_step, nimg, *a, **k):
-        update_ema(ema, net, images_in_step, nimg, *a, **k)
-        clock['steps'] += 1
-        seconds = elapsed()
+    def at_step(info):
+        """Saves the EMA network whenever the training clock (saving time excluded) passes the next
+        point; ends training at the last one."""
+        seconds = info.seconds - clock['paused']
         while len(points) < len(targets) and seconds >= targets[len(points)]:
             pause = time.perf_counter()
             index = len(points)
             path = os.path.join(run_dir, f'point-{index}.pkl')
-            snapshot = copy.deepcopy(ema).eval().requires_grad_(False).cpu()
+            snapshot = copy.deepcopy(info.ema).eval().requires_grad_(False).cpu()
             with atomic_write(path, 'wb') as f:
                 pickle.dump(dict(ema=snapshot, loss_fn=None, augment_pipe=None, dataset_kwargs=dict(c.dataset_kwargs)), f)
-            points.append(dict(point=index, seconds=seconds, kimg=nimg / 1e3, steps=clock['steps'], snapshot=path))
-            log(f'[{args.child_train}] point {index}: {seconds:.0f} s, {nimg / 1e3:.2f} kimg, {clock["steps"]} steps')
+            points.append(dict(point=index, seconds=seconds, kimg=info.nimg / 1e3, steps=info.step, snapshot=path))
+            log(f'[{args.child_train}] point {index}: {seconds:.0f} s, {info.nimg / 1e3:.2f} kimg, {info.step} steps')
             clock['paused'] += time.perf_counter() - pause
-        if len(points) == len(targets):
-            raise BudgetReached()
+        return len(points) == len(targets)
 
-    training_loop.build_data_loader = hooked_build_data_loader
-    training_loop.update_ema = hooked_update_ema
-    try:
-        training_loop.training_loop(**c, device=device)
-    except BudgetReached:
-        pass
-    if clock['start'] is None or len(points) != len(targets):
-        sys.exit('training loop ended before the budget (did training_loop stop calling build_data_loader/update_ema?)')
+    training_loop.training_loop(**c, device=device, step_callback=at_step)
+    if len(points) != len(targets):
+        sys.exit('training ended before the budget')
     with open(os.path.join(run_dir, 'points.json'), 'w') as f:
         json.dump(points, f, indent=2)
 

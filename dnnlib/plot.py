@@ -28,6 +28,16 @@ def _nice_ticks(lo, hi, count=5):
     return ticks
 
 
+def _log_ticks(lo, hi):
+    """log10 positions of round values (1, 2, 5 times a power of ten) between 10^lo and 10^hi;
+    falls back to round values of the linear range when the span is too short for those."""
+    ticks = [math.log10(m * 10 ** k) for k in range(math.floor(lo) - 1, math.ceil(hi) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if lo <= t <= hi]
+    if len(ticks) >= 3:
+        return ticks
+    return [math.log10(v) for v in _nice_ticks(10 ** lo, 10 ** hi) if v > 0]
+
+
 def _fmt(value):
     if value == 0:
         return '0'
@@ -79,7 +89,7 @@ def line_plot(path, series, xlabel='', ylabel='', title='', logy=False, size=(80
         draw.line([px, height - bottom, px, height - bottom + 5], fill='black')
         draw.line([px, top, px, height - bottom], fill=(230, 230, 230))
         draw.text((px, height - bottom + 8), _fmt(tick), fill='black', font=font, anchor='mt')
-    for tick in _nice_ticks(y_lo, y_hi):
+    for tick in (_log_ticks(y_lo, y_hi) if logy else _nice_ticks(y_lo, y_hi)):
         py = height - bottom - (tick - y_lo) / (y_hi - y_lo) * (height - top - bottom)
         draw.line([left - 5, py, left, py], fill='black')
         draw.line([left, py, width - right, py], fill=(230, 230, 230))

@@ -257,3 +257,24 @@ def test_each_preconditioning_trains_with_and_without_patches(precond, patch, di
     assert type(net).__name__ == {'vp': 'VPPrecond', 've': 'VEPrecond', 'edm': 'EDMPrecond'}[precond]
     assert net.use_coords == (patch == '1')
     assert net.model.enc['16x16_conv'].in_channels == 1 + (2 if patch == '1' else 0)
+
+
+def test_step_callback_sees_every_step_and_can_stop(digits, tmp_path):
+    import dnnlib
+    import train
+    from training import training_loop
+    ctx = train.main.make_context('train.py', ['--outdir', 'unused', '--data', digits, '--batch=4', '--duration=1',
+                                               '--tick=0.001', '--seed=2'] + TINY)
+    opts = dnnlib.EasyDict(ctx.params)
+    c, _desc = train.build_config(opts, 1)
+    seen = []
+
+    def at_step(info):
+        seen.append((info.step, info.nimg, info.seconds))
+        return info.step == 3
+
+    c.update(run_dir=str(tmp_path), seed=2, snapshot_ticks=None, state_dump_ticks=None, sample_grid=False)
+    training_loop.training_loop(**c, device=torch.device('cpu'), step_callback=at_step)
+    assert [s for s, _, _ in seen] == [1, 2, 3]
+    assert seen[-1][1] == read_stats(str(tmp_path))[-1]['kimg'] * 1000
+    assert all(b[2] >= a[2] for a, b in zip(seen, seen[1:]))

@@ -240,8 +240,13 @@ def training_loop(
     resume_state=None,
     cudnn_benchmark=True,
     device=torch.device('cpu'),
+    step_callback=None,
 ):
-    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`."""
+    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`.
+
+    `step_callback(info)`, for benchmarks and notebooks, is called after every optimizer step with
+    an EasyDict (step, nimg, net, ema, seconds = wall-clock time since the first step began); a
+    true return value ends training after that step as if the duration were reached."""
     start_time = time.time()
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
@@ -329,6 +334,7 @@ def training_loop(
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
     dist.barrier()
+    train_start_time = time.time()
     while True:
         progress = nimg / max(total_kimg * 1000, 1)
         patch_size = schedule.size_for_step(step, progress) if schedule is not None else None
@@ -370,6 +376,9 @@ def training_loop(
         update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio)
 
         done = nimg >= total_kimg * 1000
+        if step_callback is not None:
+            info = dnnlib.EasyDict(step=step, nimg=nimg, net=net, ema=ema, seconds=time.time() - train_start_time)
+            done = bool(step_callback(info)) or done
         if not done and cur_tick != 0 and nimg < tick_start_nimg + kimg_per_tick * 1000:
             continue
 
