@@ -164,7 +164,13 @@ def test_ddp_two_processes_match_one(digits, tmp_path):
 
     w1, w2 = final(one_dir), final(two_dir)
     for name in w1:
-        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-5, msg=name)
+        a, b = w1[name], w2[name]
+        if name.endswith('qkv.bias'):
+            # The key bias cannot change attention (it adds the same logit to every key), so its
+            # gradient is pure rounding noise, which Adam scales up to steps of size lr.
+            keep = torch.arange(a.numel()) % 3 != 1
+            a, b = a[keep], b[keep]
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------
