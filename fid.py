@@ -45,7 +45,6 @@ import os
 import pickle
 import re
 import sys
-import zipfile
 
 import click
 import numpy as np
@@ -56,6 +55,7 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
+from training.dataset import StoredFiles
 
 EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 FEATURE_DIM = 2048
@@ -77,29 +77,21 @@ def _is_listed_file(rel_path):
 
 
 def list_image_files(path):
-    """Returns the sorted relative names of the images in a folder (recursive) or zip.
+    """Opens a folder (recursive) or zip of images; returns its `StoredFiles` and the sorted
+    relative names of the images.
 
     Any other file (except `dataset.json` and hidden files) is reported by name, since a stray
     file usually means the path points at the wrong folder (a run folder, say)."""
     if not os.path.exists(path):
         raise UserError(f'{path}: no such folder or zip file')
-    if os.path.isdir(path):
-        names = []
-        for root, dirs, files in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith('.')]
-            names += [os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/') for f in files]
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith('/')]
-    else:
-        raise UserError(f'{path}: not a folder or a zip file of images')
-    names = sorted(n for n in names if _is_listed_file(n))
+    files = StoredFiles(path)
+    names = [n for n in files.names() if _is_listed_file(n)]
     for name in names:
         if not name.lower().endswith(IMAGE_EXTENSIONS):
             raise UserError(f'{os.path.join(path, name)}: not an image file (expected {"/".join(IMAGE_EXTENSIONS)})')
     if not names:
         raise UserError(f'{path}: no images found')
-    return names
+    return files, names
 
 
 def decode_image(data):
@@ -122,32 +114,17 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __init__(self, path):
         self.path = path
-        self.names = list_image_files(path)
-        self.is_zip = not os.path.isdir(path)
-        self._zip = None
-        self._zip_pid = None
+        self.files, self.names = list_image_files(path)
 
     def __len__(self):
         return len(self.names)
 
-    def _read(self, name):
-        if not self.is_zip:
-            with open(os.path.join(self.path, name), 'rb') as f:
-                return f.read()
-        if self._zip is None or self._zip_pid != os.getpid():  # a forked worker needs its own handle
-            self._zip = zipfile.ZipFile(self.path)
-            self._zip_pid = os.getpid()
-        return self._zip.read(name)
-
     def __getitem__(self, index):
         name = self.names[index]
         try:
-            return index, decode_image(self._read(name)), ''
+            return index, decode_image(self.files.read(name)), ''
         except Exception as err:  # PIL raises many types for broken files
             return index, None, f'{os.path.join(self.path, name)}: not a readable image ({type(err).__name__}: {err})'
-
-    def __getstate__(self):
-        return dict(self.__dict__, _zip=None, _zip_pid=None)
 
 
 def _collate_list(batch):

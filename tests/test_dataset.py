@@ -254,9 +254,9 @@ def test_errors(tmp_path, case):
 
 @pytest.mark.parametrize('as_zip', [False, True])
 def test_stored_files_folder_or_zip(tmp_path, as_zip):
-    from training.dataset import _StoredFiles
+    from training.dataset import StoredFiles
     images = random_images(2)
-    files = _StoredFiles(write_edm(tmp_path / ('set.zip' if as_zip else 'set'), images, [0, 1], as_zip=as_zip))
+    files = StoredFiles(write_edm(tmp_path / ('set.zip' if as_zip else 'set'), images, [0, 1], as_zip=as_zip))
     assert files.type == ('zip' if as_zip else 'dir')
     assert files.names() == ['00000/img00000000.png', '00000/img00000001.png', 'dataset.json']
     assert files.read(edm_name(1)) == png_bytes(images[1])

@@ -256,7 +256,7 @@ class Dataset(torch.utils.data.Dataset):
         return self._get_raw_labels().dtype == np.int64
 
 
-class _StoredFiles:
+class StoredFiles:
     """The members of a data set stored as a folder or a zip: `type` is 'dir' or 'zip', member
     names are relative and '/'-separated.
 
@@ -351,7 +351,7 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, path, resolution=None, **super_kwargs):
         self._path = os.fspath(path)
-        self._files = _StoredFiles(self._path)
+        self._files = StoredFiles(self._path)
         self._all_fnames = self._files.names()
 
         extensions = image_extensions()
@@ -491,7 +491,7 @@ class LatentFolderDataset(Dataset):
         self._info = latent_info(self._path)
         if self._info is None:
             raise UserError(f'{self._path}: not a data set of latents (no "latents" in dataset.json)')
-        self._files = _StoredFiles(self._path)
+        self._files = StoredFiles(self._path)
         names = self._files.names()
         self._fnames = sorted(n for n in names if n.endswith('.npy'))
         if not self._fnames:
