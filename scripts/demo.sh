@@ -12,12 +12,12 @@ DATA=datasets/mnist-32x32.zip
 
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     # GPU: a wider network, larger batches, ~10x more images.
-    TRAIN=(--cbase=64 --cres=1,2,2 --batch=128 --duration=${DEMO_MIMG:-1.0} --lr=1e-3 --lr-rampup=20 --tick=20 --snap=25 --dump=50)
+    TRAIN=(--cbase=64 --cres=1,2,2 --batch=128 --duration=${DEMO_MIMG:-1.0} --lr=1e-3 --dropout=0 --lr-rampup=20 --tick=20 --snap=25 --dump=50)
     NUM=${DEMO_FID_NUM:-5000}
 else
     # CPU: the bench network (2.7M parameters), about 10 minutes on 2 cores.
-    TRAIN=(--cbase=32 --cres=1,2,2 --batch=32 --duration=${DEMO_MIMG:-0.03} --lr=1e-3 --lr-rampup=2 --tick=2 --snap=5 --dump=15)
-    NUM=${DEMO_FID_NUM:-500}
+    TRAIN=(--cbase=32 --cres=1,2,2 --batch=32 --duration=${DEMO_MIMG:-0.02} --lr=2e-3 --dropout=0 --lr-rampup=2 --tick=2 --snap=5 --dump=10)
+    NUM=${DEMO_FID_NUM:-256}
 fi
 
 "$PY" train.py --outdir=runs --desc=demo --data="$DATA" --seed=0 "${TRAIN[@]}"
