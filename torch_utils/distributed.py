@@ -61,10 +61,6 @@ def get_world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def is_main():
-    return get_rank() == 0
-
-
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -111,11 +111,6 @@ class InfiniteSampler(torch.utils.data.Sampler):
             block += self.world_size
 
 
-def params_and_buffers(module):
-    """All parameters and buffers of a module, in a stable order."""
-    return list(module.parameters()) + list(module.buffers())
-
-
 def named_params_and_buffers(module):
     return list(module.named_parameters()) + list(module.named_buffers())
 

@@ -24,12 +24,6 @@ def report(name, value):
     return value
 
 
-def report0(name, value):
-    """Like `report`, but only rank 0's value counts (for figures that are the same on every
-    rank, such as timings)."""
-    return report(name, value if distributed.get_rank() == 0 else [])
-
-
 class Collector:
     """Reads the statistics reported since the previous `update()`, summed over all ranks.
 
