@@ -122,7 +122,7 @@ def reference_stats(args, full):
     import fid
     import torch
     name = os.path.splitext(os.path.basename(full))[0]
-    num = min(args.ref_num or args.fid_num, len(fid.list_image_files(full)))
+    num = min(args.ref_num or args.fid_num, len(fid.list_image_files(full)[1]))
     path = os.path.join(args.cache, f'{name}-ref{num}-features.npz')
     if not os.path.exists(path):
         log(f'reference statistics: Inception features of {num} images of {full} ...')
@@ -143,7 +143,7 @@ def train_args(args, method, data, run_dir):
     """train.py options of one method (the bench configuration unless overridden)."""
     opts = ['--outdir', run_dir, '--data', data, '--arch=ddpmpp', f'--cbase={args.cbase}', f'--cres={args.cres}',
             f'--batch={args.batch}', '--workers=0', f'--seed={args.seed}', f'--lr={args.lr}',
-            f'--lr-rampup={args.lr_rampup}', '--augment=0', f'--tick={args.tick}', f'--real_p={args.real_p}']
+            f'--lr-rampup={args.lr_rampup}', f'--dropout={args.dropout}', '--augment=0', f'--tick={args.tick}', f'--real_p={args.real_p}']
     if args.device:
         opts.append(f'--device={args.device}')
     return opts + METHODS[method]['args']
@@ -246,7 +246,7 @@ def spawn(args, extra, log_path):
 
 
 def child_argv(args):
-    keys = ['budget_min', 'points', 'fid_num', 'seed', 'cbase', 'cres', 'batch', 'lr', 'lr_rampup', 'real_p', 'tick', 'steps']
+    keys = ['budget_min', 'points', 'fid_num', 'seed', 'cbase', 'cres', 'batch', 'lr', 'lr_rampup', 'dropout', 'real_p', 'tick', 'steps']
     argv = [f'--{k.replace("_", "-")}={getattr(args, k)}' for k in keys]
     return argv + ([f'--device={args.device}'] if args.device else [])
 
@@ -288,6 +288,7 @@ def main():
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--lr-rampup', type=float, default=0.5, help='learning-rate warm-up in kimg')
+    parser.add_argument('--dropout', type=float, default=0.13, help='dropout probability of the network')
     parser.add_argument('--real-p', type=float, default=0.5, help='real_p of the patch method')
     parser.add_argument('--tick', type=float, default=0.5, help='kimg per status line / stats.jsonl record')
     parser.add_argument('--steps', type=int, default=18, help='sampling steps')

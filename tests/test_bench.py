@@ -1,0 +1,73 @@
+"""The quality benchmark's plumbing (bench/quality.py): the parts that run before hours of
+training, so that an interface drift fails here and not at the end of a long run."""
+
+import argparse
+import importlib.util
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import dnnlib
+import fid
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def quality():
+    spec = importlib.util.spec_from_file_location('bench_quality', os.path.join(ROOT, 'bench', 'quality.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_args(**overrides):
+    """The benchmark's defaults, as its argument parser would give them."""
+    args = dict(ref_num=None, fid_num=1000, threads=1, cbase=16, cres='1,2', batch=8, seed=0, lr=2e-3, lr_rampup=0.5,
+                dropout=0.0, tick=0.5, real_p=0.5, device='cpu')
+    args.update(overrides)
+    return argparse.Namespace(**args)
+
+
+def write_folder(path, count):
+    os.makedirs(path)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        PIL.Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(os.path.join(path, f'{i:03d}.png'))
+
+
+def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatch):
+    data = str(tmp_path / 'tiny')
+    write_folder(data, 5)
+    seen = {}
+
+    def fake_stats(path, num_expected, **kwargs):
+        seen.update(path=path, num=num_expected)
+        feats = np.random.default_rng(1).standard_normal((num_expected, 4))
+        return feats.mean(0), np.cov(feats, rowvar=False), feats
+
+    monkeypatch.setattr(fid, 'calculate_inception_stats', fake_stats)
+    args = bench_args(ref_num=100, cache=str(tmp_path / 'cache'))
+    os.makedirs(args.cache)
+    path, num = quality.reference_stats(args, data)
+    assert num == 5 and seen == dict(path=data, num=5)
+    assert os.path.basename(path) == 'tiny-ref5-features.npz'
+    with np.load(path) as ref:
+        assert ref['features'].shape == (5, 4)
+
+
+@pytest.mark.parametrize('method', ['patch', 'full', 'edm'])
+def test_methods_build_valid_training_configs(quality, tmp_path, method):
+    """Every method's options pass train.py's own validation, with the same network for all."""
+    data = str(tmp_path / 'tiny')
+    write_folder(data, 4)
+    opts = quality.train_args(bench_args(), method, data, str(tmp_path / 'run'))
+    assert '--dropout=0.0' in opts and '--cbase=16' in opts
+    ctx = train.main.make_context('train.py', opts)
+    c, _ = train.build_config(dnnlib.EasyDict(ctx.params), 1)
+    assert c.network_kwargs.model_channels == 16 and c.network_kwargs.dropout == 0.0
+    real_p = c.patch_kwargs.real_p if c.patch_kwargs else None
+    assert (c.network_kwargs.get('use_coords', False), real_p) == dict(patch=(True, 0.5), full=(True, 1.0), edm=(False, None))[method]
