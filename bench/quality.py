@@ -23,10 +23,14 @@ off for all of them (it is off by default with patches), so every method trains 
 
 Data: `mnist` (the bundled 10,000 digits, data/mnist-10k-28x28.npz, resized to 32x32), `fashion`
 (Fashion-MNIST from `apt-get install dataset-fashion-mnist`, zero-padded to 32x32), or a data-set
-zip/folder made by dataset_tool.py. `--max-images N` trains on the first N images only; the FID
+zip/folder made by dataset_tool.py. `--max-images N` trains on N images drawn at random (by
+`--seed`; not the first N, which in the bundled MNIST are all zeros); the FID
 reference is always computed from the whole data set (up to --ref-num images), so the small-data
 runs are judged against the distribution, not against the images they saw. Data sets and
 reference statistics are cached in `--cache`.
+
+`--eval-only` scores the snapshots in `--out` that have no score yet (an evaluation cut short
+resumes where it stopped) and reports; `--report-only` redraws the table and plot.
 
 Output (`--out`): `results.json`, `quality.png` (FID against training seconds, one line per
 method), the training runs (`train-<method>/`: stats.jsonl, log, `point-<i>.pkl` snapshots,
@@ -91,7 +95,7 @@ def prepare_data(args):
             hint = ' (apt-get install -y dataset-fashion-mnist)' if args.data == 'fashion' else ''
             sys.exit(f'--data {args.data}: {source} not found{hint}')
         full = os.path.join(args.cache, f'{args.data}-32x32.zip')
-        build_zip(source, full, None)
+        build_zip(source, full)
     else:
         full = os.path.abspath(args.data)
         if not os.path.exists(full):
@@ -99,19 +103,38 @@ def prepare_data(args):
     if args.max_images is None:
         return full, full
     name = os.path.splitext(os.path.basename(full))[0]
-    subset = os.path.join(args.cache, f'{name}-first{args.max_images}.zip')
-    build_zip(full, subset, args.max_images)
+    subset = os.path.join(args.cache, f'{name}-random{args.max_images}-seed{args.seed}.zip')
+    build_random_subset(full, subset, args.max_images, args.seed)
     return subset, full
 
 
-def build_zip(source, dest, max_images):
+def build_random_subset(full, dest, count, seed):
+    """A data set of `count` images drawn at random (without replacement, by `seed`) from the data
+    set `full`. Not the first `count`: MNIST files are often sorted by class, and the first 1,000
+    bundled digits are all zeros."""
+    if os.path.exists(dest):
+        return
+    import numpy as np
+    from training.dataset import ImageFolderDataset
+    dataset = ImageFolderDataset(full)
+    if count > len(dataset):
+        sys.exit(f'--max-images: {count} is more than the {len(dataset)} images of {full}')
+    picks = np.random.default_rng(seed).choice(len(dataset), size=count, replace=False)
+    images = np.stack([dataset[int(i)][0] for i in picks]).transpose(0, 2, 3, 1)
+    source = dest + '.source.npz'
+    np.savez(source, images=images[..., 0] if images.shape[3] == 1 else images)
+    try:
+        build_zip(source, dest)
+    finally:
+        os.remove(source)
+
+
+def build_zip(source, dest):
     if os.path.exists(dest):
         return
     cmd = [sys.executable, os.path.join(ROOT, 'dataset_tool.py'), 'convert', f'--source={source}', f'--dest={dest}']
-    if source.endswith('.npz'):
+    if source == MNIST_SOURCE:  # 28x28 digits, resized; dataset_tool pads Fashion-MNIST's idx files itself
         cmd.append('--resolution=32x32')
-    if max_images is not None:
-        cmd.append(f'--max-images={max_images}')
     log(f'building {dest} ...')
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
@@ -201,6 +224,20 @@ def run_training(args):
 # Evaluation process (one method).
 
 
+def points_to_score(run_dir):
+    """The training points of a run, carrying the scores already in its fid.json, so that an
+    evaluation that was cut short resumes where it stopped instead of starting over."""
+    with open(os.path.join(run_dir, 'points.json')) as f:
+        points = json.load(f)
+    scored_path = os.path.join(run_dir, 'fid.json')
+    if os.path.exists(scored_path):
+        with open(scored_path) as f:
+            scored = {p['point']: p for p in json.load(f) if 'fid' in p}
+        points = [scored.get(p['point'], p) if scored.get(p['point'], {}).get('snapshot') == p['snapshot'] else p
+                  for p in points]
+    return points
+
+
 def run_eval(args):
     """Child: FID of every point of one training run, the same seeds for every snapshot."""
     one_thread()
@@ -211,12 +248,13 @@ def run_eval(args):
 
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     run_dir = args.run_dir
-    with open(os.path.join(run_dir, 'points.json')) as f:
-        points = json.load(f)
+    points = points_to_score(run_dir)
     ref = np.load(args.ref)
     detector = fid.load_detector(device=device)
     seeds = list(range(args.seed * 100000, args.seed * 100000 + args.fid_num))
     for point in reversed(points):  # the end of the budget first: the key comparison if time runs short
+        if 'fid' in point:
+            continue
         start = time.time()
         with open(point['snapshot'], 'rb') as f:
             net = pickle.load(f)['ema'].to(device)
@@ -239,9 +277,9 @@ def run_eval(args):
 # Driver.
 
 
-def spawn(args, extra, log_path):
+def spawn(args, extra, log_path, mode='w'):
     cmd = [sys.executable, os.path.abspath(__file__)] + child_argv(args) + extra
-    logf = open(log_path, 'w')
+    logf = open(log_path, mode)
     return subprocess.Popen(cmd, cwd=ROOT, env=child_env(1), stdout=logf, stderr=subprocess.STDOUT), logf
 
 
@@ -276,7 +314,7 @@ def load_average():
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', default='mnist', help='mnist, fashion, or a data-set zip/folder')
-    parser.add_argument('--max-images', type=int, default=None, help='train on the first N images only')
+    parser.add_argument('--max-images', type=int, default=None, help='train on N random images only (by --seed)')
     parser.add_argument('--methods', default='patch,full', help='comma list of patch, full, edm')
     parser.add_argument('--budget-min', type=float, default=8.0, help='training wall-clock minutes per method')
     parser.add_argument('--points', type=int, default=4, help='evaluation points, evenly spaced over the budget')
@@ -297,6 +335,7 @@ def main():
     parser.add_argument('--out', default=None, help='output folder [default: runs/quality-<data>]')
     parser.add_argument('--cache', default=os.path.join(ROOT, 'runs', 'quality-cache'), help='data sets and reference statistics')
     parser.add_argument('--smoke', action='store_true', help='tiny check: 0.75-minute budget, 2 points, FID-64')
+    parser.add_argument('--eval-only', action='store_true', help='no training: score the points in --out not scored yet, then report')
     parser.add_argument('--report-only', action='store_true', help='redo the table and plot from the fid.json files in --out')
     parser.add_argument('--child-train', default=None, help=argparse.SUPPRESS)
     parser.add_argument('--child-eval', action='store_true', help=argparse.SUPPRESS)
@@ -327,20 +366,46 @@ def main():
     t_start = time.time()
     train_data, full_data = prepare_data(args)
     if args.report_only:
-        with open(os.path.join(args.out, 'results.json')) as f:
-            old = json.load(f)
+        old = read_results(args.out)
         report(args, methods, train_data, full_data, old['reference']['path'], old['reference']['num'], old['load_average'],
                old['total_sec'])
         return
     ref_path, ref_num = reference_stats(args, full_data)
-    loads = dict(before_training=load_average())
+    if args.eval_only:
+        old = read_results(args.out)
+        if old['reference']['path'] != ref_path:
+            sys.exit(f'--eval-only: {args.out} was scored against {old["reference"]["path"]}, not {ref_path}; '
+                     'pass the same --data/--ref-num/--fid-num as before')
+        loads, t_start = old['load_average'], t_start - old['total_sec']
+    else:
+        loads = train_all(args, methods, train_data)
+        with open(os.path.join(args.out, 'results.json'), 'w') as f:  # what --report-only needs if evaluation is cut short
+            json.dump(dict(reference=dict(path=ref_path, num=ref_num), load_average=loads, total_sec=time.time() - t_start), f)
+    evaluate_all(args, methods, ref_path)
+    loads['end_eval'] = load_average()
 
+    report(args, methods, train_data, full_data, ref_path, ref_num, loads, time.time() - t_start)
+
+
+def read_results(out):
+    """The results.json of an earlier run in `out` (reference, load averages, time so far)."""
+    path = os.path.join(out, 'results.json')
+    if not os.path.exists(path):
+        sys.exit(f'--out: {path} not found; train first (without --eval-only/--report-only)')
+    with open(path) as f:
+        return json.load(f)
+
+
+def train_all(args, methods, train_data):
+    """Trains the methods concurrently, one process each; returns the load averages seen."""
+    loads = dict(before_training=load_average())
     log(f'training {", ".join(methods)} concurrently for {args.budget_min:g} min each (1 thread each) on {train_data}')
     procs = {}
     for m in methods:
         run_dir = os.path.join(args.out, f'train-{m}')
-        if os.path.exists(os.path.join(run_dir, 'points.json')):
-            os.remove(os.path.join(run_dir, 'points.json'))
+        for stale in ('points.json', 'fid.json'):
+            if os.path.exists(os.path.join(run_dir, stale)):
+                os.remove(os.path.join(run_dir, stale))
         os.makedirs(run_dir, exist_ok=True)
         log_path = os.path.join(run_dir, 'train.log')
         proc, logf = spawn(args, [f'--child-train={m}', f'--run-dir={run_dir}', f'--train-data={train_data}'], log_path)
@@ -351,21 +416,22 @@ def main():
     loads['mid_training'] = load_average()
     wait_all(procs, 'training')
     loads['end_training'] = load_average()
+    return loads
 
-    with open(os.path.join(args.out, 'results.json'), 'w') as f:  # what --report-only needs if evaluation is cut short
-        json.dump(dict(reference=dict(path=ref_path, num=ref_num), load_average=loads, total_sec=time.time() - t_start), f)
+
+def evaluate_all(args, methods, ref_path):
+    """Scores the points of every method not scored yet, one process per method, concurrently."""
     log(f'evaluating {args.points} points per method with FID-{args.fid_num} '
         f'({args.steps} sampling steps), one process per method')
     procs = {}
     for m in methods:
         run_dir = os.path.join(args.out, f'train-{m}')
+        if not os.path.exists(os.path.join(run_dir, 'points.json')):
+            sys.exit(f'--out: {run_dir}/points.json not found; the training of {m} did not finish')
         log_path = os.path.join(run_dir, 'eval.log')
-        proc, logf = spawn(args, ['--child-eval', f'--run-dir={run_dir}', f'--ref={ref_path}'], log_path)
+        proc, logf = spawn(args, ['--child-eval', f'--run-dir={run_dir}', f'--ref={ref_path}'], log_path, mode='a')
         procs[m] = (proc, logf, log_path)
     wait_all(procs, 'evaluation')
-    loads['end_eval'] = load_average()
-
-    report(args, methods, train_data, full_data, ref_path, ref_num, loads, time.time() - t_start)
 
 
 def report(args, methods, train_data, full_data, ref_path, ref_num, loads, total_sec):

@@ -3,6 +3,7 @@ training, so that an interface drift fails here and not at the end of a long run
 
 import argparse
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -71,3 +72,51 @@ def test_methods_build_valid_training_configs(quality, tmp_path, method):
     assert c.network_kwargs.model_channels == 16 and c.network_kwargs.dropout == 0.0
     real_p = c.patch_kwargs.real_p if c.patch_kwargs else None
     assert (c.network_kwargs.get('use_coords', False), real_p) == dict(patch=(True, 0.5), full=(True, 1.0), edm=(False, None))[method]
+
+
+def write_points(run_dir, points, scored):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'points.json'), 'w') as f:
+        json.dump(points, f)
+    with open(os.path.join(run_dir, 'fid.json'), 'w') as f:
+        json.dump(scored, f)
+
+
+def test_evaluation_resumes_from_the_scores_already_written(quality, tmp_path):
+    run_dir = str(tmp_path / 'train-patch')
+    points = [dict(point=i, seconds=10.0 * (i + 1), snapshot=f'{run_dir}/point-{i}.pkl') for i in range(3)]
+    scored = [dict(points[0]), dict(points[1], fid=50.0), dict(points[2], fid=40.0)]
+    write_points(run_dir, points, scored)
+    todo = quality.points_to_score(run_dir)
+    assert [p['point'] for p in todo if 'fid' not in p] == [0]
+    assert [p.get('fid') for p in todo] == [None, 50.0, 40.0]
+
+
+def test_scores_of_other_snapshots_are_not_reused(quality, tmp_path):
+    run_dir = str(tmp_path / 'train-full')
+    points = [dict(point=0, seconds=5.0, snapshot=f'{run_dir}/point-0.pkl')]
+    write_points(run_dir, points, [dict(point=0, seconds=5.0, snapshot='elsewhere/point-0.pkl', fid=12.0)])
+    assert 'fid' not in quality.points_to_score(run_dir)[0]
+
+
+def test_eval_only_without_a_training_run_is_a_clear_error(quality, tmp_path):
+    with pytest.raises(SystemExit, match='results.json not found'):
+        quality.read_results(str(tmp_path))
+
+
+def test_small_data_subset_is_drawn_at_random(quality, tmp_path):
+    """--max-images picks images across the whole data set: on data sorted by class (like the
+    bundled MNIST) the first N would be a single class."""
+    data = str(tmp_path / 'sorted')
+    os.makedirs(data)
+    for i in range(12):
+        PIL.Image.fromarray(np.full((32, 32), 20 * i, dtype=np.uint8)).save(os.path.join(data, f'{i:03d}.png'))
+    dest = str(tmp_path / 'subset.zip')
+    quality.build_random_subset(data, dest, 5, seed=0)
+    from training.dataset import ImageFolderDataset
+    levels = sorted(int(ImageFolderDataset(dest)[i][0][0, 0, 0]) // 20 for i in range(5))
+    expected = sorted(np.random.default_rng(0).choice(12, size=5, replace=False).tolist())
+    assert levels == expected and levels != [0, 1, 2, 3, 4]
+    assert not os.path.exists(dest + '.source.npz')
+    with pytest.raises(SystemExit, match='more than the 12 images'):
+        quality.build_random_subset(data, str(tmp_path / 'big.zip'), 13, seed=0)
