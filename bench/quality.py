@@ -33,7 +33,8 @@ reference statistics are cached in `--cache`.
 resumes where it stopped) and reports; `--report-only` redraws the table and plot.
 
 Output (`--out`): `results.json`, `quality.png` (FID against training seconds, one line per
-method), the training runs (`train-<method>/`: stats.jsonl, log, `point-<i>.pkl` snapshots,
+method), `samples-point<last>.png` (the last snapshots' sample grids side by side, in --methods
+order), the training runs (`train-<method>/`: stats.jsonl, log, `point-<i>.pkl` snapshots,
 `samples-point<i>.png` grids of the first 64 FID samples) and a printed table.
 
 The wall clock: the training loop's `step_callback` sees every optimizer step with the time since
@@ -434,6 +435,24 @@ def evaluate_all(args, methods, ref_path):
     wait_all(procs, 'evaluation')
 
 
+def side_by_side(paths, dest, gap=16):
+    """One PNG with the images at `paths` left to right (in method order) on a white background,
+    so that the sample grids of the methods can be compared at a glance."""
+    import PIL.Image
+    from dnnlib.util import atomic_write
+    if not paths:
+        return
+    images = [PIL.Image.open(p).convert('RGB') for p in paths]
+    canvas = PIL.Image.new('RGB', (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)),
+                           (255, 255, 255))
+    x = 0
+    for image in images:
+        canvas.paste(image, (x, 0))
+        x += image.width + gap
+    with atomic_write(dest, 'wb') as f:
+        canvas.save(f, format='PNG')
+
+
 def report(args, methods, train_data, full_data, ref_path, ref_num, loads, total_sec):
     from dnnlib import plot
     label = f'FID-{args.fid_num}' if args.fid_num % 1000 else f'FID-{args.fid_num // 1000}k'
@@ -456,6 +475,10 @@ def report(args, methods, train_data, full_data, ref_path, ref_num, loads, total
              f'DDPM++ {args.cbase} ch [{args.cres}], batch {args.batch}, 1 thread each')
     png = os.path.join(args.out, 'quality.png')
     plot.line_plot(png, series, xlabel='training wall-clock seconds (1 CPU thread)', ylabel=label, title=title)
+    last = max((r['point'] for r in rows), default=None)
+    if last is not None:
+        grids = [os.path.join(args.out, f'train-{m}', f'samples-point{last}.png') for m in methods]
+        side_by_side([g for g in grids if os.path.exists(g)], os.path.join(args.out, f'samples-point{last}.png'))
     result = dict(args={k: v for k, v in vars(args).items() if not k.startswith('child') and k not in ('run_dir', 'ref', 'train_data')},
                   train_data=train_data, reference=dict(path=ref_path, data=full_data, num=ref_num),
                   rows=rows, load_average=loads, total_sec=total_sec, command=' '.join(sys.argv))

@@ -120,3 +120,14 @@ def test_small_data_subset_is_drawn_at_random(quality, tmp_path):
     assert not os.path.exists(dest + '.source.npz')
     with pytest.raises(SystemExit, match='more than the 12 images'):
         quality.build_random_subset(data, str(tmp_path / 'big.zip'), 13, seed=0)
+
+
+def test_sample_grids_are_put_side_by_side(quality, tmp_path):
+    left, right = str(tmp_path / 'a.png'), str(tmp_path / 'b.png')
+    PIL.Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(left)
+    PIL.Image.fromarray(np.full((8, 6, 3), 200, dtype=np.uint8)).save(right)
+    dest = str(tmp_path / 'both.png')
+    quality.side_by_side([left, right], dest, gap=4)
+    both = np.asarray(PIL.Image.open(dest))
+    assert both.shape == (8, 18, 3)
+    assert (both[:, :8] == 0).all() and (both[:, 8:12] == 255).all() and (both[:, 12:] == 200).all()
