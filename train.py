@@ -14,6 +14,7 @@ import torch
 import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
+from torch_utils import misc
 from training import dataset as dataset_lib
 from training import encoders
 from training import patch as patch_lib
@@ -46,6 +47,26 @@ def parse_int_list(text):
         else:
             values.append(int(part))
     return values
+
+
+def parse_attn(text):
+    """'16', '32,16' or 'none' → resolutions that get self-attention (EDM fixes them per architecture)."""
+    if isinstance(text, list):
+        return text
+    return [] if text.strip().lower() == 'none' else parse_int_list(text)
+
+
+class AttnList(click.ParamType):
+    name = 'LIST|none'
+
+    def convert(self, value, param, ctx):
+        try:
+            values = parse_attn(value)
+        except ValueError:
+            self.fail(f'"{value}" is not "none" or a comma-separated list of resolutions', param, ctx)
+        if any(v < 1 for v in values):
+            self.fail(f'"{value}": resolutions must be positive', param, ctx)
+        return values
 
 
 class IntList(click.ParamType):
@@ -101,6 +122,17 @@ def encoder_options(opts, dataset):
                            latent_norm=opts.latent_norm or 'scale')
 
 
+def network_parameters(c):
+    """Parameter count of the network that `build_config`'s options build (for --dry-run and the log)."""
+    dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
+    resolution, channels = dataset.resolution, dataset.num_channels
+    if c.encoder_kwargs is not None:
+        resolution, channels = dnnlib.construct_class_by_name(**c.encoder_kwargs).latent_shape(dataset)
+    net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
+                                         label_dim=dataset.label_dim)
+    return sum(p.numel() for p in net.parameters())
+
+
 def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
@@ -123,6 +155,10 @@ def build_config(opts, world_size):
         arch['model_channels'] = opts.cbase
     if opts.cres is not None:
         arch['channel_mult'] = opts.cres
+    if opts.blocks is not None:
+        arch['num_blocks'] = opts.blocks
+    if opts.attn is not None:
+        arch['attn_resolutions'] = opts.attn
     precond_class, loss_class = PRECONDITIONINGS[opts.precond]
     c.network_kwargs = dnnlib.EasyDict(class_name=precond_class, **arch, dropout=opts.dropout, use_fp16=opts.fp16)
     if opts.bf16:
@@ -216,6 +252,8 @@ def build_config(opts, world_size):
 @click.option('--batch-gpu', 'batch_gpu', help='Limit batch size per process', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=IntList())
+@click.option('--blocks', help='Residual blocks per resolution  [default: 4, adm 3]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--attn', help='Resolutions with self-attention, or none  [default: 16, adm 32,16,8]', metavar='LIST', type=AttnList())
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
 @click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
 @click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
@@ -228,7 +266,7 @@ def build_config(opts, world_size):
 @click.option('--P_std', 'P_std', help='Std of ln(sigma) in training (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.2)
 @click.option('--sigma_data', 'sigma_data', help='Data standard deviation (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=0.5)
 @click.option('--fp16', help='Enable mixed-precision training (CUDA)', metavar='BOOL', type=bool, default=False)
-@click.option('--bf16', help='Enable bfloat16 network body (CUDA)', metavar='BOOL', type=bool, default=False)
+@click.option('--bf16', help='Enable bfloat16 network body (CUDA; CPUs with AVX512-BF16 or AMX)', metavar='BOOL', type=bool, default=False)
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
 @click.option('--bench', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
 @click.option('--cache', help='Cache dataset in CPU memory', metavar='BOOL', type=bool, default=True)
@@ -260,6 +298,9 @@ def main(**kwargs):
     opts = dnnlib.EasyDict(kwargs)
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
+    if opts.bf16 and device.type == 'cpu' and not misc.cpu_has_bf16():
+        dist.print0('--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); training in fp32')
+        opts.bf16 = False
     c, desc = build_config(opts, dist.get_world_size())
 
     seed = opts.seed
@@ -279,7 +320,7 @@ def main(**kwargs):
     dist.print0(f'Output directory:        {c.run_dir}')
     dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
     dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
-    dist.print0(f'Network architecture:    {opts.arch}')
+    dist.print0(f'Network architecture:    {opts.arch}, {network_parameters(c):,} parameters')
     dist.print0(f'Preconditioning & loss:  {opts.precond}{" + patches" if opts.patch else ""}')
     if c.encoder_kwargs is not None:
         dist.print0(f'Latents:                 VAE "{c.encoder_kwargs.vae_name}", --latent-norm={c.encoder_kwargs.latent_norm}')

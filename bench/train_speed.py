@@ -1,129 +1,282 @@
-"""Training speed of patch mode versus full-image mode on the CPU bench configuration.
+"""Training speed: seconds per optimizer step and per kimg, fp32 and bf16, patches and full images.
 
-The configuration of SPEC section 9: DDPM++ with 32 channels, channel_mult [1,2,2], 32x32 digits
-as RGB, batch 32, one process, 2 threads. Each mode runs the real training loop (train.py's
-options, data loader, loss, optimizer, EMA) in its own subprocess for a fixed number of kimg;
-the figures are EDM's sec/kimg over the ticks after the first: their overall rate (total seconds
-over total kimg, the throughput that decides how long a run takes; patch mode mixes cheap and
-expensive steps, so this is the fair figure) and their median (as the original release was
-measured). Prints both for each mode, their ratios, and each process's peak RSS.
+Prints the CPU (model and the flags that decide the arithmetic: AVX2, AVX-512, AVX512-BF16, AMX),
+then a convolution probe: a 64-channel 3x3 convolution at 32x32, batch 32, forward and backward,
+in GFLOP/s for fp32 and bf16, which is what the machine can do on the layer that dominates these
+networks. Then two measurements:
 
-    python bench/train_speed.py [--kimg-patch 2] [--kimg-full 1] [--repeats 2] [--threads 2]
+- `steps`: for each network configuration (--configs), the median seconds of one optimizer step
+  (forward, backward, Adam) at each patch side of the default schedule (R, R/2, R/4 with R/s times
+  the images), its FLOPs (counted with torch's FlopCounterMode: convolutions, matrix products,
+  attention) and the achieved GFLOP/s as a share of the probe.
+- `loop`: the real training loop (train.py's options, data loader, loss, Adam, EMA) in a fresh
+  subprocess per run, patch mode (real_p 0.5) and full-image mode, in fp32 and bf16, in ABBA
+  order over repeats; s/kimg over the ticks after the first, ratios within this one run.
 
-The machine's speed drifts by 10-30% over minutes (shared hosts), so the modes run in ABBA order
-(patch, full, full, patch, ...) and each mode's figures pool all its runs (run i uses seed i, so the patch draws differ).
+    python bench/train_speed.py                              # both, CPU, 2 threads
+    python bench/train_speed.py --only=steps --configs=demo,bench
+    python bench/train_speed.py --device=cuda --only=loop    # kimg/s and peak GPU memory
+
+Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks, attention at
+16, 3 channels); `demo` is scripts/demo.sh's (1 block, no attention, 1 channel); NAME:blocks:attn
+adds others, e.g. `b2:2:none`.
 """
 
-import argparse
 import json
 import os
+import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+
+import click
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-BENCH_ARGS = ['--arch=ddpmpp', '--cbase=32', '--cres=1,2,2', '--batch=32', '--workers=1',
-              '--lr-rampup=10', '--duration=1']
+CONFIGS = {
+    'bench': dict(blocks=4, attn='16', channels=3, dropout=0.13),
+    'demo': dict(blocks=1, attn='none', channels=1, dropout=0),
+    'b2': dict(blocks=2, attn='none', channels=1, dropout=0),
+}
+CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
 
-def make_dataset(path):
-    """32x32 RGB digits from the bundled MNIST sample (2,000 images are plenty for timing)."""
+def cpu_description():
+    """CPU model and the arithmetic flags that matter here, from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name') and model in ('', platform.machine(), platform.processor()):
+                    model = line.split(':', 1)[1].strip()
+                if line.startswith('flags'):
+                    flags = line.split(':', 1)[1].split()
+                    break
+    except OSError:
+        pass
+    return model, [flag for flag in CPU_FLAGS if flag in flags]
+
+
+def parse_configs(text):
+    """'bench,demo,b3:3:none' → {name: dict(blocks, attn, channels)}."""
+    configs = {}
+    for item in text.split(','):
+        name, *rest = item.split(':')
+        if rest:
+            configs[name] = dict(blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0)
+        elif name in CONFIGS:
+            configs[name] = CONFIGS[name]
+        else:
+            raise click.BadParameter(f'unknown configuration "{name}" (known: {", ".join(CONFIGS)}, or NAME:blocks:attn)')
+    return configs
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeats, warmup=2):
+    """Median wall time of `fn()` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def conv_probe(dtype, device, repeats=10):
+    """GFLOP/s of a 64-channel 3x3 convolution at 32x32, batch 32, forward and backward."""
+    x = torch.randn(32, 64, 32, 32, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(64, 64, 3, 3, device=device, dtype=dtype, requires_grad=True)
+
+    def step():
+        torch.nn.functional.conv2d(x, w, padding=1).backward(torch.ones(32, 64, 32, 32, device=device, dtype=dtype))
+    flops = 3 * 2 * 32 * 32 * 32 * 64 * 64 * 9
+    return flops / median_seconds(step, device, repeats) / 1e9
+
+
+def build_net(config, use_bf16, device, resolution=32):
+    """The configuration's EDM-preconditioned DDPM++ with coordinate channels."""
+    from train import parse_attn
+    from training.networks import EDMPrecond
+    torch.manual_seed(0)
+    net = EDMPrecond(img_resolution=resolution, img_channels=config['channels'], use_coords=True, use_bf16=use_bf16,
+                     model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
+                     channel_mult_noise=1, resample_filter=[1, 1], model_channels=32, channel_mult=[1, 2, 2],
+                     num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'])
+    return net.train().to(device)
+
+
+def step_fn(net, optimizer, side, images, device):
+    """One optimizer step of the EDM loss on `images` random patches of side `side`."""
+    from training.loss import EDMLoss
+    loss_fn = EDMLoss()
+    y = torch.rand(images, net.img_channels, side, side, device=device) * 2 - 1
+    coords = torch.rand(images, 2, side, side, device=device) * 2 - 1
+
+    def step():
+        sigma = loss_fn.sample_sigma(images, None, device)
+        denoised = net(y + torch.randn_like(y) * sigma, sigma, coords=coords)
+        optimizer.zero_grad(set_to_none=True)
+        (loss_fn.weight(sigma) * (denoised - y) ** 2).sum().div(images).backward()
+        optimizer.step()
+    return step
+
+
+def count_flops(fn):
+    """FLOPs of one call of `fn` (convolutions, matrix products, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure_steps(configs, batch, device, repeats, probes, dtypes):
+    """Prints seconds per step and GFLOP/s for each configuration, patch side and dtype."""
+    from training import patch
+    print(f'\nsteps: median of {repeats} optimizer steps, batch {batch} image slots (R/s times the images at side s)')
+    print(f'{"config":<8s} {"params":>10s} {"side":>4s} {"images":>6s} {"GFLOP":>7s} ' +
+          ' '.join(f'{d + " s":>8s} {d + " %probe":>10s}' for d in dtypes) + ('  bf16 speed-up' if len(dtypes) == 2 else ''))
+    for name, config in configs.items():
+        for side in patch.default_patch_sizes(32):
+            images = batch * (32 // side)
+            row, seconds = [], {}
+            for dtype in dtypes:
+                net = build_net(config, dtype == 'bf16', device)
+                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+                step = step_fn(net, optimizer, side, images, device)
+                flops = count_flops(step)
+                seconds[dtype] = median_seconds(step, device, repeats)
+                share = flops / seconds[dtype] / 1e9 / probes[dtype] * 100
+                row.append(f'{seconds[dtype]:8.3f} {share:9.0f}%')
+            params = sum(p.numel() for p in net.parameters())
+            speedup = f'  {seconds["fp32"] / seconds["bf16"]:.2f}x' if len(dtypes) == 2 else ''
+            print(f'{name:<8s} {params:>10,d} {side:>4d} {images:>6d} {flops / 1e9:7.1f} ' + ' '.join(row) + speedup, flush=True)
+
+
+def make_dataset(path, channels):
+    """32x32 digits from the bundled MNIST sample (2,000 images are plenty for timing)."""
     cmd = [sys.executable, os.path.join(ROOT, 'dataset_tool.py'), 'convert', f'--source={ROOT}/data/mnist-10k-28x28.npz',
-           f'--dest={path}', '--resolution=32x32', '--channels=3', '--max-images=2000']
+           f'--dest={path}', '--resolution=32x32', f'--channels={channels}', '--max-images=2000']
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
 
 
-def run_mode(data, real_p, kimg, tick, threads, device, seed):
+def loop_args(config, batch):
+    return ['--arch=ddpmpp', '--cbase=32', '--cres=1,2,2', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
+            '--duration=1', f'--blocks={config["blocks"]}', f'--attn={config["attn"]}', f'--dropout={config["dropout"]}']
+
+
+def run_child(spec):
     """Child process: trains one mode and prints a JSON line with its tick timings."""
-    import torch
-    torch.set_num_threads(threads)
+    import dnnlib
     import train
     from torch_utils import distributed as dist
     from training import training_loop
-
-    args = ['--outdir', 'unused', '--data', data, f'--real_p={real_p}', f'--tick={tick}', f'--seed={seed}'] + BENCH_ARGS
-    if device:
-        args.append(f'--device={device}')
-    ctx = train.main.make_context('train.py', args)
-    opts = __import__('dnnlib').EasyDict(ctx.params)
-    dev = dist.init(opts.device)
+    torch.set_num_threads(spec['threads'])
+    args = ['--outdir', 'unused', '--data', spec['data'], f'--real_p={spec["real_p"]}', f'--tick={spec["tick"]}',
+            f'--seed={spec["seed"]}', f'--bf16={int(spec["bf16"])}'] + loop_args(spec['config'], spec['batch'])
+    if spec['device']:
+        args.append(f'--device={spec["device"]}')
+    opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
+    device = dist.init(opts.device)
     c, _desc = train.build_config(opts, 1)
     with tempfile.TemporaryDirectory() as run_dir:
-        c.update(run_dir=run_dir, total_kimg=kimg, snapshot_ticks=None, state_dump_ticks=None, sample_grid=False)
-        training_loop.training_loop(**c, device=dev)
+        c.update(run_dir=run_dir, total_kimg=spec['kimg'], snapshot_ticks=None, state_dump_ticks=None, sample_grid=False)
+        training_loop.training_loop(**c, device=device)
         with open(os.path.join(run_dir, 'stats.jsonl')) as f:
             ticks = [json.loads(line) for line in f]
-    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print('RESULT ' + json.dumps(dict(sec_per_kimg=[t['sec_per_kimg'] for t in ticks[1:]],
-                                      seconds=sum(t['sec_per_tick'] for t in ticks[1:]), kimg=ticks[-1]['kimg'] - ticks[0]['kimg'],
-                                      peak_rss_gb=peak_rss_gb,
+    print('RESULT ' + json.dumps(dict(seconds=sum(t['sec_per_tick'] for t in ticks[1:]), kimg=ticks[-1]['kimg'] - ticks[0]['kimg'],
+                                      steps=ticks[-1]['step'] - ticks[0]['step'],
+                                      peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                                       gpumem_gb=ticks[-1].get('gpumem_gb'))))
 
 
-def median(values):
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-
-
-def pool(results):
-    """Combines the runs of one mode: overall rate over all timed ticks, all tick figures, peak RSS."""
-    return dict(overall=sum(r['seconds'] for r in results) / sum(r['kimg'] for r in results),
-                sec_per_kimg=[v for r in results for v in r['sec_per_kimg']],
-                peak_rss_gb=max(r['peak_rss_gb'] for r in results), gpumem_gb=results[-1].get('gpumem_gb'))
-
-
-def measure(data, real_p, kimg, tick, threads, device, seed):
+def run_mode(spec):
     """Runs one mode in a fresh process (so its peak RSS is its own) and parses its result."""
-    cmd = [sys.executable, __file__, '--child', data, '--real-p', str(real_p), '--kimg-patch', str(kimg),
-           '--tick', str(tick), '--threads', str(threads), '--seed', str(seed)] + (['--device', device] if device else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec['threads']))
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', json.dumps(spec)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
-    line = [ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1]
-    return json.loads(line[len('RESULT '):])
+    return json.loads([ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1][len('RESULT '):])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--kimg-patch', type=float, default=2.0, help='kimg to train in patch mode')
-    parser.add_argument('--kimg-full', type=float, default=1.0, help='kimg to train in full-image mode')
-    parser.add_argument('--tick', type=float, default=0.5, help='kimg per tick (one timing sample each)')
-    parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeats', type=int, default=2, help='runs of each mode, in ABBA order')
-    parser.add_argument('--device', default=None, help='cpu or cuda (default: CPU unless CUDA is available)')
-    parser.add_argument('--real-p', type=float, default=0.5)
-    parser.add_argument('--child', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--seed', type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.child:
-        run_mode(args.child, args.real_p, args.kimg_patch, args.tick, args.threads, args.device, args.seed)
-        return
-
-    runs = {'patch': [], 'full': []}
+def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes):
+    """Prints s/kimg of the real training loop for patch and full-image mode in each dtype."""
+    modes = [(m, d) for d in dtypes for m in ('patch', 'full')]
+    runs = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, 'digits-rgb-32x32.zip')
-        make_dataset(data)
-        for rep in range(args.repeats):
-            order = ['patch', 'full'] if rep % 2 == 0 else ['full', 'patch']
-            for mode in order:
-                real_p, kimg = (args.real_p, args.kimg_patch) if mode == 'patch' else (1.0, args.kimg_full)
-                runs[mode].append(measure(data, real_p, kimg, args.tick, args.threads, args.device, seed=rep))
-    patch, full = pool(runs['patch']), pool(runs['full'])
-    p, f = patch['overall'], full['overall']
-    pm, fm = median(patch['sec_per_kimg']), median(full['sec_per_kimg'])
-    print(f'bench config: DDPM++ 32 ch, mult [1,2,2], 32x32 RGB digits, batch 32, 1 process, {args.threads} threads')
-    print(f'patch mode (real_p {args.real_p}): {p:7.2f} s/kimg overall, {pm:7.2f} median of {len(patch["sec_per_kimg"])} ticks ({args.repeats} runs), '
-          f'peak RSS {patch["peak_rss_gb"]:.2f} GB')
-    print(f'full-image mode (real_p 1):  {f:7.2f} s/kimg overall, {fm:7.2f} median of {len(full["sec_per_kimg"])} ticks, '
-          f'peak RSS {full["peak_rss_gb"]:.2f} GB')
-    if patch.get('gpumem_gb') is not None:
-        print(f'peak GPU memory: patch {patch["gpumem_gb"]:.2f} GB, full {full["gpumem_gb"]:.2f} GB')
-    print(f'speed-up of patch mode: {f / p:.2f}x overall, {fm / pm:.2f}x by medians  (compute ratio 2.71; original release 2.46)')
-    print(f'versus the original release (46 s/kimg patch, 112 s/kimg full): patch {46 / p:.2f}x, full {112 / f:.2f}x')
+        data = os.path.join(tmp, 'digits.zip')
+        make_dataset(data, config['channels'])
+        for rep in range(repeats):
+            for mode, dtype in (modes if rep % 2 == 0 else modes[::-1]):
+                spec = dict(data=data, real_p=0.5 if mode == 'patch' else 1.0, kimg=kimg_patch if mode == 'patch' else kimg_full,
+                            tick=tick, threads=threads, device=device, seed=rep, bf16=dtype == 'bf16', config=config, batch=batch)
+                runs[mode, dtype].append(run_mode(spec))
+    print(f'\nloop: config {config_name}, batch {batch}, {repeats} runs per mode in ABBA order, first tick of each run not timed')
+    rate = {}
+    for (mode, dtype), results in runs.items():
+        seconds, kimg = sum(r['seconds'] for r in results), sum(r['kimg'] for r in results)
+        rate[mode, dtype] = seconds / kimg
+        gpu = results[-1].get('gpumem_gb')
+        extra = f', peak GPU memory {gpu:.2f} GB' if gpu is not None else f', peak RSS {max(r["peak_rss_gb"] for r in results):.2f} GB'
+        print(f'{mode:>5s} {dtype}: {rate[mode, dtype]:7.2f} s/kimg ({1 / rate[mode, dtype]:.3f} kimg/s), '
+              f'{seconds / sum(r["steps"] for r in results):.3f} s/step{extra}')
+    for dtype in dtypes:
+        print(f'patch speed-up over full images, {dtype}: {rate["full", dtype] / rate["patch", dtype]:.2f}x')
+    if len(dtypes) == 2:
+        for mode in ('patch', 'full'):
+            print(f'bf16 speed-up over fp32, {mode}: {rate[mode, "fp32"] / rate[mode, "bf16"]:.2f}x')
+
+
+@click.command()
+@click.option('--only', type=click.Choice(['steps', 'loop']), help='Run one of the two measurements')
+@click.option('--configs', default='bench,demo', show_default=True, help='Configurations for `steps`')
+@click.option('--loop-config', default='bench', show_default=True, help='Configuration for `loop`')
+@click.option('--batch', type=int, default=32, show_default=True, help='Image slots per step')
+@click.option('--threads', type=int, default=2, show_default=True)
+@click.option('--device', default=None, help='cpu or cuda  [default: CUDA if available]')
+@click.option('--repeats', type=int, default=2, show_default=True, help='Loop runs per mode (ABBA order)')
+@click.option('--step-repeats', type=int, default=5, show_default=True, help='Timed steps per measurement')
+@click.option('--kimg-patch', type=float, default=2.0, show_default=True)
+@click.option('--kimg-full', type=float, default=1.0, show_default=True)
+@click.option('--tick', type=float, default=0.5, show_default=True, help='kimg per timed tick')
+@click.option('--child', default=None, hidden=True)
+def main(only, configs, loop_config, batch, threads, device, repeats, step_repeats, kimg_patch, kimg_full, tick, child):
+    """Training speed of this machine: see the module docstring."""
+    if child:
+        run_child(json.loads(child))
+        return
+    from torch_utils import misc
+    torch.set_num_threads(threads)
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model, flags = cpu_description()
+    bf16 = misc.cpu_has_bf16() if dev.type == 'cpu' else True
+    print(f'CPU: {model}; flags: {" ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; {threads} threads; torch {torch.__version__}')
+    if dev.type == 'cuda':
+        print(f'GPU: {torch.cuda.get_device_name(dev)}')
+    dtypes = ['fp32', 'bf16'] if bf16 else ['fp32']
+    if not bf16:
+        print('bf16: this CPU has no native bfloat16 arithmetic; fp32 only')
+    probes = {'fp32': conv_probe(torch.float32, dev)}
+    if bf16:
+        probes['bf16'] = conv_probe(torch.bfloat16, dev)
+    print('probe (64-ch 3x3 conv, 32x32, batch 32, fwd+bwd): ' + ', '.join(f'{d} {g:.0f} GFLOP/s' for d, g in probes.items()))
+    if only != 'loop':
+        measure_steps(parse_configs(configs), batch, dev, step_repeats, probes, dtypes)
+    if only != 'steps':
+        name, config = next(iter(parse_configs(loop_config).items()))
+        measure_loop(name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes)
+
 
 if __name__ == '__main__':
     main()

@@ -1,6 +1,7 @@
 """Small tensor and module helpers used across training, sampling and evaluation."""
 
 import contextlib
+import functools
 
 import numpy as np
 import torch
@@ -161,3 +162,17 @@ def count_parameters(module):
 def nan_to_num_(tensor):
     """Replaces NaN by 0 and ±inf by ±1e5, in place (done to gradients before Adam)."""
     return torch.nan_to_num(tensor, nan=0.0, posinf=1e5, neginf=-1e5, out=tensor)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bf16():
+    """True if this CPU computes bfloat16 natively (AVX512-BF16 or AMX); on others oneDNN only
+    emulates it, slower than float32."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
+    except OSError:
+        flags = []
+    if flags:
+        return 'avx512_bf16' in flags or 'amx_bf16' in flags
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

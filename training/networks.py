@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from training import patch
 
 # ----------------------------------------------------------------------------------------------
@@ -79,37 +79,38 @@ class Conv2d(torch.nn.Module):
         self.weight = torch.nn.Parameter(weight_init([out_channels, in_channels, kernel, kernel], init_mode, fan_in, fan_out) * init_weight) if kernel else None
         self.bias = torch.nn.Parameter(weight_init([out_channels], init_mode, fan_in, fan_out) * init_bias) if kernel and bias else None
         self.register_buffer('resample_filter', _resample_kernel(resample_filter) if up or down else None)
+        self.box_filter = tuple(resample_filter) == (1, 1)
 
     def _upsample(self, x, pad):
+        if self.box_filter and pad == 0:  # the 2x2 box filter is nearest-neighbour up-sampling, far cheaper than a depthwise conv
+            return F.interpolate(x, scale_factor=2, mode='nearest')
         channels = x.shape[1]
         f = self.resample_filter.to(x.dtype).mul(4).tile([channels, 1, 1, 1])
         return F.conv_transpose2d(x, f, groups=channels, stride=2, padding=pad)
 
     def _downsample(self, x, pad):
+        if self.box_filter and pad == 0:  # ... and 2x2 average pooling when down-sampling
+            return F.avg_pool2d(x, 2)
         channels = x.shape[1]
         f = self.resample_filter.to(x.dtype).tile([channels, 1, 1, 1])
         return F.conv2d(x, f, groups=channels, stride=2, padding=pad)
 
     def forward(self, x):
         w = self.weight.to(x.dtype) if self.weight is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (self.resample_filter.shape[-1] - 1) // 2 if self.resample_filter is not None else 0
         if self.fused_resample and self.up and w is not None:
             x = self._upsample(x, max(f_pad - w_pad, 0))
-            x = F.conv2d(x, w, padding=max(w_pad - f_pad, 0))
-        elif self.fused_resample and self.down and w is not None:
-            x = F.conv2d(x, w, padding=w_pad + f_pad)
-            x = self._downsample(x, 0)
-        else:
-            if self.up:
-                x = self._upsample(x, f_pad)
-            if self.down:
-                x = self._downsample(x, f_pad)
-            if w is not None:
-                x = F.conv2d(x, w, padding=w_pad)
-        if self.bias is not None:
-            x = x.add_(self.bias.to(x.dtype).reshape(1, -1, 1, 1))
-        return x
+            return F.conv2d(x, w, b, padding=max(w_pad - f_pad, 0))
+        if self.fused_resample and self.down and w is not None:
+            x = self._downsample(F.conv2d(x, w, padding=w_pad + f_pad), 0)
+            return x.add_(b.reshape(1, -1, 1, 1)) if b is not None else x
+        if self.up:
+            x = self._upsample(x, f_pad)
+        if self.down:
+            x = self._downsample(x, f_pad)
+        return F.conv2d(x, w, b, padding=w_pad) if w is not None else x
 
 
 @persistence.persistent_class
@@ -476,11 +477,13 @@ class _Precond(torch.nn.Module):
         return self.model.down_factor
 
     def body_dtype(self, x, force_fp32=False):
-        if force_fp32 or x.device.type != 'cuda':
+        """The network body's dtype: fp16/bf16 on CUDA as asked, bf16 also on CPUs that compute it
+        natively (elsewhere oneDNN emulates it, slower than fp32), else fp32."""
+        if force_fp32:
             return torch.float32
-        if self.use_fp16:
+        if x.device.type == 'cuda' and self.use_fp16:
             return torch.float16
-        if self.use_bf16:
+        if self.use_bf16 and (x.device.type == 'cuda' or (x.device.type == 'cpu' and misc.cpu_has_bf16())):
             return torch.bfloat16
         return torch.float32
 
