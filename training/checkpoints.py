@@ -136,7 +136,10 @@ def read_pickle(url, option):
     except Exception as err:  # genops reports damage as ValueError, struct or unicode errors
         raise UserError(f'{option}: "{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
     if not opcodes & _CODE_OPCODES:
-        held = type(pickle.loads(data)).__name__  # plain data: safe to load
+        try:
+            held = type(pickle.loads(data)).__name__  # plain data: safe to load
+        except Exception as err:  # opcodes that parse but do not make a valid pickle (e.g. some text)
+            raise UserError(f'{option}: "{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
         raise UserError(f'{option}: "{url}" is a pickle of a {held}, not a network snapshot (a dict with an "ema" network)')
     return data
 
