@@ -70,6 +70,37 @@ FOREIGN_SRC = textwrap.dedent('''
 
 
     @persistence.persistent_class
+    class VPPrecond(torch.nn.Module):
+        def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, beta_d=19.9, beta_min=0.1,
+                     M=1000, epsilon_t=1e-5, model_type='SongUNet', **model_kwargs):
+            super().__init__()
+            self.img_resolution, self.img_channels, self.label_dim, self.use_fp16 = img_resolution, img_channels, label_dim, use_fp16
+            self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
+            self.sigma_min, self.sigma_max = float(self.sigma(epsilon_t)), float(self.sigma(1))
+            self.model = ARCHITECTURES[model_type](img_resolution=img_resolution, in_channels=img_channels,
+                                                   out_channels=img_channels, label_dim=label_dim, **model_kwargs)
+
+        def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
+            x = x.to(torch.float32)
+            sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
+            c_in = 1 / (sigma ** 2 + 1).sqrt()
+            c_noise = (self.M - 1) * self.sigma_inv(sigma)
+            F_x = self.model(c_in * x, c_noise.flatten(), class_labels=_labels(self.label_dim, class_labels, x), **model_kwargs)
+            return x - sigma * F_x.to(torch.float32)
+
+        def sigma(self, t):
+            t = torch.as_tensor(t)
+            return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+
+        def sigma_inv(self, sigma):
+            sigma = torch.as_tensor(sigma)
+            return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
+
+        def round_sigma(self, sigma):
+            return torch.as_tensor(sigma)
+
+
+    @persistence.persistent_class
     class Patch_EDMPrecond(torch.nn.Module):
         def __init__(self, img_resolution, img_channels, out_channels, label_dim=0, use_fp16=False, sigma_min=0,
                      sigma_max=float('inf'), sigma_data=0.5, model_type='SongUNet', **model_kwargs):
@@ -112,12 +143,14 @@ def _wake_up(net, seed=0):
 
 
 def foreign_net(kind, resolution=16, channels=3, label_dim=0, embed_fq=0, **unet):
-    """A tiny network of EDM ('edm') or of the original release ('patch')."""
+    """A tiny network of EDM ('edm', 'vp') or of the original release ('patch')."""
     torch.manual_seed(0)
     module = foreign_module()
     kwargs = dict(UNET, attn_resolutions=[resolution // 2])
     kwargs.update(unet)
-    if kind == 'edm':
+    if kind == 'vp':
+        net = module.VPPrecond(img_resolution=resolution, img_channels=channels, label_dim=label_dim, **kwargs)
+    elif kind == 'edm':
         net = module.EDMPrecond(img_resolution=resolution, img_channels=channels, label_dim=label_dim, **kwargs)
     else:
         coords = 4 * embed_fq if embed_fq else 2
@@ -156,6 +189,7 @@ def pickles(tmp_path_factory):
     return dict(
         edm=write_pickle(root / 'edm-uncond.pkl', foreign_net('edm')),
         edm_cond=write_pickle(root / 'edm-cond.pkl', foreign_net('edm', label_dim=10)),
+        vp_cond=write_pickle(root / 'vp-cond.pkl', foreign_net('vp', label_dim=10)),
         patch=write_pickle(root / 'patch.pkl', foreign_net('patch')),
         patch_fq=write_pickle(root / 'patch-fq.pkl', foreign_net('patch', embed_fq=2)),
         latent=write_pickle(root / 'patch-latent.pkl', foreign_net('patch', resolution=32, channels=4)),
@@ -231,8 +265,9 @@ def scaled_down(command, network, outdir):
 
 
 @pytest.mark.parametrize('index', range(len(EDM_COMMANDS)))
-def test_edm_readme_commands_run_on_an_edm_pickle(pickles, tmp_path, index):
-    network = pickles['edm_cond']
+@pytest.mark.parametrize('kind', ['edm_cond', 'vp_cond'])
+def test_edm_readme_commands_run_on_an_edm_pickle(pickles, tmp_path, index, kind):
+    network = pickles[kind]
     res = run_generate(scaled_down(EDM_COMMANDS[index], network, tmp_path / 'out'))
     assert res.exit_code == 0, res.output
     names = sorted(os.path.relpath(os.path.join(d, n), tmp_path / 'out') for d, _, ns in os.walk(tmp_path / 'out') for n in ns)
@@ -350,7 +385,7 @@ def test_pedm_without_patches_is_an_error(digits, tmp_path):
 # safetensors: snapshots, conversion, loading without unpickling.
 
 
-@pytest.mark.parametrize('kind', ['ours', 'edm', 'patch', 'patch_fq', 'latent'])
+@pytest.mark.parametrize('kind', ['ours', 'edm', 'vp_cond', 'patch', 'patch_fq', 'latent'])
 def test_convert_to_safetensors_and_load_without_unpickling(pickles, tmp_path, monkeypatch, kind, vae_dir):
     if kind == 'ours':
         net = _wake_up(networks.EDMPrecond(img_resolution=16, img_channels=3, use_coords=True, pos_embed=1, **UNET))
