@@ -15,7 +15,7 @@ import torch
 
 from dnnlib.util import UserError
 from torch_utils import distributed
-from training import checkpoints, encoders, sampler
+from training import checkpoints, encoders, patch, sampler
 
 
 def parse_seeds(text):
@@ -41,9 +41,10 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
     if embed_fq is not None:
         if not getattr(net, 'use_coords', False):
             raise UserError('--embed_fq: the network takes no coordinates')
-        if 4 * embed_fq + 2 * (embed_fq == 0) != net.coord_channels:
+        channels = patch.coord_channels(True, embed_fq)
+        if channels != net.coord_channels:
             raise UserError(f'--embed_fq: the network takes {net.coord_channels} coordinate channels, '
-                            f'not {4 * embed_fq or 2} (--embed_fq={embed_fq})')
+                            f'not {channels} (--embed_fq={embed_fq})')
         net.pos_embed = embed_fq
     if mask_pos:
         if not isinstance(net, checkpoints.ForeignNetwork) or not net.use_coords:
