@@ -8,16 +8,14 @@ the number of processes. The sampling itself lives in `training.sampler`.
 """
 
 import os
-import pickle
 import re
 
 import click
 import torch
 
-import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed
-from training import sampler
+from training import checkpoints, encoders, patch, sampler
 
 
 def parse_seeds(text):
@@ -37,25 +35,32 @@ def parse_seeds(text):
     return list(dict.fromkeys(seeds))
 
 
-def load_network(url):
-    """(network, decoder or None) from a snapshot pickle at a path or URL. Anything that is not a
-    complete snapshot (missing, truncated, foreign pickle, not a pickle) is a UserError."""
-    try:
-        f = dnnlib.util.open_url(url)
-    except (OSError, ValueError) as err:
-        raise UserError(f'--network: cannot open "{url}": {err.strerror if isinstance(err, OSError) and err.strerror else err}') from None
-    try:
-        with f:
-            data = pickle.load(f)
-    except Exception as err:  # a damaged or foreign file can fail in any way while unpickling
-        raise UserError(f'--network: "{url}" is not a readable network snapshot ({type(err).__name__}: {err})'.replace('\n', ' ')) from None
-    net = data.get('ema') if isinstance(data, dict) else None
-    if not isinstance(net, torch.nn.Module) or not all(hasattr(net, a) for a in ('img_resolution', 'img_channels', 'label_dim')):
-        raise UserError(f'--network: "{url}" is a pickle but not a network snapshot (no "ema" network in it)')
-    decoder = data.get('encoder')
-    if decoder is not None and not hasattr(decoder, 'decode'):
-        raise UserError(f'--network: the "encoder" in "{url}" has no decode() method')
-    return net, decoder
+def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
+    """Applies the original release's options to a loaded network; returns the latent decoder
+    (None for pixel networks). Choices the network cannot honour are UserErrors."""
+    if embed_fq is not None:
+        if not getattr(net, 'use_coords', False):
+            raise UserError('--embed_fq: the network takes no coordinates')
+        channels = patch.coord_channels(True, embed_fq)
+        if channels != net.coord_channels:
+            raise UserError(f'--embed_fq: the network takes {net.coord_channels} coordinate channels, '
+                            f'not {channels} (--embed_fq={embed_fq})')
+        net.pos_embed = embed_fq
+    if mask_pos:
+        if not isinstance(net, checkpoints.ForeignNetwork) or not net.use_coords:
+            raise UserError('--mask_pos: only applies to coordinate networks of the original Patch Diffusion release')
+        net.mask_pos = True
+    if on_latents and decoder is None:
+        decoder = encoders.StabilityVAEEncoder(vae_name=encoders.check_vae_name(vae or encoders.DEFAULT_VAE))
+    elif vae is not None:
+        if decoder is None:
+            raise UserError('--vae: only applies to latent networks (--on_latents=1)')
+        decoder.vae_name = encoders.check_vae_name(vae)
+    if decoder is not None and net.img_channels != encoders.LATENT_CHANNELS:
+        raise UserError(f'--on_latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
+    if decoder is None and net.img_channels not in (1, 3):
+        raise UserError(f'--on_latents: the network makes {net.img_channels}-channel latents; decode them with --on_latents=1')
+    return decoder
 
 
 def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg):
@@ -90,7 +95,7 @@ def image_path(outdir, seed, subdirs):
 
 
 @click.command(context_settings=dict(max_content_width=100))
-@click.option('--network', 'network_url', help='Snapshot to sample from (network-snapshot-*.pkl, a path or URL)', metavar='PATH|URL', type=str, required=True)
+@click.option('--network', 'network_url', help='Network to sample from: our snapshot (.pkl or .safetensors), EDM\'s or the original release\'s pickle', metavar='PATH|URL', type=str, required=True)
 @click.option('--outdir', help='Folder for the PNG files, one per seed', metavar='DIR', type=str)
 @click.option('--seeds', help='Seeds to sample, comma-separated numbers and a-b ranges', metavar='LIST', type=str, default='0-63', show_default=True)
 @click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
@@ -114,12 +119,17 @@ def image_path(outdir, seed, subdirs):
 @click.option('--image_size', help='Side of the generated canvas  [default: --resolution]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--x_start', help='Column of the canvas\'s left edge in that image', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--y_start', help='Row of the canvas\'s top edge in that image', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--on_latents', help='Decode latents with the Stable Diffusion VAE (original release\'s latent models)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--vae', help='VAE for --on_latents: hub id or local folder  [default: stabilityai/sd-vae-ft-ema]', metavar='ID|DIR', type=str)
+@click.option('--embed_fq', help='Coordinates as sin/cos features at F frequencies  [default: from the network]', metavar='F', type=click.IntRange(min=0))
+@click.option('--mask_pos', help='Feed zeros for the coordinates (original release\'s networks)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
 def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_steps, sigma_min, sigma_max, rho,
          S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, grid_path,
-         resolution, image_size, x_start, y_start, device):
+         resolution, image_size, x_start, y_start, on_latents, vae, embed_fq, mask_pos, device):
     """Sample images from a trained network with EDM's samplers (Karras et al. 2022), whether
-    it was trained on full images or on patches with coordinates (Wang et al. 2023).
+    it was trained on full images or on patches with coordinates (Wang et al. 2023). Takes this
+    project's snapshots, EDM's published pickles and the original Patch Diffusion release's.
 
     Any of --solver/--disc/--schedule/--scaling switches to the generalised sampler. Seeds are
     split across torchrun processes; each image depends only on its seed.
@@ -129,21 +139,26 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     torchrun --standalone --nproc_per_node=4 generate.py --network=URL --outdir=fid50k \\
         --seeds=0-49999 --subdirs
     python generate.py --network=NET.pkl --grid=wide.png --image_size=64 --seeds=0-15
+    python generate.py --steps=256 --S_churn=40 --S_min=0.05 --S_max=50 --S_noise=1.003 \\
+        --resolution 32 --on_latents=1 --batch 64 --outdir=out --seeds=0-63 --network=LATENT.pkl
     """
     dev = distributed.init(device)
     seed_list = parse_seeds(seeds)
     if outdir is None and grid_path is None:
         raise UserError('--outdir: give an output folder (or --grid for one PNG of all samples)')
-    net, decoder = load_network(network_url)
+    net, decoder = checkpoints.load_network(network_url)
+    decoder = configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos)
     canvas = build_canvas(net, resolution, image_size, x_start, y_start)
     sampler_kwargs = build_sampler_kwargs(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
                                           solver, disc, schedule, scaling, cfg)
     sampler.check_sampling_options(net, class_idx, canvas, cfg)
 
     net = net.to(dev)
+    if decoder is not None:
+        decoder.init(dev)
     rank, world = distributed.get_rank(), distributed.get_world_size()
     my_seeds = seed_list[rank::world]
-    distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')
+    distributed.print0(f'Generating {len(seed_list)} images from "{checkpoints.network_source(network_url)}" on {world} process(es)...')
     kept = []
     batches = sampler.iter_sample_batches(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
                                           canvas=canvas, decoder=decoder, progress=True, **sampler_kwargs)

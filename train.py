@@ -15,6 +15,7 @@ import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc
+from training import checkpoints
 from training import dataset as dataset_lib
 from training import encoders
 from training import patch as patch_lib
@@ -137,8 +138,11 @@ def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
     c = dnnlib.EasyDict()
-    if opts.precond == 'pedm':
-        opts.precond, opts.patch = 'edm', True
+    if opts.precond == 'pedm' and opts.patch is False:
+        raise UserError('--patch=0: --precond=pedm means patches; use --precond=edm for plain EDM')
+    if opts.precond in (None, 'pedm'):  # the original release's default: EDM with patches
+        opts.precond, opts.patch = 'edm', opts.patch is not False
+    opts.patch = bool(opts.patch)  # --precond=edm|vp|ve: plain EDM unless --patch=1
     if not 0 <= opts.real_p <= 1:
         raise UserError(f'--real_p: {opts.real_p} is outside [0, 1]')
     if opts.fp16 and opts.bf16:
@@ -214,7 +218,9 @@ def build_config(opts, world_size):
     if opts.transfer is not None:
         if opts.resume is not None:
             raise UserError('--transfer and --resume: choose one')
+        checkpoints.check_network_file(opts.transfer, '--transfer')
         c.resume_pkl = opts.transfer
+        c.ema_rampup_ratio = None  # as in EDM: the EMA starts from the pretrained weights
     if opts.resume is not None:
         c.resume_state = training_loop.find_resume_state(opts.resume)
 
@@ -233,9 +239,9 @@ def build_config(opts, world_size):
 @click.option('--data', help='Path to the dataset (folder or zip)', metavar='ZIP|DIR', type=str, required=True)
 @click.option('--cond', help='Train class-conditional model', metavar='BOOL', type=bool, default=False)
 @click.option('--arch', help='Network architecture', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp')
-@click.option('--precond', help='Preconditioning & loss function (pedm = edm with patches)',
-              type=click.Choice(['vp', 've', 'edm', 'pedm']), default='edm')
-@click.option('--patch', help='Train on patches with coordinate channels (0 = plain EDM)', metavar='BOOL', type=bool, default=True)
+@click.option('--precond', help='Preconditioning & loss: edm|vp|ve as in EDM (full images unless --patch=1), pedm = edm with patches  [default: pedm]',
+              type=click.Choice(['vp', 've', 'edm', 'pedm']))
+@click.option('--patch', help='Train on patches with coordinate channels  [default: 1 for pedm, 0 for edm|vp|ve]', metavar='BOOL', type=bool)
 @click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=0.5)
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides [default: R/4,R/2,R; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
@@ -278,7 +284,7 @@ def build_config(opts, world_size):
 @click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50)
 @click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500)
 @click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
-@click.option('--transfer', help='Transfer learning from network pickle', metavar='PKL|URL', type=str)
+@click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 def main(**kwargs):

@@ -245,7 +245,7 @@ def run_eval(args):
     import numpy as np
     import torch
     import fid
-    from training import sampler
+    from training import checkpoints, sampler
 
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     run_dir = args.run_dir
@@ -257,8 +257,7 @@ def run_eval(args):
         if 'fid' in point:
             continue
         start = time.time()
-        with open(point['snapshot'], 'rb') as f:
-            net = pickle.load(f)['ema'].to(device)
+        net = checkpoints.load_network(point['snapshot'])[0].to(device)
         images = sampler.sample_images(net, seeds, device=device, batch_size=64, num_steps=args.steps)
         sample_sec = time.time() - start
         sampler.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))

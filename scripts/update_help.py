@@ -18,6 +18,7 @@ HELP_COMMANDS = {
     'generate': [['generate.py']],
     'dataset_tool': [['dataset_tool.py']],
     'fid': [['fid.py'], ['fid.py', 'ref'], ['fid.py', 'calc'], ['fid.py', 'kid']],
+    'convert_network': [['convert_network.py']],
 }
 
 

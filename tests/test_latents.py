@@ -242,7 +242,7 @@ def generate(snapshot, outdir, *options):
 
 
 def latest_snapshot(run_dir):
-    return os.path.join(run_dir, sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-'))[-1])
+    return os.path.join(run_dir, sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1])
 
 
 def test_train_on_the_fly_then_generate(images_zip, vae_dir, tmp_path):

@@ -74,7 +74,7 @@ def test_run_leaves_snapshot_grid_stats_and_state(digits, tmp_path):
     assert os.path.basename(run_dir) == '00000-digits-uncond-ddpmpp-pedm-gpus1-batch8-fp32'
     names = set(os.listdir(run_dir))
     assert {'training_options.json', 'log.txt', 'stats.jsonl', 'reals.png', 'loss.png'} <= names
-    snapshots = sorted(n for n in names if n.startswith('network-snapshot-'))
+    snapshots = sorted(n for n in names if n.startswith('network-snapshot-') and n.endswith('.pkl'))
     assert snapshots and any(n.startswith('samples-') for n in names)
     assert any(n.startswith('training-state-') for n in names)
     assert not any(n.endswith('.tmp') for n in names)
@@ -257,7 +257,7 @@ def test_each_preconditioning_trains_with_and_without_patches(precond, patch, di
     stats = read_stats(run_dir)
     assert stats and all(np.isfinite(s['loss']) for s in stats)
     assert all(bool(s['loss_by_patch']) == (patch == '1') for s in stats)
-    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-'))[-1]
+    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
     with open(os.path.join(run_dir, snapshot), 'rb') as f:
         net = pickle.load(f)['ema']
     assert type(net).__name__ == {'vp': 'VPPrecond', 've': 'VEPrecond', 'edm': 'EDMPrecond'}[precond]

@@ -24,6 +24,7 @@ import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc, training_stats
+from training import checkpoints
 from training import patch as patch_lib
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def sanitize_gradients(net):
 
 
 def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, encoder=None):
-    """`network-snapshot-<kimg>.pkl`: the EMA network (eval, CPU) and what generate.py needs."""
+    """`network-snapshot-<kimg>.pkl`: the EMA network (eval, CPU) and what generate.py needs, and
+    the same network as `.safetensors` (weights and constructor arguments; loading runs no code)."""
     data = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
     if encoder is not None:
         data['encoder'] = encoder
@@ -140,6 +142,7 @@ def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, enc
     if dist.get_rank() == 0:
         with atomic_write(path, 'wb') as f:
             pickle.dump(data, f)
+        checkpoints.save_safetensors(checkpoints.safetensors_path(path), data['ema'], data.get('encoder'))
     return path
 
 
@@ -299,11 +302,10 @@ def training_loop(
     nimg, step, cur_tick, start_block, stats_records = 0, 0, 0, 0, []
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        with dnnlib.util.open_url(resume_pkl) as f:
-            data = pickle.load(f)
-        misc.copy_params_and_buffers(data['ema'], net, require_all=False)
-        misc.copy_params_and_buffers(data['ema'], ema, require_all=False)
-        del data
+        source, _decoder = checkpoints.load_network(resume_pkl, option='--transfer')
+        checkpoints.transfer_weights(source, net)
+        checkpoints.transfer_weights(source, ema)
+        del source
     if resume_state is not None:
         dist.print0(f'Resuming from "{resume_state}"...')
         state = load_state(resume_state)
