@@ -11,7 +11,7 @@ depend on which rank or accumulation round computed it.
 import torch
 
 from torch_utils import persistence
-from training import patch
+from training import patch, schedules
 
 
 LOSS_NORMS = ('sum', 'mean')
@@ -70,8 +70,7 @@ class VPLoss(DenoisingLoss):
         self.epsilon_t = epsilon_t
 
     def sigma(self, t):
-        t = torch.as_tensor(t)
-        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+        return schedules.vp_sigma(torch.as_tensor(t), self.beta_d, self.beta_min)
 
     def sample_sigma(self, n, rng, device):
         u = self._uniform(n, rng, device)
