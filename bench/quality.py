@@ -90,11 +90,17 @@ METHODS = {
 RUN_NAME = re.compile(r'^(?P<method>[\w.-]+)-seed(?P<seed>\d+)$')
 
 
+def run_name(method, seed):
+    """The folder of a run in --out."""
+    return f'{method}-seed{seed}'
+
+
 def log(text):
     print(text, flush=True)
 
 
 def read_json(path, default=None):
+    """The JSON in `path`, or `default` if there is no such file."""
     if not os.path.exists(path):
         return default
     with open(path, encoding='utf-8') as f:
@@ -102,6 +108,7 @@ def read_json(path, default=None):
 
 
 def write_json(path, data):
+    """Writes `data` to `path` as JSON, atomically (a study may be interrupted at any time)."""
     with atomic_write(path, 'w', encoding='utf-8') as f:
         json.dump(data, f, indent=2)
 
@@ -246,6 +253,7 @@ def images_for_budget(c, cost, budget):
 
 
 def follows_progress(c):
+    """Whether the patch schedule of `c` depends on the fraction of training done."""
     return bool(c.patch_kwargs) and (c.patch_kwargs.progressive or c.patch_kwargs.real_p_end is not None)
 
 
@@ -291,6 +299,7 @@ def check_resumable(run_dir, new):
 
 
 def worker_init(threads):
+    """Each worker process computes with `threads` threads."""
     import torch
     torch.set_num_threads(threads)
 
@@ -349,6 +358,7 @@ def train_segment(cfg, spec, run_dir, data, index, previous, device):
 
 
 def score_key(point, fid_num, ref_path):
+    """What a score is valid for: the point's snapshot, the sample count and the reference."""
     return [point['point'], point['snapshot'], fid_num, os.path.basename(ref_path)]
 
 
@@ -362,6 +372,9 @@ def points_to_score(run_dir, scores, fid_num, ref_path):
 def score_run(cfg, run_dir, ref_path):
     """Worker: FID and KID of every point of a run not scored yet with this --fid-num and
     reference, the last point first (the key comparison if time runs short)."""
+    if not os.path.isdir(run_dir):
+        log(f'{os.path.basename(run_dir)}: not trained yet')
+        return []
     with logged_to(os.path.join(run_dir, 'eval.log')):
         import numpy as np
         import torch
@@ -492,7 +505,7 @@ def report(cfg, methods, train_data, ref_path, ref_num):
         plot.line_plot(os.path.join(cfg.out, f'quality-{axis}.png'), series, xlabel=xlabel, ylabel=label, title=title)
     last = max((r['point'] for rows in table.values() for r in rows), default=None)
     if last is not None:
-        grids = [os.path.join(cfg.out, f'{m}-seed{cfg.seeds[0]}', f'samples-point{last}.png') for m in methods]
+        grids = [os.path.join(cfg.out, run_name(m, cfg.seeds[0]), f'samples-point{last}.png') for m in methods]
         side_by_side([g for g in grids if os.path.exists(g)], os.path.join(cfg.out, f'samples-point{last}.png'))
     write_json(os.path.join(cfg.out, 'results.json'),
                dict(config={k: v for k, v in cfg.items() if k not in ('eval_only', 'report_only')}, train_data=train_data,
@@ -541,7 +554,17 @@ def parse_list(option, text, choices=None, kind=str):
 @click.option('--eval-only', 'eval_only', help='No training: score the points in --out not scored yet, then report', is_flag=True)
 @click.option('--report-only', 'report_only', help='Only redo the table, plots and results.json from --out', is_flag=True)
 def main(**kwargs):
-    """Image quality against training compute: patch training versus full images (see the module docstring)."""
+    """Image quality against training compute: patch training, its knobs and variants versus full
+    images, several seeds each, resumable (details in the module docstring of bench/quality.py).
+
+    \b
+    Examples:
+    \b
+    python bench/quality.py --smoke
+    python bench/quality.py --data=mnist --methods=patch,full,edm --budget=4000 --points=8 --fid-num=5000
+    python bench/quality.py --data=emoji --max-images=1000 --methods=patch,full,rising,mean-loss
+    python bench/quality.py --report-only --out=runs/quality-mnist --methods=patch,full,edm
+    """
     cfg = dnnlib.EasyDict(kwargs)
     if cfg.smoke:
         cfg.update(budget=20, points=2, seeds='0', fid_num=64, ref_num=64, tick=0.1)
@@ -557,12 +580,16 @@ def main(**kwargs):
     train_data, full_data = prepare_data(cfg.data, cfg.max_images, cfg.cache)
     ref_path, ref_num = reference_stats(full_data, cfg.ref_num, cfg.cache, cfg.jobs * cfg.threads)
     if not cfg.report_only:
-        full_flops = full_step_flops(cfg, train_data)
-        runs = {f'{m}-seed{s}': run_spec(cfg, m, s, train_data, full_flops) for m in methods for s in cfg.seeds}
-        for name, spec in runs.items():
-            check_resumable(os.path.join(cfg.out, name), spec)
-        log(f'{len(runs)} runs of {cfg.budget:g} full-step equivalents, {cfg.points} points each, on {train_data}; '
-            f'{cfg.jobs} processes of {cfg.threads} thread(s)')
+        pairs = [(m, s) for m in methods for s in cfg.seeds]
+        if cfg.eval_only:
+            runs = {run_name(m, s): None for m, s in pairs}
+        else:
+            full_flops = full_step_flops(cfg, train_data)
+            runs = {run_name(m, s): run_spec(cfg, m, s, train_data, full_flops) for m, s in pairs}
+            for name, spec in runs.items():
+                check_resumable(os.path.join(cfg.out, name), spec)
+        what = 'scoring' if cfg.eval_only else f'{cfg.budget:g} full-step equivalents, {cfg.points} points each, of'
+        log(f'{len(runs)} runs: {what} {", ".join(runs)} on {train_data}; {cfg.jobs} processes of {cfg.threads} thread(s)')
         run_all(cfg, runs, train_data, ref_path)
     report(cfg, methods, train_data, ref_path, ref_num)
     log(f'total {(time.time() - start) / 60:.1f} min')

@@ -120,7 +120,7 @@ def test_duration_ends_where_the_compute_budget_does(quality, digits, method):
 
 def train(quality, cfg, digits, out, method='patch'):
     spec = quality.run_spec(cfg, method, 0, digits, quality.full_step_flops(cfg, digits))
-    run_dir = os.path.join(out, f'{method}-seed0')
+    run_dir = os.path.join(out, quality.run_name(method, 0))
     quality.check_resumable(run_dir, spec)
     return quality.train_run(cfg, spec, run_dir, digits), run_dir
 
