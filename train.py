@@ -16,6 +16,7 @@ from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from training import dataset as dataset_lib
 from training import encoders
+from training import loss as loss_lib
 from training import patch as patch_lib
 from training import training_loop
 
@@ -205,8 +206,8 @@ def build_config(opts, world_size):
 @click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=0.5)
 @click.option('--real_p-end', 'real_p_end', help='Full-image probability at the end, moved to linearly from --real_p  [default: constant]',
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
-@click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-image pixel sum (original) or per-pixel mean (as large as a full step)',
-              type=click.Choice(['sum', 'mean']), default='sum')
+@click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-image pixel sum (original) or per-pixel mean x full-image pixels',
+              type=click.Choice(loss_lib.LOSS_NORMS), default='sum')
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides [default: R/4,R/2,R; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
