@@ -44,10 +44,11 @@ data-set zip/folder made by dataset_tool.py. Data sets and reference statistics 
     python bench/quality.py --report-only --out=runs/quality-mnist --methods=patch,full,edm
 
 Output (--out): a folder per run (`<method>-seed<k>/`: run.json, points.json, scores.json,
-train.log, eval.log, `point-<i>/` with the loop's stats.jsonl, snapshot and training state, and
-`samples-point<i>.png`), quality-compute.png and quality-seconds.png (FID against compute and
-against training wall seconds, mean over seeds), samples-point<last>.png (the first seed's grids
-side by side, in --methods order), results.json and a printed table.
+train.log, eval.log, `point-<i>/` with the loop's stats.jsonl and snapshot (and, for the last
+point, its training state), and `samples-point<i>.png`), quality-compute.png and
+quality-seconds.png (FID against compute and against training wall seconds, mean over seeds),
+samples-point<last>.png (the first seed's grids side by side, in --methods order), results.json
+and a printed table.
 """
 
 import concurrent.futures
@@ -322,6 +323,8 @@ def train_run(cfg, spec, run_dir, data):
         for index in range(len(points), len(spec['targets'])):
             points.append(train_segment(cfg, spec, run_dir, data, index, points[-1] if points else None, device))
             write_json(os.path.join(run_dir, 'points.json'), points)
+            if len(points) > 1 and os.path.exists(os.path.join(run_dir, points[-2]['state'])):
+                os.remove(os.path.join(run_dir, points[-2]['state']))  # only the last state is resumed from
     return points
 
 
