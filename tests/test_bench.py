@@ -147,6 +147,7 @@ def test_training_resumes_after_the_last_point_and_extends_exactly(quality, digi
         assert len(f.readlines()) == whole[-1]['steps']  # one tick per step, the history carried on
     assert sorted(n for n in os.listdir(os.path.join(run_dir, 'point-3')) if n.endswith('.pkl')) == \
         [os.path.basename(extended[-1]['snapshot'])]
+    assert [os.path.exists(os.path.join(run_dir, p['state'])) for p in extended] == [False, False, False, True]
 
 
 def test_runs_that_cannot_go_on_are_user_errors(quality, tmp_path):
