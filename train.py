@@ -18,6 +18,7 @@ from torch_utils import misc
 from training import checkpoints
 from training import dataset as dataset_lib
 from training import encoders
+from training import loss as loss_lib
 from training import patch as patch_lib
 from training import training_loop
 
@@ -189,7 +190,9 @@ def build_config(opts, world_size):
         if opts.pos_embed:
             c.network_kwargs.pos_embed = opts.pos_embed
         sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent=c.encoder_kwargs is not None)
-        c.patch_kwargs = dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive)
+        patch_lib.check_schedule_options(opts.real_p, opts.real_p_end, opts.progressive)
+        c.patch_kwargs = dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive,
+                                         real_p_end=opts.real_p_end, loss_norm=opts.loss_norm)
 
     augment = opts.augment if opts.augment is not None else (0.0 if opts.patch else 0.12)
     c.augment_kwargs = None
@@ -243,6 +246,10 @@ def build_config(opts, world_size):
               type=click.Choice(['vp', 've', 'edm', 'pedm']))
 @click.option('--patch', help='Train on patches with coordinate channels  [default: 1 for pedm, 0 for edm|vp|ve]', metavar='BOOL', type=bool)
 @click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=0.5)
+@click.option('--real_p-end', 'real_p_end', help='Full-image probability at the end, moved to linearly from --real_p  [default: constant]',
+              metavar='FLOAT', type=click.FloatRange(min=0, max=1))
+@click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-image pixel sum (original) or per-pixel mean x full-image pixels',
+              type=click.Choice(loss_lib.LOSS_NORMS), default='sum')
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides [default: R/4,R/2,R; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',

@@ -1,125 +1,153 @@
-"""Image quality at equal wall-clock time: Patch Diffusion versus full-image EDM training.
+"""Image quality against training compute: Patch Diffusion, its knobs and two variants, versus
+full-image EDM.
 
-The paper's claim under test: training on patches (real_p 0.5) reaches a given FID in about half
-the training time of full-image EDM, and does better on small data sets. Each method trains the
-same network (by default the CPU bench configuration of SPEC section 9: DDPM++, 32 channels,
-mult [1,2,2], batch 32) with the real training loop (`train.build_config` +
-`training_loop.training_loop`) for the SAME wall-clock budget. For fairness on a shared machine the
-methods train CONCURRENTLY, each in its own process with one thread, so background load hits
-them alike. Each training process saves the EMA network at `--points` evenly spaced wall-clock
-points of its budget (budget/points, 2·budget/points, ..., budget) and stops at the budget. The
-snapshots are then scored with FID-N (the same N seeds for every snapshot, sampled with
-`training.sampler.sample_images`, 18 EDM steps) against reference statistics of the data set,
-again one process (one thread) per method running concurrently.
+The claim under test (Wang et al. 2023): training on patches reaches a given FID with less
+training than full images, and does better on small data sets. Every method trains the same
+network (by default the CPU bench configuration: DDPM++, 32 channels, mult [1,2,2], batch 32)
+with the real training loop for the SAME training compute, counted in full-image step
+equivalents: each step's network FLOPs (3x the forward FLOPs of its batch at its patch size,
+counted by torch's FlopCounterMode; backward is about twice the forward) divided by the FLOPs of
+a full-image step of the network with coordinate channels. A step of side-s patches costs about
+s/R of a full step. Training wall seconds are recorded too.
 
-Methods: `patch` (real_p 0.5, or --real-p), `full` (--real_p=1: full images, the same network with
-coordinate channels), `edm` (--patch=0: plain EDM without coordinate channels). Augmentation is
-off for all of them (it is off by default with patches), so every method trains the same network.
+Methods (--methods):
+  patch, patch-0.25, patch-0.75   random patch sizes with real_p 0.5, 0.25, 0.75 (the paper's knob)
+  progressive                     smallest patches first, full images last (real_p 0.5)
+  full                            full images only (--real_p=1): the same network, with coordinates
+  edm                             plain EDM without coordinate channels (--patch=0)
+  mean-loss                       real_p 0.5 with the per-pixel mean loss (--loss-norm=mean)
+  rising                          real_p rising from 0 to 1 over training (--real_p-end=1)
 
-    python bench/quality.py --smoke                                   # end-to-end check, ~11 min on a loaded 2-core CPU
-    python bench/quality.py --data mnist --budget-min 8 --points 4 --fid-num 500
-    python bench/quality.py --data mnist --max-images 1000 --budget-min 8 --points 3 --fid-num 500
-    python bench/quality.py --data fashion --methods patch,full,edm
+Each (method, seed) run trains in segments, one per evaluation point (--points, evenly spaced
+over --budget): a segment resumes from the previous segment's training state, stops when its
+compute reaches the point, and leaves the training loop's own snapshot and state. Training resumes
+after the last finished point and scoring after the last scored one, so a study can be stopped and
+continued, extended to a larger --budget with the same spacing, and run folders trained on other
+machines can be copied into --out (the compute axis does not depend on a machine's speed).
+Schedules that follow the training progress (progressive, rising) are given the duration, in
+images, at which their compute reaches the budget, found by replaying the schedule; they cannot
+be extended.
 
-Data: `mnist` (the bundled 10,000 digits, data/mnist-10k-28x28.npz, resized to 32x32), `fashion`
-(Fashion-MNIST from `apt-get install dataset-fashion-mnist`, zero-padded to 32x32), or a data-set
-zip/folder made by dataset_tool.py. `--max-images N` trains on N images drawn at random (by
-`--seed`; not the first N, which in the bundled MNIST are all zeros); the FID
-reference is always computed from the whole data set (up to --ref-num images), so the small-data
-runs are judged against the distribution, not against the images they saw. Data sets and
-reference statistics are cached in `--cache`.
+Scoring: FID of --fid-num samples (seeds 0..N-1, --steps EDM steps) against the Inception
+statistics of --ref-num images of the WHOLE data set, and KID against the same reference
+features. --max-images N trains on N images drawn at random (not the first N: the bundled MNIST
+starts with a thousand zeros), judged against the whole data set.
 
-`--eval-only` scores the snapshots in `--out` that have no score yet (an evaluation cut short
-resumes where it stopped) and reports; `--report-only` redraws the table and plot.
+Data (--data): mnist (the bundled 10,000 digits, 32x32), fashion (Fashion-MNIST, from
+`apt-get install dataset-fashion-mnist`, 32x32), emoji (the bundled colour emoji, 32x32), or a
+data-set zip/folder made by dataset_tool.py. Data sets and reference statistics are cached in
+--cache.
 
-Output (`--out`): `results.json`, `quality.png` (FID against training seconds, one line per
-method), `samples-point<last>.png` (the last snapshots' sample grids side by side, in --methods
-order), the training runs (`train-<method>/`: stats.jsonl, log, `point-<i>.pkl` snapshots,
-`samples-point<i>.png` grids of the first 64 FID samples) and a printed table.
+    python bench/quality.py --smoke
+    python bench/quality.py --data=mnist --methods=patch,full,edm --seeds=0,1 --budget=4000 --points=8 --fid-num=5000
+    python bench/quality.py --data=mnist --max-images=1000 --methods=patch,full
+    python bench/quality.py --report-only --out=runs/quality-mnist --methods=patch,full,edm
 
-The wall clock: the training loop's `step_callback` sees every optimizer step with the time since
-training began; it saves the EMA network when the next point is reached and ends training at the
-budget. Time spent saving is not counted as training time.
+Output (--out): a folder per run (`<method>-seed<k>/`: run.json, points.json, scores.json,
+train.log, eval.log, `point-<i>/` with the loop's stats.jsonl and snapshot (and, for the last
+point, its training state), and `samples-point<i>.png`), quality-compute.png and
+quality-seconds.png (FID against compute and against training wall seconds, mean over seeds),
+samples-point<last>.png (the first seed's grids side by side, in --methods order), results.json
+and a printed table.
 """
 
-import argparse
-import copy
+import concurrent.futures
+import contextlib
+import glob
 import json
+import math
+import multiprocessing
 import os
-import pickle
+import re
+import shutil
 import subprocess
 import sys
 import time
 
+import click
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-FASHION_SOURCE = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
-MNIST_SOURCE = os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz')
-METHODS = {
-    'patch': dict(label='patch (real_p {real_p})', args=['--patch=1']),
-    'full': dict(label='full images (real_p 1)', args=['--patch=1', '--real_p=1']),
-    'edm': dict(label='plain EDM (--patch=0)', args=['--patch=0']),
+import dnnlib  # noqa: E402
+from dnnlib.util import UserError, atomic_write  # noqa: E402
+
+SOURCES = {
+    'mnist': os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz'),
+    'fashion': '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz',
+    'emoji': os.path.join(ROOT, 'data', 'noto-emoji-32x32.npz'),
 }
+METHODS = {
+    'patch': ('patch (real_p 0.5)', ['--real_p=0.5']),
+    'patch-0.25': ('patch (real_p 0.25)', ['--real_p=0.25']),
+    'patch-0.75': ('patch (real_p 0.75)', ['--real_p=0.75']),
+    'progressive': ('progressive (real_p 0.5)', ['--real_p=0.5', '--progressive=1']),
+    'full': ('full images (real_p 1)', ['--real_p=1']),
+    'edm': ('plain EDM (--patch=0)', ['--patch=0']),
+    'mean-loss': ('patch, per-pixel mean loss', ['--real_p=0.5', '--loss-norm=mean']),
+    'rising': ('patch, real_p 0 -> 1', ['--real_p=0', '--real_p-end=1']),
+}
+RUN_NAME = re.compile(r'^(?P<method>[\w.-]+)-seed(?P<seed>\d+)$')
+
+
+def run_name(method, seed):
+    """The folder of a run in --out."""
+    return f'{method}-seed{seed}'
 
 
 def log(text):
     print(text, flush=True)
 
 
-def one_thread():
-    """One compute thread in this process (the children are started with OMP_NUM_THREADS=1 too)."""
-    import torch
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set; harmless
-        pass
+def read_json(path, default=None):
+    """The JSON in `path`, or `default` if there is no such file."""
+    if not os.path.exists(path):
+        return default
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
 
 
-def child_env(threads=1):
-    env = dict(os.environ)
-    for name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
-        env[name] = str(threads)
-    return env
+def write_json(path, data):
+    """Writes `data` to `path` as JSON, atomically (a study may be interrupted at any time)."""
+    with atomic_write(path, 'w', encoding='utf-8') as f:
+        json.dump(data, f, indent=2)
 
 # ----------------------------------------------------------------------------------------------
 # Data and reference statistics.
 
 
-def prepare_data(args):
-    """(training data set, full data set for the reference), both 32x32 zips, built once."""
-    os.makedirs(args.cache, exist_ok=True)
-    if args.data in ('mnist', 'fashion'):
-        source = MNIST_SOURCE if args.data == 'mnist' else FASHION_SOURCE
+def prepare_data(data, max_images, cache):
+    """(training data set, whole data set for the reference), both built once into `cache`."""
+    os.makedirs(cache, exist_ok=True)
+    if data in SOURCES:
+        source = SOURCES[data]
         if not os.path.exists(source):
-            hint = ' (apt-get install -y dataset-fashion-mnist)' if args.data == 'fashion' else ''
-            sys.exit(f'--data {args.data}: {source} not found{hint}')
-        full = os.path.join(args.cache, f'{args.data}-32x32.zip')
+            hint = ' (apt-get install -y dataset-fashion-mnist)' if data == 'fashion' else ''
+            raise UserError(f'--data={data}: {source} not found{hint}')
+        full = os.path.join(cache, f'{data}-32x32.zip')
         build_zip(source, full)
     else:
-        full = os.path.abspath(args.data)
+        full = os.path.abspath(data)
         if not os.path.exists(full):
-            sys.exit(f'--data: {full} does not exist')
-    if args.max_images is None:
+            raise UserError(f'--data: {full} does not exist')
+    if max_images is None:
         return full, full
     name = os.path.splitext(os.path.basename(full))[0]
-    subset = os.path.join(args.cache, f'{name}-random{args.max_images}-seed{args.seed}.zip')
-    build_random_subset(full, subset, args.max_images, args.seed)
+    subset = os.path.join(cache, f'{name}-random{max_images}-seed0.zip')
+    build_random_subset(full, subset, max_images, seed=0)
     return subset, full
 
 
 def build_random_subset(full, dest, count, seed):
     """A data set of `count` images drawn at random (without replacement, by `seed`) from the data
-    set `full`. Not the first `count`: MNIST files are often sorted by class, and the first 1,000
-    bundled digits are all zeros."""
+    set `full`. Not the first `count`: MNIST files are often sorted by class."""
     if os.path.exists(dest):
         return
     import numpy as np
     from training.dataset import ImageFolderDataset
     dataset = ImageFolderDataset(full)
     if count > len(dataset):
-        sys.exit(f'--max-images: {count} is more than the {len(dataset)} images of {full}')
+        raise UserError(f'--max-images: {count} is more than the {len(dataset)} images of {full}')
     picks = np.random.default_rng(seed).choice(len(dataset), size=count, replace=False)
     images = np.stack([dataset[int(i)][0] for i in picks]).transpose(0, 2, 3, 1)
     source = dest + '.source.npz'
@@ -131,26 +159,28 @@ def build_random_subset(full, dest, count, seed):
 
 
 def build_zip(source, dest):
+    """dataset_tool.py convert of `source` into a 32x32 zip (MNIST's 28x28 digits are resized;
+    dataset_tool pads Fashion-MNIST's idx files itself)."""
     if os.path.exists(dest):
         return
     cmd = [sys.executable, os.path.join(ROOT, 'dataset_tool.py'), 'convert', f'--source={source}', f'--dest={dest}']
-    if source == MNIST_SOURCE:  # 28x28 digits, resized; dataset_tool pads Fashion-MNIST's idx files itself
+    if source == SOURCES['mnist']:
         cmd.append('--resolution=32x32')
     log(f'building {dest} ...')
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-def reference_stats(args, full):
-    """Inception statistics and features of `--ref-num` images of the whole data set (a random
-    subset, seed 0), cached by name and count; the features serve KID."""
-    import fid
+def reference_stats(full, ref_num, cache, threads):
+    """Inception statistics and features of `ref_num` images of the whole data set (a random
+    subset, seed 0; all of it if smaller), cached by name and count; the features serve KID."""
     import torch
+    import fid
     name = os.path.splitext(os.path.basename(full))[0]
-    num = min(args.ref_num or args.fid_num, len(fid.list_image_files(full)[1]))
-    path = os.path.join(args.cache, f'{name}-ref{num}-features.npz')
+    num = min(ref_num, len(fid.list_image_files(full)[1]))
+    path = os.path.join(cache, f'{name}-ref{num}-features.npz')
     if not os.path.exists(path):
         log(f'reference statistics: Inception features of {num} images of {full} ...')
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
         start = time.time()
         mu, sigma, feats = fid.calculate_inception_stats(full, num_expected=num, seed=0, device='cpu', num_workers=0,
                                                          return_features=True)
@@ -158,287 +188,291 @@ def reference_stats(args, full):
         log(f'  {time.time() - start:.0f} s -> {path}')
     return path, int(num)
 
-
 # ----------------------------------------------------------------------------------------------
-# Training process (one method).
+# Training configuration and compute.
 
 
-def train_args(args, method, data, run_dir):
-    """train.py options of one method (the bench configuration unless overridden)."""
-    opts = ['--outdir', run_dir, '--data', data, '--arch=ddpmpp', f'--cbase={args.cbase}', f'--cres={args.cres}',
-            f'--batch={args.batch}', '--workers=0', f'--seed={args.seed}', f'--lr={args.lr}',
-            f'--lr-rampup={args.lr_rampup}', f'--dropout={args.dropout}', '--augment=0', f'--tick={args.tick}', f'--real_p={args.real_p}']
-    if args.device:
-        opts.append(f'--device={args.device}')
-    return opts + METHODS[method]['args']
+def method_options(cfg, method):
+    """train.py options of a method, without the machine-specific ones (--data, --device): the
+    bench network, no augmentation (so every method trains the same network), the method's own
+    options last."""
+    return [f'--cbase={cfg.cbase}', f'--cres={cfg.cres}', f'--batch={cfg.batch}', f'--lr={cfg.lr}',
+            f'--lr-rampup={cfg.lr_rampup}', f'--dropout={cfg.dropout}', '--augment=0', f'--tick={cfg.tick}',
+            '--arch=ddpmpp', '--workers=0'] + METHODS[method][1]
 
 
-def run_training(args):
-    """Child: trains one method for `--budget-min` minutes, saving the EMA network at the points."""
-    one_thread()
-    import torch  # noqa: F401
-    import dnnlib
+def loop_config(options, data, seed):
+    """The training loop's keyword arguments for `options`, validated by train.py itself."""
     import train
-    from dnnlib.util import atomic_write
-    from torch_utils import distributed as dist
-    from training import training_loop
+    argv = ['--outdir=unused', f'--data={data}'] + options
+    c, _desc = train.build_config(dnnlib.EasyDict(train.main.make_context('train.py', argv).params), 1)
+    c.seed = seed
+    return c
 
-    run_dir = args.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    ctx = train.main.make_context('train.py', train_args(args, args.child_train, args.train_data, run_dir))
-    opts = dnnlib.EasyDict(ctx.params)
-    device = dist.init(opts.device)
-    c, desc = train.build_config(opts, 1)
-    c.update(run_dir=run_dir, seed=args.seed, total_kimg=1e9, snapshot_ticks=None, state_dump_ticks=None,
-             sample_grid=False)
-    with open(os.path.join(run_dir, 'training_options.json'), 'w') as f:
-        json.dump(dict(c, desc=desc, method=args.child_train), f, indent=2)
 
-    budget = args.budget_min * 60
-    targets = [budget * (i + 1) / args.points for i in range(args.points)]
-    clock = dict(paused=0.0)
-    points = []
+def step_flops(c):
+    """{patch side: FLOPs of one training step} of the network of `c`: 3x the forward FLOPs of
+    the step's batch (batch x R/s patches of side s)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from training import patch as patch_lib
+    dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
+    res, channels = dataset.resolution, dataset.num_channels
+    net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=res, img_channels=channels, label_dim=0)
+    flops = {}
+    for side in (c.patch_kwargs.patch_sizes if c.patch_kwargs else [res]):
+        n = res // side
+        coords = patch_lib.coord_grid(res, side).unsqueeze(0).expand(n, -1, -1, -1) if net.use_coords else None
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.zeros(n, channels, side, side), torch.ones(n), coords=coords)
+        flops[side] = 3 * counter.get_total_flops() * c.batch_size
+    return flops
 
-    def at_step(info):
-        """Saves the EMA network whenever the training clock (saving time excluded) passes the next
-        point; ends training at the last one."""
-        seconds = info.seconds - clock['paused']
-        while len(points) < len(targets) and seconds >= targets[len(points)]:
-            pause = time.perf_counter()
-            index = len(points)
-            path = os.path.join(run_dir, f'point-{index}.pkl')
-            snapshot = copy.deepcopy(info.ema).eval().requires_grad_(False).cpu()
-            with atomic_write(path, 'wb') as f:
-                pickle.dump(dict(ema=snapshot, loss_fn=None, augment_pipe=None, dataset_kwargs=dict(c.dataset_kwargs)), f)
-            points.append(dict(point=index, seconds=seconds, kimg=info.nimg / 1e3, steps=info.step, snapshot=path))
-            log(f'[{args.child_train}] point {index}: {seconds:.0f} s, {info.nimg / 1e3:.2f} kimg, {info.step} steps')
-            clock['paused'] += time.perf_counter() - pause
-        return len(points) == len(targets)
 
-    training_loop.training_loop(**c, device=device, step_callback=at_step)
-    if len(points) != len(targets):
-        sys.exit('training ended before the budget')
-    with open(os.path.join(run_dir, 'points.json'), 'w') as f:
-        json.dump(points, f, indent=2)
+def images_for_budget(c, cost, budget):
+    """Images a run of `c` consumes until its compute (`cost`: full-step equivalents per patch
+    side) reaches `budget`, by replaying its patch schedule. A schedule that follows the progress
+    (images seen / total) depends on the total it is given, so iterate to a fixed point."""
+    from training import patch as patch_lib
+    res = max(cost)
+    if not c.patch_kwargs:
+        return math.ceil(budget / cost[res] - 1e-9) * c.batch_size
+    p = c.patch_kwargs
+    schedule = patch_lib.PatchSchedule(res, p.patch_sizes, real_p=p.real_p, seed=c.seed, progressive=p.progressive,
+                                       real_p_end=p.real_p_end)
+    total = budget / cost[res] * c.batch_size
+    for _ in range(10):
+        nimg, spent, step = 0, 0.0, 0
+        while spent < budget - 1e-9:
+            side = schedule.size_for_step(step, nimg / total)
+            nimg, spent, step = nimg + c.batch_size * schedule.batch_mul(side), spent + cost[side], step + 1
+        if nimg == total:
+            break
+        total = nimg
+    return int(total)
+
+
+def follows_progress(c):
+    """Whether the patch schedule of `c` depends on the fraction of training done."""
+    return bool(c.patch_kwargs) and (c.patch_kwargs.progressive or c.patch_kwargs.real_p_end is not None)
+
+
+def full_step_flops(cfg, data):
+    """FLOPs of a full-image step of the network with coordinates: the unit of compute."""
+    c = loop_config(method_options(cfg, 'full'), data, 0)
+    return step_flops(c)[c.dataset_kwargs.resolution]
+
+
+def run_spec(cfg, method, seed, data, full_flops):
+    """What defines a run: its options, compute targets, duration and step costs."""
+    options = method_options(cfg, method)
+    c = loop_config(options, data, seed)
+    flops = step_flops(c)
+    cost = {side: value / full_flops for side, value in flops.items()}
+    targets = [cfg.budget * (i + 1) / cfg.points for i in range(cfg.points)]
+    total = images_for_budget(c, cost, cfg.budget)
+    res = max(cost)
+    return dict(method=method, seed=seed, options=options, targets=targets, total_kimg=total / 1000,
+                follows_progress=follows_progress(c), full_step_flops=full_flops,
+                cost={str(c.batch_size * (res // side)): value for side, value in cost.items()})
+
+
+def check_resumable(run_dir, new):
+    """The run in `run_dir` may go on under `new` if it has no finished point, or was trained
+    with the same options and its finished points are the first points of `new`; a schedule that
+    follows the progress also needs the same duration."""
+    old = read_json(os.path.join(run_dir, 'run.json'))
+    done = len(read_json(os.path.join(run_dir, 'points.json'), []))
+    if old is None or not done:
+        return
+    name = os.path.basename(run_dir)
+    if old['options'] != new['options']:
+        raise UserError(f'--out: run {name} was trained with other options ({" ".join(old["options"])}); use another --out')
+    if any(not math.isclose(a, b) for a, b in zip(old['targets'][:done], new['targets'])) or done > len(new['targets']):
+        raise UserError(f'--budget/--points: run {name} has points at {old["targets"][:done]} full steps, not at the '
+                        'first points of this budget; keep the spacing or use another --out')
+    if old['follows_progress'] and not math.isclose(old['total_kimg'], new['total_kimg']):
+        raise UserError(f'--budget: run {name} follows its training progress and cannot be extended; use another --out')
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation process (one method).
+# Workers (one process each, `--threads` threads).
 
 
-def points_to_score(run_dir):
-    """The training points of a run, carrying the scores already in its fid.json, so that an
-    evaluation that was cut short resumes where it stopped instead of starting over."""
-    with open(os.path.join(run_dir, 'points.json')) as f:
-        points = json.load(f)
-    scored_path = os.path.join(run_dir, 'fid.json')
-    if os.path.exists(scored_path):
-        with open(scored_path) as f:
-            scored = {p['point']: p for p in json.load(f) if 'fid' in p}
-        points = [scored.get(p['point'], p) if scored.get(p['point'], {}).get('snapshot') == p['snapshot'] else p
-                  for p in points]
+def worker_init(threads):
+    """Each worker process computes with `threads` threads."""
+    import torch
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def logged_to(path):
+    """stdout and stderr of this worker into `path` (appended)."""
+    with open(path, 'a', encoding='utf-8') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        yield
+
+
+def train_run(cfg, spec, run_dir, data):
+    """Worker: trains a run to each of its points in turn, after the last finished one."""
+    os.makedirs(run_dir, exist_ok=True)
+    points = read_json(os.path.join(run_dir, 'points.json'), [])
+    write_json(os.path.join(run_dir, 'run.json'), spec)
+    with logged_to(os.path.join(run_dir, 'train.log')):
+        import torch_utils.distributed as dist
+        device = dist.init(cfg.device)
+        for index in range(len(points), len(spec['targets'])):
+            points.append(train_segment(cfg, spec, run_dir, data, index, points[-1] if points else None, device))
+            write_json(os.path.join(run_dir, 'points.json'), points)
+            if len(points) > 1 and os.path.exists(os.path.join(run_dir, points[-2]['state'])):
+                os.remove(os.path.join(run_dir, points[-2]['state']))  # only the last state is resumed from
     return points
 
 
-def run_eval(args):
-    """Child: FID of every point of one training run, the same seeds for every snapshot."""
-    one_thread()
-    import numpy as np
-    import torch
-    import fid
-    from training import checkpoints, sampler
+def train_segment(cfg, spec, run_dir, data, index, previous, device):
+    """Trains from the previous point's state until the compute reaches point `index`; returns
+    the point (paths relative to the run folder, so that run folders can move)."""
+    from training import training_loop
+    segment = os.path.join(run_dir, f'point-{index}')
+    shutil.rmtree(segment, ignore_errors=True)  # an interrupted segment starts over
+    os.makedirs(segment)
+    c = loop_config(spec['options'], data, spec['seed'])
+    never = 1 << 40
+    c.update(run_dir=segment, total_kimg=spec['total_kimg'], snapshot_ticks=never, state_dump_ticks=never,
+             sample_grid=False, resume_state=os.path.join(run_dir, previous['state']) if previous else None)
+    now = dict(nimg=0, compute=0.0, seconds=0.0, steps=0) if previous is None else \
+        {k: previous[k] for k in ('nimg', 'compute', 'seconds', 'steps')}
+    start_seconds, target = now['seconds'], spec['targets'][index]
 
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    run_dir = args.run_dir
-    points = points_to_score(run_dir)
-    ref = np.load(args.ref)
-    detector = fid.load_detector(device=device)
-    seeds = list(range(args.seed * 100000, args.seed * 100000 + args.fid_num))
-    for point in reversed(points):  # the end of the budget first: the key comparison if time runs short
-        if 'fid' in point:
-            continue
-        start = time.time()
-        net = checkpoints.load_network(point['snapshot'])[0].to(device)
-        images = sampler.sample_images(net, seeds, device=device, batch_size=64, num_steps=args.steps)
-        sample_sec = time.time() - start
-        sampler.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
-        feats = fid.compute_features(detector, images)
-        mu, sigma = fid.stats_from_features(feats)
-        point['fid'] = float(fid.calculate_fid_from_inception_stats(mu, sigma, ref['mu'], ref['sigma']))
-        point['kid'], point['kid_std'] = (float(v) for v in fid.compute_kid(feats, ref['features'], seed=args.seed))
-        point['sample_sec'] = sample_sec
-        point['eval_sec'] = time.time() - start
-        log(f'[{os.path.basename(run_dir)}] point {point["point"]}: {fid.fid_label(args.fid_num)} {point["fid"]:.2f}, '
-            f'KID {point["kid"] * 1e3:.1f}e-3 '
-            f'(sampling {sample_sec:.0f} s, total {point["eval_sec"]:.0f} s)')
-        with open(os.path.join(run_dir, 'fid.json'), 'w') as f:
-            json.dump(points, f, indent=2)
+    def at_step(info):
+        now['compute'] += spec['cost'][str(info.nimg - now['nimg'])]
+        now.update(nimg=info.nimg, steps=info.step, seconds=start_seconds + info.seconds)
+        return now['compute'] >= target - 1e-9
+
+    training_loop.training_loop(**c, device=device, step_callback=at_step)
+    kimg = now['nimg'] // 1000
+    snapshot = os.path.join(segment, training_loop.snapshot_name(kimg))
+    for extra in glob.glob(os.path.join(segment, 'network-snapshot-*.pkl')):
+        if extra != snapshot:
+            os.remove(extra)  # the loop's tick-0 snapshot
+    log(f'point {index}: {now["compute"]:.1f} full steps, {now["steps"]} steps, {now["nimg"] / 1e3:.2f} kimg, '
+        f'{now["seconds"]:.0f} s')
+    return dict(now, point=index, kimg=now['nimg'] / 1e3, snapshot=os.path.relpath(snapshot, run_dir),
+                state=os.path.relpath(os.path.join(segment, training_loop.state_name(kimg)), run_dir))
+
+
+def score_key(point, fid_num, ref_path):
+    """What a score is valid for: the point's snapshot, the sample count and the reference."""
+    return [point['point'], point['snapshot'], fid_num, os.path.basename(ref_path)]
+
+
+def points_to_score(run_dir, scores, fid_num, ref_path):
+    """The points of a run without a score for this snapshot, --fid-num and reference, last first."""
+    done = [s['key'] for s in scores]
+    points = read_json(os.path.join(run_dir, 'points.json'), [])
+    return [p for p in reversed(points) if score_key(p, fid_num, ref_path) not in done]
+
+
+def score_run(cfg, run_dir, ref_path):
+    """Worker: FID and KID of every point of a run not scored yet with this --fid-num and
+    reference, the last point first (the key comparison if time runs short)."""
+    if not os.path.isdir(run_dir):
+        log(f'{os.path.basename(run_dir)}: not trained yet')
+        return []
+    with logged_to(os.path.join(run_dir, 'eval.log')):
+        import numpy as np
+        import torch
+        import fid
+        from training import checkpoints, sampler
+        device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        scores = read_json(os.path.join(run_dir, 'scores.json'), [])
+        todo = points_to_score(run_dir, scores, cfg.fid_num, ref_path)
+        if not todo:
+            return scores
+        ref = np.load(ref_path)
+        detector = fid.load_detector(device=device)
+        for point in todo:
+            start = time.time()
+            net = checkpoints.load_network(os.path.join(run_dir, point['snapshot']))[0].to(device)
+            images = sampler.sample_images(net, list(range(cfg.fid_num)), device=device, batch_size=64,
+                                           num_steps=cfg.steps)
+            sample_sec = time.time() - start
+            sampler.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
+            feats = fid.compute_features(detector, images)
+            mu, sigma = fid.stats_from_features(feats)
+            kid, kid_std = fid.compute_kid(feats, ref['features'], seed=0)
+            scores.append(dict(key=score_key(point, cfg.fid_num, ref_path), point=point['point'],
+                               fid=float(fid.calculate_fid_from_inception_stats(mu, sigma, ref['mu'], ref['sigma'])),
+                               kid=float(kid), kid_std=float(kid_std), sample_sec=sample_sec,
+                               eval_sec=time.time() - start))
+            write_json(os.path.join(run_dir, 'scores.json'), scores)
+            log(f'point {point["point"]}: {fid.fid_label(cfg.fid_num)} {scores[-1]["fid"]:.2f}, '
+                f'KID {scores[-1]["kid"] * 1e3:.1f}e-3 ({sample_sec:.0f} s sampling)')
+    return scores
 
 # ----------------------------------------------------------------------------------------------
 # Driver.
 
 
-def spawn(args, extra, log_path, mode='w'):
-    cmd = [sys.executable, os.path.abspath(__file__)] + child_argv(args) + extra
-    logf = open(log_path, mode)
-    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(1), stdout=logf, stderr=subprocess.STDOUT), logf
-
-
-def child_argv(args):
-    keys = ['budget_min', 'points', 'fid_num', 'seed', 'cbase', 'cres', 'batch', 'lr', 'lr_rampup', 'dropout', 'real_p', 'tick', 'steps']
-    argv = [f'--{k.replace("_", "-")}={getattr(args, k)}' for k in keys]
-    return argv + ([f'--device={args.device}'] if args.device else [])
-
-
-def wait_all(procs, what):
-    """Waits for the children, echoing their progress lines; exits if one fails."""
+def run_all(cfg, runs, train_data, ref_path):
+    """Trains the runs (unless --eval-only) and scores each as soon as its training is done, at
+    most --jobs processes at once; raises a UserError naming the runs that failed."""
     failed = []
-    for method, (proc, logf, log_path) in procs.items():
-        proc.wait()
-        logf.close()
-        if proc.returncode != 0:
-            failed.append(method)
-            with open(log_path) as f:
-                tail = f.read()[-3000:]
-            log(f'--- {what} of {method} failed (exit {proc.returncode}); end of {log_path}:\n{tail}')
+    os.environ.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=worker_init,
+                                                initargs=(cfg.threads,)) as pool:
+        pending = {}
+        for name, spec in runs.items():
+            run_dir = os.path.join(cfg.out, name)
+            if cfg.eval_only:
+                pending[pool.submit(score_run, cfg, run_dir, ref_path)] = (name, 'scoring', run_dir)
+            else:
+                pending[pool.submit(train_run, cfg, spec, run_dir, train_data)] = (name, 'training', run_dir)
+        while pending:
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                name, what, run_dir = pending.pop(future)
+                try:
+                    future.result()
+                except Exception as err:  # the run's log has the details; the others go on
+                    failed.append(name)
+                    log(f'{name}: {what} failed ({type(err).__name__}: {err}); see {run_dir}/'
+                        f'{"train" if what == "training" else "eval"}.log')
+                    continue
+                log(f'{name}: {what} done')
+                if what == 'training':
+                    pending[pool.submit(score_run, cfg, run_dir, ref_path)] = (name, 'scoring', run_dir)
     if failed:
-        sys.exit(f'{what} failed for: {", ".join(failed)}')
+        raise UserError(f'--out: {len(failed)} run(s) failed: {", ".join(failed)}')
 
 
-def load_average():
-    try:
-        return os.getloadavg()
-    except OSError:
-        return None
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', default='mnist', help='mnist, fashion, or a data-set zip/folder')
-    parser.add_argument('--max-images', type=int, default=None, help='train on N random images only (by --seed)')
-    parser.add_argument('--methods', default='patch,full', help='comma list of patch, full, edm')
-    parser.add_argument('--budget-min', type=float, default=8.0, help='training wall-clock minutes per method')
-    parser.add_argument('--points', type=int, default=4, help='evaluation points, evenly spaced over the budget')
-    parser.add_argument('--fid-num', type=int, default=1000, help='images per FID evaluation')
-    parser.add_argument('--ref-num', type=int, default=None, help='images for the reference statistics [default: --fid-num]')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cbase', type=int, default=32)
-    parser.add_argument('--cres', default='1,2,2')
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--lr', type=float, default=1e-3)
-    parser.add_argument('--lr-rampup', type=float, default=0.5, help='learning-rate warm-up in kimg')
-    parser.add_argument('--dropout', type=float, default=0.13, help='dropout probability of the network')
-    parser.add_argument('--real-p', type=float, default=0.5, help='real_p of the patch method')
-    parser.add_argument('--tick', type=float, default=0.5, help='kimg per status line / stats.jsonl record')
-    parser.add_argument('--steps', type=int, default=18, help='sampling steps')
-    parser.add_argument('--threads', type=int, default=2, help='threads of the reference-statistics pass')
-    parser.add_argument('--device', default=None, help='cpu or cuda [default: cuda if available]')
-    parser.add_argument('--out', default=None, help='output folder [default: runs/quality-<data>]')
-    parser.add_argument('--cache', default=os.path.join(ROOT, 'runs', 'quality-cache'), help='data sets and reference statistics')
-    parser.add_argument('--smoke', action='store_true', help='tiny check: 0.75-minute budget, 2 points, FID-64')
-    parser.add_argument('--eval-only', action='store_true', help='no training: score the points in --out not scored yet, then report')
-    parser.add_argument('--report-only', action='store_true', help='redo the table and plot from the fid.json files in --out')
-    parser.add_argument('--child-train', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--child-eval', action='store_true', help=argparse.SUPPRESS)
-    parser.add_argument('--run-dir', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--train-data', default=None, help=argparse.SUPPRESS)
-    parser.add_argument('--ref', default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-
-    if args.child_train:
-        run_training(args)
-        return
-    if args.child_eval:
-        run_eval(args)
-        return
-
-    if args.smoke:
-        args.budget_min, args.points, args.fid_num, args.tick = 0.75, 2, 64, 0.1
-    methods = [m.strip() for m in args.methods.split(',') if m.strip()]
-    for m in methods:
-        if m not in METHODS:
-            sys.exit(f'--methods: unknown method "{m}" (choose from {", ".join(METHODS)})')
-    if args.out is None:
-        tag = os.path.splitext(os.path.basename(args.data))[0] + (f'-{args.max_images}' if args.max_images else '')
-        args.out = os.path.join(ROOT, 'runs', f'quality-{tag}' + ('-smoke' if args.smoke else ''))
-    os.makedirs(args.out, exist_ok=True)
-    args.cache = os.path.abspath(args.cache)
-
-    t_start = time.time()
-    train_data, full_data = prepare_data(args)
-    if args.report_only:
-        old = read_results(args.out)
-        report(args, methods, train_data, full_data, old['reference']['path'], old['reference']['num'], old['load_average'],
-               old['total_sec'])
-        return
-    ref_path, ref_num = reference_stats(args, full_data)
-    if args.eval_only:
-        old = read_results(args.out)
-        if old['reference']['path'] != ref_path:
-            sys.exit(f'--eval-only: {args.out} was scored against {old["reference"]["path"]}, not {ref_path}; '
-                     'pass the same --data/--ref-num/--fid-num as before')
-        loads, t_start = old['load_average'], t_start - old['total_sec']
-    else:
-        loads = train_all(args, methods, train_data)
-        with open(os.path.join(args.out, 'results.json'), 'w') as f:  # what --report-only needs if evaluation is cut short
-            json.dump(dict(reference=dict(path=ref_path, num=ref_num), load_average=loads, total_sec=time.time() - t_start), f)
-    evaluate_all(args, methods, ref_path)
-    loads['end_eval'] = load_average()
-
-    report(args, methods, train_data, full_data, ref_path, ref_num, loads, time.time() - t_start)
-
-
-def read_results(out):
-    """The results.json of an earlier run in `out` (reference, load averages, time so far)."""
-    path = os.path.join(out, 'results.json')
-    if not os.path.exists(path):
-        sys.exit(f'--out: {path} not found; train first (without --eval-only/--report-only)')
-    with open(path) as f:
-        return json.load(f)
-
-
-def train_all(args, methods, train_data):
-    """Trains the methods concurrently, one process each; returns the load averages seen."""
-    loads = dict(before_training=load_average())
-    log(f'training {", ".join(methods)} concurrently for {args.budget_min:g} min each (1 thread each) on {train_data}')
-    procs = {}
-    for m in methods:
-        run_dir = os.path.join(args.out, f'train-{m}')
-        for stale in ('points.json', 'fid.json'):
-            if os.path.exists(os.path.join(run_dir, stale)):
-                os.remove(os.path.join(run_dir, stale))
-        os.makedirs(run_dir, exist_ok=True)
-        log_path = os.path.join(run_dir, 'train.log')
-        proc, logf = spawn(args, [f'--child-train={m}', f'--run-dir={run_dir}', f'--train-data={train_data}'], log_path)
-        procs[m] = (proc, logf, log_path)
-    mid = time.time() + args.budget_min * 30
-    while any(p.poll() is None for p, _, _ in procs.values()) and time.time() < mid:
-        time.sleep(2)
-    loads['mid_training'] = load_average()
-    wait_all(procs, 'training')
-    loads['end_training'] = load_average()
-    return loads
-
-
-def evaluate_all(args, methods, ref_path):
-    """Scores the points of every method not scored yet, one process per method, concurrently."""
-    log(f'evaluating {args.points} points per method with FID-{args.fid_num} '
-        f'({args.steps} sampling steps), one process per method')
-    procs = {}
-    for m in methods:
-        run_dir = os.path.join(args.out, f'train-{m}')
-        if not os.path.exists(os.path.join(run_dir, 'points.json')):
-            sys.exit(f'--out: {run_dir}/points.json not found; the training of {m} did not finish')
-        log_path = os.path.join(run_dir, 'eval.log')
-        proc, logf = spawn(args, ['--child-eval', f'--run-dir={run_dir}', f'--ref={ref_path}'], log_path, mode='a')
-        procs[m] = (proc, logf, log_path)
-    wait_all(procs, 'evaluation')
+def collect(out, methods, fid_num, ref_path):
+    """{method: [{point, seeds, compute, seconds, kimg, steps, fid, fid_min, fid_max, kid}]}: the
+    scored points of every run folder in `out` (whatever machine trained it), mean over seeds."""
+    table = {}
+    for run_dir in sorted(glob.glob(os.path.join(out, '*-seed*'))):
+        match = RUN_NAME.match(os.path.basename(run_dir))
+        if not match or match['method'] not in methods:
+            continue
+        points = {p['point']: p for p in read_json(os.path.join(run_dir, 'points.json'), [])}
+        for score in read_json(os.path.join(run_dir, 'scores.json'), []):
+            point = points.get(score['point'])
+            if point is not None and score['key'] == score_key(point, fid_num, ref_path):
+                table.setdefault(match['method'], {}).setdefault(score['point'], []).append(dict(point, **score))
+    result = {}
+    for method in methods:
+        rows = []
+        for index, runs in sorted(table.get(method, {}).items()):
+            mean = {k: sum(r[k] for r in runs) / len(runs) for k in ('compute', 'seconds', 'kimg', 'steps', 'fid', 'kid')}
+            rows.append(dict(mean, point=index, seeds=len(runs), fid_min=min(r['fid'] for r in runs),
+                             fid_max=max(r['fid'] for r in runs)))
+        result[method] = rows
+    return result
 
 
 def side_by_side(paths, dest, gap=16):
-    """One PNG with the images at `paths` left to right (in method order) on a white background,
-    so that the sample grids of the methods can be compared at a glance."""
+    """One PNG with the images at `paths` left to right on a white background, so that the sample
+    grids of the methods can be compared at a glance."""
     import PIL.Image
-    from dnnlib.util import atomic_write
     if not paths:
         return
     images = [PIL.Image.open(p).convert('RGB') for p in paths]
@@ -452,39 +486,114 @@ def side_by_side(paths, dest, gap=16):
         canvas.save(f, format='PNG')
 
 
-def report(args, methods, train_data, full_data, ref_path, ref_num, loads, total_sec):
+def report(cfg, methods, train_data, ref_path, ref_num):
+    """The table, the two plots, the side-by-side grids and results.json of what is scored."""
+    import fid
     from dnnlib import plot
-    label = f'FID-{args.fid_num}' if args.fid_num % 1000 else f'FID-{args.fid_num // 1000}k'
-    rows, series = [], {}
-    for m in methods:
-        with open(os.path.join(args.out, f'train-{m}', 'fid.json')) as f:
-            points = json.load(f)
-        name = METHODS[m]['label'].format(real_p=args.real_p)
-        points = sorted((p for p in points if 'fid' in p), key=lambda p: p['point'])
-        series[name] = [(p['seconds'], p['fid']) for p in points]
-        for p in points:
-            rows.append(dict(method=m, **{k: p.get(k, float('nan')) for k in ('point', 'seconds', 'kimg', 'steps', 'fid', 'kid', 'kid_std', 'sample_sec')}))
-    log('')
-    log(f'{"method":<8s} {"point":>5s} {"train s":>8s} {"kimg":>7s} {"steps":>6s} {label:>9s} {"KID x1e3":>15s}')
-    for r in rows:
-        log(f'{r["method"]:<8s} {r["point"]:>5d} {r["seconds"]:>8.0f} {r["kimg"]:>7.2f} {r["steps"]:>6d} {r["fid"]:>9.2f} '
-            f'{r["kid"] * 1e3:>7.1f} ± {r["kid_std"] * 1e3:<5.1f}')
-    subset = f', first {args.max_images} images' if args.max_images else ''
-    title = (f'{label} vs training time: {os.path.basename(train_data)}{subset}, '
-             f'DDPM++ {args.cbase} ch [{args.cres}], batch {args.batch}, 1 thread each')
-    png = os.path.join(args.out, 'quality.png')
-    plot.line_plot(png, series, xlabel='training wall-clock seconds (1 CPU thread)', ylabel=label, title=title)
-    last = max((r['point'] for r in rows), default=None)
+    label = fid.fid_label(cfg.fid_num)
+    table = collect(cfg.out, methods, cfg.fid_num, ref_path)
+    log(f'\n{"method":<12s} {"point":>5s} {"seeds":>5s} {"full steps":>10s} {"train s":>8s} {"kimg":>8s} '
+        f'{label:>9s} {"(min-max)":>15s} {"KID x1e3":>8s}')
+    for method, rows in table.items():
+        for r in rows:
+            log(f'{method:<12s} {r["point"]:>5d} {r["seeds"]:>5d} {r["compute"]:>10.0f} {r["seconds"]:>8.0f} '
+                f'{r["kimg"]:>8.2f} {r["fid"]:>9.2f} {r["fid_min"]:>7.2f}-{r["fid_max"]:<7.2f} {r["kid"] * 1e3:>8.2f}')
+    subset = f', {cfg.max_images} random images' if cfg.max_images else ''
+    title = f'{label} vs training: {os.path.basename(train_data)}{subset}, DDPM++ {cfg.cbase} ch [{cfg.cres}], batch {cfg.batch}'
+    for axis, xlabel in (('compute', 'training compute (full-image step equivalents)'),
+                         ('seconds', 'training wall-clock seconds (machines may differ)')):
+        series = {METHODS[m][0]: [(r[axis], r['fid']) for r in rows] for m, rows in table.items()}
+        plot.line_plot(os.path.join(cfg.out, f'quality-{axis}.png'), series, xlabel=xlabel, ylabel=label, title=title)
+    last = max((r['point'] for rows in table.values() for r in rows), default=None)
     if last is not None:
-        grids = [os.path.join(args.out, f'train-{m}', f'samples-point{last}.png') for m in methods]
-        side_by_side([g for g in grids if os.path.exists(g)], os.path.join(args.out, f'samples-point{last}.png'))
-    result = dict(args={k: v for k, v in vars(args).items() if not k.startswith('child') and k not in ('run_dir', 'ref', 'train_data')},
-                  train_data=train_data, reference=dict(path=ref_path, data=full_data, num=ref_num),
-                  rows=rows, load_average=loads, total_sec=total_sec, command=' '.join(sys.argv))
-    with open(os.path.join(args.out, 'results.json'), 'w') as f:
-        json.dump(result, f, indent=2)
-    log(f'\nload average (1, 5, 15 min): ' + ', '.join(f'{k} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}' for k, v in loads.items() if v))
-    log(f'plot: {png}\nresults: {os.path.join(args.out, "results.json")}\ntotal {total_sec / 60:.1f} min')
+        grids = [os.path.join(cfg.out, run_name(m, cfg.seeds[0]), f'samples-point{last}.png') for m in methods]
+        side_by_side([g for g in grids if os.path.exists(g)], os.path.join(cfg.out, f'samples-point{last}.png'))
+    write_json(os.path.join(cfg.out, 'results.json'),
+               dict(config={k: v for k, v in cfg.items() if k not in ('eval_only', 'report_only')}, train_data=train_data,
+                    reference=dict(path=ref_path, num=ref_num), methods=table, command=' '.join(sys.argv)))
+    log(f'plots: {os.path.join(cfg.out, "quality-compute.png")}, quality-seconds.png\n'
+        f'results: {os.path.join(cfg.out, "results.json")}')
+
+
+def parse_list(option, text, choices=None, kind=str):
+    try:
+        items = [kind(t.strip()) for t in text.split(',') if t.strip()]
+    except ValueError:
+        raise UserError(f'{option}: "{text}" is not a comma-separated list of {kind.__name__}s') from None
+    unknown = [i for i in items if choices is not None and i not in choices]
+    if unknown or not items:
+        raise UserError(f'{option}: unknown or missing "{",".join(map(str, unknown))}" (choose from {", ".join(choices or [])})')
+    return items
+
+
+@click.command(context_settings=dict(show_default=True, max_content_width=100))
+@click.option('--data', help='mnist, fashion, emoji, or a data-set zip/folder', metavar='NAME|PATH', default='mnist')
+@click.option('--max-images', 'max_images', help='Train on N random images of the data set (judged against all of it)',
+              metavar='N', type=click.IntRange(min=1))
+@click.option('--methods', help=f'Comma list of {", ".join(METHODS)}', metavar='LIST', default='patch,full')
+@click.option('--seeds', help='Training seeds, one run per method and seed', metavar='LIST', default='0,1')
+@click.option('--budget', help='Training compute per run, in full-image step equivalents', metavar='STEPS',
+              type=click.FloatRange(min=0, min_open=True), default=2000)
+@click.option('--points', help='Evaluation points, evenly spaced over the budget', metavar='N', type=click.IntRange(min=1), default=4)
+@click.option('--fid-num', 'fid_num', help='Samples per FID/KID evaluation', metavar='N', type=click.IntRange(min=2), default=1000)
+@click.option('--ref-num', 'ref_num', help='Reference images of the whole data set (at most all of it)', metavar='N',
+              type=click.IntRange(min=2), default=10000)
+@click.option('--cbase', help='Channel multiplier', metavar='INT', type=click.IntRange(min=1), default=32)
+@click.option('--cres', help='Channels per resolution', metavar='LIST', default='1,2,2')
+@click.option('--batch', help='Batch size (image slots per step)', metavar='INT', type=click.IntRange(min=1), default=32)
+@click.option('--lr', help='Learning rate', metavar='FLOAT', type=float, default=1e-3)
+@click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=float, default=0.5)
+@click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=float, default=0.13)
+@click.option('--tick', help='kimg per status line / stats.jsonl record', metavar='KIMG', type=float, default=0.5)
+@click.option('--steps', help='Sampling steps', metavar='INT', type=click.IntRange(min=1), default=18)
+@click.option('--jobs', help='Processes at once (runs train and score concurrently)', metavar='N', type=click.IntRange(min=1), default=2)
+@click.option('--threads', help='Threads per process', metavar='N', type=click.IntRange(min=1), default=1)
+@click.option('--device', help='cpu or cuda  [default: cuda if available]', metavar='STR')
+@click.option('--out', help='Output folder  [default: runs/quality-<data>[-<max-images>]]', metavar='DIR')
+@click.option('--cache', help='Data sets and reference statistics', metavar='DIR', default=os.path.join(ROOT, 'runs', 'quality-cache'))
+@click.option('--smoke', help='Tiny end-to-end check: budget 20, 2 points, one seed, FID-64 against 64 images', is_flag=True)
+@click.option('--eval-only', 'eval_only', help='No training: score the points in --out not scored yet, then report', is_flag=True)
+@click.option('--report-only', 'report_only', help='Only redo the table, plots and results.json from --out', is_flag=True)
+def main(**kwargs):
+    """Image quality against training compute: patch training, its knobs and variants versus full
+    images, several seeds each, resumable (details in the module docstring of bench/quality.py).
+
+    \b
+    Examples:
+    \b
+    python bench/quality.py --smoke
+    python bench/quality.py --data=mnist --methods=patch,full,edm --budget=4000 --points=8 --fid-num=5000
+    python bench/quality.py --data=emoji --max-images=1000 --methods=patch,full,rising,mean-loss
+    python bench/quality.py --report-only --out=runs/quality-mnist --methods=patch,full,edm
+    """
+    cfg = dnnlib.EasyDict(kwargs)
+    if cfg.smoke:
+        cfg.update(budget=20, points=2, seeds='0', fid_num=64, ref_num=64, tick=0.1)
+    methods = parse_list('--methods', cfg.methods, choices=list(METHODS))
+    cfg.seeds = parse_list('--seeds', cfg.seeds, kind=int)
+    if cfg.out is None:
+        tag = os.path.splitext(os.path.basename(cfg.data))[0] + (f'-{cfg.max_images}' if cfg.max_images else '')
+        cfg.out = os.path.join(ROOT, 'runs', f'quality-{tag}' + ('-smoke' if cfg.smoke else ''))
+    cfg.out, cfg.cache = os.path.abspath(cfg.out), os.path.abspath(cfg.cache)
+    os.makedirs(cfg.out, exist_ok=True)
+
+    start = time.time()
+    train_data, full_data = prepare_data(cfg.data, cfg.max_images, cfg.cache)
+    ref_path, ref_num = reference_stats(full_data, cfg.ref_num, cfg.cache, cfg.jobs * cfg.threads)
+    if not cfg.report_only:
+        pairs = [(m, s) for m in methods for s in cfg.seeds]
+        if cfg.eval_only:
+            runs = {run_name(m, s): None for m, s in pairs}
+        else:
+            full_flops = full_step_flops(cfg, train_data)
+            runs = {run_name(m, s): run_spec(cfg, m, s, train_data, full_flops) for m, s in pairs}
+            for name, spec in runs.items():
+                check_resumable(os.path.join(cfg.out, name), spec)
+        what = 'scoring' if cfg.eval_only else f'{cfg.budget:g} full-step equivalents, {cfg.points} points each, of'
+        log(f'{len(runs)} runs: {what} {", ".join(runs)} on {train_data}; {cfg.jobs} processes of {cfg.threads} thread(s)')
+        run_all(cfg, runs, train_data, ref_path)
+    report(cfg, methods, train_data, ref_path, ref_num)
+    log(f'total {(time.time() - start) / 60:.1f} min')
 
 
 if __name__ == '__main__':

@@ -1,18 +1,20 @@
-"""The quality benchmark's plumbing (bench/quality.py): the parts that run before hours of
-training, so that an interface drift fails here and not at the end of a long run."""
+"""The quality benchmark's plumbing (bench/quality.py): the parts that run before and between hours
+of training, so that an interface drift fails here and not at the end of a long study."""
 
-import argparse
 import importlib.util
 import json
 import os
+import pickle
 
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 import dnnlib
 import fid
-import train
+from dnnlib.util import UserError
+from test_training import make_zip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,12 +27,17 @@ def quality():
     return module
 
 
-def bench_args(**overrides):
-    """The benchmark's defaults, as its argument parser would give them."""
-    args = dict(ref_num=None, fid_num=1000, threads=1, cbase=16, cres='1,2', batch=8, seed=0, lr=2e-3, lr_rampup=0.5,
-                dropout=0.0, tick=0.5, real_p=0.5, device='cpu')
-    args.update(overrides)
-    return argparse.Namespace(**args)
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'digits.zip', count=32, size=8)
+
+
+def study(**overrides):
+    """The benchmark's settings as its command line would give them, for a tiny network."""
+    cfg = dnnlib.EasyDict(cbase=8, cres='1,2', batch=2, lr=2e-3, lr_rampup=0.01, dropout=0.0, tick=0.002, budget=4,
+                          points=4, fid_num=16, steps=2, device='cpu', seeds=[0])
+    cfg.update(overrides)
+    return cfg
 
 
 def write_folder(path, count):
@@ -51,62 +58,163 @@ def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatc
         return feats.mean(0), np.cov(feats, rowvar=False), feats
 
     monkeypatch.setattr(fid, 'calculate_inception_stats', fake_stats)
-    args = bench_args(ref_num=100, cache=str(tmp_path / 'cache'))
-    os.makedirs(args.cache)
-    path, num = quality.reference_stats(args, data)
+    path, num = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1)
     assert num == 5 and seen == dict(path=data, num=5)
     assert os.path.basename(path) == 'tiny-ref5-features.npz'
     with np.load(path) as ref:
         assert ref['features'].shape == (5, 4)
 
 
-@pytest.mark.parametrize('method', ['patch', 'full', 'edm'])
-def test_methods_build_valid_training_configs(quality, tmp_path, method):
+EXPECTED = {  # use_coords, real_p, progressive, real_p_end, loss_norm
+    'patch': (True, 0.5, False, None, 'sum'), 'patch-0.25': (True, 0.25, False, None, 'sum'),
+    'patch-0.75': (True, 0.75, False, None, 'sum'), 'progressive': (True, 0.5, True, None, 'sum'),
+    'full': (True, 1.0, False, None, 'sum'), 'edm': (False, None, None, None, None),
+    'mean-loss': (True, 0.5, False, None, 'mean'), 'rising': (True, 0.0, False, 1.0, 'sum'),
+}
+
+
+@pytest.mark.parametrize('method', list(EXPECTED))
+def test_methods_build_valid_training_configs(quality, digits, method):
     """Every method's options pass train.py's own validation, with the same network for all."""
-    data = str(tmp_path / 'tiny')
-    write_folder(data, 4)
-    opts = quality.train_args(bench_args(), method, data, str(tmp_path / 'run'))
-    assert '--dropout=0.0' in opts and '--cbase=16' in opts
-    ctx = train.main.make_context('train.py', opts)
-    c, _ = train.build_config(dnnlib.EasyDict(ctx.params), 1)
-    assert c.network_kwargs.model_channels == 16 and c.network_kwargs.dropout == 0.0
-    real_p = c.patch_kwargs.real_p if c.patch_kwargs else None
-    assert (c.network_kwargs.get('use_coords', False), real_p) == dict(patch=(True, 0.5), full=(True, 1.0), edm=(False, None))[method]
+    assert set(EXPECTED) == set(quality.METHODS)
+    c = quality.loop_config(quality.method_options(study(), method), digits, seed=3)
+    assert c.seed == 3 and c.network_kwargs.model_channels == 8 and c.network_kwargs.dropout == 0.0
+    assert c.augment_kwargs is None
+    p = c.patch_kwargs or {}
+    got = (c.network_kwargs.get('use_coords', False), p.get('real_p'), p.get('progressive'), p.get('real_p_end'), p.get('loss_norm'))
+    assert got == EXPECTED[method]
 
 
-def write_points(run_dir, points, scored):
-    os.makedirs(run_dir, exist_ok=True)
+def test_a_patch_step_costs_its_share_of_a_full_step(quality, digits):
+    """Compute is counted in FLOPs: a step of side-s patches of 8x8 images about s/8 of a full
+    step; plain EDM's full step slightly less than one with coordinate channels."""
+    cfg = study()
+    full = quality.full_step_flops(cfg, digits)
+    patch = quality.step_flops(quality.loop_config(quality.method_options(cfg, 'patch'), digits, 0))
+    assert patch[8] == full
+    assert patch[4] / full == pytest.approx(0.5, rel=0.2) and patch[2] / full == pytest.approx(0.25, rel=0.3)
+    edm = quality.step_flops(quality.loop_config(quality.method_options(cfg, 'edm'), digits, 0))
+    assert list(edm) == [8] and 0.9 * full < edm[8] < full
+
+
+@pytest.mark.parametrize('method', ['full', 'patch', 'rising'])
+def test_duration_ends_where_the_compute_budget_does(quality, digits, method):
+    """Replaying the schedule with the returned duration spends the budget exactly when the images
+    run out, also for a schedule that follows the progress."""
+    from training.patch import PatchSchedule
+    c = quality.loop_config(quality.method_options(study(), method), digits, seed=1)
+    cost = {8: 1.0, 4: 0.5, 2: 0.25}
+    total = quality.images_for_budget(c, cost, 30)
+    if method == 'full':
+        assert total == 30 * 2
+        return
+    p = c.patch_kwargs
+    schedule = PatchSchedule(8, p.patch_sizes, p.real_p, seed=1, progressive=p.progressive, real_p_end=p.real_p_end)
+    nimg, spent, step = 0, 0.0, 0
+    while spent < 30:
+        side = schedule.size_for_step(step, nimg / total)
+        nimg, spent, step = nimg + 2 * schedule.batch_mul(side), spent + cost[side], step + 1
+    assert nimg == total and spent < 31
+    assert quality.follows_progress(c) == (method == 'rising')
+
+
+def train(quality, cfg, digits, out, method='patch'):
+    spec = quality.run_spec(cfg, method, 0, digits, quality.full_step_flops(cfg, digits))
+    run_dir = os.path.join(out, quality.run_name(method, 0))
+    quality.check_resumable(run_dir, spec)
+    return quality.train_run(cfg, spec, run_dir, digits), run_dir
+
+
+def snapshot_weights(run_dir, point):
+    with open(os.path.join(run_dir, point['snapshot']), 'rb') as f:
+        return list(pickle.load(f)['ema'].state_dict().values())
+
+
+def test_training_resumes_after_the_last_point_and_extends_exactly(quality, digits, tmp_path):
+    """A study stopped after 2 of 4 points and extended to the full budget ends with the same
+    network as one trained to the full budget at once, and keeps its finished points."""
+    whole, _ = train(quality, study(), digits, str(tmp_path / 'whole'))
+    assert [p['point'] for p in whole] == [0, 1, 2, 3]
+    assert all(p['compute'] >= t - 1e-9 for p, t in zip(whole, [1, 2, 3, 4]))
+    half, run_dir = train(quality, study(budget=2, points=2), digits, str(tmp_path / 'split'))
+    extended, _ = train(quality, study(), digits, str(tmp_path / 'split'))
+    assert extended[:2] == half
+    for key in ('steps', 'nimg', 'compute'):
+        assert [p[key] for p in extended] == [p[key] for p in whole]
+    for a, b in zip(snapshot_weights(str(tmp_path / 'whole' / 'patch-seed0'), whole[-1]), snapshot_weights(run_dir, extended[-1])):
+        assert torch.equal(a, b)
+    with open(os.path.join(run_dir, 'point-3', 'stats.jsonl')) as f:
+        assert len(f.readlines()) == whole[-1]['steps']  # one tick per step, the history carried on
+    assert sorted(n for n in os.listdir(os.path.join(run_dir, 'point-3')) if n.endswith('.pkl')) == \
+        [os.path.basename(extended[-1]['snapshot'])]
+    assert [os.path.exists(os.path.join(run_dir, p['state'])) for p in extended] == [False, False, False, True]
+
+
+def test_runs_that_cannot_go_on_are_user_errors(quality, tmp_path):
+    run_dir = str(tmp_path / 'rising-seed0')
+    os.makedirs(run_dir)
+    old = dict(options=['--real_p=0'], targets=[1.0, 2.0], total_kimg=0.1, follows_progress=True)
+    with open(os.path.join(run_dir, 'run.json'), 'w') as f:
+        json.dump(old, f)
     with open(os.path.join(run_dir, 'points.json'), 'w') as f:
-        json.dump(points, f)
-    with open(os.path.join(run_dir, 'fid.json'), 'w') as f:
-        json.dump(scored, f)
+        json.dump([dict(point=0)], f)
+    quality.check_resumable(run_dir, dict(old))
+    with pytest.raises(UserError, match='other options'):
+        quality.check_resumable(run_dir, dict(old, options=['--real_p=0.5']))
+    with pytest.raises(UserError, match='--budget/--points'):
+        quality.check_resumable(run_dir, dict(old, targets=[1.5, 3.0]))
+    with pytest.raises(UserError, match='cannot be extended'):
+        quality.check_resumable(run_dir, dict(old, targets=[1.0, 2.0, 3.0, 4.0], total_kimg=0.2))
+    with open(os.path.join(run_dir, 'run.json'), 'w') as f:
+        json.dump(dict(old, follows_progress=False), f)
+    quality.check_resumable(run_dir, dict(old, targets=[1.0, 2.0, 3.0, 4.0], total_kimg=0.2, follows_progress=False))
 
 
-def test_evaluation_resumes_from_the_scores_already_written(quality, tmp_path):
-    run_dir = str(tmp_path / 'train-patch')
-    points = [dict(point=i, seconds=10.0 * (i + 1), snapshot=f'{run_dir}/point-{i}.pkl') for i in range(3)]
-    scored = [dict(points[0]), dict(points[1], fid=50.0), dict(points[2], fid=40.0)]
-    write_points(run_dir, points, scored)
-    todo = quality.points_to_score(run_dir)
-    assert [p['point'] for p in todo if 'fid' not in p] == [0]
-    assert [p.get('fid') for p in todo] == [None, 50.0, 40.0]
+def write_run(out, name, points, scores):
+    run_dir = os.path.join(out, name)
+    os.makedirs(run_dir)
+    for file, data in (('points.json', points), ('scores.json', scores)):
+        with open(os.path.join(run_dir, file), 'w') as f:
+            json.dump(data, f)
+    return run_dir
 
 
-def test_scores_of_other_snapshots_are_not_reused(quality, tmp_path):
-    run_dir = str(tmp_path / 'train-full')
-    points = [dict(point=0, seconds=5.0, snapshot=f'{run_dir}/point-0.pkl')]
-    write_points(run_dir, points, [dict(point=0, seconds=5.0, snapshot='elsewhere/point-0.pkl', fid=12.0)])
-    assert 'fid' not in quality.points_to_score(run_dir)[0]
+def a_point(index, seed):
+    return dict(point=index, compute=10.0 * (index + 1), seconds=5.0 * (index + 1) + seed, kimg=1.0, steps=10,
+                nimg=1000, snapshot=f'point-{index}/network-snapshot-000001.pkl')
 
 
-def test_eval_only_without_a_training_run_is_a_clear_error(quality, tmp_path):
-    with pytest.raises(SystemExit, match='results.json not found'):
-        quality.read_results(str(tmp_path))
+def test_scoring_resumes_and_rescores_for_another_sample_count(quality, tmp_path):
+    points = [a_point(i, 0) for i in range(3)]
+    scored = [dict(key=quality.score_key(p, 100, '/x/ref.npz'), point=p['point'], fid=1.0) for p in points[1:]]
+    run_dir = write_run(str(tmp_path), 'patch-seed0', points, scored)
+    assert [p['point'] for p in quality.points_to_score(run_dir, scored, 100, '/elsewhere/ref.npz')] == [0]
+    assert [p['point'] for p in quality.points_to_score(run_dir, scored, 200, '/x/ref.npz')] == [2, 1, 0]
 
 
-def test_small_data_subset_is_drawn_at_random(quality, tmp_path):
-    """--max-images picks images across the whole data set: on data sorted by class (like the
-    bundled MNIST) the first N would be a single class."""
+def test_report_averages_seeds_from_every_run_folder(quality, tmp_path):
+    """Runs of two seeds (trained anywhere) count in the mean; scores of another --fid-num do not."""
+    out = str(tmp_path)
+    for seed, fids in ((0, [50.0, 30.0]), (1, [70.0, 40.0])):
+        points = [a_point(i, seed) for i in range(2)]
+        scores = [dict(key=quality.score_key(p, 100, 'ref.npz'), point=p['point'], fid=f, kid=f / 1000)
+                  for p, f in zip(points, fids)]
+        scores.append(dict(key=quality.score_key(points[0], 50, 'ref.npz'), point=0, fid=999.0, kid=1.0))
+        write_run(out, f'patch-seed{seed}', points, scores)
+    write_run(out, 'full-seed0', [a_point(0, 0)], [])
+    table = quality.collect(out, ['patch', 'full'], 100, 'ref.npz')
+    assert table['full'] == []
+    first, second = table['patch']
+    assert (first['seeds'], first['fid'], first['fid_min'], first['fid_max'], first['seconds']) == (2, 60.0, 50.0, 70.0, 5.5)
+    assert second['fid'] == 35.0 and second['compute'] == 20.0
+
+
+def test_lists_and_small_data_subsets(quality, tmp_path):
+    assert quality.parse_list('--seeds', '0, 2', kind=int) == [0, 2]
+    with pytest.raises(UserError, match='--methods'):
+        quality.parse_list('--methods', 'patch,nope', choices=list(quality.METHODS))
+    with pytest.raises(UserError, match='--seeds'):
+        quality.parse_list('--seeds', 'one', kind=int)
     data = str(tmp_path / 'sorted')
     os.makedirs(data)
     for i in range(12):
@@ -118,7 +226,7 @@ def test_small_data_subset_is_drawn_at_random(quality, tmp_path):
     expected = sorted(np.random.default_rng(0).choice(12, size=5, replace=False).tolist())
     assert levels == expected and levels != [0, 1, 2, 3, 4]
     assert not os.path.exists(dest + '.source.npz')
-    with pytest.raises(SystemExit, match='more than the 12 images'):
+    with pytest.raises(UserError, match='more than the 12 images'):
         quality.build_random_subset(data, str(tmp_path / 'big.zip'), 13, seed=0)
 
 

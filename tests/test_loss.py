@@ -250,3 +250,16 @@ def test_loss_without_rng_uses_global_generator():
     assert torch.equal(a, b)
     c = loss_mod.VELoss()(MockNet(), images, patch_size=4)
     assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize('patch_size', [4, 8, 16, None])
+def test_loss_norms_against_an_independent_reduction(patch_size):
+    """The loop backpropagates sum · weight / (patches in the step): 'sum' is the per-image pixel
+    sum averaged over the patches, 'mean' the per-pixel mean times the pixels of a 16x16 image."""
+    resolution, channels = 16, 3
+    side = patch_size or resolution
+    loss = torch.rand(2 * resolution // side, channels, side, side, dtype=torch.float64)
+    count = loss.shape[0]
+    for norm, expected in (('sum', loss.sum(dim=(1, 2, 3)).mean()), ('mean', loss.mean() * channels * resolution ** 2)):
+        reduced = loss.sum() * loss_mod.patch_step_weight(norm, resolution, patch_size) / count
+        torch.testing.assert_close(reduced, expected)

@@ -256,6 +256,32 @@ def test_progressive_with_full_images_only():
     assert {schedule.size_for_step(0, progress=f) for f in np.linspace(0, 1, 11)} == {32}
 
 
+def test_real_p_end_moves_the_probabilities_linearly_with_progress():
+    schedule = patch.PatchSchedule(32, [8, 16, 32], real_p=0.2, real_p_end=0.8)
+    for f in (0.0, 0.25, 0.5, 1.0):
+        q = 0.2 + 0.6 * f
+        assert schedule.probs_at(f) == pytest.approx([(1 - q) * 2 / 5, (1 - q) * 3 / 5, q], abs=1e-12)
+    assert schedule.probs_at(1.5) == pytest.approx(schedule.probs_at(1.0))  # a run trained past --duration
+
+
+def test_real_p_end_draws_follow_the_moving_probability():
+    """Rising from 0 to 1: the first tenth of training is almost all patches, the last tenth
+    almost all full images, and the draw still depends on (step, progress) alone."""
+    schedule = patch.PatchSchedule(32, [8, 16, 32], real_p=0.0, real_p_end=1.0, seed=3)
+    steps = 2000
+    draws = [schedule.size_for_step(k, progress=k / steps) for k in range(steps)]
+    early, late = draws[:steps // 10], draws[-steps // 10:]
+    assert early.count(32) / len(early) < 0.15 and late.count(32) / len(late) > 0.85
+    again = patch.PatchSchedule(32, [8, 16, 32], real_p=0.0, real_p_end=1.0, seed=3)
+    assert [again.size_for_step(k, progress=k / steps) for k in reversed(range(steps))][::-1] == draws
+
+
+def test_real_p_end_equal_to_real_p_is_the_constant_schedule():
+    constant = patch.PatchSchedule(32, [8, 16, 32], real_p=0.5, seed=4)
+    same = patch.PatchSchedule(32, [8, 16, 32], real_p=0.5, real_p_end=0.5, seed=4)
+    assert [constant.size_for_step(k, k / 500) for k in range(500)] == [same.size_for_step(k, k / 500) for k in range(500)]
+
+
 # ----------------------------------------------------------------------------------------------
 # User errors.
 
@@ -282,3 +308,9 @@ def test_parse_patch_sizes_rejects_garbage():
 def test_real_p_outside_unit_interval_is_user_error(p):
     with pytest.raises(UserError, match='--real_p'):
         patch.PatchSchedule(32, [8, 16, 32], real_p=p)
+
+
+@pytest.mark.parametrize('kwargs,match', [(dict(real_p_end=1.2), 'outside'), (dict(real_p_end=0.9, progressive=True), 'progressive')])
+def test_bad_real_p_end_is_user_error(kwargs, match):
+    with pytest.raises(UserError, match=f'--real_p-end.*{match}'):
+        patch.PatchSchedule(32, [8, 16, 32], real_p=0.5, **kwargs)

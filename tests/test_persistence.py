@@ -201,15 +201,16 @@ def _copy_package(dst_root, name, files=None):
 
 
 def test_snapshot_loads_without_networks_source(tmp_path):
-    """What a snapshot needs besides itself: torch_utils, dnnlib and training/patch.py (the
-    pickled network and loss modules import `training.patch`), not networks.py or loss.py."""
+    """What a snapshot needs besides itself: torch_utils, dnnlib, training/patch.py and
+    training/schedules.py (the pickled network and loss modules import them), not networks.py or
+    loss.py."""
     snapshot = tmp_path / 'snapshot.pkl'
     _snapshot(snapshot)
     tree = tmp_path / 'tree'
     tree.mkdir()
     _copy_package(str(tree), 'torch_utils')
     _copy_package(str(tree), 'dnnlib')
-    _copy_package(str(tree), 'training', files=['__init__.py', 'patch.py'])
+    _copy_package(str(tree), 'training', files=['__init__.py', 'patch.py', 'schedules.py'])
     assert not (tree / 'training' / 'networks.py').exists() and not (tree / 'training' / 'loss.py').exists()
     _run_check(str(tree), snapshot, 'without-networks')
 

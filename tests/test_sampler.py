@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dnnlib.util import UserError
-from training import patch, sampler
+from training import patch, sampler, schedules
 from training.networks import EDMPrecond
 from conftest import sampling_net as tiny_net
 
@@ -294,7 +294,7 @@ def test_ablation_solves_gaussian_ode():
 
 
 def test_iddpm_levels_are_decreasing_and_end_at_zero():
-    u = sampler.iddpm_levels()
+    u = schedules.iddpm_levels()
     assert u.shape == (1001,) and u[-1] == 0 and (u[:-1] > u[1:]).all()
     steps = sampler.ablation_sigma_steps('iddpm', 10, 0.002, 81, 7, 1e-3, 0.001, 0.008, 1000, None)
     assert len(steps) == 10 and (steps[:-1] > steps[1:]).all() and steps[0] <= 81

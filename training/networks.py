@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import misc, persistence
-from training import patch
+from training import patch, schedules
 
 # ----------------------------------------------------------------------------------------------
 # Layers.
@@ -548,14 +548,12 @@ class VPPrecond(_Precond):
         return torch.ones_like(sigma), -sigma, c_in, c_noise
 
     def sigma(self, t):
-        """σ(t) = √(exp(½β_d t² + β_min t) − 1)."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
+        """σ(t) of the VP schedule, in float64."""
+        return schedules.vp_sigma(torch.as_tensor(t, dtype=torch.float64), self.beta_d, self.beta_min)
 
     def sigma_inv(self, sigma):
-        """t(σ) = (√(β_min² + 2β_d ln(1 + σ²)) − β_min) / β_d."""
-        sigma = torch.as_tensor(sigma)
-        return ((self.beta_min ** 2 + 2 * self.beta_d * (1 + sigma ** 2).log()).sqrt() - self.beta_min) / self.beta_d
+        """t(σ) of the VP schedule."""
+        return schedules.vp_sigma_inv(torch.as_tensor(sigma), self.beta_d, self.beta_min)
 
 
 @persistence.persistent_class
@@ -584,17 +582,10 @@ class iDDPMPrecond(_Precond):
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        u = torch.zeros(M + 1)
-        for j in range(M, 0, -1):
-            ratio = max(self.alpha_bar(j - 1) / self.alpha_bar(j), C_1)
-            u[j - 1] = ((u[j] ** 2 + 1) / ratio - 1).sqrt()
+        u = schedules.iddpm_levels(C_1, C_2, M).to(torch.float32)
         self.register_buffer('u', u)
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])
-
-    def alpha_bar(self, j):
-        j = torch.as_tensor(j)
-        return (0.5 * np.pi * j / self.M / (self.C_2 + 1)).sin() ** 2
 
     def coefficients(self, sigma):
         c_in = 1 / (sigma ** 2 + 1).sqrt()

@@ -4,8 +4,9 @@
   pixel index i of an image of side R maps to (i / (R − 1) − 0.5)·2, so a full image spans
   exactly [−1, 1]; channel 0 is x (column), channel 1 is y (row).
 - `coord_features`: the raw two channels, or sin/cos features at 2^0..2^(F−1) (`pos_embed=F`).
-- `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities
-  or `--progressive`), identical on every rank, and how many images that step consumes.
+- `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities,
+  optionally moving over training with `--real_p-end`, or `--progressive`), identical on every
+  rank, and how many images that step consumes.
 - `extract_patches`: one random crop per image, with its coordinate channels.
 """
 
@@ -118,20 +119,33 @@ def parse_patch_sizes(text, resolution, down_factor, latent=False):
     return sizes
 
 
+def check_schedule_options(real_p, real_p_end=None, progressive=False):
+    """Raises a UserError for `--real_p`/`--real_p-end` outside [0, 1] or combined with
+    `--progressive`, which has no random draw to move."""
+    for name, value in (('--real_p', real_p), ('--real_p-end', real_p_end)):
+        if value is not None and not 0 <= value <= 1:
+            raise UserError(f'{name}: {value} is outside [0, 1]')
+    if progressive and real_p_end is not None:
+        raise UserError('--real_p-end: not with --progressive, which has no random draw to move')
+
+
 class PatchSchedule:
     """Picks the patch side of each training step and the image multiplier that goes with it.
 
     The random draw for step k comes from a generator seeded with (seed, k), so every rank picks
     the same side without communicating, and a resumed run repeats the same sequence.
     `progressive=True` instead uses the smallest side for the first fraction of training equal
-    to its probability, then the next, and full images last."""
+    to its probability, then the next, and full images last. `real_p_end` moves the full-image
+    probability linearly from `real_p` at the start to `real_p_end` at the end of training (by
+    images seen), so that patches can dominate early and full images late, or the reverse."""
 
-    def __init__(self, resolution, sizes, real_p=0.5, seed=0, progressive=False):
-        if not 0 <= real_p <= 1:
-            raise UserError(f'--real_p: {real_p} is outside [0, 1]')
+    def __init__(self, resolution, sizes, real_p=0.5, seed=0, progressive=False, real_p_end=None):
+        check_schedule_options(real_p, real_p_end, progressive)
         self.resolution = int(resolution)
         self.sizes = [int(s) for s in sizes]
         assert self.sizes == sorted(self.sizes) and self.sizes[-1] == self.resolution
+        self.real_p = real_p
+        self.real_p_end = real_p_end
         self.probs = patch_probabilities(len(self.sizes), real_p)
         self.seed = seed
         self.progressive = progressive
@@ -140,17 +154,24 @@ class PatchSchedule:
         """Images per image-slot for patches of side `size`: R // size."""
         return self.resolution // int(size)
 
+    def probs_at(self, progress):
+        """Probabilities of the sizes when a fraction `progress` of training is done."""
+        if self.real_p_end is None:
+            return self.probs
+        fraction = min(max(float(progress), 0.0), 1.0)
+        return patch_probabilities(len(self.sizes), self.real_p + (self.real_p_end - self.real_p) * fraction)
+
     def size_for_step(self, step, progress=0.0):
         """Patch side for training step `step`; `progress` is the fraction of training done
-        (only `progressive` uses it)."""
+        (images seen / total images: the same on every rank and after a resume)."""
         if self.progressive:
             edges = np.cumsum(self.probs)
             index = int(np.searchsorted(edges, progress, side='right'))
             candidates = [i for i in range(index, len(self.sizes)) if self.probs[i] > 0]
             return self.sizes[candidates[0] if candidates else -1]
         rng = np.random.default_rng(misc.seed_to_int(self.seed, step))
-        return int(self.sizes[rng.choice(len(self.sizes), p=self.probs)])
+        return int(self.sizes[rng.choice(len(self.sizes), p=self.probs_at(progress))])
 
     def expected_batch_mul(self):
-        """Average images per image-slot over the random draw."""
+        """Average images per image-slot over the random draw (at the start of training)."""
         return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.sizes)))

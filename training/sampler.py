@@ -19,12 +19,11 @@ zero label vector. Both halves are evaluated in one batched call of 2B rows.
 import math
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed, misc
-from training import patch
+from training import patch, schedules
 
 ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
 
@@ -146,26 +145,12 @@ class _Schedule(NamedTuple):
 
 
 def _vp_schedule(beta_d, beta_min):
-    """σ(t) = √(exp(½β_d t² + β_min t) − 1) and its derivative and inverse."""
-    def sigma(t):
-        return math.sqrt(math.expm1(0.5 * beta_d * t ** 2 + beta_min * t))
-
-    def sigma_deriv(t):
-        return 0.5 * (beta_min + beta_d * t) * math.exp(0.5 * beta_d * t ** 2 + beta_min * t) / sigma(t)
-
-    def sigma_inv(s):
-        return (math.sqrt(beta_min ** 2 + 2 * beta_d * math.log1p(s ** 2)) - beta_min) / beta_d
-    return _Schedule(sigma, sigma_deriv, sigma_inv)
+    """The VP schedule of `training.schedules` with its β's bound."""
+    return _Schedule(lambda t: schedules.vp_sigma(t, beta_d, beta_min), lambda t: schedules.vp_sigma_deriv(t, beta_d, beta_min),
+                     lambda s: schedules.vp_sigma_inv(s, beta_d, beta_min))
 
 
-def _vp_betas(sigma_min, sigma_max, epsilon_s):
-    """β_d, β_min of the VP schedule that maps t = ε_s to σ_min and t = 1 to σ_max."""
-    l_min, l_max = math.log1p(sigma_min ** 2), math.log1p(sigma_max ** 2)
-    beta_d = 2 * (l_min / epsilon_s - l_max) / (epsilon_s - 1)
-    return beta_d, l_max - 0.5 * beta_d
-
-
-_VE_SCHEDULE = _Schedule(lambda t: math.sqrt(t), lambda t: 0.5 / math.sqrt(t), lambda s: s ** 2)
+_VE_SCHEDULE = _Schedule(schedules.ve_sigma, schedules.ve_sigma_deriv, schedules.ve_sigma_inv)
 _LINEAR_SCHEDULE = _Schedule(lambda t: t, lambda t: 1.0, lambda s: s)
 
 
@@ -180,17 +165,6 @@ def _scaling(name, schedule):
     def s_deriv(t):
         return -schedule.sigma(t) * schedule.sigma_deriv(t) * s(t) ** 3
     return s, s_deriv
-
-
-def iddpm_levels(C_1=0.001, C_2=0.008, M=1000):
-    """The M + 1 σ levels u_0 > … > u_M = 0 of improved DDPM: u_{j−1} = √((u_j² + 1) /
-    max(ᾱ(j−1)/ᾱ(j), C_1) − 1), ᾱ(j) = sin²(π/2 · j / (M·(C_2 + 1)))."""
-    def alpha_bar(j):
-        return math.sin(0.5 * math.pi * j / (M * (C_2 + 1))) ** 2
-    u = np.zeros(M + 1)
-    for j in range(M, 0, -1):
-        u[j - 1] = math.sqrt((u[j] ** 2 + 1) / max(alpha_bar(j - 1) / alpha_bar(j), C_1) - 1)
-    return torch.as_tensor(u, dtype=torch.float64)
 
 
 _DEFAULT_SIGMA_RANGE = {'ve': (0.02, 100), 'iddpm': (0.002, 81), 'edm': (0.002, 80)}
@@ -209,7 +183,7 @@ def ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, e
     if discretization == 've':
         return sigma_max * (sigma_min / sigma_max) ** frac
     if discretization == 'iddpm':
-        u = iddpm_levels(C_1, C_2, M)
+        u = schedules.iddpm_levels(C_1, C_2, M)
         u = u[(u >= sigma_min) & (u <= sigma_max)]
         return u[(frac * (len(u) - 1)).round().to(torch.int64)]
     if discretization == 'edm':
@@ -238,7 +212,7 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
     default_min, default_max = _DEFAULT_SIGMA_RANGE.get(discretization, (vp_defaults.sigma(epsilon_s), vp_defaults.sigma(1)))
     sigma_min, sigma_max = clamp_sigma_range(net, default_min if sigma_min is None else sigma_min,
                                              default_max if sigma_max is None else sigma_max)
-    vp_betas = _vp_betas(sigma_min, sigma_max, epsilon_s)
+    vp_betas = schedules.vp_betas(sigma_min, sigma_max, epsilon_s)
     sched = {'vp': _vp_schedule(*vp_betas), 've': _VE_SCHEDULE, 'linear': _LINEAR_SCHEDULE}[schedule]
     s, s_deriv = _scaling(scaling, sched)
 

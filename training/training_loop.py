@@ -25,6 +25,7 @@ from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc, training_stats
 from training import checkpoints
+from training import loss as loss_lib
 from training import patch as patch_lib
 
 # ----------------------------------------------------------------------------------------------
@@ -175,10 +176,17 @@ def _fmt_time(seconds):
 
 
 def write_stats(run_dir, records):
-    """Rewrites `stats.jsonl` (one JSON line per tick) atomically."""
+    """Rewrites `stats.jsonl` atomically with the records so far: at the start of a run, so that a
+    resume truncates it to the resumed tick."""
     with atomic_write(os.path.join(run_dir, 'stats.jsonl'), 'w', encoding='utf-8') as f:
         for record in records:
             f.write(json.dumps(record) + '\n')
+
+
+def append_stats(run_dir, record):
+    """Appends one tick's line to `stats.jsonl`, as EDM does, so `tail -f` follows the run."""
+    with open(os.path.join(run_dir, 'stats.jsonl'), 'a', encoding='utf-8') as f:
+        f.write(json.dumps(record) + '\n')
 
 
 def write_loss_plot(run_dir, records):
@@ -288,8 +296,12 @@ def training_loop(
         sizes = patch_lib.parse_patch_sizes(patch_kwargs.get('patch_sizes'), net_resolution, net.down_factor,
                                             latent=encoder is not None)
         schedule = patch_lib.PatchSchedule(net_resolution, sizes, real_p=patch_kwargs.get('real_p', 0.5), seed=seed,
-                                           progressive=patch_kwargs.get('progressive', False))
+                                           progressive=patch_kwargs.get('progressive', False),
+                                           real_p_end=patch_kwargs.get('real_p_end'))
         dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)' for s, p in zip(schedule.sizes, schedule.probs)))
+        if schedule.real_p_end is not None:
+            dist.print0(f'Full-image probability moves from {schedule.real_p} to {schedule.real_p_end} over training')
+    loss_norm = (patch_kwargs or {}).get('loss_norm', 'sum')
 
     dist.print0(f'Network parameters: {misc.count_parameters(net):,}')
     dist.print0('Setting up optimizer...')
@@ -327,8 +339,10 @@ def training_loop(
     data_iter, first_block = build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
     rank_blocks_taken = 0
     blocks_consumed = start_block
-    if dist.get_rank() == 0 and sample_grid and resume_state is None:
-        save_reals_grid(run_dir, dataset, encoder)
+    if dist.get_rank() == 0:
+        write_stats(run_dir, stats_records)
+        if sample_grid and resume_state is None:
+            save_reals_grid(run_dir, dataset, encoder)
 
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
@@ -364,7 +378,8 @@ def training_loop(
                 training_stats.report('Loss/loss', per_image)
                 if patch_size is not None:
                     training_stats.report(f'Loss/patch{patch_size}', per_image)
-                loss.sum().mul(loss_scaling / images_per_rank).backward()
+                weight = loss_lib.patch_step_weight(loss_norm, net_resolution, patch_size)
+                loss.sum().mul(loss_scaling * weight / images_per_rank).backward()
 
         for group in optimizer.param_groups:
             group['lr'] = optimizer_kwargs['lr'] * min(nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
@@ -403,7 +418,7 @@ def training_loop(
         stats_records.append(fields)
 
         if dist.get_rank() == 0:
-            write_stats(run_dir, stats_records)
+            append_stats(run_dir, fields)
 
         if snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0):
             save_snapshot(run_dir, nimg // 1000, ema, loss_fn, augment_pipe, dataset_kwargs, encoder)

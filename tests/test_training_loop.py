@@ -1,0 +1,110 @@
+"""The training loop called in-process on a tiny network: the loss normalisation of patch steps
+(`--loss-norm`), the moving patch schedule (`--real_p-end`) across a resume, and `stats.jsonl`."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import dnnlib
+import train
+from test_training import TINY, make_zip
+from training import training_loop
+
+
+@pytest.fixture(scope='module')
+def digits(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'digits.zip', count=32, size=8)
+
+
+def loop_config(digits, *options):
+    """training_loop kwargs for train.py's options on 8x8 digits, one step per tick."""
+    ctx = train.main.make_context('train.py', ['--outdir', 'unused', '--data', digits, '--batch=2', '--tick=0.002',
+                                               '--seed=5', '--dropout=0', *TINY, *options])
+    c, _desc = train.build_config(dnnlib.EasyDict(ctx.params), 1)
+    c.update(seed=5, snapshot_ticks=None, state_dump_ticks=None, sample_grid=False, lr_rampup_kimg=0)
+    return c
+
+
+def first_gradient(digits, run_dir, *options):
+    """The gradient of the first optimizer step, flattened."""
+    os.makedirs(run_dir)
+    seen = {}
+
+    def at_step(info):
+        seen['grad'] = torch.cat([p.grad.flatten() for p in info.net.parameters()])
+        return True
+
+    training_loop.training_loop(**loop_config(digits, '--duration=1', *options), run_dir=str(run_dir), step_callback=at_step)
+    return seen['grad']
+
+
+@pytest.mark.parametrize('real_p,factor', [(0.0, 4.0), (1.0, 1.0)])
+def test_mean_loss_norm_scales_a_patch_step_by_the_pixel_ratio(digits, tmp_path, real_p, factor):
+    """With --real_p=0 and sizes 4, 8 every step uses 4x4 patches of 8x8 images: the per-pixel
+    mean makes its gradient (8/4)² = 4 times the per-image sum's; a full-image step is unchanged."""
+    options = ('--patch-sizes=4', f'--real_p={real_p}')
+    by_sum = first_gradient(digits, tmp_path / 'sum', *options, '--loss-norm=sum')
+    by_mean = first_gradient(digits, tmp_path / 'mean', *options, '--loss-norm=mean')
+    assert by_sum.abs().max() > 0
+    torch.testing.assert_close(by_mean, by_sum * factor, rtol=1e-4, atol=1e-7)
+
+
+def run(c, run_dir, stop_at=None, resume_state=None):
+    """Trains to the end of `c` (or stops after step `stop_at`, dumping a state) and returns the
+    parameters after the last step."""
+    os.makedirs(run_dir)
+    seen = {}
+
+    def at_step(info):
+        seen['net'] = [p.detach().clone() for p in info.net.parameters()]
+        return info.step == stop_at
+
+    training_loop.training_loop(**dict(c, state_dump_ticks=1000), run_dir=str(run_dir), resume_state=resume_state,
+                                step_callback=at_step)
+    return seen['net']
+
+
+def read_stats(run_dir):
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_moving_schedule_resumes_exactly_and_stats_are_truncated_then_appended(digits, tmp_path):
+    """A run with --real_p-end stopped after step 3 and resumed in its own folder draws the same
+    patch sizes and reaches the same weights as the uninterrupted run. stats.jsonl loses the lines
+    written after the dumped state and is appended to, not replaced, while training runs."""
+    c = loop_config(digits, '--duration=0.000016', '--patch-sizes=4', '--real_p=0', '--real_p-end=1')
+    full_dir, split_dir = tmp_path / 'full', tmp_path / 'split'
+    full_net = run(c, full_dir)
+    run(c, split_dir, stop_at=3)
+    state = os.path.join(split_dir, training_loop.state_name(0))
+    shutil.copy(state, tmp_path / 'state.pt')
+    with open(os.path.join(split_dir, 'stats.jsonl'), 'a') as f:  # a tick after the dump, then a crash
+        f.write(json.dumps(dict(read_stats(split_dir)[-1], tick=3, step=4)) + '\n')
+
+    reader = {}
+    seen = {}
+
+    def at_step(info):
+        reader.setdefault('file', open(os.path.join(split_dir, 'stats.jsonl')))
+        seen['net'] = [p.detach().clone() for p in info.net.parameters()]
+
+    training_loop.training_loop(**c, run_dir=str(split_dir), resume_state=str(tmp_path / 'state.pt'), step_callback=at_step)
+    full, split = read_stats(full_dir), read_stats(split_dir)
+    ticks = [r['tick'] for r in full]
+    assert len(ticks) >= 5 and [r['tick'] for r in split] == ticks == list(range(len(ticks)))
+    sizes = [list(r['loss_by_patch']) for r in full]
+    assert [list(r['loss_by_patch']) for r in split] == sizes and {'4', '8'} <= {s for (s,) in sizes}
+    assert [r['loss'] for r in split] == [r['loss'] for r in full]
+    for a, b in zip(full_net, seen['net']):
+        assert torch.equal(a, b)
+    with reader['file'] as f:  # opened during the resumed run: still the file being written
+        assert [json.loads(line)['tick'] for line in f] == ticks
+
+
+def test_real_p_end_with_progressive_is_a_user_error(digits):
+    with pytest.raises(dnnlib.util.UserError, match='--real_p-end.*--progressive'):
+        loop_config(digits, '--real_p-end=1', '--progressive=1')
