@@ -45,7 +45,7 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
     evaluated in one call of twice the batch and combined as D_u + w·(D_c − D_u)."""
     if cfg_scale is None:
         def denoise(x, sigma):
-            return net(x.to(torch.float32), sigma_on_device(sigma, x.device), class_labels, coords=coords).to(x.dtype)
+            return net(x.to(torch.float32), sigma_like(sigma, x), class_labels, coords=coords).to(x.dtype)
         return denoise
 
     if net.label_dim == 0:
@@ -58,16 +58,17 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
 
     def guided(x, sigma):
         x32 = x.to(torch.float32)
-        out = net(torch.cat([x32, x32]), sigma_on_device(sigma, x.device), both_labels, coords=both_coords).to(x.dtype)
+        out = net(torch.cat([x32, x32]), sigma_like(sigma, x), both_labels, coords=both_coords).to(x.dtype)
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)
     return guided
 
 
-def sigma_on_device(sigma, device):
-    """σ (a Python number) as a 0-dim float64 tensor on `device`, written there by a fill kernel:
-    unlike torch.tensor(σ, device=...) it copies nothing from the host, so the GPU never waits."""
-    return torch.full([], sigma, dtype=torch.float64, device=device)
+def sigma_like(sigma, x):
+    """σ (a Python number) as a 0-dim tensor of x's dtype on x's device, written there by a fill
+    kernel: unlike torch.tensor(σ, device=...) it copies nothing from the host, so the GPU never
+    waits."""
+    return x.new_full([], sigma)
 
 
 def _randn_like(rng, x):
