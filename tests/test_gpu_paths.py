@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 from torch.overrides import TorchFunctionMode
 
+from torch_utils.misc import BatchRNG
 from training import encoders, networks, sampler, training_loop
 from training.patch import PatchSchedule
 
@@ -148,6 +149,39 @@ def test_blocks_are_copied_to_the_device_one_by_one():
         images, labels = training_loop.blocks_to_device(blocks, torch.device('cpu'))
     assert torch.equal(images, torch.cat([b[0] for b in blocks])) and torch.equal(labels, torch.cat([b[1] for b in blocks]))
     assert all(any(t is m for m in moved) for block in blocks for t in block)
+
+
+class FakeVAE(torch.nn.Module):
+    """Stands in for the Stable Diffusion VAE: encodes to the 8x8 average, decodes by
+    repetition, and calls `on_call()` each time."""
+
+    def __init__(self, on_call=lambda: None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.on_call = on_call
+
+    def encode(self, x):
+        self.on_call()
+        mean = torch.nn.functional.avg_pool2d(x, 8)[:, :1].expand(-1, 4, -1, -1)
+        return type('Out', (), {'latent_dist': type('Dist', (), {'mean': mean, 'std': mean.abs() + 0.1})})
+
+    def decode(self, z):
+        self.on_call()
+        return type('Out', (), {'sample': z[:, :3].repeat_interleave(8, 2).repeat_interleave(8, 3)})
+
+
+@pytest.mark.parametrize('norm', ['scale', 'channel'])
+def test_latent_encoding_never_waits_for_the_device(norm):
+    """Encoding a training batch to normalised latents, from images (VAE on the fly) or from
+    precomputed posterior moments, copies no Python numbers to the device."""
+    encoder = encoders.StabilityVAEEncoder('unused', latent_norm=norm, channel_mean=[0.1, -0.2, 0.3, 0.0],
+                                           channel_std=[1.0, 2.0, 0.5, 1.5])
+    encoder._vae = FakeVAE()
+    rng = BatchRNG([1, 2], rows_per_seed=1)
+    with HostSyncCounter() as counter:
+        encoder.encode(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), rng)
+        encoder.encode(torch.rand(2, 8, 2, 2), rng)
+    assert counter.calls == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,24 +356,6 @@ def test_vae_runs_with_tf32_on_cuda_only(monkeypatch, restore_backends):
     with encoders.vae_precision(torch.device('cpu')):
         assert flags() == (False, False)
 
-    inside = []
-
-    class FakeVAE(torch.nn.Module):
-        """Encodes to the 8x8 average and decodes by repetition, noting whether TF32 was on."""
-
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-        def encode(self, x):
-            inside.append(flags())
-            mean = torch.nn.functional.avg_pool2d(x, 8)[:, :1].expand(-1, 4, -1, -1)
-            return type('Out', (), {'latent_dist': type('Dist', (), {'mean': mean, 'std': mean.abs()})})
-
-        def decode(self, z):
-            inside.append(flags())
-            return type('Out', (), {'sample': z[:, :3].repeat_interleave(8, 2).repeat_interleave(8, 3)})
-
     real = encoders.vae_precision
 
     def on_cuda(device):  # the CPU tensors stand for CUDA ones
@@ -347,8 +363,9 @@ def test_vae_runs_with_tf32_on_cuda_only(monkeypatch, restore_backends):
         return real(torch.device('cuda'))
 
     monkeypatch.setattr(encoders, 'vae_precision', on_cuda)
+    inside = []
     encoder = encoders.StabilityVAEEncoder('unused')
-    encoder._vae = FakeVAE()
+    encoder._vae = FakeVAE(on_call=lambda: inside.append(flags()))
     latents = encoder.encode(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
     encoder.decode(latents)
     assert inside == [(True, True), (True, True)] and flags() == (False, False)

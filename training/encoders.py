@@ -207,16 +207,15 @@ class StabilityVAEEncoder:
         return dict(mean=mean.tolist(), std=std.tolist())
 
     def _shift_gain(self, device):
-        """Per-channel (shift, gain) tensors (1, 4, 1, 1) of z_n = (z − shift)·gain."""
+        """Per-channel float32 (shift, gain) tensors (1, 4, 1, 1) of z_n = (z − shift)·gain, filled
+        in on `device` (a copy from the host every training step would make the GPU wait)."""
+        def filled(values):
+            return torch.stack([torch.full([], float(v), device=device) for v in values]).reshape(1, -1, 1, 1)
         if self.latent_norm == 'scale':
-            shift = torch.zeros(LATENT_CHANNELS)
-            gain = torch.full([LATENT_CHANNELS], self.scale)
-        else:
-            if self.channel_mean is None:
-                raise RuntimeError('channel normalisation needs statistics: call fit(dataset) first')
-            shift = torch.tensor(self.channel_mean)
-            gain = 0.5 / torch.tensor(self.channel_std).clamp(min=1e-8)
-        return (shift.reshape(1, -1, 1, 1).to(device, torch.float32), gain.reshape(1, -1, 1, 1).to(device, torch.float32))
+            return filled([0] * LATENT_CHANNELS), filled([self.scale] * LATENT_CHANNELS)
+        if self.channel_mean is None:
+            raise RuntimeError('channel normalisation needs statistics: call fit(dataset) first')
+        return filled(self.channel_mean), 0.5 / filled(self.channel_std).clamp(min=1e-8)
 
     def normalize(self, z):
         """Raw VAE latents → what the denoiser sees."""
