@@ -18,20 +18,21 @@ def pick_device(name=None):
     processes on this machine than there are visible GPUs, or when `name` picks one GPU number
     for several processes."""
     from dnnlib.util import UserError
+    if not name:
+        if torch.cuda.is_available():
+            name = 'cuda'
+        elif getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+            return torch.device('mps')
+        else:
+            return torch.device('cpu')
     try:
-        dev = torch.device(name) if name else None
+        dev = torch.device(name)
     except RuntimeError:
         raise UserError(f'--device={name}: not a device name (cpu, cuda, cuda:1, mps)') from None
-    if dev is not None and dev.type == 'cuda' and not torch.cuda.is_available():
-        raise UserError(f'--device={name}: CUDA is not available on this machine')
-    if dev is None and torch.cuda.is_available():
-        dev = torch.device('cuda')
-    if dev is None:
-        if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-            return torch.device('mps')
-        return torch.device('cpu')
     if dev.type != 'cuda':
         return dev
+    if not torch.cuda.is_available():
+        raise UserError(f'--device={name}: CUDA is not available on this machine')
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     local_procs = int(os.environ.get('LOCAL_WORLD_SIZE', str(local_rank + 1)))
     count = torch.cuda.device_count()
