@@ -307,6 +307,22 @@ def compute_features(detector, images, batch_size=64):
     return torch.cat(out).numpy() if out else np.zeros([0, FEATURE_DIM], np.float32)
 
 
+def _raise_if_any_rank_failed(failure):
+    """Collective: re-raises this rank's `failure`, or raises the first failing rank's message as
+    a UserError, so that all ranks stop together instead of hanging in the next collective."""
+    message = None
+    if isinstance(failure, UserError):
+        message = failure.message
+    elif failure is not None:
+        message = f'{type(failure).__name__}: {failure}'.splitlines()[0]
+    messages = dist.all_gather_object(message)
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise UserError(f'{message} (on rank {rank})')
+
+
 def stats_from_features(features):
     """Mean and unbiased covariance (float64) of (N, D) features, as EDM's reference files hold."""
     feats = np.asarray(features, dtype=np.float64)
@@ -338,18 +354,23 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     feat_sum = torch.zeros(FEATURE_DIM, dtype=torch.float64, device=detector.device)
     outer_sum = torch.zeros(FEATURE_DIM, FEATURE_DIM, dtype=torch.float64, device=detector.device)
     kept = []
-    with tqdm.tqdm(total=len(indices), unit='img', desc='Inception features', file=sys.stderr,
-                   disable=(not verbose or dist.tqdm_disabled())) as bar:  # closed on errors too
-        for batch in loader:
-            for _, img, error in batch:
-                if img is None:
-                    raise UserError(error)
-            feats = _detect_groups(detector, [img for _, img, _ in batch]).to(torch.float64)
-            feat_sum += feats.sum(dim=0)
-            outer_sum += feats.T @ feats
-            if return_features:
-                kept.append((np.array([i for i, _, _ in batch]), feats.to(torch.float32).cpu().numpy()))
-            bar.update(min(len(batch) * world, bar.total - bar.n))
+    failure = None
+    try:
+        with tqdm.tqdm(total=len(indices), unit='img', desc='Inception features', file=sys.stderr,
+                       disable=(not verbose or dist.tqdm_disabled())) as bar:  # closed on errors too
+            for batch in loader:
+                for _, img, error in batch:
+                    if img is None:
+                        raise UserError(error)
+                feats = _detect_groups(detector, [img for _, img, _ in batch]).to(torch.float64)
+                feat_sum += feats.sum(dim=0)
+                outer_sum += feats.T @ feats
+                if return_features:
+                    kept.append((np.array([i for i, _, _ in batch]), feats.to(torch.float32).cpu().numpy()))
+                bar.update(min(len(batch) * world, bar.total - bar.n))
+    except Exception as err:  # every rank must hear of it, or the others wait in the reduction
+        failure = err
+    _raise_if_any_rank_failed(failure)
 
     dist.all_reduce_sum(feat_sum)
     dist.all_reduce_sum(outer_sum)

@@ -171,8 +171,9 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
 
     if grid_path is not None:
         save_grid(kept, seed_list, grid_path)
+    distributed.barrier()
+    distributed.print0('Done.')  # before shutdown(), after which every process counts as rank 0
     distributed.shutdown()
-    distributed.print0('Done.')
 
 
 def save_grid(kept, seed_list, grid_path):

@@ -214,6 +214,7 @@ def build_config(opts, world_size):
         raise UserError(f'--batch={opts.batch} is not divisible by the number of processes ({world_size})')
     c.loss_scaling = opts.ls
     c.cudnn_benchmark = opts.bench
+    c.deterministic = opts.deterministic
     c.kimg_per_tick = opts.tick
     c.snapshot_ticks = opts.snap
     c.state_dump_ticks = opts.dump
@@ -282,6 +283,7 @@ def build_config(opts, world_size):
 @click.option('--bf16', help='Enable bfloat16 network body (CUDA; CPUs with AVX512-BF16 or AMX)', metavar='BOOL', type=bool, default=False)
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
 @click.option('--bench', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
+@click.option('--deterministic', help='Repeat CUDA runs exactly (slower)', metavar='BOOL', type=bool, default=False)
 @click.option('--cache', help='Cache dataset in CPU memory', metavar='BOOL', type=bool, default=True)
 @click.option('--workers', help='DataLoader worker processes', metavar='INT', type=click.IntRange(min=0), default=1)
 @click.option('--device', help='Force a device (cpu, cuda, cuda:1, mps)  [default: CUDA if available]', metavar='STR', type=str)

@@ -378,3 +378,34 @@ def test_real_weights_separate_digits_from_emoji(tmp_path, digits, emoji):
     kid_same, _ = fid.compute_kid(stats['d1'][2], stats['d2'][2], num_subsets=10)
     kid_diff, _ = fid.compute_kid(stats['d1'][2], stats['emoji'][2], num_subsets=10)
     assert kid_same < 0.2 * kid_diff, (kid_same, kid_diff)
+
+
+@pytest.mark.parametrize('failing_rank', [0, 1])
+def test_unreadable_image_on_one_rank_stops_every_rank(tmp_path, digits, standin_path, monkeypatch, failing_rank):
+    """Rank 0 of two, with rank `failing_rank` meeting a broken file: the ranks agree on the error
+    before the feature sums are reduced, so none waits in the all-reduce for one that has quit.
+    (Rank 0's half of the images is images 0 and 2; image 1 belongs to rank 1.)"""
+    detector = fid.load_detector(standin_path, device='cpu')
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    broken = os.path.join(folder, '00000', sorted(os.listdir(os.path.join(folder, '00000')))[failing_rank])
+    with open(broken, 'wb') as f:
+        f.write(b'not a png at all')
+    gathered = []
+
+    def all_gather_object(message):
+        gathered.append(message)
+        other = f'{broken}: not a readable image' if failing_rank == 1 else None
+        return [message, other]
+
+    def all_reduce_sum(tensor):
+        raise AssertionError('all-reduce reached although a rank failed')
+
+    monkeypatch.setattr(fid.dist, 'get_rank', lambda: 0)
+    monkeypatch.setattr(fid.dist, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(fid.dist, 'all_gather_object', all_gather_object)
+    monkeypatch.setattr(fid.dist, 'all_reduce_sum', all_reduce_sum)
+    with pytest.raises(fid.UserError, match='not a readable image') as err:
+        fid.calculate_inception_stats(folder, detector=detector, num_workers=0, verbose=False)
+    assert os.path.basename(broken) in err.value.message and '\n' not in err.value.message
+    assert len(gathered) == 1 and (gathered[0] is None) == (failing_rank == 1)
+    assert ('on rank 1' in err.value.message) == (failing_rank == 1)

@@ -81,6 +81,7 @@ def test_torchrun_two_processes_match_one(snapshots, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count('Done.') == 1, proc.stdout
     assert_same_images(read_pngs(tmp_path / 'one'), read_pngs(tmp_path / 'two'))
     with PIL.Image.open(tmp_path / 'one.png') as one, PIL.Image.open(tmp_path / 'two.png') as two:
         assert one.size == two.size == (48, 32)

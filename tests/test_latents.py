@@ -226,7 +226,7 @@ TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr-rampup=0.01', '--batch=8
 
 def run_train(args):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + args, cwd=ROOT, env=env,
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py')] + args + ['--device=cpu'], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run,) = os.listdir(args[args.index('--outdir') + 1])

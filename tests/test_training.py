@@ -38,8 +38,11 @@ def make_zip(path, count=64, size=16, labels=True, channels=1):
 
 
 def run_train(args, nproc=1, timeout=600):
-    """Runs train.py in a subprocess (under torchrun for nproc > 1) and returns the result."""
+    """Runs train.py on the CPU in a subprocess (under torchrun for nproc > 1) and returns the
+    result. The CPU also on GPU machines: exact comparisons need it, and two ranks must not share
+    one GPU."""
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    args = list(args) + ['--device=cpu']
     if nproc == 1:
         cmd = [sys.executable, os.path.join(ROOT, 'train.py')] + args
     else:

@@ -12,20 +12,41 @@ _device = None
 
 def pick_device(name=None):
     """Returns the device to run on: `name` if given ('cpu', 'cuda', 'cuda:1', 'mps'), else CUDA
-    when available (the local rank's GPU under torchrun), else MPS, else CPU."""
-    if name:
+    when available (GPU number LOCAL_RANK under torchrun), else MPS, else CPU.
+
+    Two processes on one GPU make NCCL abort, so a UserError is raised when torchrun starts more
+    processes on this machine than there are visible GPUs, or when `name` picks one GPU number
+    for several processes."""
+    from dnnlib.util import UserError
+    if not name:
+        if torch.cuda.is_available():
+            name = 'cuda'
+        elif getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
+            return torch.device('mps')
+        else:
+            return torch.device('cpu')
+    try:
         dev = torch.device(name)
-        if dev.type == 'cuda' and not torch.cuda.is_available():
-            from dnnlib.util import UserError
-            raise UserError(f'--device={name}: CUDA is not available on this machine')
-        if dev.type == 'cuda' and dev.index is None:
-            dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
+    except RuntimeError:
+        raise UserError(f'--device={name}: not a device name (cpu, cuda, cuda:1, mps)') from None
+    if dev.type != 'cuda':
         return dev
-    if torch.cuda.is_available():
-        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
-    if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available():
-        return torch.device('mps')
-    return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise UserError(f'--device={name}: CUDA is not available on this machine')
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    local_procs = int(os.environ.get('LOCAL_WORLD_SIZE', str(local_rank + 1)))
+    count = torch.cuda.device_count()
+    if dev.index is not None:
+        if local_procs > 1:
+            raise UserError(f'--device={name}: names one GPU for all {local_procs} processes on this machine; '
+                            f'use --device=cuda (process i takes GPU i)')
+        if dev.index >= count:
+            raise UserError(f'--device={name}: only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})')
+        return dev
+    if local_procs > count:
+        raise UserError(f'torchrun --nproc_per_node={local_procs}: only {count} GPU(s) are visible on this machine; '
+                        f'start at most {count} processes per machine, or pass --device=cpu')
+    return torch.device('cuda', local_rank)
 
 
 def init(device=None):
@@ -42,9 +63,9 @@ def init(device=None):
     if world_size > 1 and not dist.is_initialized():
         os.environ.setdefault('MASTER_ADDR', 'localhost')
         os.environ.setdefault('MASTER_PORT', '29500')
-        backend = 'nccl' if _device.type == 'cuda' else 'gloo'
-        kwargs = dict(device_id=_device) if backend == 'nccl' else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        # No device_id: torch < 2.3 rejects it and 2.7.0 can hang with it (EDM passes none);
+        # set_device above is what nccl goes by.
+        dist.init_process_group(backend='nccl' if _device.type == 'cuda' else 'gloo')
     return _device
 
 
@@ -62,8 +83,12 @@ def get_world_size():
 
 
 def barrier():
+    """Waits for every rank; on nccl it names this rank's GPU so that no other is guessed."""
     if dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == 'nccl':
+            dist.barrier(device_ids=[device().index])
+        else:
+            dist.barrier()
 
 
 def print0(*args, **kwargs):
@@ -107,7 +132,7 @@ def broadcast_object(obj, src=0):
 def shutdown():
     """Leaves the process group (call at the end of a script)."""
     if dist.is_initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 

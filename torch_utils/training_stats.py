@@ -15,12 +15,12 @@ _counters = {}
 
 def report(name, value):
     """Adds the elements of `value` (tensor, number or list) to the statistic `name`; returns
-    `value` unchanged so it can wrap an expression."""
-    elems = torch.as_tensor(value).detach().flatten().to(torch.float64).cpu()
+    `value` unchanged so it can wrap an expression. The sums stay on the tensor's device until
+    `Collector.update()`, so reporting never waits for the GPU."""
+    elems = torch.as_tensor(value).detach().flatten().to(torch.float64)
     if elems.numel():
-        moments = torch.stack([torch.tensor(float(elems.numel()), dtype=torch.float64),
-                               elems.sum(), elems.square().sum()])
-        _counters[name] = _counters.get(name, torch.zeros(3, dtype=torch.float64)) + moments
+        moments = torch.stack([elems.new_full([], elems.numel()), elems.sum(), elems.square().sum()])
+        _counters[name] = _counters[name] + moments if name in _counters else moments
     return value
 
 
@@ -41,7 +41,7 @@ class Collector:
 
     def update(self):
         """Takes everything reported since the last call on every rank and sums it."""
-        local = {name: _counters.pop(name) for name in list(_counters) if self._regex.fullmatch(name)}
+        local = {name: _counters.pop(name).cpu() for name in list(_counters) if self._regex.fullmatch(name)}
         names = set(local) | self._seen
         names = sorted(set().union(*distributed.all_gather_object(sorted(names))))
         self._seen.update(names)

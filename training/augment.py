@@ -143,7 +143,8 @@ class AugmentPipe:
 
     def _geometric(self, uni, nrm, h, w, params):
         """Inverse affine maps (N, 3, 3) in centred pixel units (output → input), or None when no
-        image gets a geometric op. Records label parts in `params`."""
+        geometric op is enabled (decided without looking at the draws, which live on the GPU).
+        Records label parts in `params`."""
         n = uni.shape[0]
         zero = uni.new_zeros(n)
         steps = []  # forward maps in application order, each given by its inverse
@@ -157,9 +158,9 @@ class AugmentPipe:
             params['yflip'] = [flag]
             steps.append(_scale_mat(zero + 1, 1 - 2 * flag))
         if self.rotate_int > 0:
-            k = torch.where(self._gate(self.rotate_int, uni[:, 4]), (uni[:, 5] * 4).floor().clamp(max=3), zero).long()
-            cos = uni.new_tensor([1, 0, -1, 0])[k]
-            sin = uni.new_tensor([0, 1, 0, -1])[k]
+            k = torch.where(self._gate(self.rotate_int, uni[:, 4]), (uni[:, 5] * 4).floor().clamp(max=3), zero)
+            cos = torch.where(k % 2 == 0, 1 - k, zero)  # 1, 0, -1, 0 for k = 0..3
+            sin = torch.where(k % 2 == 1, 2 - k, zero)  # 0, 1, 0, -1
             params['rotate_int'] = [cos - 1, sin]
             steps.append(_rotate_mat(cos, -sin))
         if self.translate_int > 0:
@@ -193,7 +194,7 @@ class AugmentPipe:
             params['translate_frac'] = [tx, ty]
             steps.append(_translate_mat(-tx * w, -ty * h))
 
-        if not _any_nonzero(params.values()):
+        if not steps:
             return None
         inv = steps[0]
         for step in steps[1:]:
@@ -204,8 +205,8 @@ class AugmentPipe:
     # Colour.
 
     def _color(self, uni, nrm, images, params):
-        """Colour matrices (N, 4, 4) acting on [r, g, b, 1], or None when no image gets a colour
-        op. Records label parts in `params`."""
+        """Colour matrices (N, 4, 4) acting on [r, g, b, 1], or None when no
+        colour op is enabled. Records label parts in `params`."""
         n = uni.shape[0]
         zero = uni.new_zeros(n)
         eye = torch.eye(4, device=uni.device).expand(n, 4, 4)
@@ -240,7 +241,7 @@ class AugmentPipe:
             params['saturation'] = [log2s]
             scale = torch.exp2(log2s).reshape(n, 1, 1)
             mat = (eye + (scale - 1) * (_rgb_part(eye) - proj)) @ mat
-        return mat if _any_nonzero(params[name] for name in names if name in params) else None
+        return mat if any(name in params for name in names) else None
 
     # ----------------------------------------------------------------------------------------
     # Labels.
@@ -260,12 +261,6 @@ class AugmentPipe:
         if not columns:
             return torch.zeros(n, 0, device=device)
         return torch.cat(columns, dim=1).to(torch.float32)
-
-
-def _any_nonzero(groups):
-    """Whether any label part is non-zero (one device sync for all of them)."""
-    flags = [part.ne(0).any() for parts in groups for part in parts]
-    return bool(torch.stack(flags).any()) if flags else False
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,8 +327,7 @@ def _source_coords(inv, h, w):
     xs = torch.arange(w, device=inv.device, dtype=torch.float32) - (w - 1) / 2
     grid = torch.stack([xs.reshape(1, w).expand(h, w), ys.reshape(h, 1).expand(h, w), torch.ones(h, w, device=inv.device)], dim=2)
     src = torch.einsum('nij,hwj->nhwi', inv[:, :2, :], grid)
-    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=inv.device, dtype=torch.float32)
-    return src + centre
+    return torch.stack([src[..., 0] + (w - 1) / 2, src[..., 1] + (h - 1) / 2], dim=-1)
 
 
 def _reflect(index, size):
@@ -346,23 +340,20 @@ def _reflect(index, size):
 
 def _warp(images, inv):
     """Resamples each image at M⁻¹q: exact look-up where all source points are pixel centres,
-    bilinear with reflection padding elsewhere."""
+    bilinear with reflection padding elsewhere. Both are computed for every image and one is
+    picked per image, which costs less than asking the GPU which images need which."""
     n, c, h, w = images.shape
     src = _source_coords(inv, h, w)
     exact = _is_integral(src)
-    out = images
-    if bool(exact.any()):
-        rounded = src.round().long()
-        col = _reflect(rounded[..., 0], w)
-        row = _reflect(rounded[..., 1], h)
-        index = (row * w + col).reshape(n, 1, h * w).expand(n, c, h * w)
-        out = images.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
-    if not bool(exact.all()):
-        norm = torch.tensor([2 / w, 2 / h], device=src.device, dtype=torch.float32)
-        grid = (src + 0.5) * norm - 1  # pixel centres for align_corners=False
-        sampled = torch.nn.functional.grid_sample(images, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
-        out = torch.where(exact.reshape(n, 1, 1, 1), out, sampled)
-    return out
+    rounded = src.round().long()
+    col = _reflect(rounded[..., 0], w)
+    row = _reflect(rounded[..., 1], h)
+    index = (row * w + col).reshape(n, 1, h * w).expand(n, c, h * w)
+    looked_up = images.reshape(n, c, h * w).gather(2, index).reshape(n, c, h, w)
+    # Pixel centres in grid_sample's units (align_corners=False).
+    grid = torch.stack([(src[..., 0] + 0.5) * (2 / w) - 1, (src[..., 1] + 0.5) * (2 / h) - 1], dim=-1)
+    sampled = torch.nn.functional.grid_sample(images, grid, mode='bilinear', padding_mode='reflection', align_corners=False)
+    return torch.where(exact.reshape(n, 1, 1, 1), looked_up, sampled)
 
 
 def _is_integral(src):

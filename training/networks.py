@@ -339,7 +339,7 @@ class SongUNet(torch.nn.Module):
         return F.silu(self.map_layer1(emb))
 
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
-        emb = self.embed(noise_labels, class_labels, augment_labels).to(x.dtype)
+        emb = self.embed(noise_labels, class_labels, augment_labels)  # fp32: the blocks cast after their affine layer
 
         skips = []
         aux = x
@@ -434,7 +434,7 @@ class DhariwalUNet(torch.nn.Module):
         return F.silu(emb)
 
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
-        emb = self.embed(noise_labels, class_labels, augment_labels).to(x.dtype)
+        emb = self.embed(noise_labels, class_labels, augment_labels)  # fp32: the blocks cast after their affine layer
         skips = []
         for layer in self.enc.values():
             x = layer(x, emb) if isinstance(layer, UNetBlock) else layer(x)

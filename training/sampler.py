@@ -44,7 +44,7 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
     evaluated in one call of twice the batch and combined as D_u + w·(D_c − D_u)."""
     if cfg_scale is None:
         def denoise(x, sigma):
-            return net(x.to(torch.float32), sigma, class_labels, coords=coords).to(x.dtype)
+            return net(x.to(torch.float32), sigma_like(sigma, x), class_labels, coords=coords).to(x.dtype)
         return denoise
 
     if net.label_dim == 0:
@@ -57,10 +57,17 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
 
     def guided(x, sigma):
         x32 = x.to(torch.float32)
-        out = net(torch.cat([x32, x32]), sigma, both_labels, coords=both_coords).to(x.dtype)
+        out = net(torch.cat([x32, x32]), sigma_like(sigma, x), both_labels, coords=both_coords).to(x.dtype)
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)
     return guided
+
+
+def sigma_like(sigma, x):
+    """σ (a Python number) as a 0-dim tensor of x's dtype on x's device, written there by a fill
+    kernel: unlike torch.tensor(σ, device=...) it copies nothing from the host, so the GPU never
+    waits."""
+    return x.new_full([], sigma)
 
 
 def _randn_like(rng, x):
@@ -77,6 +84,13 @@ def churn_gamma(sigma, num_steps, S_churn, S_min, S_max):
 def clamp_sigma_range(net, sigma_min, sigma_max):
     """The requested σ range intersected with the one the network supports."""
     return max(sigma_min, getattr(net, 'sigma_min', 0)), min(sigma_max, getattr(net, 'sigma_max', float('inf')))
+
+
+def churned_sigmas(net, sigmas, gammas):
+    """σ̂_i = round_sigma(σ_i + γ_i·σ_i) where γ_i > 0, else σ_i (Python floats), for every step in
+    one `round_sigma` call before the loop, which then never waits for the GPU."""
+    raised = _round_sigma(net, torch.tensor([s + g * s for s, g in zip(sigmas, gammas)], dtype=torch.float64)).tolist()
+    return [r if g > 0 else s for s, g, r in zip(sigmas, gammas, raised)]
 
 
 def _round_sigma(net, sigma):
@@ -117,14 +131,14 @@ def edm_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_m
     MPS), nominally in [−1, 1]. Makes 2N − 1 network calls (2N with CFG rows batched together)."""
     denoise = make_denoiser(net, class_labels, coords, cfg_scale)
     t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho).tolist()
+    gammas = [churn_gamma(t, num_steps, S_churn, S_min, S_max) for t in t_steps[:-1]]
+    t_hats = churned_sigmas(net, t_steps[:-1], gammas)
     x_next = latents.to(state_dtype(latents.device)) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
-        gamma = churn_gamma(t_cur, num_steps, S_churn, S_min, S_max)
-        t_hat = t_cur
+        t_hat = t_hats[i]
         x_hat = x_cur
-        if gamma > 0:
-            t_hat = float(_round_sigma(net, t_cur + gamma * t_cur))
+        if gammas[i] > 0:
             x_hat = x_cur + math.sqrt(t_hat ** 2 - t_cur ** 2) * S_noise * _randn_like(rng, x_cur)
 
         d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
@@ -218,7 +232,11 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
 
     sigma_steps = _round_sigma(net, ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho,
                                                          epsilon_s, C_1, C_2, M, vp_betas))
-    t_steps = [sched.sigma_inv(float(sig)) for sig in sigma_steps] + [0.0]
+    t_steps = [sched.sigma_inv(sig) for sig in sigma_steps.tolist()] + [0.0]
+    sigma_curs = [sched.sigma(t) for t in t_steps[:-1]]
+    gammas = [churn_gamma(sig, num_steps, S_churn, S_min, S_max) for sig in sigma_curs]
+    churned = churned_sigmas(net, sigma_curs, gammas)
+    t_hats = [sched.sigma_inv(sig) if g > 0 else t for sig, g, t in zip(churned, gammas, t_steps)]
     denoise = make_denoiser(net, class_labels, coords, cfg_scale)
 
     def slope(x, t):
@@ -228,12 +246,10 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
     x_next = latents.to(state_dtype(latents.device)) * (sched.sigma(t_steps[0]) * s(t_steps[0]))
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
-        sigma_cur = sched.sigma(t_cur)
-        gamma = churn_gamma(sigma_cur, num_steps, S_churn, S_min, S_max)
-        t_hat = t_cur
+        sigma_cur = sigma_curs[i]
+        t_hat = t_hats[i]
         x_hat = x_cur
-        if gamma > 0:
-            t_hat = sched.sigma_inv(float(_round_sigma(net, sigma_cur + gamma * sigma_cur)))
+        if gammas[i] > 0:
             noise_std = math.sqrt(sched.sigma(t_hat) ** 2 - sigma_cur ** 2) * s(t_hat) * S_noise
             x_hat = s(t_hat) / s(t_cur) * x_cur + noise_std * _randn_like(rng, x_cur)
 

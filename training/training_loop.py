@@ -5,7 +5,8 @@ blocks per accumulation round, compute the loss on one random crop per image, ac
 gradients, then update Adam, the learning-rate ramp and the EMA from the number of images
 actually consumed. All randomness of an image (augmentation, crop, σ, noise) comes from the
 generator of its data-loader block, so the run does not depend on how the global batch is split
-over ranks and rounds, and a resumed run repeats the uninterrupted one exactly.
+over ranks and rounds, and a resumed run repeats the uninterrupted one exactly (on CUDA with
+`deterministic=True`; otherwise cuDNN and cuBLAS may pick kernels that round differently).
 """
 
 import copy
@@ -68,19 +69,36 @@ def load_state(path):
     return state
 
 
-def _rng_state():
-    """This process's global RNG states (used by dropout and the data-loader workers' seeds)."""
+def _rng_state(device):
+    """This process's global RNG states (used by dropout and the data-loader workers' seeds): the
+    CPU's and, on a GPU, that GPU's only, so a run can resume on a machine with fewer GPUs."""
     state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state())
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state):
+def _set_rng_state(state, device):
     torch.set_rng_state(state['torch'])
     np.random.set_state(state['numpy'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and device.type == 'cuda':
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def set_backends(cudnn_benchmark, deterministic):
+    """EDM's numerics (full fp32 matmuls and convolutions, fp16 sums not reduced in fp16), and
+    with `deterministic` the same result on every CUDA run: deterministic kernels, no cuDNN
+    autotuning, a fixed cuBLAS workspace and unfused attention (this costs speed; docs/gpu.md)."""
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read when cuBLAS starts
+        for name in ('enable_flash_sdp', 'enable_mem_efficient_sdp', 'enable_cudnn_sdp'):
+            if hasattr(torch.backends.cuda, name):  # their backward passes are not deterministic
+                getattr(torch.backends.cuda, name)(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +120,15 @@ def build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
     generator = torch.Generator().manual_seed(misc.seed_to_int(seed, 4, dist.get_rank(), start_block))
     loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=batch_gpu, generator=generator, **kwargs)
     return iter(loader), sampler.first_block()
+
+
+def blocks_to_device(blocks, device):
+    """(images, labels) of data-loader blocks, concatenated on the device. Each block is copied
+    by itself: the loader's pinned blocks copy without waiting, a concatenation on the host
+    would be pageable memory again."""
+    images = torch.cat([block[0].to(device, non_blocking=True) for block in blocks])
+    labels = torch.cat([block[1].to(device, non_blocking=True) for block in blocks])
+    return images, labels
 
 
 def images_to_float(images, device):
@@ -250,6 +277,7 @@ def training_loop(
     resume_pkl=None,
     resume_state=None,
     cudnn_benchmark=True,
+    deterministic=False,
     device=torch.device('cpu'),
     step_callback=None,
 ):
@@ -261,9 +289,7 @@ def training_loop(
     start_time = time.time()
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
-    torch.backends.cudnn.benchmark = cudnn_benchmark
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    set_backends(cudnn_benchmark, deterministic)
 
     world = dist.get_world_size()
     batch_gpu_total = batch_size // world
@@ -328,7 +354,7 @@ def training_loop(
         stats_records = list(state.get('stats', []))
         rng_states = state.get('rng_states', [])
         if dist.get_rank() < len(rng_states):
-            _set_rng_state(rng_states[dist.get_rank()])
+            _set_rng_state(rng_states[dist.get_rank()], device)
         del state
 
     ddp = net
@@ -364,11 +390,10 @@ def training_loop(
                 blocks.append(next(data_iter))
                 block_ids.append(first_block + rank_blocks_taken * world)
                 rank_blocks_taken += 1
-            images = torch.cat([b[0] for b in blocks])
-            labels = torch.cat([b[1] for b in blocks]).to(device)
+            images, labels = blocks_to_device(blocks, device)
             rng = misc.BatchRNG([misc.seed_to_int(seed, 3, b) for b in block_ids], rows_per_seed=batch_gpu, device=device)
             if encoder is not None:
-                images = encoder.encode(images.to(device), rng)
+                images = encoder.encode(images, rng)
             else:
                 images = images_to_float(images, device)
             with misc.ddp_sync(ddp, sync=(round_idx == rounds - 1)):
@@ -428,7 +453,7 @@ def training_loop(
                 write_loss_plot(run_dir, stats_records)
 
         if state_dump_ticks is not None and (done or (cur_tick % state_dump_ticks == 0 and cur_tick != 0)):
-            rng_states = dist.all_gather_object(_rng_state())
+            rng_states = dist.all_gather_object(_rng_state(device))
             if dist.get_rank() == 0:
                 state = dict(net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
                              nimg=nimg, step=step, tick=cur_tick + 1, blocks_consumed=blocks_consumed,
