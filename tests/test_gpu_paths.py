@@ -47,7 +47,7 @@ class HostSyncCounter(TorchFunctionMode):
             while frame is not None and frame.f_code.co_filename.startswith(TORCH_MACHINERY):
                 frame = frame.f_back
             path = frame.f_code.co_filename if frame is not None else ''
-            if path.startswith(ROOT) and not path.startswith(self.exclude):
+            if path.startswith(ROOT) and not path.startswith(self.exclude) and 'site-packages' not in path:
                 self.calls.append(f'{name} at {os.path.relpath(path, ROOT)}:{frame.f_lineno}')
         return func(*args, **(kwargs or {}))
 
