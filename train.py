@@ -5,6 +5,7 @@ Runs as one process (`python train.py ...`) or as N processes
 Options and defaults are EDM's, plus the patch options of Patch Diffusion."""
 
 import json
+import math
 import os
 import re
 
@@ -101,6 +102,15 @@ def encoder_options(opts, dataset):
                            latent_norm=opts.latent_norm or 'scale')
 
 
+def check_finite(ctx):
+    """Raises UserError for a float option that is NaN or infinite: click's ranges let NaN
+    through, and `--duration=nan` would train forever."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f'{param.opts[0]}={value}: must be a finite number')
+
+
 def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
@@ -122,6 +132,8 @@ def build_config(opts, world_size):
     if opts.cbase is not None:
         arch['model_channels'] = opts.cbase
     if opts.cres is not None:
+        if not opts.cres or min(opts.cres) < 1:
+            raise UserError(f'--cres={",".join(map(str, opts.cres))}: channel multipliers must be 1 or more')
         arch['channel_mult'] = opts.cres
     precond_class, loss_class = PRECONDITIONINGS[opts.precond]
     c.network_kwargs = dnnlib.EasyDict(class_name=precond_class, **arch, dropout=opts.dropout, use_fp16=opts.fp16)
@@ -181,6 +193,7 @@ def build_config(opts, world_size):
         c.resume_pkl = opts.transfer
     if opts.resume is not None:
         c.resume_state = training_loop.find_resume_state(opts.resume)
+        training_loop.check_resume_state(c.resume_state, c.network_kwargs, c.batch_size)
 
     cond = 'cond' if opts.cond else 'uncond'
     precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
@@ -258,6 +271,8 @@ def main(**kwargs):
         --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
     """
     opts = dnnlib.EasyDict(kwargs)
+    check_finite(click.get_current_context())
+    dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
     c, desc = build_config(opts, dist.get_world_size())
@@ -298,6 +313,7 @@ def main(**kwargs):
     logger = None
     if dist.get_rank() == 0:
         os.makedirs(c.run_dir, exist_ok=True)
+        dnnlib.util.remove_stale_temps(c.run_dir)
         with atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
             json.dump(c, f, indent=2)
         logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)

@@ -14,9 +14,12 @@ def pick_device(name=None):
     """Returns the device to run on: `name` if given ('cpu', 'cuda', 'cuda:1', 'mps'), else CUDA
     when available (the local rank's GPU under torchrun), else MPS, else CPU."""
     if name:
-        dev = torch.device(name)
+        from dnnlib.util import UserError
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UserError(f'--device={name}: not a device name (cpu, cuda, cuda:1, mps)') from None
         if dev.type == 'cuda' and not torch.cuda.is_available():
-            from dnnlib.util import UserError
             raise UserError(f'--device={name}: CUDA is not available on this machine')
         if dev.type == 'cuda' and dev.index is None:
             dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count())
