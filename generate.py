@@ -138,7 +138,7 @@ def check_image_pixels(net, decoder, canvas, grid_count):
     pixel limit of the data sets, before any memory is allocated for it."""
     side = canvas.image_size if canvas is not None else net.img_resolution
     side *= encoders.DOWN_FACTOR if decoder is not None else 1
-    option = '--image_size' if canvas is not None else '--network'
+    option = '--image_size/--resolution' if canvas is not None else '--network'
     if side * side > MAX_IMAGE_PIXELS:
         raise UserError(f'{option}: images of {side}x{side} pixels exceed the limit of {MAX_IMAGE_PIXELS:,}')
     if grid_count is not None and grid_count * side * side > MAX_IMAGE_PIXELS:

@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -61,7 +62,9 @@ def load_state(path):
     Loaded with `weights_only=True`: a state holds only tensors, numbers, strings and containers,
     so a file whose unpickling would run code (or build any other object) is refused unread."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the error says enough
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
         reason = str(err).splitlines()[0] if isinstance(err, pickle.UnpicklingError) else type(err).__name__
         raise UserError(f'--resume: "{path}" is not a readable training state ({reason})') from None
