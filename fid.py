@@ -112,7 +112,7 @@ def shrink_for_detector(image):
     files are; smaller images stay uint8 and are resized in the batch."""
     if image.shape[1] * image.shape[2] <= INCEPTION_SIZE * INCEPTION_SIZE:
         return image
-    return nvidia_resize(torch.from_numpy(image).unsqueeze(0).to(torch.float32))[0].numpy()
+    return nvidia_resize(torch.tensor(image, dtype=torch.float32).unsqueeze(0))[0].numpy()
 
 
 class ImageFiles(torch.utils.data.Dataset):

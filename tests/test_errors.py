@@ -258,3 +258,112 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
 def test_readme_counts_the_cases():
     with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as fp:
         assert f'{len(CASES)} cases' in fp.read()
+
+# ----------------------------------------------------------------------------------------------
+# Training states hold data only.
+
+
+def test_training_state_loads_without_unpickling_code(files):
+    state = training_loop.load_state(files.state)
+    assert state['batch_size'] == 8 and state['network_kwargs']['model_channels'] == 8
+    training_loop.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
+    for path in (files.evil_state, os.path.join(files.evil_run, 'training-state-000099.pt')):
+        with pytest.raises(dnnlib.util.UserError, match='not a readable training state'):
+            training_loop.load_state(path)
+    assert not os.path.exists(files.evil_marker)
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes.
+
+
+def test_atomic_write_removes_its_temp_file_when_the_rename_fails(tmp_path):
+    target = tmp_path / 'taken'
+    os.makedirs(target / 'inside')  # os.replace cannot put a file over a non-empty folder
+    with pytest.raises(OSError):
+        with dnnlib.util.atomic_write(target, 'wb') as fp:
+            fp.write(b'data')
+    assert sorted(os.listdir(tmp_path)) == ['taken']
+
+
+def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
+    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
+    stale = tmp_path / f'.ref.npz.{dead_pid}.abcd1234.tmp'
+    stale.write_bytes(b'half a file')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(stale, (old, old))
+    fresh = tmp_path / f'.ref.npz.{dead_pid}.efgh5678.tmp'  # its writer may live on another machine
+    fresh.write_bytes(b'being written')
+    live = tmp_path / f'.ref.npz.{os.getpid()}.ijkl9012.tmp'
+    live.write_bytes(b'being written')
+    os.utime(live, (old, old))
+    other = tmp_path / f'.other.npz.{dead_pid}.mnop3456.tmp'
+    other.write_bytes(b'not this name')
+    os.utime(other, (old, old))
+    with dnnlib.util.atomic_write(tmp_path / 'ref.npz', 'wb') as fp:
+        fp.write(b'new')
+    assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, live.name, other.name, 'ref.npz'])
+    assert dnnlib.util.remove_stale_temps(tmp_path) == [str(other)]
+
+
+def test_dataset_zip_is_replaced_in_one_step(files, tmp_path, monkeypatch):
+    dest = str(tmp_path / 'd.zip')
+    assert CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    monkeypatch.setattr(os, 'rename', None)  # only os.replace may move the new zip in
+    result = CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite', '--max-images=2'])
+    assert result.exit_code == 0, result.output
+    assert len(dataset_lib.ImageFolderDataset(dest)) == 2
+    assert os.listdir(tmp_path) == ['d.zip']
+
+
+def test_data_set_folder_moved_aside_by_a_killed_run_is_put_back(files, tmp_path):
+    dest = tmp_path / 'd'
+    assert CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    dead_pid = 2**22 + 12345
+    os.rename(dest, tmp_path / f'.d.{dead_pid}.old.tmp')  # a kill between the two renames
+    half = tmp_path / f'.d.{dead_pid}.abcd1234.tmp'
+    os.makedirs(half / '00000')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(half, (old, old))
+    result = CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}'])
+    assert result.exit_code == 1 and 'already exists' in result.output  # the old data set is back
+    assert sorted(os.listdir(tmp_path)) == ['d'] and len(dataset_lib.ImageFolderDataset(dest)) == 4
+
+# ----------------------------------------------------------------------------------------------
+# Seeds and image sizes.
+
+
+def test_seed_ranges_are_lazy_and_keep_order_without_duplicates():
+    seeds = generate.parse_seeds('0-4294967295')
+    assert len(seeds) == 2**32 and seeds[-1] == 2**32 - 1 and seeds[123456789] == 123456789
+    assert len(seeds[1::3]) == (2**32 - 1 + 2) // 3 and seeds[1::3][2] == 7
+    assert list(generate.parse_seeds('5,3-7,1,6,0-2')) == [5, 3, 4, 6, 7, 1, 0, 2]
+    mixed = generate.parse_seeds('10-20,0-30,15')
+    assert list(mixed) == list(range(10, 21)) + list(range(0, 10)) + list(range(21, 31))
+    assert list(mixed[1::4]) == list(mixed)[1::4]
+
+
+def test_large_images_are_shrunk_before_batching(tmp_path):
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    folder = tmp_path / 'images'
+    os.makedirs(folder)
+    for name, img in (('big.png', big), ('small.png', small)):
+        PIL.Image.fromarray(img).save(folder / name)
+    items = fid.ImageFiles(str(folder))
+    _, shrunk, _ = items[0]
+    _, kept, _ = items[1]
+    assert shrunk.shape == (3, 299, 299) and shrunk.dtype == np.float32
+    assert kept.dtype == np.uint8 and kept.shape == (3, 32, 32)
+    resized_in_batch = fid.nvidia_resize(torch.from_numpy(big.transpose(2, 0, 1)).unsqueeze(0).float())[0]
+    torch.testing.assert_close(torch.from_numpy(shrunk), resized_in_batch)
+
+
+def test_detector_pickle_given_by_the_user_is_announced(tmp_path, capsys):
+    path = tmp_path / 'det.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(torch.nn.Identity(), fp)
+    fid._load_network_file(str(path), given=True)
+    assert 'runs the code stored in it' in capsys.readouterr().err
+    fid._load_network_file(str(path), given=False)
+    assert capsys.readouterr().err == ''
