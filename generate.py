@@ -143,7 +143,7 @@ def check_image_pixels(net, decoder, canvas, grid_count):
         raise UserError(f'{option}: images of {side}x{side} pixels exceed the limit of {MAX_IMAGE_PIXELS:,}')
     if grid_count is not None and grid_count * side * side > MAX_IMAGE_PIXELS:
         raise UserError(f'--grid: {grid_count} images of {side}x{side} exceed the limit of {MAX_IMAGE_PIXELS:,} pixels '
-                        f'per image; use --outdir or fewer --seeds')
+                        f'for one PNG; use --outdir or fewer --seeds')
 
 
 def check_grid_dest(path):

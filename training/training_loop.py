@@ -66,8 +66,11 @@ def load_state(path):
             warnings.simplefilter('ignore')
             state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
-        reason = str(err).splitlines()[0] if isinstance(err, pickle.UnpicklingError) else type(err).__name__
-        raise UserError(f'--resume: "{path}" is not a readable training state ({reason})') from None
+        found = re.search(r'GLOBAL ([\w.]+)', str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            raise UserError(f'--resume: "{path}" holds a {found.group(1)}, which training states of this version never do; '
+                            f'refused unread, since loading it could run code') from None
+        raise UserError(f'--resume: "{path}" is not a readable training state ({type(err).__name__})') from None
     if not isinstance(state, dict) or 'net' not in state or 'nimg' not in state:
         raise UserError(f'--resume: "{path}" is not a training-state file written by train.py')
     return state
