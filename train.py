@@ -5,7 +5,6 @@ Runs as one process (`python train.py ...`) or as N processes
 Options and defaults are EDM's, plus the patch options of Patch Diffusion."""
 
 import json
-import math
 import os
 import re
 
@@ -100,15 +99,6 @@ def encoder_options(opts, dataset):
         vae = encoders.check_vae_name(opts.vae or encoders.DEFAULT_VAE)
     return dnnlib.EasyDict(class_name='training.encoders.StabilityVAEEncoder', vae_name=vae,
                            latent_norm=opts.latent_norm or 'scale')
-
-
-def check_finite(ctx):
-    """Raises UserError for a float option that is NaN or infinite: click's ranges let NaN
-    through, and `--duration=nan` would train forever."""
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f'{param.opts[0]}={value}: must be a finite number')
 
 
 def build_config(opts, world_size):
@@ -271,7 +261,7 @@ def main(**kwargs):
         --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
     """
     opts = dnnlib.EasyDict(kwargs)
-    check_finite(click.get_current_context())
+    dnnlib.util.check_finite_options(click.get_current_context())  # --duration=nan would train forever
     dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')

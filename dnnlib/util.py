@@ -3,6 +3,7 @@
 import hashlib
 import importlib
 import io
+import math
 import os
 import re
 import secrets
@@ -194,6 +195,15 @@ class UserError(_UserErrorBase):
 
     def __str__(self):
         return self.message
+
+
+def check_finite_options(ctx, infinite_ok=()):
+    """Raises UserError for a float option of the click context `ctx` that is NaN, or infinite
+    unless named in `infinite_ok`: click's ranges let NaN through."""
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value) and param.name not in infinite_ok):
+            raise UserError(f'{param.opts[0]}={value}: must be a finite number')
 
 
 def check_output_dir(path, option):

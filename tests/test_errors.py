@@ -183,6 +183,8 @@ CASES = [
     Case('generate-grid-too-large', 'generate', ['--network={net}', '--grid={tmp}/g.png', '--seeds=0-999999'], ['--grid', 'limit']),
     Case('generate-image-size', 'generate', ['--network={net}', '--outdir={tmp}/out', '--image_size=100000'], ['--image_size', 'limit']),
     Case('generate-resolution', 'generate', ['--network={net}', '--outdir={tmp}/out', '--resolution=100000'], ['--resolution', 'limit']),
+    Case('generate-sigma-nan', 'generate', ['--network={net}', '--outdir={tmp}/out', '--sigma_max=nan'], ['--sigma_max', 'finite']),
+    Case('generate-cfg-inf', 'generate', ['--network={net}', '--outdir={tmp}/out', '--cfg=inf'], ['--cfg', 'finite']),
     Case('generate-device-bogus', 'generate', ['--network={net}', '--outdir={tmp}/out', '--device=bogus'], ['--device=bogus']),
     # fid.py ref
     Case('fid-dest-folder', 'fid', ['ref', '--data={digits}', '--dest={folder}', '--detector={det}'], ['--dest', '.npz']),
