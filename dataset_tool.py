@@ -266,6 +266,9 @@ def _open_npz(path, max_images):
         with np.load(path, allow_pickle=False) as npz:
             if 'images' not in npz.files:
                 raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
+            shape = _npz_shape(npz, 'images')
+            if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
+                raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
             images = npz['images']
             labels = npz['labels'] if 'labels' in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -278,6 +281,14 @@ def _open_npz(path, max_images):
         if labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
             raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
     return _array_source(path, images, labels, max_images)
+
+
+def _npz_shape(npz, key):
+    """Shape of array `key` of an open npz, read from its header without loading the array."""
+    with npz.zip.open(key + '.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[0]
 
 
 def _array_source(path, images, labels, max_images):

@@ -103,6 +103,8 @@ def files(tmp_path_factory):
     f.negative = str(root / 'negative')
     f.npz = str(root / 'digits.npz')
     np.savez(f.npz, images=np.stack(digits[:4]))
+    f.npz_bomb = str(root / 'npz_bomb.npz')
+    np.savez_compressed(f.npz_bomb, images=np.zeros([1, 12000, 12000], np.uint8))  # 144 MB unpacked from 140 kB
     f.notes = str(root / 'notes.txt')
     (root / 'notes.txt').write_text('my notes\n')
     f.notes_zip = str(root / 'notes.zip')
@@ -199,6 +201,7 @@ CASES = [
     # dataset_tool.py
     Case('tool-resolution-huge', 'dataset_tool', ['--source={npz}', '--dest={tmp}/d.zip', '--resolution=200000x200000'],
          ['--resolution', 'limit']),
+    Case('tool-npz-bomb', 'dataset_tool', ['--source={npz_bomb}', '--dest={tmp}/d.zip'], ['npz_bomb.npz', '12000x12000', 'limit']),
     Case('tool-negative-label', 'dataset_tool', ['--source={negative}', '--dest={tmp}/d.zip'], ['dataset.json', '-2', '0 or more']),
     Case('tool-bombs', 'dataset_tool', ['--source={bombs}', '--dest={tmp}/d.zip'], ['img00000000.png', 'limit']),
     Case('tool-bombs-skipped', 'dataset_tool', ['--source={root}/bomb-folder', '--dest={tmp}/d.zip', '--skip-bad'],
