@@ -501,12 +501,18 @@ def _is_dataset_member(name):
 
 def _restore_moved_aside(dest):
     """Puts back a data set that a killed run had moved aside to replace `dest` with a folder
-    (two renames); then deletes the temporary files that killed runs left beside `dest`."""
+    (two renames), or deletes it when the new one is in place; then deletes the temporary files
+    that killed runs left beside `dest`."""
     folder, name = os.path.split(os.path.abspath(dest))
     for aside in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.old.tmp')):
+        pid = re.fullmatch(r'(\d+)\.old\.tmp', aside[len(os.path.join(folder, name)) + 2:])
+        if pid is None or dnnlib.util.process_exists(int(pid.group(1))):
+            continue
         if not os.path.lexists(dest):
             os.rename(aside, dest)
-    dnnlib.util.remove_stale_temps(folder, name)
+        else:
+            shutil.rmtree(aside)
+    dnnlib.util.remove_stale_temps(folder)
 
 
 class DatasetWriter:

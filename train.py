@@ -303,7 +303,6 @@ def main(**kwargs):
     logger = None
     if dist.get_rank() == 0:
         os.makedirs(c.run_dir, exist_ok=True)
-        dnnlib.util.remove_stale_temps(c.run_dir)
         with atomic_write(os.path.join(c.run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
             json.dump(c, f, indent=2)
         logger = dnnlib.util.Logger(file_name=os.path.join(c.run_dir, 'log.txt'), file_mode='a', should_flush=True)

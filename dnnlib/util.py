@@ -235,10 +235,11 @@ def _check_writable_ancestor(folder, option):
         raise UserError(f'{option}: folder {existing} is not writable')
 
 
-# Temporary files: `.<final name>.<pid>.<random>.tmp` beside the final file, so that the name
-# says what they become and which process writes them.
-_TEMP_PATTERN = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp$')
+# Temporary files: `.<final name>.<pid>.<8 hex digits>.tmp` beside the final file, so that the
+# name says what they become and which process writes them.
+_TEMP_PATTERN = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$')
 STALE_TEMP_SECONDS = 60
+_cleaned_folders = set()  # folders this process has already cleaned
 
 
 def temp_path_for(path):
@@ -247,15 +248,21 @@ def temp_path_for(path):
     return os.path.join(folder, f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
 
 
-def _is_stale_temp(path, pid):
-    """True when the writer of a temporary file is gone: its process no longer exists here and the
-    file has not changed for a minute (the delay spares writers on other machines)."""
+def process_exists(pid):
+    """True when a process `pid` runs on this machine (whoever owns it)."""
     try:
         os.kill(pid, 0)
-        return False
     except ProcessLookupError:
-        pass
+        return False
     except OSError:  # exists, but owned by another user
+        return True
+    return True
+
+
+def is_stale_temp(path, pid):
+    """True when the writer `pid` of a temporary file is gone: no such process exists here and the
+    file has not changed for a minute (the delay spares writers on other machines)."""
+    if process_exists(pid):
         return False
     try:
         return time.time() - os.lstat(path).st_mtime > STALE_TEMP_SECONDS
@@ -263,9 +270,9 @@ def _is_stale_temp(path, pid):
         return False
 
 
-def remove_stale_temps(folder, name=None):
+def remove_stale_temps(folder):
     """Deletes the temporary files (and folders) that killed writers of this project left in
-    `folder`, those of final file `name` only when given; returns the paths removed."""
+    `folder`; returns the paths removed."""
     removed = []
     try:
         entries = os.listdir(folder)
@@ -273,10 +280,8 @@ def remove_stale_temps(folder, name=None):
         return removed
     for entry in entries:
         match = _TEMP_PATTERN.match(entry)
-        if not match or (name is not None and match.group('name') != name):
-            continue
         full = os.path.join(folder, entry)
-        if _is_stale_temp(full, int(match.group('pid'))):
+        if match and is_stale_temp(full, int(match.group('pid'))):
             try:
                 shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
                 removed.append(full)
@@ -291,8 +296,8 @@ class atomic_write:
     The file appears under its final name only when the block ends without an exception, so an
     interrupted run never leaves a truncated snapshot, state or data set behind, and whatever was
     at `path` before stays intact until the new file is complete. The temporary file is removed
-    when the block or the final rename fails, and those that killed writers left for the same
-    name are removed on entry.
+    when the block or the final rename fails, and those that killed writers left in the folder
+    are removed by the first write of this process there (one scan, even for 50k images).
 
         with atomic_write(path, 'wb') as f:
             pickle.dump(data, f)
@@ -308,7 +313,9 @@ class atomic_write:
     def __enter__(self):
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        remove_stale_temps(folder, os.path.basename(self.path))
+        if folder not in _cleaned_folders:
+            remove_stale_temps(folder)
+            _cleaned_folders.add(folder)
         self.tmp_path = temp_path_for(self.path)
         self.file = open(self.tmp_path, self.mode.replace('w', 'x'), **self.open_kwargs)
         return self.file

@@ -32,6 +32,7 @@ from training import training_loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
 TRAIN = ['--outdir={tmp}/runs', '--data={digits}', '--batch=8', '--cbase=8', '--cres=1,2', '--workers=0']
+GENERATE = ['--network={net}', '--device=cpu']
 TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.001', '--seed=1']
 
 # ----------------------------------------------------------------------------------------------
@@ -175,19 +176,19 @@ CASES = [
     Case('train-resume-code-run-dir', 'train', TRAIN + TINY_RUN + ['--resume={evil_run}'],
          ['--resume', 'training-state-000099.pt', 'posix.mkdir', 'refused']),
     # generate.py
-    Case('generate-seeds-huge', 'generate', ['--network={net}', '--outdir={tmp}/out', '--seeds=0-99999999999'], ['--seeds', '2^32']),
-    Case('generate-seed-2^32', 'generate', ['--network={net}', '--outdir={tmp}/out', '--seeds=4294967296'], ['--seeds', '4294967296']),
-    Case('generate-outdir-file', 'generate', ['--network={net}', '--outdir={notes}'], ['--outdir', 'is a file']),
-    Case('generate-outdir-read-only', 'generate', ['--network={net}', '--outdir={readonly}/out'], ['--outdir', 'not writable']),
-    Case('generate-grid-folder', 'generate', ['--network={net}', '--grid={folder}'], ['--grid', '.png']),
-    Case('generate-grid-folder-png', 'generate', ['--network={net}', '--grid={tmp}/dir.png'], ['--grid', 'is a folder']),
-    Case('generate-grid-not-png', 'generate', ['--network={net}', '--grid={tmp}/fake.png'], ['--grid', 'not a PNG']),
-    Case('generate-grid-too-large', 'generate', ['--network={net}', '--grid={tmp}/g.png', '--seeds=0-999999'], ['--grid', 'limit']),
-    Case('generate-image-size', 'generate', ['--network={net}', '--outdir={tmp}/out', '--image_size=100000'], ['--image_size', 'limit']),
-    Case('generate-resolution', 'generate', ['--network={net}', '--outdir={tmp}/out', '--resolution=100000'], ['--resolution', 'limit']),
-    Case('generate-sigma-nan', 'generate', ['--network={net}', '--outdir={tmp}/out', '--sigma_max=nan'], ['--sigma_max', 'finite']),
-    Case('generate-cfg-inf', 'generate', ['--network={net}', '--outdir={tmp}/out', '--cfg=inf'], ['--cfg', 'finite']),
-    Case('generate-device-bogus', 'generate', ['--network={net}', '--outdir={tmp}/out', '--device=bogus'], ['--device=bogus']),
+    Case('generate-seeds-huge', 'generate', GENERATE + ['--outdir={tmp}/out', '--seeds=0-99999999999'], ['--seeds', '2^32']),
+    Case('generate-seed-2^32', 'generate', GENERATE + ['--outdir={tmp}/out', '--seeds=4294967296'], ['--seeds', '4294967296']),
+    Case('generate-outdir-file', 'generate', GENERATE + ['--outdir={notes}'], ['--outdir', 'is a file']),
+    Case('generate-outdir-read-only', 'generate', GENERATE + ['--outdir={readonly}/out'], ['--outdir', 'not writable']),
+    Case('generate-grid-folder', 'generate', GENERATE + ['--grid={folder}'], ['--grid', '.png']),
+    Case('generate-grid-folder-png', 'generate', GENERATE + ['--grid={tmp}/dir.png'], ['--grid', 'is a folder']),
+    Case('generate-grid-not-png', 'generate', GENERATE + ['--grid={tmp}/fake.png'], ['--grid', 'not a PNG']),
+    Case('generate-grid-too-large', 'generate', GENERATE + ['--grid={tmp}/g.png', '--seeds=0-999999'], ['--grid', 'limit']),
+    Case('generate-image-size', 'generate', GENERATE + ['--outdir={tmp}/out', '--image_size=100000'], ['--image_size', 'limit']),
+    Case('generate-resolution', 'generate', GENERATE + ['--outdir={tmp}/out', '--resolution=100000'], ['--resolution', 'limit']),
+    Case('generate-sigma-nan', 'generate', GENERATE + ['--outdir={tmp}/out', '--sigma_max=nan'], ['--sigma_max', 'finite']),
+    Case('generate-cfg-inf', 'generate', GENERATE + ['--outdir={tmp}/out', '--cfg=inf'], ['--cfg', 'finite']),
+    Case('generate-device-bogus', 'generate', GENERATE + ['--outdir={tmp}/out', '--device=bogus'], ['--device=bogus']),
     # fid.py ref
     Case('fid-dest-folder', 'fid', ['ref', '--data={digits}', '--dest={folder}', '--detector={det}'], ['--dest', '.npz']),
     Case('fid-dest-folder-npz', 'fid', ['ref', '--data={digits}', '--dest={tmp}/dir.npz', '--detector={det}'], ['--dest', 'is a folder']),
@@ -242,8 +243,6 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
     os.makedirs(tmp_path / 'dir.zip' / 'sub')
     (tmp_path / 'fake.png').write_text('not a picture')
     args = [a.format(tmp=tmp_path, readonly=tmp_path / 'readonly', **files) for a in case.args]
-    if case.script == 'generate':
-        args.append('--device=cpu') if not any(a.startswith('--device') for a in args) else None
     before = disk_state(tmp_path, files.root)
     result = CliRunner().invoke(SCRIPTS[case.script], args)
     assert result.exit_code == 1, result.output
@@ -292,23 +291,25 @@ def test_atomic_write_removes_its_temp_file_when_the_rename_fails(tmp_path):
 
 
 def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
-    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
+    dead_pid = 2**22 + 12345  # above the largest pid Linux allows: no such process
     stale = tmp_path / f'.ref.npz.{dead_pid}.abcd1234.tmp'
     stale.write_bytes(b'half a file')
     old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
     os.utime(stale, (old, old))
-    fresh = tmp_path / f'.ref.npz.{dead_pid}.efgh5678.tmp'  # its writer may live on another machine
+    fresh = tmp_path / f'.ref.npz.{dead_pid}.ef015678.tmp'  # its writer may live on another machine
     fresh.write_bytes(b'being written')
-    live = tmp_path / f'.ref.npz.{os.getpid()}.ijkl9012.tmp'
+    live = tmp_path / f'.ref.npz.{os.getpid()}.12349012.tmp'
     live.write_bytes(b'being written')
     os.utime(live, (old, old))
-    other = tmp_path / f'.other.npz.{dead_pid}.mnop3456.tmp'
-    other.write_bytes(b'not this name')
+    other = tmp_path / f'.other.npz.{dead_pid}.a0b1c2d3.tmp'
+    other.write_bytes(b'of another file')
     os.utime(other, (old, old))
+    aside = tmp_path / f'.data.{dead_pid}.old.tmp'  # a data set that dataset_tool.py puts back
+    os.makedirs(aside)
+    os.utime(aside, (old, old))
     with dnnlib.util.atomic_write(tmp_path / 'ref.npz', 'wb') as fp:
         fp.write(b'new')
-    assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, live.name, other.name, 'ref.npz'])
-    assert dnnlib.util.remove_stale_temps(tmp_path) == [str(other)]
+    assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, live.name, aside.name, 'ref.npz'])
 
 
 def test_dataset_zip_is_replaced_in_one_step(files, tmp_path, monkeypatch):
