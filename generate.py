@@ -214,7 +214,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
         --seeds=0-49999 --subdirs
     python generate.py --network=NET.pkl --grid=wide.png --image_size=64 --seeds=0-15
     """
-    dnnlib.util.check_finite_options(click.get_current_context(), infinite_ok=('S_max',))
+    ctx = click.get_current_context()
+    dnnlib.util.check_finite_options(ctx.command, ctx.params, infinite_ok=('S_max',))
     seed_list = parse_seeds(seeds)
     if outdir is None and grid_path is None:
         raise UserError('--outdir: give an output folder (or --grid for one PNG of all samples)')

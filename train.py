@@ -105,6 +105,7 @@ def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
     c = dnnlib.EasyDict()
+    dnnlib.util.check_finite_options(main, opts)  # --duration=nan would train forever
     if opts.precond == 'pedm':
         opts.precond, opts.patch = 'edm', True
     if not 0 <= opts.real_p <= 1:
@@ -261,7 +262,6 @@ def main(**kwargs):
         --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
     """
     opts = dnnlib.EasyDict(kwargs)
-    dnnlib.util.check_finite_options(click.get_current_context())  # --duration=nan would train forever
     dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')

@@ -197,11 +197,12 @@ class UserError(_UserErrorBase):
         return self.message
 
 
-def check_finite_options(ctx, infinite_ok=()):
-    """Raises UserError for a float option of the click context `ctx` that is NaN, or infinite
-    unless named in `infinite_ok`: click's ranges let NaN through."""
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
+def check_finite_options(command, values, infinite_ok=()):
+    """Raises UserError for a float option of the click `command` whose value in `values` (a dict
+    by parameter name) is NaN, or infinite unless named in `infinite_ok`: click's ranges let NaN
+    through."""
+    for param in command.params:
+        value = values.get(param.name)
         if isinstance(value, float) and (math.isnan(value) or math.isinf(value) and param.name not in infinite_ok):
             raise UserError(f'{param.opts[0]}={value}: must be a finite number')
 
