@@ -97,6 +97,8 @@ def files(tmp_path_factory):
     os.makedirs(root / 'bomb-folder')
     for i in range(3):
         (root / 'bomb-folder' / f'{i}.png').write_bytes(bomb_png())
+    os.makedirs(root / 'huge-bomb')
+    (root / 'huge-bomb' / 'huge.png').write_bytes(bomb_png(30000, 30000))  # PIL itself refuses this one
     os.makedirs(root / 'negative')
     for i, img in enumerate(digits[:4]):
         (root / 'negative' / f'{i}.png').write_bytes(png_bytes(img))
@@ -196,7 +198,7 @@ CASES = [
     Case('fid-dest-under-file', 'fid', ['ref', '--data={digits}', '--dest={notes}/ref.npz', '--detector={det}'], ['--dest', 'is a file']),
     Case('fid-dest-read-only', 'fid', ['ref', '--data={digits}', '--dest={readonly}/ref.npz', '--detector={det}'], ['--dest', 'not writable']),
     Case('fid-bombs', 'fid', ['ref', '--data={bombs}', '--dest={tmp}/ref.npz', '--detector={det}', '--workers=0'],
-         ['img00000000.png', 'limit']),
+         ['img00000000.png', '12000x12000', 'limit']),
     Case('fid-corrupt-in-worker', 'fid', ['ref', '--data={corrupt}', '--dest={tmp}/ref.npz', '--detector={det}', '--workers=1'],
          ['img00000070.png', 'not a readable image']),
     # dataset_tool.py
@@ -204,7 +206,8 @@ CASES = [
          ['--resolution', 'limit']),
     Case('tool-npz-bomb', 'dataset_tool', ['--source={npz_bomb}', '--dest={tmp}/d.zip'], ['npz_bomb.npz', '12000x12000', 'limit']),
     Case('tool-negative-label', 'dataset_tool', ['--source={negative}', '--dest={tmp}/d.zip'], ['dataset.json', '-2', '0 or more']),
-    Case('tool-bombs', 'dataset_tool', ['--source={bombs}', '--dest={tmp}/d.zip'], ['img00000000.png', 'limit']),
+    Case('tool-bombs', 'dataset_tool', ['--source={bombs}', '--dest={tmp}/d.zip'], ['img00000000.png', '12000x12000', 'limit']),
+    Case('tool-bomb-beyond-pil', 'dataset_tool', ['--source={root}/huge-bomb', '--dest={tmp}/d.zip'], ['huge.png', 'limit']),
     Case('tool-bombs-skipped', 'dataset_tool', ['--source={root}/bomb-folder', '--dest={tmp}/d.zip', '--skip-bad'],
          ['no readable images']),
     Case('tool-overwrite-text-file', 'dataset_tool', ['--source={npz}', '--dest={notes}', '--overwrite'], ['--dest', 'is a file']),

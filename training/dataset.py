@@ -92,13 +92,13 @@ def check_image_pixels(width, height, where):
 
 def open_image(data, where):
     """Opens encoded image bytes as a PIL image (pixels not decoded yet) after checking its size
-    against MAX_IMAGE_PIXELS; PIL's own decompression-bomb warning and error give the same
-    UserError. Other decoding errors propagate."""
+    against MAX_IMAGE_PIXELS; PIL's own decompression-bomb error gives the same UserError (its
+    warning is left out: the size check here says more). Other decoding errors propagate."""
     with warnings.catch_warnings():
-        warnings.simplefilter('error', PIL.Image.DecompressionBombWarning)
+        warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
         try:
             img = PIL.Image.open(io.BytesIO(data))
-        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        except PIL.Image.DecompressionBombError:
             raise UserError(f'{where}: image is larger than the limit of {MAX_IMAGE_PIXELS:,} pixels '
                             f'(a decompression bomb, or an image to downscale first)') from None
     check_image_pixels(*img.size, where)
