@@ -40,7 +40,6 @@ Python API (for train.py, bench/quality.py and other scripts):
 """
 
 import inspect
-import io
 import os
 import pickle
 import re
