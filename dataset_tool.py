@@ -10,6 +10,7 @@ reuse the first: `open_source` reads any supported source into a stream of decod
 `DatasetWriter` stores items under a temporary name and renames it when complete.
 """
 
+import glob
 import gzip
 import io
 import json
@@ -19,7 +20,6 @@ import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import zipfile
 
 import click
@@ -27,8 +27,9 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+import dnnlib
 from dnnlib.util import UserError
-from training.dataset import convert_image, image_extensions, probe_image
+from training.dataset import MAX_IMAGE_PIXELS, convert_image, image_extensions, open_image, probe_image
 
 TRANSFORMS = ('center-crop', 'center-crop-wide')
 
@@ -63,13 +64,14 @@ class Source:
 
 
 def _decode_bytes(name, data):
-    """Decodes an encoded image (PNG, JPEG, WebP, ...) fully, so truncation is found now."""
+    """Decodes an encoded image (PNG, JPEG, WebP, ...) fully, so truncation is found now; one
+    above the pixel limit is a bad image too."""
     try:
-        img = PIL.Image.open(io.BytesIO(data))
+        img = open_image(data, name)
         img.load()
         return img
-    except PIL.Image.DecompressionBombError as err:
-        raise BadImage(f'{name}: image too large, refused as a possible decompression bomb ({err})') from None
+    except UserError as err:
+        raise BadImage(err.message) from None
     except PIL.UnidentifiedImageError:
         raise BadImage(f'{name}: not an image, or its header is damaged') from None
     except _DECODE_ERRORS as err:
@@ -96,7 +98,7 @@ def _file_source(path, names, read, labels, max_images, display):
         try:
             with io.BytesIO(read(name)) as f:
                 channels = max(channels, probe_image(f)[2])
-        except _DECODE_ERRORS + (BadImage,):
+        except _DECODE_ERRORS + (BadImage, PIL.Image.DecompressionBombError):
             pass  # reported properly when the image itself is decoded
         if channels == 3:
             break
@@ -136,6 +138,8 @@ def _json_label(path, name, label):
     """A dataset.json label as the writer stores it: an int class, or a list of floats (a single
     float becomes a one-element list, so the loader's label_shape is [1], not [])."""
     if isinstance(label, int) and not isinstance(label, bool):
+        if label < 0:
+            raise UserError(f'{path}: dataset.json label of {name} is {label}; class labels must be 0 or more')
         return label
     if isinstance(label, float):
         return [label]
@@ -262,6 +266,9 @@ def _open_npz(path, max_images):
         with np.load(path, allow_pickle=False) as npz:
             if 'images' not in npz.files:
                 raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
+            shape = _npz_shape(npz, 'images')
+            if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
+                raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
             images = npz['images']
             labels = npz['labels'] if 'labels' in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -271,7 +278,17 @@ def _open_npz(path, max_images):
     if labels is not None:
         if labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2:
             raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
+        if labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
+            raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
     return _array_source(path, images, labels, max_images)
+
+
+def _npz_shape(npz, key):
+    """Shape of array `key` of an open npz, read from its header without loading the array."""
+    with npz.zip.open(key + '.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[0]
 
 
 def _array_source(path, images, labels, max_images):
@@ -347,7 +364,10 @@ def parse_resolution(text):
     if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
         raise UserError(f'--resolution={text}: expected WxH, for example 32x32')
     width = int(m.group(1))
-    return width, int(m.group(2) or width)
+    height = int(m.group(2) or width)
+    if max(width, height) ** 2 > MAX_IMAGE_PIXELS:  # center-crop-wide makes WxW images
+        raise UserError(f'--resolution={text}: more than the limit of {MAX_IMAGE_PIXELS:,} pixels per image')
+    return width, height
 
 
 def _resize(img, size):
@@ -453,10 +473,18 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
 # Output: a zip or folder written under a temporary name and renamed when complete.
 
 def _is_replaceable_dataset(path):
-    """True when `path` is a file (zip) or a folder holding only a data set (dataset.json and
-    NNNNN/ folders): --overwrite may replace those, never an arbitrary folder such as '.'."""
+    """True when `path` holds only a data set as this tool writes it (dataset.json and NNNNN/
+    image or latent files, as a zip or a folder): --overwrite may replace those, never another
+    file or an arbitrary folder such as '.'."""
+    if os.path.isfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+        return 'dataset.json' in names and all(_is_dataset_member(n) for n in names)
     if not os.path.isdir(path):
-        return True
+        return False
     for entry in os.listdir(path):
         full = os.path.join(path, entry)
         if entry == 'dataset.json' and os.path.isfile(full):
@@ -466,11 +494,25 @@ def _is_replaceable_dataset(path):
     return True
 
 
-def _umask():
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _is_dataset_member(name):
+    """True for the members this tool writes into a zip."""
+    return name == 'dataset.json' or re.fullmatch(r'\d{5}/(img\d{8}\.(png|npy))?', name) is not None
+
+
+def _restore_moved_aside(dest):
+    """Puts back a data set that a killed run had moved aside to replace `dest` with a folder
+    (two renames), or deletes it when the new one is in place; then deletes the temporary files
+    that killed runs left beside `dest`."""
+    folder, name = os.path.split(os.path.abspath(dest))
+    for aside in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.old.tmp')):
+        pid = re.fullmatch(r'(\d+)\.old\.tmp', aside[len(os.path.join(folder, name)) + 2:])
+        if pid is None or dnnlib.util.process_exists(int(pid.group(1))):
+            continue
+        if not os.path.lexists(dest):
+            os.rename(aside, dest)
+        else:
+            shutil.rmtree(aside)
+    dnnlib.util.remove_stale_temps(folder)
 
 
 class DatasetWriter:
@@ -488,27 +530,28 @@ class DatasetWriter:
         self.count = 0
         self.labels = []
         self.meta = {}  # further top-level entries of dataset.json (e.g. "latents")
+        if self.is_zip:
+            dnnlib.util.check_output_file(self.dest, '--dest')
+        else:
+            dnnlib.util.check_output_dir(self.dest, '--dest')
+        _restore_moved_aside(self.dest)
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)
             if not empty_dir and not overwrite:
                 raise UserError(f'--dest={self.dest}: already exists; pass --overwrite to replace it')
             if not empty_dir and not _is_replaceable_dataset(self.dest):
-                raise UserError(f'--dest={self.dest}: is a folder with files that are not part of a data set; not replacing it')
+                raise UserError(f'--dest={self.dest}: is not a data set written by this tool; not replacing it')
         self._tmp = None
         self._zip = None
 
     def __enter__(self):
         parent = os.path.dirname(os.path.abspath(self.dest))
         os.makedirs(parent, exist_ok=True)
-        prefix = '.' + os.path.basename(self.dest) + '.'
+        self._tmp = dnnlib.util.temp_path_for(self.dest)
         if self.is_zip:
-            fd, self._tmp = tempfile.mkstemp(dir=parent, prefix=prefix, suffix='.tmp')
-            os.close(fd)
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a data set is shared
-            self._zip = zipfile.ZipFile(self._tmp, 'w', compression=zipfile.ZIP_STORED)
+            self._zip = zipfile.ZipFile(self._tmp, 'x', compression=zipfile.ZIP_STORED)
         else:
-            self._tmp = tempfile.mkdtemp(dir=parent, prefix=prefix, suffix='.tmp')
-            os.chmod(self._tmp, 0o777 & ~_umask())
+            os.mkdir(self._tmp)
         return self
 
     def add_file(self, name, data):
@@ -565,21 +608,24 @@ class DatasetWriter:
         return False
 
     def _commit(self):
-        """Moves the finished output to `dest`; an old data set there is moved aside first and
-        put back if the move fails, then deleted."""
-        old = None
-        if os.path.lexists(self.dest):
-            old = self._tmp + '.old'
-            os.rename(self.dest, old)
+        """Moves the finished output to `dest`. Over nothing or a zip this is one `os.replace`; a
+        folder at `dest` cannot be replaced in one step, so it is moved aside first (and put back
+        by the next run if this one is killed in between), then deleted."""
+        if not os.path.isdir(self.dest):
+            if os.path.isdir(self._tmp) and os.path.lexists(self.dest):
+                os.remove(self.dest)  # a folder cannot replace a file
+            os.replace(self._tmp, self.dest)
+            self._tmp = None
+            return
+        old = os.path.join(os.path.dirname(self._tmp), f'.{os.path.basename(self.dest)}.{os.getpid()}.old.tmp')
+        os.rename(self.dest, old)
         try:
             os.rename(self._tmp, self.dest)
         except BaseException:
-            if old is not None:
-                os.rename(old, self.dest)
+            os.rename(old, self.dest)
             raise
         self._tmp = None
-        if old is not None:
-            shutil.rmtree(old) if os.path.isdir(old) else os.remove(old)
+        shutil.rmtree(old)
 
 
 # ----------------------------------------------------------------------------------------------

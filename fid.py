@@ -40,7 +40,6 @@ Python API (for train.py, bench/quality.py and other scripts):
 """
 
 import inspect
-import io
 import os
 import pickle
 import re
@@ -55,7 +54,7 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
-from training.dataset import StoredFiles
+from training.dataset import StoredFiles, open_image
 
 EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 FEATURE_DIM = 2048
@@ -94,10 +93,10 @@ def list_image_files(path):
     return files, names
 
 
-def decode_image(data):
-    """Decodes image bytes into a uint8 CHW array with 1 (grey) or 3 (RGB) channels."""
-    import PIL.Image
-    with PIL.Image.open(io.BytesIO(data)) as img:
+def decode_image(data, where='image'):
+    """Decodes image bytes into a uint8 CHW array with 1 (grey) or 3 (RGB) channels; UserError
+    naming `where` for an image above the pixel limit."""
+    with open_image(data, where) as img:
         if img.mode in ('1', 'L', 'LA'):
             img = img.convert('L')
         elif img.mode != 'RGB':
@@ -106,8 +105,18 @@ def decode_image(data):
     return arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
+def shrink_for_detector(image):
+    """An image larger than the detector's input comes back resized to it (float32, as the
+    detector would resize it), so that batches hold at most 299x299 images however large the
+    files are; smaller images stay uint8 and are resized in the batch."""
+    if image.shape[1] * image.shape[2] <= INCEPTION_SIZE * INCEPTION_SIZE:
+        return image
+    return nvidia_resize(torch.tensor(image, dtype=torch.float32).unsqueeze(0))[0].numpy()
+
+
 class ImageFiles(torch.utils.data.Dataset):
-    """The images of a folder or zip, decoded on demand (in DataLoader workers when there are any).
+    """The images of a folder or zip, decoded on demand (in DataLoader workers when there are any)
+    and shrunk to the detector's input size when larger.
 
     Items are `(index, image or None, error message)`, so that an undecodable file is reported
     by name from the main process rather than as a worker traceback."""
@@ -120,11 +129,13 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.names)
 
     def __getitem__(self, index):
-        name = self.names[index]
+        where = os.path.join(self.path, self.names[index])
         try:
-            return index, decode_image(self.files.read(name)), ''
+            return index, shrink_for_detector(decode_image(self.files.read(self.names[index]), where)), ''
+        except UserError as err:
+            return index, None, err.message
         except Exception as err:  # PIL raises many types for broken files
-            return index, None, f'{os.path.join(self.path, name)}: not a readable image ({type(err).__name__}: {err})'
+            return index, None, f'{where}: not a readable image ({type(err).__name__}: {err})'
 
 
 def _collate_list(batch):
@@ -225,12 +236,15 @@ class Detector:
         return feats.to(torch.float32)
 
 
-def _load_network_file(path):
-    """Loads a TorchScript or pickle file and returns the module; UserError for anything else."""
+def _load_network_file(path, given):
+    """Loads a TorchScript or pickle file and returns the module; UserError for anything else.
+    Before unpickling a file the user `given`, says that this runs the code stored in it."""
     try:
         return torch.jit.load(path, map_location='cpu')
     except Exception:  # not a TorchScript archive; try pickle next
         pass
+    if given:
+        _info(f'{path}: loading a pickled detector, which runs the code stored in it; use only files you trust')
     try:
         with open(path, 'rb') as f:
             net = pickle.load(f)
@@ -275,7 +289,7 @@ def load_detector(spec=None, device=None):
     path, error = dist.broadcast_object((path, error))
     if error is not None:
         raise UserError(error)
-    net = _load_network_file(path)
+    net = _load_network_file(path, given=spec is not None)
     if hasattr(net, 'eval'):
         net = net.eval()
     if hasattr(net, 'to'):
@@ -511,6 +525,23 @@ def save_stats(path, mu, sigma, features=None):
         np.savez(f, **arrays)
 
 
+def check_stats_dest(path):
+    """Raises UserError unless `path` can take reference statistics: a writable .npz name that is
+    new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
+    if not path.lower().endswith('.npz'):
+        raise UserError(f'--dest={path}: reference statistics are written to a .npz file')
+    dnnlib.util.check_output_file(path, '--dest')
+    if not os.path.lexists(path):
+        return
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ours = {'mu', 'sigma'} <= set(data.files)
+    except Exception:  # anything unreadable as npz is not ours
+        ours = False
+    if not ours:
+        raise UserError(f'--dest={path}: exists and is not a reference-statistics file (no mu and sigma); not replacing it')
+
+
 def fid_label(num):
     """Names a metric by its sample count, e.g. 50000 → 'FID-50k', 2000 → 'FID-2k', 1500 → 'FID-1500'."""
     return f'FID-{num // 1000}k' if num % 1000 == 0 else f'FID-{num}'
@@ -574,6 +605,7 @@ def main():
 @common_options
 def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, num_workers):
     """Calculate reference statistics (mu, sigma) of a data set."""
+    check_stats_dest(dest_path)
     dev = dist.init(device)
     result = calculate_inception_stats(dataset_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
                                        detector=detector, device=dev, num_workers=num_workers, return_features=save_features)

@@ -7,21 +7,50 @@ Every seed has its own random generator, so an image depends only on its seed, n
 the number of processes. The sampling itself lives in `training.sampler`.
 """
 
+import bisect
+import collections.abc
+import itertools
 import os
 import re
 
 import click
 import torch
+import tqdm
 
+import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed
 from training import checkpoints, encoders, patch, sampler
+from training.dataset import MAX_IMAGE_PIXELS, probe_png_header
+
+
+MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
+
+
+class SeedList(collections.abc.Sequence):
+    """The seeds of --seeds as a lazy sequence: disjoint ranges in the order given, so that
+    `0-4294967295` costs no memory, and slicing (each rank's `seeds[rank::world]`) stays lazy."""
+
+    def __init__(self, ranges, index=None):
+        self._ranges = ranges
+        self._starts = list(itertools.accumulate((len(r) for r in ranges), initial=0))
+        self._index = range(self._starts[-1]) if index is None else index
+
+    def __len__(self):
+        return len(self._index)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            return SeedList(self._ranges, self._index[item])
+        position = self._index[item]
+        which = bisect.bisect_right(self._starts, position) - 1
+        return self._ranges[which][position - self._starts[which]]
 
 
 def parse_seeds(text):
-    """'0-63,100' → [0, …, 63, 100]: comma-separated non-negative integers and inclusive ranges
-    a-b (a ≤ b), duplicates dropped, order kept."""
-    seeds = []
+    """'0-63,100' → SeedList [0, …, 63, 100]: comma-separated integers in [0, 2^32) and inclusive
+    ranges a-b (a ≤ b), duplicates dropped, order kept."""
+    ranges, covered = [], []  # covered: sorted disjoint (first, last) of the seeds taken so far
     for part in str(text).split(','):
         part = part.strip()
         match = re.fullmatch(r'(\d+)(?:\s*-\s*(\d+))?', part)
@@ -31,8 +60,29 @@ def parse_seeds(text):
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise UserError(f'--seeds: range "{part}" ends before it starts')
-        seeds.extend(range(first, last + 1))
-    return list(dict.fromkeys(seeds))
+        if last > MAX_SEED:
+            raise UserError(f'--seeds: "{part}" goes beyond the largest seed, {MAX_SEED} (2^32 - 1)')
+        for lo, hi in covered:  # the parts of first..last not taken yet, in increasing order
+            if hi < first or lo > last:
+                continue
+            if lo > first:
+                ranges.append(range(first, lo))
+            first = max(first, hi + 1)
+        if first <= last:
+            ranges.append(range(first, last + 1))
+        covered = _merge(covered + [(int(match.group(1)), last)])
+    return SeedList(ranges)
+
+
+def _merge(intervals):
+    """Sorted, merged list of inclusive (first, last) intervals."""
+    merged = []
+    for lo, hi in sorted(intervals):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
@@ -89,6 +139,41 @@ def build_canvas(net, resolution, image_size, x_start, y_start):
     return sampler.Canvas(resolution, image_size, x_start, y_start)
 
 
+def check_image_pixels(net, decoder, canvas, grid_count):
+    """Raises UserError when one image (or the --grid of `grid_count` images) would exceed the
+    pixel limit of the data sets, before any memory is allocated for it."""
+    side = canvas.image_size if canvas is not None else net.img_resolution
+    side *= encoders.DOWN_FACTOR if decoder is not None else 1
+    option = '--image_size/--resolution' if canvas is not None else '--network'
+    if side * side > MAX_IMAGE_PIXELS:
+        raise UserError(f'{option}: images of {side}x{side} pixels exceed the limit of {MAX_IMAGE_PIXELS:,}')
+    if grid_count is not None and grid_count * side * side > MAX_IMAGE_PIXELS:
+        raise UserError(f'--grid: {grid_count} images of {side}x{side} exceed the limit of {MAX_IMAGE_PIXELS:,} pixels '
+                        f'for one PNG; use --outdir or fewer --seeds')
+
+
+def check_grid_dest(path):
+    """Raises UserError unless --grid names a writable .png that is new or already a PNG: the grid
+    never replaces a file of another kind."""
+    if not path.lower().endswith('.png'):
+        raise UserError(f'--grid={path}: the grid is written as a .png file')
+    dnnlib.util.check_output_file(path, '--grid')
+    if os.path.lexists(path):
+        with open(path, 'rb') as f:
+            if probe_png_header(f.read(26)) is None:
+                raise UserError(f'--grid={path}: exists and is not a PNG image; not replacing it')
+
+
+def iter_lazily(net, seeds, device, chunk=4096, **kwargs):
+    """`sampler.iter_sample_batches` over a long (lazy) seed sequence, `chunk` seeds at a time,
+    with one progress bar for all of them."""
+    with tqdm.tqdm(total=len(seeds), unit='img', disable=distributed.tqdm_disabled()) as bar:
+        for start in range(0, len(seeds), chunk):
+            for batch_seeds, images in sampler.iter_sample_batches(net, list(seeds[start:start + chunk]), device, **kwargs):
+                bar.update(len(batch_seeds))
+                yield batch_seeds, images
+
+
 def image_path(outdir, seed, subdirs):
     folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
     return os.path.join(folder, f'{seed:06d}.png')
@@ -142,13 +227,20 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     python generate.py --steps=256 --S_churn=40 --S_min=0.05 --S_max=50 --S_noise=1.003 \\
         --resolution 32 --on_latents=1 --batch 64 --outdir=out --seeds=0-63 --network=LATENT.pkl
     """
-    dev = distributed.init(device)
+    ctx = click.get_current_context()
+    dnnlib.util.check_finite_options(ctx.command, ctx.params, infinite_ok=('S_max',))
     seed_list = parse_seeds(seeds)
     if outdir is None and grid_path is None:
         raise UserError('--outdir: give an output folder (or --grid for one PNG of all samples)')
+    if outdir is not None:
+        dnnlib.util.check_output_dir(outdir, '--outdir')
+    if grid_path is not None:
+        check_grid_dest(grid_path)
+    dev = distributed.init(device)
     net, decoder = checkpoints.load_network(network_url)
     decoder = configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos)
     canvas = build_canvas(net, resolution, image_size, x_start, y_start)
+    check_image_pixels(net, decoder, canvas, len(seed_list) if grid_path is not None else None)
     sampler_kwargs = build_sampler_kwargs(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
                                           solver, disc, schedule, scaling, cfg)
     sampler.check_sampling_options(net, class_idx, canvas, cfg)
@@ -160,9 +252,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     my_seeds = seed_list[rank::world]
     distributed.print0(f'Generating {len(seed_list)} images from "{checkpoints.network_source(network_url)}" on {world} process(es)...')
     kept = []
-    batches = sampler.iter_sample_batches(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
-                                          canvas=canvas, decoder=decoder, progress=True, **sampler_kwargs)
-    for batch_seeds, images in batches:
+    for batch_seeds, images in iter_lazily(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
+                                           canvas=canvas, decoder=decoder, **sampler_kwargs):
         if outdir is not None:
             for seed, image in zip(batch_seeds, images):
                 sampler.save_image(image, image_path(outdir, seed, subdirs))

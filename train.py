@@ -139,6 +139,7 @@ def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
     c = dnnlib.EasyDict()
+    dnnlib.util.check_finite_options(main, opts)  # --duration=nan would train forever
     if opts.precond == 'pedm' and opts.patch is False:
         raise UserError('--patch=0: --precond=pedm means patches; use --precond=edm for plain EDM')
     if opts.precond in (None, 'pedm'):  # the original release's default: EDM with patches
@@ -159,6 +160,8 @@ def build_config(opts, world_size):
     if opts.cbase is not None:
         arch['model_channels'] = opts.cbase
     if opts.cres is not None:
+        if not opts.cres or min(opts.cres) < 1:
+            raise UserError(f'--cres={",".join(map(str, opts.cres))}: channel multipliers must be 1 or more')
         arch['channel_mult'] = opts.cres
     if opts.blocks is not None:
         arch['num_blocks'] = opts.blocks
@@ -227,6 +230,7 @@ def build_config(opts, world_size):
         c.ema_rampup_ratio = None  # as in EDM: the EMA starts from the pretrained weights
     if opts.resume is not None:
         c.resume_state = training_loop.find_resume_state(opts.resume)
+        training_loop.check_resume_state(c.resume_state, c.network_kwargs, c.batch_size)
 
     cond = 'cond' if opts.cond else 'uncond'
     precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
@@ -311,6 +315,7 @@ def main(**kwargs):
         --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
     """
     opts = dnnlib.EasyDict(kwargs)
+    dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
     if opts.bf16 and device.type == 'cpu' and not misc.cpu_has_bf16():

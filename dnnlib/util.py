@@ -3,10 +3,13 @@
 import hashlib
 import importlib
 import io
+import math
 import os
 import re
+import secrets
+import shutil
 import sys
-import tempfile
+import time
 import urllib.parse
 import urllib.request
 
@@ -160,11 +163,8 @@ def open_url(url, cache_dir=None, cache=True, num_attempts=3, verbose=True, retu
         raise IOError(f'could not download {url}: {last_error}')
 
     if cache:
-        os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=cache_dir, prefix='.tmp-')
-        with os.fdopen(fd, 'wb') as f:
+        with atomic_write(cache_path, 'wb') as f:
             f.write(data)
-        os.replace(tmp_path, cache_path)
         if return_filename:
             return cache_path
     assert not return_filename
@@ -182,9 +182,14 @@ class UserError(_UserErrorBase):
     """A mistake in the user's input (a path, an option, a file's contents).
 
     Raised by library code with a one-line message that names the file or option; the click
-    scripts print it as `Error: <message>` and exit with status 1, without a traceback."""
+    scripts print it as `Error: <message>` and exit with status 1, without a traceback. A
+    UserError raised in a DataLoader worker is rebuilt by PyTorch from a message holding the
+    worker's traceback; only its last line, the original message, is kept."""
 
     def __init__(self, message):
+        match = re.search(r'in DataLoader worker process \d+\..*\n(?:[\w.]+\.)?UserError: (.*?)\s*$', str(message), re.S)
+        if match:
+            message = match.group(1)
         super().__init__(message)
         self.message = message
 
@@ -192,12 +197,108 @@ class UserError(_UserErrorBase):
         return self.message
 
 
+def check_finite_options(command, values, infinite_ok=()):
+    """Raises UserError for a float option of the click `command` whose value in `values` (a dict
+    by parameter name) is NaN, or infinite unless named in `infinite_ok`: click's ranges let NaN
+    through."""
+    for param in command.params:
+        value = values.get(param.name)
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value) and param.name not in infinite_ok):
+            raise UserError(f'{param.opts[0]}={value}: must be a finite number')
+
+
+def check_output_dir(path, option):
+    """Raises UserError unless `path` is a folder that exists or can be made, and is writable;
+    scripts call it before any slow work so that a bad output is reported first."""
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise UserError(f'{option}={path}: is a file, not a folder')
+    _check_writable_ancestor(full, option)
+
+
+def check_output_file(path, option):
+    """Raises UserError unless `path` names a file (not a folder) in a folder that exists or can be
+    made, and is writable."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise UserError(f'{option}={path}: is a folder; give a file name')
+    _check_writable_ancestor(os.path.dirname(full), option)
+
+
+def _check_writable_ancestor(folder, option):
+    """The nearest existing ancestor of `folder` (itself included) must be a writable folder."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f'{option}: cannot create folder {folder}, {existing} is a file')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'{option}: folder {existing} is not writable')
+
+
+# Temporary files: `.<final name>.<pid>.<8 hex digits>.tmp` beside the final file, so that the
+# name says what they become and which process writes them.
+_TEMP_PATTERN = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$')
+STALE_TEMP_SECONDS = 60
+_cleaned_folders = set()  # folders this process has already cleaned
+
+
+def temp_path_for(path):
+    """A new, unused temporary name beside `path` (the file itself is not created)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+
+
+def process_exists(pid):
+    """True when a process `pid` runs on this machine (whoever owns it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but owned by another user
+        return True
+    return True
+
+
+def is_stale_temp(path, pid):
+    """True when the writer `pid` of a temporary file is gone: no such process exists here and the
+    file has not changed for a minute (the delay spares writers on other machines)."""
+    if process_exists(pid):
+        return False
+    try:
+        return time.time() - os.lstat(path).st_mtime > STALE_TEMP_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temps(folder):
+    """Deletes the temporary files (and folders) that killed writers of this project left in
+    `folder`; returns the paths removed."""
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_PATTERN.match(entry)
+        full = os.path.join(folder, entry)
+        if match and is_stale_temp(full, int(match.group('pid'))):
+            try:
+                shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
+                removed.append(full)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
+
+
 class atomic_write:
     """Context manager that writes `path` through a temporary file in the same folder.
 
     The file appears under its final name only when the block ends without an exception, so an
     interrupted run never leaves a truncated snapshot, state or data set behind, and whatever was
-    at `path` before stays intact until the new file is complete.
+    at `path` before stays intact until the new file is complete. The temporary file is removed
+    when the block or the final rename fails, and those that killed writers left in the folder
+    are removed by the first write of this process there (one scan, even for 50k images).
 
         with atomic_write(path, 'wb') as f:
             pickle.dump(data, f)
@@ -213,17 +314,19 @@ class atomic_write:
     def __enter__(self):
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        fd, self.tmp_path = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(self.path) + '.', suffix='.tmp')
-        self.file = os.fdopen(fd, self.mode, **self.open_kwargs)
+        if folder not in _cleaned_folders:
+            remove_stale_temps(folder)
+            _cleaned_folders.add(folder)
+        self.tmp_path = temp_path_for(self.path)
+        self.file = open(self.tmp_path, self.mode.replace('w', 'x'), **self.open_kwargs)
         return self.file
 
     def __exit__(self, exc_type, _exc, _tb):
-        self.file.close()
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp_path, 0o666 & ~umask)
-            os.replace(self.tmp_path, self.path)
-        else:
-            os.unlink(self.tmp_path)
+        try:
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp_path, self.path)
+        finally:
+            if os.path.lexists(self.tmp_path):
+                os.unlink(self.tmp_path)
         return False

@@ -442,7 +442,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_a_data_set(tmp_path):
     dest.mkdir()
     (dest / 'thesis.tex').write_text('precious')
     src = write_npz(tmp_path / 'a.npz', np.zeros((1, 4, 4), np.uint8))
-    expect_error(run_tool(f'--source={src}', f'--dest={dest}', '--overwrite'), 'not part of a data set')
+    expect_error(run_tool(f'--source={src}', f'--dest={dest}', '--overwrite'), 'not a data set')
     assert (dest / 'thesis.tex').read_text() == 'precious'
 
 

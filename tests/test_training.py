@@ -107,7 +107,7 @@ def test_run_leaves_snapshot_grid_stats_and_state(digits, tmp_path):
 
 
 def _state_tensors(path):
-    state = torch.load(path, map_location='cpu', weights_only=False)
+    state = torch.load(path, map_location='cpu', weights_only=True)
     return state
 
 

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -28,6 +29,10 @@ from dnnlib.util import UserError
 # Transparent pixels are composited on white: most sources with an alpha channel are icons and
 # emoji drawn for a light page (the bundled emoji set was made the same way).
 ALPHA_BACKGROUND = 255
+
+# Images with more pixels are refused wherever images are decoded (data sets, dataset_tool.py,
+# fid.py): one 8192x8192 RGB image is 200 MB decoded, and a few bytes of PNG can claim far more.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
@@ -78,6 +83,28 @@ def convert_image(img, channels):
     return img
 
 
+def check_image_pixels(width, height, where):
+    """Raises UserError naming `where` when a width x height image exceeds MAX_IMAGE_PIXELS."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f'{where}: image is {width}x{height}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels '
+                        f'(a decompression bomb, or an image to downscale first)')
+
+
+def open_image(data, where):
+    """Opens encoded image bytes as a PIL image (pixels not decoded yet) after checking its size
+    against MAX_IMAGE_PIXELS; PIL's own decompression-bomb error gives the same UserError (its
+    warning is left out: the size check here says more). Other decoding errors propagate."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+        try:
+            img = PIL.Image.open(io.BytesIO(data))
+        except PIL.Image.DecompressionBombError:
+            raise UserError(f'{where}: image is larger than the limit of {MAX_IMAGE_PIXELS:,} pixels '
+                            f'(a decompression bomb, or an image to downscale first)') from None
+    check_image_pixels(*img.size, where)
+    return img
+
+
 def probe_png_header(head):
     """Returns `(width, height, channels)` from the first 26 bytes of a PNG file, or None when
     `head` is not the start of a PNG."""
@@ -97,8 +124,10 @@ def probe_image(file):
     if found is not None:
         return found
     file.seek(0)
-    with PIL.Image.open(file) as img:
-        return img.size[0], img.size[1], mode_channels(img.mode)
+    with warnings.catch_warnings():  # callers check the size against MAX_IMAGE_PIXELS themselves
+        warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+        with PIL.Image.open(file) as img:
+            return img.size[0], img.size[1], mode_channels(img.mode)
 
 
 class Dataset(torch.utils.data.Dataset):
@@ -380,8 +409,9 @@ class ImageFolderDataset(Dataset):
                     with self._files.open(fname) as f:
                         found = probe_image(f)
                 width, height, chans = found
-            except (OSError, SyntaxError, ValueError, zipfile.BadZipFile) as err:
+            except (OSError, SyntaxError, ValueError, zipfile.BadZipFile, PIL.Image.DecompressionBombError) as err:
                 raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
+            check_image_pixels(width, height, f'{self._path}: {fname}')
             if width != height:
                 raise UserError(f'{self._path}: {fname} is {width}x{height}; images must be square')
             if size is None:
@@ -402,7 +432,7 @@ class ImageFolderDataset(Dataset):
         try:
             with self._files.open(fname) as f:
                 data = f.read()
-            with PIL.Image.open(io.BytesIO(data)) as img:
+            with open_image(data, f'{self._path}: {fname}') as img:
                 image = np.asarray(convert_image(img, self._raw_shape[1]), dtype=np.uint8)
         except (OSError, SyntaxError, ValueError) as err:
             raise UserError(f'{self._path}: cannot decode {fname} ({err})') from None

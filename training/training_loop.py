@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -59,20 +60,50 @@ def _kimg_of(path):
 
 
 def load_state(path):
-    """Reads a training-state file written by `save_state`, with a clear error for anything else."""
+    """Reads a training-state file written by `training_loop`, with a clear error for anything else.
+
+    Loaded with `weights_only=True`: a state holds only tensors, numbers, strings and containers,
+    so a file whose unpickling would run code (or build any other object) is refused unread."""
     try:
-        state = torch.load(path, map_location='cpu', weights_only=False)
+        with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the error says enough
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as err:
+        found = re.search(r'GLOBAL ([\w.]+)', str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            raise UserError(f'--resume: "{path}" holds a {found.group(1)}, which training states of this version never do; '
+                            f'refused unread, since loading it could run code') from None
         raise UserError(f'--resume: "{path}" is not a readable training state ({type(err).__name__})') from None
     if not isinstance(state, dict) or 'net' not in state or 'nimg' not in state:
         raise UserError(f'--resume: "{path}" is not a training-state file written by train.py')
     return state
 
 
+RESUMABLE_CHANGES = ('use_fp16', 'use_bf16')
+
+
+def check_resume_state(path, network_kwargs, batch_size):
+    """Loads the state at `path` and raises UserError naming every network option and the batch
+    size that differ from this run's, before a run folder is made for a resume that cannot work.
+    The precision flags may change: they do not change the weights."""
+    state = load_state(path)
+    stored = dict(state.get('network_kwargs') or {})
+    wanted = json.loads(json.dumps(network_kwargs))
+    differ = [f'{key} {stored.get(key)!r} (now {wanted.get(key)!r})' for key in sorted(set(stored) | set(wanted))
+              if key not in RESUMABLE_CHANGES and stored.get(key) != wanted.get(key)]
+    if state.get('batch_size', batch_size) != batch_size:
+        differ.append(f'--batch {state["batch_size"]} (now {batch_size})')
+    if differ:
+        raise UserError(f'--resume: "{path}" was trained with other options: {", ".join(differ)}')
+
+
 def _rng_state(device):
     """This process's global RNG states (used by dropout and the data-loader workers' seeds): the
-    CPU's and, on a GPU, that GPU's only, so a run can resume on a machine with fewer GPUs."""
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state())
+    CPU's and, on a GPU, that GPU's only, so a run can resume on a machine with fewer GPUs. Tensors
+    and numbers only, so that the state file loads with `weights_only=True`."""
+    _name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), numpy_key=torch.from_numpy(key.astype(np.int64)), numpy_pos=int(pos),
+                 numpy_has_gauss=int(has_gauss), numpy_cached_gaussian=float(cached_gaussian))
     if device.type == 'cuda':
         state['cuda'] = torch.cuda.get_rng_state(device)
     return state
@@ -80,7 +111,8 @@ def _rng_state(device):
 
 def _set_rng_state(state, device):
     torch.set_rng_state(state['torch'])
-    np.random.set_state(state['numpy'])
+    np.random.set_state(('MT19937', state['numpy_key'].numpy().astype(np.uint32), state['numpy_pos'],
+                         state['numpy_has_gauss'], state['numpy_cached_gaussian']))
     if 'cuda' in state and device.type == 'cuda':
         torch.cuda.set_rng_state(state['cuda'], device)
 
@@ -347,9 +379,12 @@ def training_loop(
     if resume_state is not None:
         dist.print0(f'Resuming from "{resume_state}"...')
         state = load_state(resume_state)
-        net.load_state_dict(state['net'])
-        ema.load_state_dict(state['ema'])
-        optimizer.load_state_dict(state['optimizer_state'])
+        try:
+            net.load_state_dict(state['net'])
+            ema.load_state_dict(state['ema'])
+            optimizer.load_state_dict(state['optimizer_state'])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f'--resume: "{resume_state}" does not fit this network ({str(err).strip().splitlines()[0]})') from None
         nimg, step, cur_tick, start_block = state['nimg'], state['step'], state['tick'], state['blocks_consumed']
         stats_records = list(state.get('stats', []))
         rng_states = state.get('rng_states', [])
@@ -457,7 +492,8 @@ def training_loop(
             if dist.get_rank() == 0:
                 state = dict(net=net.state_dict(), ema=ema.state_dict(), optimizer_state=optimizer.state_dict(),
                              nimg=nimg, step=step, tick=cur_tick + 1, blocks_consumed=blocks_consumed,
-                             rng_states=rng_states, stats=stats_records, network_kwargs=network_kwargs)
+                             rng_states=rng_states, stats=json.loads(json.dumps(stats_records)),
+                             network_kwargs=json.loads(json.dumps(network_kwargs)), batch_size=batch_size)
                 with atomic_write(os.path.join(run_dir, state_name(nimg // 1000)), 'wb') as f:
                     torch.save(state, f)
         dist.barrier()

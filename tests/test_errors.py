@@ -1,0 +1,379 @@
+"""Bad input to the four scripts, as an adversarial user gives it: every case of the table ends
+with exit status 1, one `Error:` line holding the expected words, no traceback, and nothing
+changed on disk. Also: training states never unpickle code, atomic writes clean up, seeds are
+lazy, and large images are bounded. Everything runs in-process through click's runner."""
+
+import collections
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import time
+import zipfile
+import zlib
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dataset_tool
+import dnnlib
+import fid
+import generate
+import train
+from conftest import sampling_net
+from training import dataset as dataset_lib
+from training import training_loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
+TRAIN = ['--outdir={tmp}/runs', '--data={digits}', '--batch=8', '--cbase=8', '--cres=1,2', '--workers=0']
+GENERATE = ['--network={net}', '--device=cpu']
+TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.001', '--seed=1']
+
+# ----------------------------------------------------------------------------------------------
+# Fixture files.
+
+
+def png_bytes(array):
+    buf = io.BytesIO()
+    PIL.Image.fromarray(array).save(buf, format='png')
+    return buf.getvalue()
+
+
+def bomb_png(width=12000, height=12000):
+    """A PNG of a few bytes whose header claims width x height grey pixels (a decompression bomb:
+    the pixels would be all zero)."""
+    def chunk(kind, data):
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    rows = zlib.compress(b'\0' * (width + 1) * 64)  # the first rows only: decoding must never start
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
+            + chunk(b'IDAT', rows) + chunk(b'IEND', b''))
+
+
+def write_zip(path, members, labels=None):
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        z.writestr('dataset.json', json.dumps({'labels': labels}))
+    return str(path)
+
+
+def digit_images(count, size=16):
+    data = np.load(os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz'))
+    return [np.asarray(PIL.Image.fromarray(img).resize((size, size), PIL.Image.LANCZOS)) for img in data['images'][:count]]
+
+
+def image_members(images):
+    return {f'00000/img{i:08d}.png': png_bytes(img) for i, img in enumerate(images)}
+
+
+class Evil:
+    """A pickle payload: unpickling it creates the folder `path` (harmless evidence of code run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """Every input the table refers to, made once: data sets, a trained run with its state, a
+    network snapshot, a detector, and files that are not what an option expects."""
+    root = tmp_path_factory.mktemp('inputs')
+    f = dnnlib.EasyDict(root=str(root))
+    digits = digit_images(72)
+    f.digits = write_zip(root / 'digits.zip', image_members(digits[:16]), [[f'00000/img{i:08d}.png', i % 3] for i in range(16)])
+    members = image_members(digits)
+    members['00000/img00000070.png'] = members['00000/img00000070.png'][:60]  # header intact, pixels cut off
+    f.corrupt = write_zip(root / 'corrupt.zip', members)
+    f.bombs = write_zip(root / 'bombs.zip', {f'00000/img{i:08d}.png': bomb_png() for i in range(8)})
+    os.makedirs(root / 'bomb-folder')
+    for i in range(3):
+        (root / 'bomb-folder' / f'{i}.png').write_bytes(bomb_png())
+    os.makedirs(root / 'huge-bomb')
+    (root / 'huge-bomb' / 'huge.png').write_bytes(bomb_png(30000, 30000))  # PIL itself refuses this one
+    os.makedirs(root / 'negative')
+    for i, img in enumerate(digits[:4]):
+        (root / 'negative' / f'{i}.png').write_bytes(png_bytes(img))
+    (root / 'negative' / 'dataset.json').write_text(json.dumps({'labels': [[f'{i}.png', i - 2] for i in range(4)]}))
+    f.negative = str(root / 'negative')
+    f.npz = str(root / 'digits.npz')
+    np.savez(f.npz, images=np.stack(digits[:4]))
+    f.npz_bomb = str(root / 'npz_bomb.npz')
+    np.savez_compressed(f.npz_bomb, images=np.zeros([1, 12000, 12000], np.uint8))  # 144 MB unpacked from 140 kB
+    f.notes = str(root / 'notes.txt')
+    (root / 'notes.txt').write_text('my notes\n')
+    f.notes_zip = str(root / 'notes.zip')
+    (root / 'notes.zip').write_text('my notes\n')
+    f.foreign_zip = write_zip(root / 'foreign.zip', {'report.txt': b'not images'})
+    f.folder = str(root / 'a-folder')
+    os.makedirs(f.folder)
+
+    result = CliRunner().invoke(train.main, [a.format(tmp=root, digits=f.digits) for a in TRAIN] + TINY_RUN)
+    assert result.exit_code == 0, result.output
+    (f.run,) = [str(p) for p in (root / 'runs').iterdir()]
+    (f.state,) = [os.path.join(f.run, n) for n in os.listdir(f.run) if n.startswith('training-state-')]
+
+    f.evil_marker = str(root / 'code-ran')
+    f.evil_state = str(root / 'evil.pt')
+    with open(f.evil_state, 'wb') as fp:
+        pickle.dump(dict(net=Evil(f.evil_marker), nimg=0), fp)
+    f.evil_run = str(root / 'evil-run')
+    os.makedirs(f.evil_run)
+    torch.save(dict(net=Evil(f.evil_marker), nimg=0), os.path.join(f.evil_run, 'training-state-000099.pt'))
+    with open(os.path.join(f.evil_run, 'training-state-000000.pt'), 'wb') as fp:
+        fp.write(open(f.state, 'rb').read())
+
+    f.net = str(root / 'net.pkl')
+    with open(f.net, 'wb') as fp:
+        pickle.dump(dict(ema=sampling_net()), fp)
+    f.det = str(root / 'standin.pt')
+    torch.jit.script(StandIn()).save(f.det)
+    f.stats = str(root / 'stats.npz')
+    np.savez(f.stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    f.other_npz = str(root / 'other.npz')
+    np.savez(f.other_npz, weights=np.zeros(3))
+    return f
+
+
+class StandIn(torch.nn.Module):
+    """A detector with fid-helper's contract: (N, 3, 299, 299) → (N, 2048)."""
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1).repeat(1, 683)[:, :2048]
+
+# ----------------------------------------------------------------------------------------------
+# The table: (id, script, arguments, words the one line must hold, and the one folder the case
+# may leave: only a failure during training, after the run folder was made).
+
+
+Case = collections.namedtuple('Case', 'id script args words leaves', defaults=[None])
+CASES = [
+    # train.py: outputs and options, checked before any work.
+    Case('train-outdir-file', 'train', TRAIN + ['--outdir={notes}', '-n'], ['--outdir', 'is a file']),
+    Case('train-outdir-under-file', 'train', TRAIN + ['--outdir={notes}/runs', '-n'], ['--outdir', 'is a file']),
+    Case('train-outdir-read-only', 'train', TRAIN + ['--outdir={readonly}/runs', '-n'], ['--outdir', 'not writable']),
+    Case('train-duration-nan', 'train', TRAIN + ['--duration=nan', '-n'], ['--duration', 'finite']),
+    Case('train-duration-inf', 'train', TRAIN + ['--duration=inf', '-n'], ['--duration', 'finite']),
+    Case('train-lr-nan', 'train', TRAIN + ['--lr=nan', '-n'], ['--lr', 'finite']),
+    Case('train-cres-zero', 'train', TRAIN + ['--cres=0,0', '-n'], ['--cres=0,0']),
+    Case('train-device-bogus', 'train', TRAIN + ['--device=bogus', '-n'], ['--device=bogus']),
+    # train.py: data and resume file load before the run folder is made (no -n: nothing may exist).
+    Case('train-data-bombs', 'train', TRAIN + TINY_RUN + ['--data={bombs}'], ['bombs.zip', '12000x12000', 'limit']),
+    Case('train-resume-other-network', 'train', TRAIN + TINY_RUN + ['--cbase=16', '--resume={state}'],
+         ['--resume', 'model_channels 8 (now 16)']),
+    Case('train-resume-other-batch', 'train', TRAIN + TINY_RUN + ['--batch=16', '--resume={run}'], ['--resume', '--batch 8 (now 16)']),
+    Case('train-resume-text', 'train', TRAIN + TINY_RUN + ['--resume={notes}'], ['--resume', 'not a readable training state']),
+    Case('train-resume-code-file', 'train', TRAIN + TINY_RUN + ['--resume={evil_state}'], ['--resume', 'not a readable training state']),
+    Case('train-corrupt-image-in-worker', 'train', TRAIN + TINY_RUN + ['--data={corrupt}', '--workers=1', '--patch=0',
+                                                                      '--duration=0.0001'],
+         ['corrupt.zip', 'img00000070.png'], leaves='{tmp}/runs'),
+    Case('train-resume-code-run-dir', 'train', TRAIN + TINY_RUN + ['--resume={evil_run}'],
+         ['--resume', 'training-state-000099.pt', 'posix.mkdir', 'refused']),
+    # generate.py
+    Case('generate-seeds-huge', 'generate', GENERATE + ['--outdir={tmp}/out', '--seeds=0-99999999999'], ['--seeds', '2^32']),
+    Case('generate-seed-2^32', 'generate', GENERATE + ['--outdir={tmp}/out', '--seeds=4294967296'], ['--seeds', '4294967296']),
+    Case('generate-outdir-file', 'generate', GENERATE + ['--outdir={notes}'], ['--outdir', 'is a file']),
+    Case('generate-outdir-read-only', 'generate', GENERATE + ['--outdir={readonly}/out'], ['--outdir', 'not writable']),
+    Case('generate-grid-folder', 'generate', GENERATE + ['--grid={folder}'], ['--grid', '.png']),
+    Case('generate-grid-folder-png', 'generate', GENERATE + ['--grid={tmp}/dir.png'], ['--grid', 'is a folder']),
+    Case('generate-grid-not-png', 'generate', GENERATE + ['--grid={tmp}/fake.png'], ['--grid', 'not a PNG']),
+    Case('generate-grid-too-large', 'generate', GENERATE + ['--grid={tmp}/g.png', '--seeds=0-999999'], ['--grid', 'limit']),
+    Case('generate-image-size', 'generate', GENERATE + ['--outdir={tmp}/out', '--image_size=100000'], ['--image_size', 'limit']),
+    Case('generate-resolution', 'generate', GENERATE + ['--outdir={tmp}/out', '--resolution=100000'], ['--resolution', 'limit']),
+    Case('generate-sigma-nan', 'generate', GENERATE + ['--outdir={tmp}/out', '--sigma_max=nan'], ['--sigma_max', 'finite']),
+    Case('generate-cfg-inf', 'generate', GENERATE + ['--outdir={tmp}/out', '--cfg=inf'], ['--cfg', 'finite']),
+    Case('generate-device-bogus', 'generate', GENERATE + ['--outdir={tmp}/out', '--device=bogus'], ['--device=bogus']),
+    # fid.py ref
+    Case('fid-dest-folder', 'fid', ['ref', '--data={digits}', '--dest={folder}', '--detector={det}'], ['--dest', '.npz']),
+    Case('fid-dest-folder-npz', 'fid', ['ref', '--data={digits}', '--dest={tmp}/dir.npz', '--detector={det}'], ['--dest', 'is a folder']),
+    Case('fid-dest-not-stats', 'fid', ['ref', '--data={digits}', '--dest={other_npz}', '--detector={det}'], ['--dest', 'not replacing']),
+    Case('fid-dest-under-file', 'fid', ['ref', '--data={digits}', '--dest={notes}/ref.npz', '--detector={det}'], ['--dest', 'is a file']),
+    Case('fid-dest-read-only', 'fid', ['ref', '--data={digits}', '--dest={readonly}/ref.npz', '--detector={det}'], ['--dest', 'not writable']),
+    Case('fid-bombs', 'fid', ['ref', '--data={bombs}', '--dest={tmp}/ref.npz', '--detector={det}', '--workers=0'],
+         ['img00000000.png', '12000x12000', 'limit']),
+    Case('fid-corrupt-in-worker', 'fid', ['ref', '--data={corrupt}', '--dest={tmp}/ref.npz', '--detector={det}', '--workers=1'],
+         ['img00000070.png', 'not a readable image']),
+    # dataset_tool.py
+    Case('tool-resolution-huge', 'dataset_tool', ['--source={npz}', '--dest={tmp}/d.zip', '--resolution=200000x200000'],
+         ['--resolution', 'limit']),
+    Case('tool-npz-bomb', 'dataset_tool', ['--source={npz_bomb}', '--dest={tmp}/d.zip'], ['npz_bomb.npz', '12000x12000', 'limit']),
+    Case('tool-negative-label', 'dataset_tool', ['--source={negative}', '--dest={tmp}/d.zip'], ['dataset.json', '-2', '0 or more']),
+    Case('tool-bombs', 'dataset_tool', ['--source={bombs}', '--dest={tmp}/d.zip'], ['img00000000.png', '12000x12000', 'limit']),
+    Case('tool-bomb-beyond-pil', 'dataset_tool', ['--source={root}/huge-bomb', '--dest={tmp}/d.zip'], ['huge.png', 'limit']),
+    Case('tool-bombs-skipped', 'dataset_tool', ['--source={root}/bomb-folder', '--dest={tmp}/d.zip', '--skip-bad'],
+         ['no readable images']),
+    Case('tool-overwrite-text-file', 'dataset_tool', ['--source={npz}', '--dest={notes}', '--overwrite'], ['--dest', 'is a file']),
+    Case('tool-overwrite-text-as-zip', 'dataset_tool', ['--source={npz}', '--dest={notes_zip}', '--overwrite'],
+         ['--dest', 'not a data set']),
+    Case('tool-overwrite-foreign-zip', 'dataset_tool', ['--source={npz}', '--dest={foreign_zip}', '--overwrite'],
+         ['--dest', 'not a data set']),
+    Case('tool-dest-under-file', 'dataset_tool', ['--source={npz}', '--dest={notes}/d.zip'], ['--dest', 'is a file']),
+    Case('tool-dest-read-only', 'dataset_tool', ['--source={npz}', '--dest={readonly}/d.zip'], ['--dest', 'not writable']),
+    Case('tool-dest-folder-zip', 'dataset_tool', ['--source={npz}', '--dest={tmp}/dir.zip'], ['--dest', 'is a folder']),
+]
+
+
+def disk_state(*folders):
+    """{path: (kind, size, content hash)} of everything under `folders`."""
+    state = {}
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in dirnames:
+                state[os.path.join(dirpath, name)] = ('dir',)
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                with open(path, 'rb') as fp:
+                    state[path] = ('file', hashlib.sha1(fp.read()).hexdigest())
+    return state
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
+    if 'readonly' in ''.join(case.args) and os.geteuid() == 0:
+        pytest.skip('root may write into read-only folders')
+    os.makedirs(tmp_path / 'readonly')
+    os.chmod(tmp_path / 'readonly', 0o555)
+    os.makedirs(tmp_path / 'dir.png')
+    os.makedirs(tmp_path / 'dir.npz')
+    os.makedirs(tmp_path / 'dir.zip' / 'sub')
+    (tmp_path / 'fake.png').write_text('not a picture')
+    args = [a.format(tmp=tmp_path, readonly=tmp_path / 'readonly', **files) for a in case.args]
+    before = disk_state(tmp_path, files.root)
+    result = CliRunner().invoke(SCRIPTS[case.script], args)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert 'Traceback' not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith('Error:')]
+    assert len(lines) == 1, result.output
+    for word in case.words:
+        assert word in lines[0], lines[0]
+    after = disk_state(tmp_path, files.root)
+    if case.leaves is not None:
+        left = case.leaves.format(tmp=tmp_path)
+        after = {path: value for path, value in after.items() if not path.startswith(left)}
+    assert after == before
+    assert not os.path.exists(files.evil_marker)
+
+
+def test_readme_counts_the_cases():
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as fp:
+        assert f'{len(CASES)} cases' in fp.read()
+
+# ----------------------------------------------------------------------------------------------
+# Training states hold data only.
+
+
+def test_training_state_loads_without_unpickling_code(files):
+    state = training_loop.load_state(files.state)
+    assert state['batch_size'] == 8 and state['network_kwargs']['model_channels'] == 8
+    training_loop.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
+    for path in (files.evil_state, os.path.join(files.evil_run, 'training-state-000099.pt')):
+        with pytest.raises(dnnlib.util.UserError, match='not a readable training state|could run code'):
+            training_loop.load_state(path)
+    assert not os.path.exists(files.evil_marker)
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes.
+
+
+def test_atomic_write_removes_its_temp_file_when_the_rename_fails(tmp_path):
+    target = tmp_path / 'taken'
+    os.makedirs(target / 'inside')  # os.replace cannot put a file over a non-empty folder
+    with pytest.raises(OSError):
+        with dnnlib.util.atomic_write(target, 'wb') as fp:
+            fp.write(b'data')
+    assert sorted(os.listdir(tmp_path)) == ['taken']
+
+
+def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
+    dead_pid = 2**22 + 12345  # above the largest pid Linux allows: no such process
+    stale = tmp_path / f'.ref.npz.{dead_pid}.abcd1234.tmp'
+    stale.write_bytes(b'half a file')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(stale, (old, old))
+    fresh = tmp_path / f'.ref.npz.{dead_pid}.ef015678.tmp'  # its writer may live on another machine
+    fresh.write_bytes(b'being written')
+    live = tmp_path / f'.ref.npz.{os.getpid()}.12349012.tmp'
+    live.write_bytes(b'being written')
+    os.utime(live, (old, old))
+    other = tmp_path / f'.other.npz.{dead_pid}.a0b1c2d3.tmp'
+    other.write_bytes(b'of another file')
+    os.utime(other, (old, old))
+    aside = tmp_path / f'.data.{dead_pid}.old.tmp'  # a data set that dataset_tool.py puts back
+    os.makedirs(aside)
+    os.utime(aside, (old, old))
+    with dnnlib.util.atomic_write(tmp_path / 'ref.npz', 'wb') as fp:
+        fp.write(b'new')
+    assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, live.name, aside.name, 'ref.npz'])
+
+
+def test_dataset_zip_is_replaced_in_one_step(files, tmp_path, monkeypatch):
+    dest = str(tmp_path / 'd.zip')
+    assert CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    monkeypatch.setattr(os, 'rename', None)  # only os.replace may move the new zip in
+    result = CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite', '--max-images=2'])
+    assert result.exit_code == 0, result.output
+    assert len(dataset_lib.ImageFolderDataset(dest)) == 2
+    assert os.listdir(tmp_path) == ['d.zip']
+
+
+def test_data_set_folder_moved_aside_by_a_killed_run_is_put_back(files, tmp_path):
+    dest = tmp_path / 'd'
+    assert CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    dead_pid = 2**22 + 12345
+    os.rename(dest, tmp_path / f'.d.{dead_pid}.old.tmp')  # a kill between the two renames
+    half = tmp_path / f'.d.{dead_pid}.abcd1234.tmp'
+    os.makedirs(half / '00000')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(half, (old, old))
+    result = CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}'])
+    assert result.exit_code == 1 and 'already exists' in result.output  # the old data set is back
+    assert sorted(os.listdir(tmp_path)) == ['d'] and len(dataset_lib.ImageFolderDataset(dest)) == 4
+
+# ----------------------------------------------------------------------------------------------
+# Seeds and image sizes.
+
+
+def test_seed_ranges_are_lazy_and_keep_order_without_duplicates():
+    seeds = generate.parse_seeds('0-4294967295')
+    assert len(seeds) == 2**32 and seeds[-1] == 2**32 - 1 and seeds[123456789] == 123456789
+    assert len(seeds[1::3]) == (2**32 - 1 + 2) // 3 and seeds[1::3][2] == 7
+    assert list(generate.parse_seeds('5,3-7,1,6,0-2')) == [5, 3, 4, 6, 7, 1, 0, 2]
+    mixed = generate.parse_seeds('10-20,0-30,15')
+    assert list(mixed) == list(range(10, 21)) + list(range(0, 10)) + list(range(21, 31))
+    assert list(mixed[1::4]) == list(mixed)[1::4]
+
+
+def test_large_images_are_shrunk_before_batching(tmp_path):
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    folder = tmp_path / 'images'
+    os.makedirs(folder)
+    for name, img in (('big.png', big), ('small.png', small)):
+        PIL.Image.fromarray(img).save(folder / name)
+    items = fid.ImageFiles(str(folder))
+    _, shrunk, _ = items[0]
+    _, kept, _ = items[1]
+    assert shrunk.shape == (3, 299, 299) and shrunk.dtype == np.float32
+    assert kept.dtype == np.uint8 and kept.shape == (3, 32, 32)
+    resized_in_batch = fid.nvidia_resize(torch.from_numpy(big.transpose(2, 0, 1)).unsqueeze(0).float())[0]
+    torch.testing.assert_close(torch.from_numpy(shrunk), resized_in_batch)
+
+
+def test_detector_pickle_given_by_the_user_is_announced(tmp_path, capsys):
+    path = tmp_path / 'det.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(torch.nn.Identity(), fp)
+    fid._load_network_file(str(path), given=True)
+    assert 'runs the code stored in it' in capsys.readouterr().err
+    fid._load_network_file(str(path), given=False)
+    assert capsys.readouterr().err == ''
