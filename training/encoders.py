@@ -169,7 +169,8 @@ class StabilityVAEEncoder:
         """Device of the loaded VAE (None before it is loaded)."""
         return None if self._vae is None else next(self._vae.parameters()).device
 
-    def latent_shape(self, dataset):
+    @staticmethod
+    def latent_shape(dataset):
         """(latent side, channels) of the denoiser for `dataset`: R/8 and 4 for images, the stored
         side for a data set of precomputed latents."""
         if _holds_latents(dataset):

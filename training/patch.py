@@ -6,7 +6,7 @@
 - `coord_features`: the raw two channels, or sin/cos features at 2^0..2^(F−1) (`pos_embed=F`).
 - `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities,
   optionally moving over training with `--real_p-end`, or `--progressive`), identical on every
-  rank, and how many images that step consumes.
+  rank, how many images that step consumes and how much its loss weighs (`--loss-norm`).
 - `extract_patches`: one random crop per image, with its coordinate channels.
 """
 
@@ -17,6 +17,9 @@ import torch
 
 from dnnlib.util import UserError
 from torch_utils import misc
+
+REAL_P = 0.5                  # the paper's full-image probability
+LOSS_NORMS = ('sum', 'mean')  # the first is the original release's and the default
 
 
 def coord_channels(use_coords, pos_embed=0):
@@ -130,7 +133,8 @@ def check_schedule_options(real_p, real_p_end=None, progressive=False):
 
 
 class PatchSchedule:
-    """Picks the patch side of each training step and the image multiplier that goes with it.
+    """Picks the patch side of each training step, the image multiplier and the loss weight that
+    go with it; its keyword arguments are the training loop's `patch_kwargs`.
 
     The random draw for step k comes from a generator seeded with (seed, k), so every rank picks
     the same side without communicating, and a resumed run repeats the same sequence.
@@ -139,27 +143,41 @@ class PatchSchedule:
     probability linearly from `real_p` at the start to `real_p_end` at the end of training (by
     images seen), so that patches can dominate early and full images late, or the reverse."""
 
-    def __init__(self, resolution, sizes, real_p=0.5, seed=0, progressive=False, real_p_end=None):
+    def __init__(self, resolution, patch_sizes, real_p=REAL_P, seed=0, progressive=False, real_p_end=None,
+                 loss_norm=LOSS_NORMS[0]):
         check_schedule_options(real_p, real_p_end, progressive)
+        if loss_norm not in LOSS_NORMS:
+            raise ValueError(f'unknown loss normalisation "{loss_norm}"')
         self.resolution = int(resolution)
-        self.sizes = [int(s) for s in sizes]
-        assert self.sizes == sorted(self.sizes) and self.sizes[-1] == self.resolution
+        self.patch_sizes = [int(s) for s in patch_sizes]
+        assert self.patch_sizes == sorted(self.patch_sizes) and self.patch_sizes[-1] == self.resolution
         self.real_p = real_p
         self.real_p_end = real_p_end
-        self.probs = patch_probabilities(len(self.sizes), real_p)
+        self.probs = patch_probabilities(len(self.patch_sizes), real_p)
         self.seed = seed
         self.progressive = progressive
+        self.loss_norm = loss_norm
 
     def batch_mul(self, size):
         """Images per image-slot for patches of side `size`: R // size."""
         return self.resolution // int(size)
+
+    def loss_weight(self, size):
+        """Factor on the loss of a step of side `size` (the per-image pixel sum averaged over the
+        step's images) that sets how its gradient compares with a full-image step's.
+
+        'sum' (the original release's): 1, so a step of small patches, with (s/R)² of an image's
+        pixels each, carries a smaller loss and gradient than a full-image step. 'mean': (R/s)²,
+        the per-pixel mean times the pixels of a full image: every pixel of every step weighs the
+        same, as in full-image EDM, and a full-image step is unchanged."""
+        return 1.0 if self.loss_norm == 'sum' else (self.resolution / int(size)) ** 2
 
     def probs_at(self, progress):
         """Probabilities of the sizes when a fraction `progress` of training is done."""
         if self.real_p_end is None:
             return self.probs
         fraction = min(max(float(progress), 0.0), 1.0)
-        return patch_probabilities(len(self.sizes), self.real_p + (self.real_p_end - self.real_p) * fraction)
+        return patch_probabilities(len(self.patch_sizes), self.real_p + (self.real_p_end - self.real_p) * fraction)
 
     def size_for_step(self, step, progress=0.0):
         """Patch side for training step `step`; `progress` is the fraction of training done
@@ -167,11 +185,11 @@ class PatchSchedule:
         if self.progressive:
             edges = np.cumsum(self.probs)
             index = int(np.searchsorted(edges, progress, side='right'))
-            candidates = [i for i in range(index, len(self.sizes)) if self.probs[i] > 0]
-            return self.sizes[candidates[0] if candidates else -1]
+            candidates = [i for i in range(index, len(self.patch_sizes)) if self.probs[i] > 0]
+            return self.patch_sizes[candidates[0] if candidates else -1]
         rng = np.random.default_rng(misc.seed_to_int(self.seed, step))
-        return int(self.sizes[rng.choice(len(self.sizes), p=self.probs_at(progress))])
+        return int(self.patch_sizes[rng.choice(len(self.patch_sizes), p=self.probs_at(progress))])
 
     def expected_batch_mul(self):
         """Average images per image-slot over the random draw (at the start of training)."""
-        return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.sizes)))
+        return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.patch_sizes)))

@@ -26,7 +26,6 @@ from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc, training_stats
 from training import checkpoints
-from training import loss as loss_lib
 from training import patch as patch_lib
 
 # ----------------------------------------------------------------------------------------------
@@ -134,6 +133,14 @@ def blocks_to_device(blocks, device):
 def images_to_float(images, device):
     """uint8 NCHW → float32 in [−1, 1] on the device."""
     return images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+
+
+def network_shape(dataset, encoder_kwargs):
+    """(side, channels) of the denoiser's input: the data set's images, or their latents. Read
+    from the encoder's class, so that train.py can check sizes without building an encoder."""
+    if encoder_kwargs is None:
+        return dataset.resolution, dataset.num_channels
+    return dnnlib.util.get_obj_by_name(encoder_kwargs['class_name']).latent_shape(dataset)
 
 
 def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio):
@@ -281,7 +288,10 @@ def training_loop(
     device=torch.device('cpu'),
     step_callback=None,
 ):
-    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`.
+    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`:
+    final values, checked by train.py's `build_config`. `patch_kwargs` (the arguments of
+    `training.patch.PatchSchedule` but the resolution and seed) switches patches on, None off;
+    the network needs `use_coords=True` with it.
 
     `step_callback(info)`, for benchmarks and notebooks, is called after every optimizer step with
     an EasyDict (step, nimg, net, ema, seconds = wall-clock time since the first step began); a
@@ -296,8 +306,7 @@ def training_loop(
     if batch_gpu is None or batch_gpu > batch_gpu_total:
         batch_gpu = batch_gpu_total
     rounds = batch_gpu_total // batch_gpu
-    if batch_size != batch_gpu * rounds * world:
-        raise UserError(f'--batch={batch_size} is not divisible by --batch-gpu={batch_gpu} times {world} processes')
+    assert batch_size == batch_gpu * rounds * world, 'build_config checks the batch divisibility'
 
     dist.print0('Loading data set...')
     dataset = dnnlib.construct_class_by_name(**dataset_kwargs)
@@ -307,27 +316,19 @@ def training_loop(
         encoder.fit(dataset)
         dist.print0(f'Latents: {encoder.describe()}')
 
-    net_resolution, net_channels = dataset.resolution, dataset.num_channels
-    if encoder is not None:
-        net_resolution, net_channels = encoder.latent_shape(dataset)
+    net_resolution, net_channels = network_shape(dataset, encoder_kwargs)
     dist.print0('Constructing network...')
     net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=net_resolution, img_channels=net_channels,
                                          label_dim=dataset.label_dim)
     net.train().requires_grad_(True).to(device)
-    if net_resolution % net.down_factor != 0:
-        raise UserError(f'--data: resolution {net_resolution} is not divisible by the network\'s down-sampling factor {net.down_factor}')
 
     schedule = None
-    if net.use_coords:
-        sizes = patch_lib.parse_patch_sizes(patch_kwargs.get('patch_sizes'), net_resolution, net.down_factor,
-                                            latent=encoder is not None)
-        schedule = patch_lib.PatchSchedule(net_resolution, sizes, real_p=patch_kwargs.get('real_p', 0.5), seed=seed,
-                                           progressive=patch_kwargs.get('progressive', False),
-                                           real_p_end=patch_kwargs.get('real_p_end'))
-        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)' for s, p in zip(schedule.sizes, schedule.probs)))
+    if patch_kwargs is not None:
+        schedule = patch_lib.PatchSchedule(net_resolution, seed=seed, **patch_kwargs)
+        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
+                                              for s, p in zip(schedule.patch_sizes, schedule.probs)))
         if schedule.real_p_end is not None:
             dist.print0(f'Full-image probability moves from {schedule.real_p} to {schedule.real_p_end} over training')
-    loss_norm = (patch_kwargs or {}).get('loss_norm', 'sum')
 
     dist.print0(f'Network parameters: {misc.count_parameters(net):,}')
     dist.print0('Setting up optimizer...')
@@ -378,9 +379,10 @@ def training_loop(
     dist.barrier()
     train_start_time = time.time()
     while True:
-        progress = nimg / max(total_kimg * 1000, 1)
-        patch_size = schedule.size_for_step(step, progress) if schedule is not None else None
-        batch_mul = schedule.batch_mul(patch_size) if schedule is not None else 1
+        patch_size, batch_mul, weight = None, 1, 1
+        if schedule is not None:
+            patch_size = schedule.size_for_step(step, nimg / max(total_kimg * 1000, 1))
+            batch_mul, weight = schedule.batch_mul(patch_size), schedule.loss_weight(patch_size)
         images_per_rank = batch_gpu * rounds * batch_mul
 
         optimizer.zero_grad(set_to_none=True)
@@ -403,7 +405,6 @@ def training_loop(
                 training_stats.report('Loss/loss', per_image)
                 if patch_size is not None:
                     training_stats.report(f'Loss/patch{patch_size}', per_image)
-                weight = loss_lib.patch_step_weight(loss_norm, net_resolution, patch_size)
                 loss.sum().mul(loss_scaling * weight / images_per_rank).backward()
 
         for group in optimizer.param_groups:
