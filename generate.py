@@ -14,7 +14,7 @@ import click
 import torch
 
 from dnnlib.util import UserError
-from torch_utils import distributed
+from torch_utils import distributed, png
 from training import checkpoints, encoders, patch, sampler
 
 
@@ -165,7 +165,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     for batch_seeds, images in batches:
         if outdir is not None:
             for seed, image in zip(batch_seeds, images):
-                sampler.save_image(image, image_path(outdir, seed, subdirs))
+                png.save_image(image, image_path(outdir, seed, subdirs))
         if grid_path is not None:
             kept.append((batch_seeds, images))
 
@@ -185,7 +185,7 @@ def save_grid(kept, seed_list, grid_path):
     for rank_parts in parts:
         for batch_seeds, images in rank_parts:
             by_seed.update(zip(batch_seeds, images))
-    sampler.save_image_grid(torch.stack([by_seed[seed] for seed in seed_list]), grid_path)
+    png.save_image_grid(torch.stack([by_seed[seed] for seed in seed_list]), grid_path)
 
 
 if __name__ == '__main__':

@@ -381,6 +381,7 @@ def score_run(cfg, run_dir, ref_path):
         import numpy as np
         import torch
         import fid
+        from torch_utils import png
         from training import checkpoints, sampler
         device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         scores = read_json(os.path.join(run_dir, 'scores.json'), [])
@@ -395,7 +396,7 @@ def score_run(cfg, run_dir, ref_path):
             images = sampler.sample_images(net, list(range(cfg.fid_num)), device=device, batch_size=64,
                                            num_steps=cfg.steps)
             sample_sec = time.time() - start
-            sampler.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
+            png.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
             feats = fid.compute_features(detector, images)
             mu, sigma = fid.stats_from_features(feats)
             kid, kid_std = fid.compute_kid(feats, ref['features'], seed=0)

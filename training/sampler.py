@@ -10,7 +10,6 @@
   depends only on its seed, not on the batch, the batch size or the number of processes.
   Networks trained with coordinates get the coordinate grid of a canvas (`Canvas`), built with
   `training.patch.coord_grid`, the formula training uses.
-- `save_image`, `save_image_grid`: PNG writers (grey 'L' or 'RGB' by channel count), atomic.
 
 Classifier-free guidance (`cfg_scale=w`): D = D_u + w·(D_c − D_u), D_u being the network with the
 zero label vector. Both halves are evaluated in one batched call of 2B rows.
@@ -21,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import UserError
 from torch_utils import distributed, misc
 from training import patch, schedules
 
@@ -384,47 +383,10 @@ def sample_images(net, seeds, device=None, class_idx=None, batch_size=64, canvas
     """uint8 images (len(seeds), C, H, W) on the CPU, one per seed, in the order of `seeds`.
 
     What the training loop calls for its snapshot grid, e.g.
-    `save_image_grid(sample_images(ema, range(64), device, batch_size=32), path)`. Arguments as in
+    `png.save_image_grid(sample_images(ema, range(64), device, batch_size=32), path)`. Arguments as in
     `iter_sample_batches`; an image depends only on its seed."""
     chunks = [images for _, images in iter_sample_batches(net, seeds, device, class_idx, batch_size, canvas, decoder,
                                                           progress, **sampler_kwargs)]
     if not chunks:
         raise ValueError('no seeds to sample')
     return torch.cat(chunks)
-
-# ----------------------------------------------------------------------------------------------
-# PNG output.
-
-
-def _to_pil(image_chw):
-    import PIL.Image
-    array = image_chw.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
-    if array.shape[2] == 1:
-        return PIL.Image.fromarray(array[:, :, 0], 'L')
-    if array.shape[2] == 3:
-        return PIL.Image.fromarray(array, 'RGB')
-    raise ValueError(f'cannot write an image with {array.shape[2]} channels as PNG')
-
-
-def save_image(image_chw, path):
-    """Writes one uint8 (C, H, W) image as a grey (C = 1) or RGB (C = 3) PNG, atomically."""
-    with atomic_write(path, 'wb') as f:
-        _to_pil(image_chw).save(f, format='PNG')
-
-
-def grid_shape(num_images, cols=None):
-    """(rows, cols) of a grid: `cols` columns (default ⌈√N⌉) and as many rows as needed."""
-    cols = cols or max(1, math.ceil(math.sqrt(num_images)))
-    return max(1, math.ceil(num_images / cols)), cols
-
-
-def save_image_grid(images, path, cols=None):
-    """Writes uint8 (N, C, H, W) images as one PNG grid, row-major, empty cells black, atomically.
-    The grid is rows·H by cols·W pixels (see `grid_shape`)."""
-    images = torch.as_tensor(images)
-    n, c, h, w = images.shape
-    rows, cols = grid_shape(n, cols)
-    canvas = torch.zeros([rows * cols, c, h, w], dtype=torch.uint8)
-    canvas[:n] = images.cpu().to(torch.uint8)
-    grid = canvas.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
-    save_image(grid, path)

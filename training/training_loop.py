@@ -24,7 +24,7 @@ import torch
 import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
-from torch_utils import misc, training_stats
+from torch_utils import misc, png, training_stats
 from training import checkpoints
 from training import patch as patch_lib
 
@@ -241,18 +241,17 @@ def save_sample_grid(run_dir, kimg, ema, device, encoder=None, num_images=64):
     generate.py, 18 steps)."""
     from training import sampler
     images = sampler.sample_images(ema, seeds=list(range(num_images)), device=device, decoder=encoder)
-    sampler.save_image_grid(images, os.path.join(run_dir, f'samples-{int(kimg):06d}.png'))
+    png.save_image_grid(images, os.path.join(run_dir, f'samples-{int(kimg):06d}.png'))
 
 
 def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
     """`reals.png`: the first training images, for comparison with the sample grids (precomputed
     latents are shown decoded from their posterior means)."""
-    from training import sampler
     count = min(num_images, len(dataset))
     images = torch.as_tensor(np.stack([dataset[i][0] for i in range(count)]))
     if encoder is not None and images.dtype != torch.uint8:
         images = encoder.decode(encoder.encode(images.to(encoder.vae_device)))
-    sampler.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
+    png.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
 
 
 # ----------------------------------------------------------------------------------------------
