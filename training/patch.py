@@ -1,14 +1,6 @@
-"""Everything that makes Patch Diffusion differ from plain EDM training, in one place.
-
-- `coord_grid`: the one formula for pixel coordinates, used by training, sampling and tests:
-  pixel index i of an image of side R maps to (i / (R − 1) − 0.5)·2, so a full image spans
-  exactly [−1, 1]; channel 0 is x (column), channel 1 is y (row).
-- `coord_features`: the raw two channels, or sin/cos features at 2^0..2^(F−1) (`pos_embed=F`).
-- `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities,
-  optionally moving over training with `--real_p-end`, or `--progressive`), identical on every
-  rank, how many images that step consumes and how much its loss weighs (`--loss-norm`).
-- `extract_patches`: one random crop per image, with its coordinate channels.
-"""
+"""Everything that makes Patch Diffusion differ from plain EDM training, in one place: the pixel
+coordinates (`coord_grid` is the only formula), random patch crops, and `PatchSchedule`, which
+picks each step's patch side identically on every rank."""
 
 import math
 
@@ -60,12 +52,8 @@ def coord_features(coords, pos_embed=0):
 
 
 def extract_patches(images, patch_size, rng=None):
-    """One `patch_size` crop per image at a uniformly random position, with its coordinates.
-
-    images: (N, C, R, R). The top-left row and column are each drawn from 0..R−patch_size
-    inclusive, per image, from `rng` (a `torch_utils.misc.BatchRNG`) or the global generator.
-    Returns (patches (N, C, s, s), coords (N, 2, s, s)). With patch_size == R the patches are the
-    images and the coordinates the full grid."""
+    """One `patch_size` crop per (N, C, R, R) image at a uniformly random position, drawn from `rng`
+    (a `BatchRNG`) or the global generator; returns (patches, coords (N, 2, s, s))."""
     n, _c, height, width = images.shape
     s = int(patch_size)
     if s > height or s > width:
@@ -91,10 +79,8 @@ def default_patch_sizes(resolution, latent=False):
 
 
 def patch_probabilities(num_sizes, real_p):
-    """Probabilities of the sizes in ascending order, the largest (full image) taking `real_p`.
-
-    The smaller sizes share 1 − real_p with weights 2, 3, 4, ... (smallest first), which gives the
-    paper's ((1 − p)·2/5, (1 − p)·3/5, p) for three sizes and (1 − p, p) for two."""
+    """Probabilities of the sizes in ascending order: the full image takes `real_p`, the smaller
+    sizes share 1 − real_p with weights 2, 3, 4, … (the paper's 2/5, 3/5 for three sizes)."""
     if num_sizes == 1:
         return [1.0]
     weights = np.arange(2, num_sizes + 1, dtype=np.float64)
@@ -133,15 +119,12 @@ def check_schedule_options(real_p, real_p_end=None, progressive=False):
 
 
 class PatchSchedule:
-    """Picks the patch side of each training step, the image multiplier and the loss weight that
-    go with it; its keyword arguments are the training loop's `patch_kwargs`.
+    """Picks each step's patch side and the image multiplier and loss weight that go with it; its
+    keyword arguments are the training loop's `patch_kwargs`.
 
-    The random draw for step k comes from a generator seeded with (seed, k), so every rank picks
-    the same side without communicating, and a resumed run repeats the same sequence.
-    `progressive=True` instead uses the smallest side for the first fraction of training equal
-    to its probability, then the next, and full images last. `real_p_end` moves the full-image
-    probability linearly from `real_p` at the start to `real_p_end` at the end of training (by
-    images seen), so that patches can dominate early and full images late, or the reverse."""
+    Step k draws from a generator seeded with (seed, k), so every rank agrees without communicating
+    and a resumed run repeats the sequence. `progressive` orders the sizes by training progress
+    instead; `real_p_end` moves the full-image probability linearly to that value by the end."""
 
     def __init__(self, resolution, patch_sizes, real_p=REAL_P, seed=0, progressive=False, real_p_end=None,
                  loss_norm=LOSS_NORMS[0]):
@@ -163,13 +146,8 @@ class PatchSchedule:
         return self.resolution // int(size)
 
     def loss_weight(self, size):
-        """Factor on the loss of a step of side `size` (the per-image pixel sum averaged over the
-        step's images) that sets how its gradient compares with a full-image step's.
-
-        'sum' (the original release's): 1, so a step of small patches, with (s/R)² of an image's
-        pixels each, carries a smaller loss and gradient than a full-image step. 'mean': (R/s)²,
-        the per-pixel mean times the pixels of a full image: every pixel of every step weighs the
-        same, as in full-image EDM, and a full-image step is unchanged."""
+        """Factor on the loss of a step of side `size`: 1 for 'sum' (the original release's: a patch
+        step weighs less than a full-image step), (R/s)² for 'mean' (every pixel weighs the same)."""
         return 1.0 if self.loss_norm == 'sum' else (self.resolution / int(size)) ** 2
 
     def probs_at(self, progress):

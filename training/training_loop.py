@@ -1,13 +1,7 @@
-"""The training loop: EDM's loop with the patch schedule plugged into it.
-
-One step: pick the patch side s for the step (the same on every rank), take R // s data-loader
-blocks per accumulation round, compute the loss on one random crop per image, accumulate
-gradients, then update Adam, the learning-rate ramp and the EMA from the number of images
-actually consumed. All randomness of an image (augmentation, crop, σ, noise) comes from the
-generator of its data-loader block, so the run does not depend on how the global batch is split
-over ranks and rounds, and a resumed run repeats the uninterrupted one exactly (on CUDA with
-`deterministic=True`; otherwise cuDNN and cuBLAS may pick kernels that round differently).
-"""
+"""EDM's training loop with the patch schedule plugged in: a step of patch side s takes R // s
+data-loader blocks per accumulation round. All randomness of an image comes from the generator of
+its block, so a run does not depend on how the batch is split over ranks and rounds, and a resumed
+run repeats the uninterrupted one (bit for bit on CUDA with `deterministic=True`)."""
 
 import copy
 import glob
@@ -287,14 +281,10 @@ def training_loop(
     device=torch.device('cpu'),
     step_callback=None,
 ):
-    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`:
-    final values, checked by train.py's `build_config`. `patch_kwargs` (the arguments of
-    `training.patch.PatchSchedule` but the resolution and seed) switches patches on, None off;
-    the network needs `use_coords=True` with it.
-
-    `step_callback(info)`, for benchmarks and notebooks, is called after every optimizer step with
-    an EasyDict (step, nimg, net, ema, seconds = wall-clock time since the first step began); a
-    true return value ends training after that step as if the duration were reached."""
+    """Trains a denoiser with the final options of train.py's `build_config` (`training_options.json`),
+    which it trusts. `patch_kwargs`, PatchSchedule's arguments, switches patches on (the network then
+    needs `use_coords=True`); `step_callback(info)` after every step (step, nimg, net, ema, seconds)
+    ends training when it returns true, for benchmarks and notebooks."""
     start_time = time.time()
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
