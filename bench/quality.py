@@ -237,9 +237,7 @@ def images_for_budget(c, cost, budget):
     res = max(cost)
     if not c.patch_kwargs:
         return math.ceil(budget / cost[res] - 1e-9) * c.batch_size
-    p = c.patch_kwargs
-    schedule = patch_lib.PatchSchedule(res, p.patch_sizes, real_p=p.real_p, seed=c.seed, progressive=p.progressive,
-                                       real_p_end=p.real_p_end)
+    schedule = patch_lib.PatchSchedule(res, seed=c.seed, **c.patch_kwargs)
     total = budget / cost[res] * c.batch_size
     for _ in range(10):
         nimg, spent, step = 0, 0.0, 0
