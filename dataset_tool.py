@@ -634,57 +634,6 @@ class DatasetWriter:
 LATENT_DTYPES = ('float16', 'float32')
 
 
-def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device=None):
-    """Encodes every image of `stream` with the VAE and stores its posterior moments through
-    `writer` as `NNNNN/imgNNNNNNNN.npy` arrays (K, 8, r, r): channels 0-3 the mean, 4-7 the std
-    of the raw latent; K = 2 with `xflip` (the second row belongs to the mirrored image). Adds the
-    `latents` description to dataset.json, with per-channel statistics of posterior samples over
-    everything stored (what `--latent-norm=channel` uses)."""
-    import torch
-    from training import encoders
-    recorded = encoders.check_vae_name(vae_name)
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    encoder = encoders.StabilityVAEEncoder(vae_name=recorded)
-    encoder.init(device)
-    sums = np.zeros([3, encoders.LATENT_CHANNELS], dtype=np.float64)  # count, Σm, Σ(m² + s²)
-    shape = None
-
-    def flush(batch):
-        nonlocal shape
-        images = torch.as_tensor(np.stack([image.transpose(2, 0, 1) for image, _label in batch])).to(device)
-        views = [images, images.flip(3)] if xflip else [images]
-        moments = torch.stack([torch.cat(encoder.posterior(view), dim=1) for view in views], dim=1).cpu()
-        mean, std = moments.to(torch.float64).chunk(2, dim=2)
-        sums[0] += mean[:, :, 0].numel()
-        sums[1] += mean.sum(dim=(0, 1, 3, 4)).numpy()
-        sums[2] += (mean.square() + std.square()).sum(dim=(0, 1, 3, 4)).numpy()
-        shape = list(moments.shape[2:])
-        for (_image, label), item in zip(batch, moments.numpy().astype(dtype)):
-            writer.add_array(item, label)
-
-    batch = []
-    for name, image, label in stream:
-        if image.shape[0] % encoders.DOWN_FACTOR != 0:
-            raise UserError(f'{name}: image side {image.shape[0]} is not divisible by {encoders.DOWN_FACTOR}, '
-                            f'the VAE\'s down-sampling factor; give --resolution=WxH')
-        batch.append((image, label))
-        if len(batch) == encoders.ENCODE_BATCH:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
-    if shape is None:
-        return
-    mean = sums[1] / sums[0]
-    std = np.sqrt(np.maximum(sums[2] / sums[0] - mean ** 2, 0))
-    writer.meta['latents'] = dict(
-        encoder='vae', vae=recorded, shape=shape, channels=encoders.LATENT_CHANNELS,
-        image_resolution=shape[1] * encoders.DOWN_FACTOR, flips=2 if xflip else 1, dtype=dtype,
-        layout='(flips, 8, r, r): channels 0-3 posterior mean, 4-7 posterior std of the raw VAE latent; '
-               'flips row 1 is the mirrored image',
-        stats=dict(mean=mean.tolist(), std=std.tolist()))
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line.
 
@@ -786,7 +735,7 @@ def convert(source, dest, max_images, transform, resolution, channels, skip_bad,
             if value:
                 raise UserError(f'{name}: only applies with --encoder=vae')
     else:
-        from training.encoders import DEFAULT_VAE, check_vae_name
+        from training.encoders import DEFAULT_VAE, check_vae_name, write_latents
         vae = check_vae_name(vae or DEFAULT_VAE)  # a missing folder fails before any work
     writer = DatasetWriter(dest, overwrite=overwrite)  # refuse an existing --dest before any work
     stream = iterate_images(source, max_images=max_images, transform=transform, resolution=resolution,

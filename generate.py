@@ -19,7 +19,7 @@ import tqdm
 
 import dnnlib
 from dnnlib.util import UserError
-from torch_utils import distributed
+from torch_utils import distributed, png
 from training import checkpoints, encoders, patch, sampler
 from training.dataset import MAX_IMAGE_PIXELS, probe_png_header
 
@@ -256,7 +256,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
                                            canvas=canvas, decoder=decoder, **sampler_kwargs):
         if outdir is not None:
             for seed, image in zip(batch_seeds, images):
-                sampler.save_image(image, image_path(outdir, seed, subdirs))
+                png.save_image(image, image_path(outdir, seed, subdirs))
         if grid_path is not None:
             kept.append((batch_seeds, images))
 
@@ -276,7 +276,7 @@ def save_grid(kept, seed_list, grid_path):
     for rank_parts in parts:
         for batch_seeds, images in rank_parts:
             by_seed.update(zip(batch_seeds, images))
-    sampler.save_image_grid(torch.stack([by_seed[seed] for seed in seed_list]), grid_path)
+    png.save_image_grid(torch.stack([by_seed[seed] for seed in seed_list]), grid_path)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ from torch_utils import misc
 from training import checkpoints
 from training import dataset as dataset_lib
 from training import encoders
-from training import loss as loss_lib
 from training import patch as patch_lib
 from training import training_loop
 
@@ -124,12 +123,20 @@ def encoder_options(opts, dataset):
                            latent_norm=opts.latent_norm or 'scale')
 
 
+def patch_options(opts, resolution, down_factor, latent):
+    """`patch_kwargs` of the training loop, the one switch for patches: None for plain EDM, else
+    the final arguments of `training.patch.PatchSchedule`, patch sizes parsed and checked."""
+    if not opts.patch:
+        return None
+    sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent)
+    return dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive,
+                           real_p_end=opts.real_p_end, loss_norm=opts.loss_norm)
+
+
 def network_parameters(c):
     """Parameter count of the network that `build_config`'s options build (for --dry-run and the log)."""
     dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
-    resolution, channels = dataset.resolution, dataset.num_channels
-    if c.encoder_kwargs is not None:
-        resolution, channels = dnnlib.construct_class_by_name(**c.encoder_kwargs).latent_shape(dataset)
+    resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
     net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                          label_dim=dataset.label_dim)
     return sum(p.numel() for p in net.parameters())
@@ -145,8 +152,7 @@ def build_config(opts, world_size):
     if opts.precond in (None, 'pedm'):  # the original release's default: EDM with patches
         opts.precond, opts.patch = 'edm', opts.patch is not False
     opts.patch = bool(opts.patch)  # --precond=edm|vp|ve: plain EDM unless --patch=1
-    if not 0 <= opts.real_p <= 1:
-        raise UserError(f'--real_p: {opts.real_p} is outside [0, 1]')
+    patch_lib.check_schedule_options(opts.real_p, opts.real_p_end, opts.progressive)
     if opts.fp16 and opts.bf16:
         raise UserError('--fp16 and --bf16: choose one')
 
@@ -179,23 +185,17 @@ def build_config(opts, world_size):
         c.network_kwargs.sigma_data = opts.sigma_data
 
     down_factor = 2 ** (len(arch['channel_mult']) - 1)
-    resolution = dataset.resolution
-    if c.encoder_kwargs is not None:  # the network works on the latent grid
-        resolution = dnnlib.construct_class_by_name(**c.encoder_kwargs).latent_shape(dataset)[0]
+    resolution, _channels = training_loop.network_shape(dataset, c.encoder_kwargs)
     if resolution % down_factor != 0:
         side = f'latent side {resolution} (image side / 8)' if c.encoder_kwargs is not None else f'resolution {resolution}'
         raise UserError(f'--data: {side} is not divisible by the network\'s down-sampling factor '
                         f'{down_factor} (--arch={opts.arch}, channel_mult={arch["channel_mult"]})')
 
-    c.patch_kwargs = None
-    if opts.patch:
+    c.patch_kwargs = patch_options(opts, resolution, down_factor, latent=c.encoder_kwargs is not None)
+    if c.patch_kwargs is not None:  # patches need the coordinate channels
         c.network_kwargs.use_coords = True
         if opts.pos_embed:
             c.network_kwargs.pos_embed = opts.pos_embed
-        sizes = patch_lib.parse_patch_sizes(opts.patch_sizes, resolution, down_factor, latent=c.encoder_kwargs is not None)
-        patch_lib.check_schedule_options(opts.real_p, opts.real_p_end, opts.progressive)
-        c.patch_kwargs = dnnlib.EasyDict(patch_sizes=sizes, real_p=opts.real_p, progressive=opts.progressive,
-                                         real_p_end=opts.real_p_end, loss_norm=opts.loss_norm)
 
     augment = opts.augment if opts.augment is not None else (0.0 if opts.patch else 0.12)
     c.augment_kwargs = None
@@ -250,11 +250,11 @@ def build_config(opts, world_size):
 @click.option('--precond', help='Preconditioning & loss: edm|vp|ve as in EDM (full images unless --patch=1), pedm = edm with patches  [default: pedm]',
               type=click.Choice(['vp', 've', 'edm', 'pedm']))
 @click.option('--patch', help='Train on patches with coordinate channels  [default: 1 for pedm, 0 for edm|vp|ve]', metavar='BOOL', type=bool)
-@click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=0.5)
+@click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=patch_lib.REAL_P)
 @click.option('--real_p-end', 'real_p_end', help='Full-image probability at the end, moved to linearly from --real_p  [default: constant]',
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
 @click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-image pixel sum (original) or per-pixel mean x full-image pixels',
-              type=click.Choice(loss_lib.LOSS_NORMS), default='sum')
+              type=click.Choice(patch_lib.LOSS_NORMS), default=patch_lib.LOSS_NORMS[0])
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides [default: R/4,R/2,R; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',

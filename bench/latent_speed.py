@@ -13,7 +13,7 @@ for a DDPM++ denoiser of 64 channels, mult [1,2,2] on the R/8 latent grid. Media
 --steps steps, after a full untimed round of both paths (CPU kernels are slow the first time). The VAE is randomly initialised (no weights are downloaded):
 `--vae=sd` builds Stable Diffusion's AutoencoderKL layout (block_out_channels 128/256/512/512,
 2 layers per block; 83.7M parameters of which the encoder is 34M), so its encoder costs what the
-real one costs; `--vae=tiny` is the test suite's. The precomputed set is written with dataset_tool's `write_latents`
+real one costs; `--vae=tiny` is the test suite's. The precomputed set is written with `training.encoders.write_latents`
 (float16), so the bench also shows how long precomputing takes per image.
 """
 
@@ -69,7 +69,7 @@ def make_latents(folder, images, vae_dir, device):
     stream = dataset_tool.iterate_images(images)
     start = time.perf_counter()
     with dataset_tool.DatasetWriter(path) as writer:
-        dataset_tool.write_latents(writer, stream, vae_dir, device=device)
+        encoders.write_latents(writer, stream, vae_dir, device=device)
     return path, (time.perf_counter() - start) / len(stream)
 
 

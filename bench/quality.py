@@ -237,9 +237,7 @@ def images_for_budget(c, cost, budget):
     res = max(cost)
     if not c.patch_kwargs:
         return math.ceil(budget / cost[res] - 1e-9) * c.batch_size
-    p = c.patch_kwargs
-    schedule = patch_lib.PatchSchedule(res, p.patch_sizes, real_p=p.real_p, seed=c.seed, progressive=p.progressive,
-                                       real_p_end=p.real_p_end)
+    schedule = patch_lib.PatchSchedule(res, seed=c.seed, **c.patch_kwargs)
     total = budget / cost[res] * c.batch_size
     for _ in range(10):
         nimg, spent, step = 0, 0.0, 0
@@ -381,6 +379,7 @@ def score_run(cfg, run_dir, ref_path):
         import numpy as np
         import torch
         import fid
+        from torch_utils import png
         from training import checkpoints, sampler
         device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         scores = read_json(os.path.join(run_dir, 'scores.json'), [])
@@ -395,7 +394,7 @@ def score_run(cfg, run_dir, ref_path):
             images = sampler.sample_images(net, list(range(cfg.fid_num)), device=device, batch_size=64,
                                            num_steps=cfg.steps)
             sample_sec = time.time() - start
-            sampler.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
+            png.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
             feats = fid.compute_features(detector, images)
             mu, sigma = fid.stats_from_features(feats)
             kid, kid_std = fid.compute_kid(feats, ref['features'], seed=0)

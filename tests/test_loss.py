@@ -261,5 +261,6 @@ def test_loss_norms_against_an_independent_reduction(patch_size):
     loss = torch.rand(2 * resolution // side, channels, side, side, dtype=torch.float64)
     count = loss.shape[0]
     for norm, expected in (('sum', loss.sum(dim=(1, 2, 3)).mean()), ('mean', loss.mean() * channels * resolution ** 2)):
-        reduced = loss.sum() * loss_mod.patch_step_weight(norm, resolution, patch_size) / count
+        schedule = patch.PatchSchedule(resolution, [4, 8, 16], loss_norm=norm)
+        reduced = loss.sum() * schedule.loss_weight(side) / count
         torch.testing.assert_close(reduced, expected)

@@ -12,6 +12,7 @@ import dnnlib
 import train
 from test_training import TINY, make_zip
 from training import training_loop
+from training.patch import PatchSchedule
 
 
 @pytest.fixture(scope='module')
@@ -108,3 +109,11 @@ def test_moving_schedule_resumes_exactly_and_stats_are_truncated_then_appended(d
 def test_real_p_end_with_progressive_is_a_user_error(digits):
     with pytest.raises(dnnlib.util.UserError, match='--real_p-end.*--progressive'):
         loop_config(digits, '--real_p-end=1', '--progressive=1')
+
+
+def test_patch_kwargs_are_the_final_schedule_arguments(digits):
+    """build_config resolves the patch options once; the loop passes them to PatchSchedule as they are."""
+    c = loop_config(digits, '--patch-sizes=4', '--loss-norm=mean')
+    schedule = PatchSchedule(8, seed=0, **c.patch_kwargs)
+    assert schedule.patch_sizes == [4, 8] and schedule.loss_weight(4) == 4 and c.network_kwargs.use_coords
+    assert loop_config(digits, '--precond=edm').patch_kwargs is None

@@ -1,28 +1,9 @@
 """Latent space of the Stable Diffusion VAE, for training on latents (`--train_on_latents=1`).
 
-`StabilityVAEEncoder` turns training data into normalised latents and sampled latents back into
-images. It wraps a diffusers `AutoencoderKL` (default `stabilityai/sd-vae-ft-ema`, or a local
-folder with `config.json` and the weights): an R×R RGB image becomes a 4×(R/8)×(R/8) latent.
-
-Two kinds of training data are accepted by `encode`:
-- uint8 images (N, C, R, R): encoded by the VAE on the fly, then a posterior sample is drawn;
-- precomputed posterior moments (N, 8, r, r) float (channels 0-3 mean, 4-7 std, of the raw
-  VAE latent; written once by `dataset_tool.py --encoder=vae`): only the sample is drawn.
-Both draw the posterior noise ε from the same per-block generator, so the two paths give the same
-samples for the same images, and neither depends on how a batch is split over ranks and rounds.
-
-Normalisation (what the denoiser sees): z_n = (z − shift)·gain per channel, with
-- `latent_norm='scale'`: shift 0, gain 0.18215 (the Stable Diffusion factor; the original
-  release);
-- `latent_norm='channel'`: shift = per-channel mean and gain = 0.5 / per-channel std of the
-  data set's latents, so every channel has mean 0 and std 0.5 = σ_data (estimated exactly from
-  the posterior moments: precomputed statistics of the whole set, else the first images).
-
-The encoder pickles with the snapshot (a persistent class) WITHOUT the VAE weights: it stores the
-VAE's id or path and the normalisation, and reloads the VAE on first use, so generate.py decodes
-with exactly the settings of training. Nothing is imported from diffusers, and nothing is
-downloaded, until a VAE is first needed.
-"""
+`StabilityVAEEncoder` turns training data (images, or the posterior moments that `write_latents`
+stores for `dataset_tool.py --encoder=vae`) into normalised latents and samples back into images.
+It pickles with the snapshot without the VAE weights and loads the VAE (a diffusers AutoencoderKL)
+on first use, so generate.py decodes with the settings of training and nothing is downloaded early."""
 
 import contextlib
 import os
@@ -123,13 +104,9 @@ def moment_stats(means, stds):
 
 @persistence.persistent_class
 class StabilityVAEEncoder:
-    """Stable Diffusion VAE latents for the denoiser; see the module docstring.
-
-    vae_name:    hub id or local folder of a diffusers AutoencoderKL.
-    latent_norm: 'scale' (× 0.18215) or 'channel' (per channel to mean 0, std 0.5).
-    scale:       the factor of 'scale'.
-    channel_mean, channel_std: statistics of the raw latents for 'channel' (estimated by `fit`
-                 when not given)."""
+    """Stable Diffusion VAE latents for the denoiser, normalised as z_n = (z − shift)·gain per channel:
+    'scale' (shift 0, gain 0.18215, the original release's) or 'channel' (mean 0, std 0.5 = σ_data,
+    from `channel_mean`/`channel_std` or the statistics that `fit` takes from the data set)."""
 
     def __init__(self, vae_name=DEFAULT_VAE, latent_norm='scale', scale=SD_SCALE, channel_mean=None, channel_std=None):
         if latent_norm not in ('scale', 'channel'):
@@ -169,7 +146,8 @@ class StabilityVAEEncoder:
         """Device of the loaded VAE (None before it is loaded)."""
         return None if self._vae is None else next(self._vae.parameters()).device
 
-    def latent_shape(self, dataset):
+    @staticmethod
+    def latent_shape(dataset):
         """(latent side, channels) of the denoiser for `dataset`: R/8 and 4 for images, the stored
         side for a data set of precomputed latents."""
         if _holds_latents(dataset):
@@ -244,11 +222,8 @@ class StabilityVAEEncoder:
         return torch.cat(means), torch.cat(stds)
 
     def encode(self, batch, rng=None):
-        """Training data → normalised latents (N, 4, r, r) float32 on the batch's device.
-
-        `batch`: uint8 images (encoded by the VAE) or float posterior moments (N, 8, r, r) from a
-        latent data set. With `rng` (a `torch_utils.misc.BatchRNG` with one row per item) the
-        result is a posterior sample mean + std·ε; without it, the posterior mean."""
+        """Training data (uint8 images or float posterior moments (N, 8, r, r)) → normalised latents,
+        a posterior sample drawn with `rng` (one row per item; both kinds draw the same ε) or the mean."""
         if batch.dtype == torch.uint8:
             mean, std = self.posterior(batch)
         else:
@@ -276,3 +251,50 @@ class StabilityVAEEncoder:
 
 def _holds_latents(dataset):
     return getattr(dataset, 'latent_info', None) is not None
+
+
+def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device=None):
+    """Encodes every image of `stream` and stores its posterior moments (K, 8, r, r) through `writer`
+    (mean in channels 0-3, std in 4-7; K = 2 with `xflip`), with the per-channel statistics that
+    `--latent-norm=channel` uses in dataset.json, so training never runs the encoder."""
+    recorded = check_vae_name(vae_name)
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    encoder = StabilityVAEEncoder(vae_name=recorded)
+    encoder.init(device)
+    sums = np.zeros([3, LATENT_CHANNELS], dtype=np.float64)  # count, Σm, Σ(m² + s²)
+    shape = None
+
+    def flush(batch):
+        nonlocal shape
+        images = torch.as_tensor(np.stack([image.transpose(2, 0, 1) for image, _label in batch])).to(device)
+        views = [images, images.flip(3)] if xflip else [images]
+        moments = torch.stack([torch.cat(encoder.posterior(view), dim=1) for view in views], dim=1).cpu()
+        mean, std = moments.to(torch.float64).chunk(2, dim=2)
+        sums[0] += mean[:, :, 0].numel()
+        sums[1] += mean.sum(dim=(0, 1, 3, 4)).numpy()
+        sums[2] += (mean.square() + std.square()).sum(dim=(0, 1, 3, 4)).numpy()
+        shape = list(moments.shape[2:])
+        for (_image, label), item in zip(batch, moments.numpy().astype(dtype)):
+            writer.add_array(item, label)
+
+    batch = []
+    for name, image, label in stream:
+        if image.shape[0] % DOWN_FACTOR != 0:
+            raise UserError(f'{name}: image side {image.shape[0]} is not divisible by {DOWN_FACTOR}, '
+                            f'the VAE\'s down-sampling factor; give --resolution=WxH')
+        batch.append((image, label))
+        if len(batch) == ENCODE_BATCH:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    if shape is None:
+        return
+    mean = sums[1] / sums[0]
+    std = np.sqrt(np.maximum(sums[2] / sums[0] - mean ** 2, 0))
+    writer.meta['latents'] = dict(
+        encoder='vae', vae=recorded, shape=shape, channels=LATENT_CHANNELS,
+        image_resolution=shape[1] * DOWN_FACTOR, flips=2 if xflip else 1, dtype=dtype,
+        layout='(flips, 8, r, r): channels 0-3 posterior mean, 4-7 posterior std of the raw VAE latent; '
+               'flips row 1 is the mirrored image',
+        stats=dict(mean=mean.tolist(), std=std.tolist()))

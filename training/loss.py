@@ -14,24 +14,6 @@ from torch_utils import persistence
 from training import patch, schedules
 
 
-LOSS_NORMS = ('sum', 'mean')
-
-
-def patch_step_weight(loss_norm, resolution, patch_size):
-    """Factor on a step's loss, the per-image pixel sum averaged over the step's images, that
-    sets how a patch step's gradient compares with a full-image step's.
-
-    'sum' (the original release's): 1. A patch of side s has (s/R)² of an image's pixels, so a
-    step of small patches carries a smaller loss and gradient than a full-image step.
-    'mean': (R/s)², i.e. the per-pixel mean times the pixels of a full image. Every pixel of
-    every step weighs the same, as in full-image EDM, and a full-image step is unchanged."""
-    if loss_norm not in LOSS_NORMS:
-        raise ValueError(f'unknown loss normalisation "{loss_norm}"')
-    if loss_norm == 'sum' or patch_size is None:
-        return 1.0
-    return (resolution / patch_size) ** 2
-
-
 class DenoisingLoss:
     """Base class: subclasses define `sample_sigma(n, rng, device)` (shape (n, 1, 1, 1)) and
     `weight(sigma)`."""

@@ -1,14 +1,6 @@
-"""Everything that makes Patch Diffusion differ from plain EDM training, in one place.
-
-- `coord_grid`: the one formula for pixel coordinates, used by training, sampling and tests:
-  pixel index i of an image of side R maps to (i / (R − 1) − 0.5)·2, so a full image spans
-  exactly [−1, 1]; channel 0 is x (column), channel 1 is y (row).
-- `coord_features`: the raw two channels, or sin/cos features at 2^0..2^(F−1) (`pos_embed=F`).
-- `PatchSchedule`: which patch side a training step uses (random with the paper's probabilities,
-  optionally moving over training with `--real_p-end`, or `--progressive`), identical on every
-  rank, and how many images that step consumes.
-- `extract_patches`: one random crop per image, with its coordinate channels.
-"""
+"""Everything that makes Patch Diffusion differ from plain EDM training, in one place: the pixel
+coordinates (`coord_grid` is the only formula), random patch crops, and `PatchSchedule`, which
+picks each step's patch side identically on every rank."""
 
 import math
 
@@ -17,6 +9,9 @@ import torch
 
 from dnnlib.util import UserError
 from torch_utils import misc
+
+REAL_P = 0.5                  # the paper's full-image probability
+LOSS_NORMS = ('sum', 'mean')  # the first is the original release's and the default
 
 
 def coord_channels(use_coords, pos_embed=0):
@@ -57,12 +52,8 @@ def coord_features(coords, pos_embed=0):
 
 
 def extract_patches(images, patch_size, rng=None):
-    """One `patch_size` crop per image at a uniformly random position, with its coordinates.
-
-    images: (N, C, R, R). The top-left row and column are each drawn from 0..R−patch_size
-    inclusive, per image, from `rng` (a `torch_utils.misc.BatchRNG`) or the global generator.
-    Returns (patches (N, C, s, s), coords (N, 2, s, s)). With patch_size == R the patches are the
-    images and the coordinates the full grid."""
+    """One `patch_size` crop per (N, C, R, R) image at a uniformly random position, drawn from `rng`
+    (a `BatchRNG`) or the global generator; returns (patches, coords (N, 2, s, s))."""
     n, _c, height, width = images.shape
     s = int(patch_size)
     if s > height or s > width:
@@ -88,10 +79,8 @@ def default_patch_sizes(resolution, latent=False):
 
 
 def patch_probabilities(num_sizes, real_p):
-    """Probabilities of the sizes in ascending order, the largest (full image) taking `real_p`.
-
-    The smaller sizes share 1 − real_p with weights 2, 3, 4, ... (smallest first), which gives the
-    paper's ((1 − p)·2/5, (1 − p)·3/5, p) for three sizes and (1 − p, p) for two."""
+    """Probabilities of the sizes in ascending order: the full image takes `real_p`, the smaller
+    sizes share 1 − real_p with weights 2, 3, 4, … (the paper's 2/5, 3/5 for three sizes)."""
     if num_sizes == 1:
         return [1.0]
     weights = np.arange(2, num_sizes + 1, dtype=np.float64)
@@ -130,36 +119,43 @@ def check_schedule_options(real_p, real_p_end=None, progressive=False):
 
 
 class PatchSchedule:
-    """Picks the patch side of each training step and the image multiplier that goes with it.
+    """Picks each step's patch side and the image multiplier and loss weight that go with it; its
+    keyword arguments are the training loop's `patch_kwargs`.
 
-    The random draw for step k comes from a generator seeded with (seed, k), so every rank picks
-    the same side without communicating, and a resumed run repeats the same sequence.
-    `progressive=True` instead uses the smallest side for the first fraction of training equal
-    to its probability, then the next, and full images last. `real_p_end` moves the full-image
-    probability linearly from `real_p` at the start to `real_p_end` at the end of training (by
-    images seen), so that patches can dominate early and full images late, or the reverse."""
+    Step k draws from a generator seeded with (seed, k), so every rank agrees without communicating
+    and a resumed run repeats the sequence. `progressive` orders the sizes by training progress
+    instead; `real_p_end` moves the full-image probability linearly to that value by the end."""
 
-    def __init__(self, resolution, sizes, real_p=0.5, seed=0, progressive=False, real_p_end=None):
+    def __init__(self, resolution, patch_sizes, real_p=REAL_P, seed=0, progressive=False, real_p_end=None,
+                 loss_norm=LOSS_NORMS[0]):
         check_schedule_options(real_p, real_p_end, progressive)
+        if loss_norm not in LOSS_NORMS:
+            raise ValueError(f'unknown loss normalisation "{loss_norm}"')
         self.resolution = int(resolution)
-        self.sizes = [int(s) for s in sizes]
-        assert self.sizes == sorted(self.sizes) and self.sizes[-1] == self.resolution
+        self.patch_sizes = [int(s) for s in patch_sizes]
+        assert self.patch_sizes == sorted(self.patch_sizes) and self.patch_sizes[-1] == self.resolution
         self.real_p = real_p
         self.real_p_end = real_p_end
-        self.probs = patch_probabilities(len(self.sizes), real_p)
+        self.probs = patch_probabilities(len(self.patch_sizes), real_p)
         self.seed = seed
         self.progressive = progressive
+        self.loss_norm = loss_norm
 
     def batch_mul(self, size):
         """Images per image-slot for patches of side `size`: R // size."""
         return self.resolution // int(size)
+
+    def loss_weight(self, size):
+        """Factor on the loss of a step of side `size`: 1 for 'sum' (the original release's: a patch
+        step weighs less than a full-image step), (R/s)² for 'mean' (every pixel weighs the same)."""
+        return 1.0 if self.loss_norm == 'sum' else (self.resolution / int(size)) ** 2
 
     def probs_at(self, progress):
         """Probabilities of the sizes when a fraction `progress` of training is done."""
         if self.real_p_end is None:
             return self.probs
         fraction = min(max(float(progress), 0.0), 1.0)
-        return patch_probabilities(len(self.sizes), self.real_p + (self.real_p_end - self.real_p) * fraction)
+        return patch_probabilities(len(self.patch_sizes), self.real_p + (self.real_p_end - self.real_p) * fraction)
 
     def size_for_step(self, step, progress=0.0):
         """Patch side for training step `step`; `progress` is the fraction of training done
@@ -167,11 +163,11 @@ class PatchSchedule:
         if self.progressive:
             edges = np.cumsum(self.probs)
             index = int(np.searchsorted(edges, progress, side='right'))
-            candidates = [i for i in range(index, len(self.sizes)) if self.probs[i] > 0]
-            return self.sizes[candidates[0] if candidates else -1]
+            candidates = [i for i in range(index, len(self.patch_sizes)) if self.probs[i] > 0]
+            return self.patch_sizes[candidates[0] if candidates else -1]
         rng = np.random.default_rng(misc.seed_to_int(self.seed, step))
-        return int(self.sizes[rng.choice(len(self.sizes), p=self.probs_at(progress))])
+        return int(self.patch_sizes[rng.choice(len(self.patch_sizes), p=self.probs_at(progress))])
 
     def expected_batch_mul(self):
         """Average images per image-slot over the random draw (at the start of training)."""
-        return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.sizes)))
+        return float(sum(p * self.batch_mul(s) for p, s in zip(self.probs, self.patch_sizes)))

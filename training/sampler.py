@@ -1,27 +1,13 @@
-"""The one sampling implementation, shared by generate.py and the training loop's snapshot grids.
-
-- `edm_sampler`: EDM's deterministic/stochastic 2nd-order Heun sampler (Karras et al. 2022,
-  Algorithm 2), float64 state, 2N − 1 network evaluations.
-- `ablation_sampler`: EDM's generalised sampler (Algorithm 1 with the choices of Table 1):
-  Euler or 2nd-order solver, VP/VE/iDDPM/EDM time discretisation, VP/VE/linear noise schedule,
-  VP/no signal scaling.
-- `sample_images` / `iter_sample_batches`: seeds → uint8 images. Every seed has its own
-  generator (seed mod 2³²) for its latent, its class label and its churn noise, so an image
-  depends only on its seed, not on the batch, the batch size or the number of processes.
-  Networks trained with coordinates get the coordinate grid of a canvas (`Canvas`), built with
-  `training.patch.coord_grid`, the formula training uses.
-- `save_image`, `save_image_grid`: PNG writers (grey 'L' or 'RGB' by channel count), atomic.
-
-Classifier-free guidance (`cfg_scale=w`): D = D_u + w·(D_c − D_u), D_u being the network with the
-zero label vector. Both halves are evaluated in one batched call of 2B rows.
-"""
+"""Sampling shared by generate.py and the training loop: EDM's Heun sampler, its generalised
+(ablation) sampler, and seeds → uint8 images. Each seed has its own generator for its latent,
+label and churn noise, so an image depends only on its seed, not on the batch or the processes."""
 
 import math
 from typing import NamedTuple
 
 import torch
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import UserError
 from torch_utils import distributed, misc
 from training import patch, schedules
 
@@ -37,11 +23,8 @@ def state_dtype(device):
 
 
 def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
-    """Returns D(x, sigma) → denoised x in x's dtype, for a float64 (or float32) state x.
-
-    The network sees float32 inputs (it would convert them anyway); only the sampler state is
-    kept in float64. With `cfg_scale` the conditional and unconditional (zero label) rows are
-    evaluated in one call of twice the batch and combined as D_u + w·(D_c − D_u)."""
+    """D(x, σ) → denoised x in x's dtype; the network sees float32, only the sampler state is float64.
+    With `cfg_scale` w it returns D_u + w·(D_c − D_u), both halves in one call of twice the batch."""
     if cfg_scale is None:
         def denoise(x, sigma):
             return net(x.to(torch.float32), sigma_like(sigma, x), class_labels, coords=coords).to(x.dtype)
@@ -122,13 +105,9 @@ def edm_time_steps(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7):
 
 def edm_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7,
                 S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
-    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2).
-
-    latents: (B, C, H, W) standard normal noise z; x_0 = z·t_0. `rng` (a `torch_utils.misc.BatchRNG`
-    with one generator per image) draws the churn noise, so each image depends only on its own
-    generator; without it the global generator is used. `coords` are the (B, 2, H, W) coordinate
-    channels of networks trained with patches. Returns the denoised images in float64 (float32 on
-    MPS), nominally in [−1, 1]. Makes 2N − 1 network calls (2N with CFG rows batched together)."""
+    """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2): float64 images (float32 on
+    MPS) from standard normal `latents`, in 2N − 1 network calls. `rng` (a `BatchRNG`, one
+    generator per image) draws the churn noise; `coords` are the coordinate channels of patch networks."""
     denoise = make_denoiser(net, class_labels, coords, cfg_scale)
     t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho).tolist()
     gammas = [churn_gamma(t, num_steps, S_churn, S_min, S_max) for t in t_steps[:-1]]
@@ -185,11 +164,7 @@ _DEFAULT_SIGMA_RANGE = {'ve': (0.02, 100), 'iddpm': (0.002, 81), 'edm': (0.002, 
 
 
 def ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M, vp_betas):
-    """σ_0 … σ_{N−1} of each discretisation of EDM's Table 1 (float64 tensor).
-
-    vp: σ(t_i) with t_i = 1 + i/(N−1)·(ε_s − 1) on the VP schedule; ve: σ_i geometric from σ_max
-    to σ_min (t_i = σ_i² on the VE schedule); iddpm: N of the iDDPM levels in [σ_min, σ_max],
-    evenly spaced by index and rounded; edm: the ρ-spaced σ_i of `edm_sigma_steps`."""
+    """σ_0 … σ_{N−1} of the discretisations of EDM's Table 1 (vp, ve, iddpm, edm), float64."""
     frac = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
     if discretization == 'vp':
         vp = _vp_schedule(*vp_betas)
@@ -209,15 +184,9 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
                      solver='heun', discretization='edm', schedule='linear', scaling='none',
                      epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,
                      S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
-    """EDM's generalised sampler (Karras et al. 2022, Algorithm 1; choices of Table 1).
-
-    The ODE dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D(x/s; σ) is integrated over the time steps of
-    `discretization` (vp|ve|iddpm|edm), mapped through the noise schedule σ(t) (vp|ve|linear) and
-    signal scaling s(t) (vp|none), with `solver` euler or heun (the 2nd-order step evaluates at
-    t + α·h and weights the slopes 1 − 1/(2α), 1/(2α)). σ_min/σ_max default per discretisation
-    (EDM's defaults) and are clamped to the network's range. Stochastic churn is as in
-    `edm_sampler`, on σ(t). With discretization=edm, schedule=linear, scaling=none, solver=heun
-    it computes `edm_sampler`."""
+    """EDM's generalised sampler (Karras et al. 2022, Algorithm 1 with the choices of Table 1):
+    integrates dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D(x/s; σ) with euler or heun (evaluated at t + α·h).
+    With discretization=edm, schedule=linear, scaling=none, solver=heun it computes `edm_sampler`."""
     if solver not in ('euler', 'heun'):
         raise ValueError(f'unknown solver "{solver}"')
     if schedule not in ('vp', 've', 'linear') or scaling not in ('vp', 'none'):
@@ -274,10 +243,8 @@ def select_sampler(sampler_kwargs):
 
 
 class Canvas(NamedTuple):
-    """Where the sampled image sits relative to the training images, in the network's pixels
-    (latent pixels for latent networks): an `image_size` square whose top-left pixel is at
-    (y_start, x_start) of an image of side `resolution`. A canvas larger than `resolution` or
-    offset from 0 extends the coordinate grid past [−1, 1]."""
+    """Where the sampled image sits, in the network's pixels: an `image_size` square whose top-left
+    pixel is at (y_start, x_start) of an image of side `resolution`; beyond it coordinates leave [−1, 1]."""
     resolution: int
     image_size: int
     x_start: int = 0
@@ -343,15 +310,9 @@ def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
 
 def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None,
                         progress=False, **sampler_kwargs):
-    """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of
-    `seeds`.
-
-    `net` must already be on `device` (default: the device of its parameters); it is put in eval
-    mode while sampling and restored afterwards. `canvas` (a `Canvas`, default the full training
-    image) sets the image size and, for networks with `use_coords`, the coordinate grid.
-    `decoder` (an object with `decode(latents float (B, 4, h, w)) → uint8 (B, 3, 8h, 8w)`, the
-    snapshot's `encoder` for latent networks) turns sampled latents into images. The remaining
-    keywords go to the sampler (`select_sampler` picks it); `progress` draws a tqdm bar on rank 0."""
+    """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of `seeds`,
+    so that long runs never hold all images. `net` must already be on `device`; `decoder` (the
+    snapshot's encoder) turns latents into images; other keywords go to the sampler."""
     if device is None:
         device = next(net.parameters()).device
     device = torch.device(device)
@@ -381,50 +342,10 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
 
 def sample_images(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None, progress=False,
                   **sampler_kwargs):
-    """uint8 images (len(seeds), C, H, W) on the CPU, one per seed, in the order of `seeds`.
-
-    What the training loop calls for its snapshot grid, e.g.
-    `save_image_grid(sample_images(ema, range(64), device, batch_size=32), path)`. Arguments as in
-    `iter_sample_batches`; an image depends only on its seed."""
+    """uint8 images (len(seeds), C, H, W) on the CPU in the order of `seeds`; arguments as in
+    `iter_sample_batches`."""
     chunks = [images for _, images in iter_sample_batches(net, seeds, device, class_idx, batch_size, canvas, decoder,
                                                           progress, **sampler_kwargs)]
     if not chunks:
         raise ValueError('no seeds to sample')
     return torch.cat(chunks)
-
-# ----------------------------------------------------------------------------------------------
-# PNG output.
-
-
-def _to_pil(image_chw):
-    import PIL.Image
-    array = image_chw.detach().cpu().to(torch.uint8).permute(1, 2, 0).numpy()
-    if array.shape[2] == 1:
-        return PIL.Image.fromarray(array[:, :, 0], 'L')
-    if array.shape[2] == 3:
-        return PIL.Image.fromarray(array, 'RGB')
-    raise ValueError(f'cannot write an image with {array.shape[2]} channels as PNG')
-
-
-def save_image(image_chw, path):
-    """Writes one uint8 (C, H, W) image as a grey (C = 1) or RGB (C = 3) PNG, atomically."""
-    with atomic_write(path, 'wb') as f:
-        _to_pil(image_chw).save(f, format='PNG')
-
-
-def grid_shape(num_images, cols=None):
-    """(rows, cols) of a grid: `cols` columns (default ⌈√N⌉) and as many rows as needed."""
-    cols = cols or max(1, math.ceil(math.sqrt(num_images)))
-    return max(1, math.ceil(num_images / cols)), cols
-
-
-def save_image_grid(images, path, cols=None):
-    """Writes uint8 (N, C, H, W) images as one PNG grid, row-major, empty cells black, atomically.
-    The grid is rows·H by cols·W pixels (see `grid_shape`)."""
-    images = torch.as_tensor(images)
-    n, c, h, w = images.shape
-    rows, cols = grid_shape(n, cols)
-    canvas = torch.zeros([rows * cols, c, h, w], dtype=torch.uint8)
-    canvas[:n] = images.cpu().to(torch.uint8)
-    grid = canvas.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
-    save_image(grid, path)

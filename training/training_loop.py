@@ -1,13 +1,7 @@
-"""The training loop: EDM's loop with the patch schedule plugged into it.
-
-One step: pick the patch side s for the step (the same on every rank), take R // s data-loader
-blocks per accumulation round, compute the loss on one random crop per image, accumulate
-gradients, then update Adam, the learning-rate ramp and the EMA from the number of images
-actually consumed. All randomness of an image (augmentation, crop, σ, noise) comes from the
-generator of its data-loader block, so the run does not depend on how the global batch is split
-over ranks and rounds, and a resumed run repeats the uninterrupted one exactly (on CUDA with
-`deterministic=True`; otherwise cuDNN and cuBLAS may pick kernels that round differently).
-"""
+"""EDM's training loop with the patch schedule plugged in: a step of patch side s takes R // s
+data-loader blocks per accumulation round. All randomness of an image comes from the generator of
+its block, so a run does not depend on how the batch is split over ranks and rounds, and a resumed
+run repeats the uninterrupted one (bit for bit on CUDA with `deterministic=True`)."""
 
 import copy
 import glob
@@ -25,9 +19,8 @@ import torch
 import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
-from torch_utils import misc, training_stats
+from torch_utils import misc, png, training_stats
 from training import checkpoints
-from training import loss as loss_lib
 from training import patch as patch_lib
 
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +161,14 @@ def images_to_float(images, device):
     return images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
 
 
+def network_shape(dataset, encoder_kwargs):
+    """(side, channels) of the denoiser's input: the data set's images, or their latents. Read
+    from the encoder's class, so that train.py can check sizes without building an encoder."""
+    if encoder_kwargs is None:
+        return dataset.resolution, dataset.num_channels
+    return dnnlib.util.get_obj_by_name(encoder_kwargs['class_name']).latent_shape(dataset)
+
+
 def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio):
     """ema ← β·ema + (1 − β)·net with β = 0.5^(images in step / h), h = min(half-life, ratio·nimg)."""
     halflife = ema_halflife_kimg * 1000
@@ -266,18 +267,17 @@ def save_sample_grid(run_dir, kimg, ema, device, encoder=None, num_images=64):
     generate.py, 18 steps)."""
     from training import sampler
     images = sampler.sample_images(ema, seeds=list(range(num_images)), device=device, decoder=encoder)
-    sampler.save_image_grid(images, os.path.join(run_dir, f'samples-{int(kimg):06d}.png'))
+    png.save_image_grid(images, os.path.join(run_dir, f'samples-{int(kimg):06d}.png'))
 
 
 def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
     """`reals.png`: the first training images, for comparison with the sample grids (precomputed
     latents are shown decoded from their posterior means)."""
-    from training import sampler
     count = min(num_images, len(dataset))
     images = torch.as_tensor(np.stack([dataset[i][0] for i in range(count)]))
     if encoder is not None and images.dtype != torch.uint8:
         images = encoder.decode(encoder.encode(images.to(encoder.vae_device)))
-    sampler.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
+    png.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,11 +313,10 @@ def training_loop(
     device=torch.device('cpu'),
     step_callback=None,
 ):
-    """Trains a denoiser; see the module docstring. Arguments mirror `training_options.json`.
-
-    `step_callback(info)`, for benchmarks and notebooks, is called after every optimizer step with
-    an EasyDict (step, nimg, net, ema, seconds = wall-clock time since the first step began); a
-    true return value ends training after that step as if the duration were reached."""
+    """Trains a denoiser with the final options of train.py's `build_config` (`training_options.json`),
+    which it trusts. `patch_kwargs`, PatchSchedule's arguments, switches patches on (the network then
+    needs `use_coords=True`); `step_callback(info)` after every step (step, nimg, net, ema, seconds)
+    ends training when it returns true, for benchmarks and notebooks."""
     start_time = time.time()
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
@@ -328,8 +327,7 @@ def training_loop(
     if batch_gpu is None or batch_gpu > batch_gpu_total:
         batch_gpu = batch_gpu_total
     rounds = batch_gpu_total // batch_gpu
-    if batch_size != batch_gpu * rounds * world:
-        raise UserError(f'--batch={batch_size} is not divisible by --batch-gpu={batch_gpu} times {world} processes')
+    assert batch_size == batch_gpu * rounds * world, 'build_config checks the batch divisibility'
 
     dist.print0('Loading data set...')
     dataset = dnnlib.construct_class_by_name(**dataset_kwargs)
@@ -339,27 +337,19 @@ def training_loop(
         encoder.fit(dataset)
         dist.print0(f'Latents: {encoder.describe()}')
 
-    net_resolution, net_channels = dataset.resolution, dataset.num_channels
-    if encoder is not None:
-        net_resolution, net_channels = encoder.latent_shape(dataset)
+    net_resolution, net_channels = network_shape(dataset, encoder_kwargs)
     dist.print0('Constructing network...')
     net = dnnlib.construct_class_by_name(**network_kwargs, img_resolution=net_resolution, img_channels=net_channels,
                                          label_dim=dataset.label_dim)
     net.train().requires_grad_(True).to(device)
-    if net_resolution % net.down_factor != 0:
-        raise UserError(f'--data: resolution {net_resolution} is not divisible by the network\'s down-sampling factor {net.down_factor}')
 
     schedule = None
-    if net.use_coords:
-        sizes = patch_lib.parse_patch_sizes(patch_kwargs.get('patch_sizes'), net_resolution, net.down_factor,
-                                            latent=encoder is not None)
-        schedule = patch_lib.PatchSchedule(net_resolution, sizes, real_p=patch_kwargs.get('real_p', 0.5), seed=seed,
-                                           progressive=patch_kwargs.get('progressive', False),
-                                           real_p_end=patch_kwargs.get('real_p_end'))
-        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)' for s, p in zip(schedule.sizes, schedule.probs)))
+    if patch_kwargs is not None:
+        schedule = patch_lib.PatchSchedule(net_resolution, seed=seed, **patch_kwargs)
+        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
+                                              for s, p in zip(schedule.patch_sizes, schedule.probs)))
         if schedule.real_p_end is not None:
             dist.print0(f'Full-image probability moves from {schedule.real_p} to {schedule.real_p_end} over training')
-    loss_norm = (patch_kwargs or {}).get('loss_norm', 'sum')
 
     dist.print0(f'Network parameters: {misc.count_parameters(net):,}')
     dist.print0('Setting up optimizer...')
@@ -413,9 +403,10 @@ def training_loop(
     dist.barrier()
     train_start_time = time.time()
     while True:
-        progress = nimg / max(total_kimg * 1000, 1)
-        patch_size = schedule.size_for_step(step, progress) if schedule is not None else None
-        batch_mul = schedule.batch_mul(patch_size) if schedule is not None else 1
+        patch_size, batch_mul, weight = None, 1, 1
+        if schedule is not None:
+            patch_size = schedule.size_for_step(step, nimg / max(total_kimg * 1000, 1))
+            batch_mul, weight = schedule.batch_mul(patch_size), schedule.loss_weight(patch_size)
         images_per_rank = batch_gpu * rounds * batch_mul
 
         optimizer.zero_grad(set_to_none=True)
@@ -438,7 +429,6 @@ def training_loop(
                 training_stats.report('Loss/loss', per_image)
                 if patch_size is not None:
                     training_stats.report(f'Loss/patch{patch_size}', per_image)
-                weight = loss_lib.patch_step_weight(loss_norm, net_resolution, patch_size)
                 loss.sum().mul(loss_scaling * weight / images_per_rank).backward()
 
         for group in optimizer.param_groups:
