@@ -130,6 +130,24 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     return kwargs
 
 
+class CanvasSize(click.ParamType):
+    """A side (`64`) or `WxH` (`64x32`, width first as in dataset_tool.py); becomes a side or the
+    pair (H, W) of `sampler.Canvas`."""
+    name = 'INT|WxH'
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        parts = value.lower().split('x')
+        try:
+            sizes = [int(p) for p in parts]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (1, 2) or min(sizes) < 1:
+            self.fail(f'"{value}" is not a positive side or WxH', param, ctx)
+        return sizes[0] if len(sizes) == 1 else patch.as_resolution(sizes[1], sizes[0])
+
+
 def build_canvas(net, resolution, image_size, x_start, y_start):
     """A `sampler.Canvas` when any canvas option is given (missing ones from the network), else None."""
     if resolution is None and image_size is None and x_start == 0 and y_start == 0:
@@ -142,13 +160,14 @@ def build_canvas(net, resolution, image_size, x_start, y_start):
 def check_image_pixels(net, decoder, canvas, grid_count):
     """Raises UserError when one image (or the --grid of `grid_count` images) would exceed the
     pixel limit of the data sets, before any memory is allocated for it."""
-    side = canvas.image_size if canvas is not None else net.img_resolution
-    side *= encoders.DOWN_FACTOR if decoder is not None else 1
+    height, width = patch.image_hw(canvas.image_size if canvas is not None else net.img_resolution)
+    scale = encoders.DOWN_FACTOR if decoder is not None else 1
+    height, width = height * scale, width * scale
     option = '--image_size/--resolution' if canvas is not None else '--network'
-    if side * side > MAX_IMAGE_PIXELS:
-        raise UserError(f'{option}: images of {side}x{side} pixels exceed the limit of {MAX_IMAGE_PIXELS:,}')
-    if grid_count is not None and grid_count * side * side > MAX_IMAGE_PIXELS:
-        raise UserError(f'--grid: {grid_count} images of {side}x{side} exceed the limit of {MAX_IMAGE_PIXELS:,} pixels '
+    if height * width > MAX_IMAGE_PIXELS:
+        raise UserError(f'{option}: images of {width}x{height} pixels exceed the limit of {MAX_IMAGE_PIXELS:,}')
+    if grid_count is not None and grid_count * height * width > MAX_IMAGE_PIXELS:
+        raise UserError(f'--grid: {grid_count} images of {width}x{height} exceed the limit of {MAX_IMAGE_PIXELS:,} pixels '
                         f'for one PNG; use --outdir or fewer --seeds')
 
 
@@ -200,8 +219,8 @@ def image_path(outdir, seed, subdirs):
 @click.option('--scaling', help='Generalised sampler: scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']))
 @click.option('--cfg', help='Classifier-free guidance weight w (class-conditional networks)', metavar='FLOAT', type=float)
 @click.option('--grid', 'grid_path', help='Write all samples as one PNG grid here too', metavar='PATH', type=str)
-@click.option('--resolution', help='Side of the full image the canvas is placed in  [default: network\'s]', metavar='INT', type=click.IntRange(min=1))
-@click.option('--image_size', help='Side of the generated canvas  [default: --resolution]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--resolution', help='Size of the full image the canvas is placed in  [default: network\'s]', metavar='INT|WxH', type=CanvasSize())
+@click.option('--image_size', help='Size of the generated canvas  [default: --resolution]', metavar='INT|WxH', type=CanvasSize())
 @click.option('--x_start', help='Column of the canvas\'s left edge in that image', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--y_start', help='Row of the canvas\'s top edge in that image', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--on_latents', help='Decode latents with the Stable Diffusion VAE (original release\'s latent models)', metavar='BOOL', type=bool, default=False, show_default=True)

@@ -186,8 +186,10 @@ def build_config(opts, world_size):
 
     down_factor = 2 ** (len(arch['channel_mult']) - 1)
     resolution, _channels = training_loop.network_shape(dataset, c.encoder_kwargs)
-    if resolution % down_factor != 0:
-        side = f'latent side {resolution} (image side / 8)' if c.encoder_kwargs is not None else f'resolution {resolution}'
+    height, width = patch_lib.image_hw(resolution)
+    if height % down_factor != 0 or width % down_factor != 0:
+        word, size = ('side', f'{height}') if height == width else ('size', f'{width}x{height}')
+        side = f'latent {word} {size} (image {word} / 8)' if c.encoder_kwargs is not None else f'resolution {size}'
         raise UserError(f'--data: {side} is not divisible by the network\'s down-sampling factor '
                         f'{down_factor} (--arch={opts.arch}, channel_mult={arch["channel_mult"]})')
 

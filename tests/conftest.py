@@ -15,7 +15,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from training import networks  # noqa: E402
+from training import networks, patch  # noqa: E402
 
 # The tests run on shared, busy machines: one intra-op thread avoids oversubscription, which
 # otherwise makes small convolutions tens of times slower. PD_TEST_THREADS overrides it.
@@ -45,7 +45,7 @@ def make_tiny_net(arch='ddpmpp', precond='edm', resolution=16, channels=3, use_c
     making 64x64 inputs slow."""
     kwargs = dict(TINY_ARCHS[arch])
     kwargs.update(overrides)
-    kwargs.setdefault('attn_resolutions', [resolution >> (len(kwargs['channel_mult']) - 1)])
+    kwargs.setdefault('attn_resolutions', [min(patch.image_hw(resolution)) >> (len(kwargs['channel_mult']) - 1)])
     return PRECONDS[precond](img_resolution=resolution, img_channels=channels, label_dim=label_dim,
                              augment_dim=augment_dim, use_coords=use_coords, pos_embed=pos_embed,
                              dropout=dropout, **kwargs)

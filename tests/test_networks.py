@@ -369,3 +369,27 @@ def test_iddpm_denoiser_uses_first_half_of_output():
     c_in = 1 / math.sqrt(sigma ** 2 + 1)
     expected = x.double() - sigma * (torch.sin(c_in * x.double()) + 0.1 * (999 - 100))
     np.testing.assert_allclose(out.double().numpy(), expected.numpy(), rtol=1e-5, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rectangles (issue 20).
+
+
+@pytest.mark.parametrize('arch', ['ddpmpp', 'ncsnpp', 'adm'])
+def test_rectangular_network(arch):
+    """An (H, W) network names its levels HxW, keeps the shape and takes H x W coordinates; the
+    int of a square network is unchanged."""
+    torch.manual_seed(0)
+    net = make_tiny_net(arch, resolution=(16, 32), channels=1, use_coords=True, attn_resolutions=[8])
+    assert net.img_resolution == (16, 32) and any(k.startswith('16x32_') for k in net.model.enc.keys())
+    x = torch.randn(2, 1, 16, 32)
+    out = net(x, torch.full((2,), 1.0))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    coords = patch.coord_grid((16, 32), 16, 32).expand(2, -1, -1, -1)
+    assert torch.equal(net(x, torch.full((2,), 1.0), coords=coords), out)
+    assert make_tiny_net(arch, resolution=[16, 16], attn_resolutions=[8]).img_resolution == 16
+
+
+def test_rectangular_network_needs_divisible_sides():
+    with pytest.raises(Exception, match='not divisible by the network\'s down-sampling factor'):
+        make_tiny_net('ddpmpp', resolution=(16, 21), attn_resolutions=[8])

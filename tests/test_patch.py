@@ -314,3 +314,47 @@ def test_real_p_outside_unit_interval_is_user_error(p):
 def test_bad_real_p_end_is_user_error(kwargs, match):
     with pytest.raises(UserError, match=f'--real_p-end.*{match}'):
         patch.PatchSchedule(32, [8, 16, 32], real_p=0.5, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rectangles (issue 20): x runs over the width, y over the height.
+
+
+def test_coord_grid_rectangle_per_axis():
+    grid = patch.coord_grid((4, 8), 4, 8)
+    assert torch.equal(grid[0, 0], torch.tensor(_ref_coords(8, [0], range(8))[0, 0], dtype=torch.float32))
+    assert torch.equal(grid[1, :, 0], torch.tensor(_ref_coords(4, range(4), [0])[1, :, 0], dtype=torch.float32))
+    assert torch.equal(patch.coord_grid((16, 16), 16), patch.coord_grid(16, 16))
+
+
+def test_extract_patches_rectangle_coords_match_grid():
+    images = torch.arange(2 * 8 * 16, dtype=torch.float32).reshape(2, 1, 8, 16)
+    full = patch.coord_grid((8, 16), 8, 16)
+    for rng in (None, BatchRNG([1, 2], 1, 'cpu')):
+        patches, coords = patch.extract_patches(images, (4, 8), rng)
+        assert patches.shape == (2, 1, 4, 8) and coords.shape == (2, 2, 4, 8)
+        for i in range(2):
+            col = int(round((coords[i, 0, 0, 0].item() + 1) * 15 / 2))
+            row = int(round((coords[i, 1, 0, 0].item() + 1) * 7 / 2))
+            assert torch.equal(patches[i, 0], images[i, 0, row:row + 4, col:col + 8])
+            assert torch.equal(coords[i], full[:, row:row + 4, col:col + 8])
+
+
+def test_patch_sizes_of_rectangles():
+    assert patch.parse_patch_sizes(None, (32, 64), 2) == [(8, 16), (16, 32), (32, 64)]
+    assert patch.parse_patch_sizes(None, (32, 64), 2, latent=True) == [(16, 32), (32, 64)]
+    assert patch.parse_patch_sizes('8x8,16x16', (32, 64), 2) == [(8, 8), (16, 16), (32, 64)]
+    assert patch.parse_patch_sizes('8,16x16', 32, 2) == [8, 16, 32]
+    for text, message in (('8x128', 'does not fit'), ('6x6', 'down-sampling factor'), ('4x', 'HxW')):
+        with pytest.raises(UserError, match=message):
+            patch.parse_patch_sizes(text, (32, 64), 4)
+
+
+def test_batch_mul_of_rectangles_is_computed_from_pixels():
+    keep = patch.PatchSchedule((32, 64), [(8, 16), (16, 32), (32, 64)], loss_norm='mean')
+    assert [keep.batch_mul(s) for s in keep.patch_sizes] == [4, 2, 1]
+    assert [keep.loss_weight(s) for s in keep.patch_sizes] == [16, 4, 1]
+    squares = patch.PatchSchedule((32, 64), [(8, 8), (16, 16), (32, 64)])
+    assert [squares.batch_mul(s) for s in squares.patch_sizes] == [5, 2, 1]  # floor(sqrt(32)), floor(sqrt(8))
+    square = patch.PatchSchedule(32, [8, 16, 32])
+    assert [square.batch_mul(s) for s in square.patch_sizes] == [4, 2, 1]

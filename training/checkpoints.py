@@ -81,10 +81,10 @@ class ForeignNetwork(torch.nn.Module):
 
 def _down_factor(net):
     """Image sides must be multiples of this: the full side over the smallest side of the U-Net's
-    encoder levels (named `<side>x<side>_...` in EDM's networks and ours)."""
+    encoder levels (named `<height>x<width>_...` in EDM's networks and ours)."""
     enc = getattr(getattr(net, 'model', None), 'enc', None)
     sides = [int(m.group(1)) for key in (enc.keys() if enc is not None else []) if (m := re.match(r'(\d+)x\d+_', key))]
-    return net.img_resolution // min(sides) if sides else 1
+    return patch.image_hw(net.img_resolution)[0] // min(sides) if sides else 1
 
 
 def is_ours(net):

@@ -25,6 +25,7 @@ import PIL.Image
 import torch
 
 from dnnlib.util import UserError
+from training import patch
 
 # Transparent pixels are composited on white: most sources with an alpha channel are icons and
 # emoji drawn for a light page (the bundled emoji set was made the same way).
@@ -257,8 +258,8 @@ class Dataset(torch.utils.data.Dataset):
 
     @property
     def resolution(self):
-        assert self.image_shape[1] == self.image_shape[2]
-        return self.image_shape[1]
+        """The side of square items (an int, as in EDM), (H, W) for rectangular ones."""
+        return patch.as_resolution(self.image_shape[1], self.image_shape[2])
 
     @property
     def label_shape(self):
@@ -373,8 +374,8 @@ class StoredFiles:
 class ImageFolderDataset(Dataset):
     """EDM's image data set: a folder or a zip of images (any nesting) plus `dataset.json`.
 
-    Every image is checked when the data set is opened (header only): all must be square and the
-    same size, else a `UserError` names the file. Images are decoded to grey when all of them are
+    Every image is checked when the data set is opened (header only): all must be the same size
+    (any width and height), else a `UserError` names the file. Images are decoded to grey when all of them are
     grey and to RGB otherwise. A zip is opened lazily in each process, so the data set works in
     DataLoader workers whether they are forked or spawned."""
 
@@ -390,15 +391,15 @@ class ImageFolderDataset(Dataset):
 
         width, height, channels = self._probe_all()
         raw_shape = [len(self._image_fnames), channels, height, width]
-        if resolution is not None and (height != resolution or width != resolution):
-            raise UserError(f'{self._path}: images are {width}x{height}, not the requested resolution {resolution}')
+        if resolution is not None and (height, width) != patch.image_hw(resolution):
+            raise UserError(f'{self._path}: images are {width}x{height}, not the requested resolution {patch.shape_name(resolution)}')
         name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
         super().__init__(name=name, raw_shape=raw_shape, **super_kwargs)
         self.close()  # after the labels are read: reopening a large zip costs seconds
 
     def _probe_all(self):
         """Reads every image's header: returns the common (width, height) and the channel count,
-        and raises a `UserError` naming the first image that is non-square or differently sized."""
+        and raises a `UserError` naming the first image that is differently sized."""
         size = None
         channels = 1
         heads = self._files.stored_heads(26)
@@ -412,8 +413,6 @@ class ImageFolderDataset(Dataset):
             except (OSError, SyntaxError, ValueError, zipfile.BadZipFile, PIL.Image.DecompressionBombError) as err:
                 raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
             check_image_pixels(width, height, f'{self._path}: {fname}')
-            if width != height:
-                raise UserError(f'{self._path}: {fname} is {width}x{height}; images must be square')
             if size is None:
                 size = (width, height)
             elif (width, height) != size:
@@ -532,7 +531,7 @@ class LatentFolderDataset(Dataset):
             raise UserError(f'--xflip: {self._path} holds no latents of mirrored images; '
                             f'convert it with dataset_tool.py --encoder=vae --xflip')
         self._copies = 2 if xflip else 1
-        if resolution is not None and shape[1] != resolution:
+        if resolution is not None and tuple(shape[1:]) != patch.image_hw(resolution):
             raise UserError(f'{self._path}: latents are {shape[1]}x{shape[2]}, not the requested resolution {resolution}')
         name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
         super().__init__(name=name, raw_shape=[len(self._fnames) * self._copies] + shape, xflip=False, **super_kwargs)

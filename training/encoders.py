@@ -16,6 +16,7 @@ import torch
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
 from torch_utils import persistence
+from training import patch
 
 DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'
 SD_SCALE = 0.18215
@@ -148,14 +149,15 @@ class StabilityVAEEncoder:
 
     @staticmethod
     def latent_shape(dataset):
-        """(latent side, channels) of the denoiser for `dataset`: R/8 and 4 for images, the stored
-        side for a data set of precomputed latents."""
+        """(latent side or (h, w), channels) of the denoiser for `dataset`: R/8 and 4 for images, the
+        stored size for a data set of precomputed latents."""
         if _holds_latents(dataset):
             return dataset.resolution, LATENT_CHANNELS
-        if dataset.resolution % DOWN_FACTOR != 0:
-            raise UserError(f'--data: resolution {dataset.resolution} is not divisible by {DOWN_FACTOR}, '
-                            f'the VAE\'s down-sampling factor (--train_on_latents=1)')
-        return dataset.resolution // DOWN_FACTOR, LATENT_CHANNELS
+        height, width = patch.image_hw(dataset.resolution)
+        if height % DOWN_FACTOR != 0 or width % DOWN_FACTOR != 0:
+            raise UserError(f'--data: resolution {patch.shape_name(dataset.resolution)} is not divisible by {DOWN_FACTOR} '
+                            f'on both sides, the VAE\'s down-sampling factor (--train_on_latents=1)')
+        return patch.as_resolution(height // DOWN_FACTOR, width // DOWN_FACTOR), LATENT_CHANNELS
 
     # -- normalisation ------------------------------------------------------------------------
 
@@ -279,9 +281,9 @@ def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device
 
     batch = []
     for name, image, label in stream:
-        if image.shape[0] % DOWN_FACTOR != 0:
-            raise UserError(f'{name}: image side {image.shape[0]} is not divisible by {DOWN_FACTOR}, '
-                            f'the VAE\'s down-sampling factor; give --resolution=WxH')
+        if image.shape[0] % DOWN_FACTOR != 0 or image.shape[1] % DOWN_FACTOR != 0:
+            raise UserError(f'{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) is not divisible by {DOWN_FACTOR} '
+                            f'on both sides, the VAE\'s down-sampling factor; give --resolution=WxH')
         batch.append((image, label))
         if len(batch) == ENCODE_BATCH:
             flush(batch)
@@ -294,7 +296,7 @@ def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device
     std = np.sqrt(np.maximum(sums[2] / sums[0] - mean ** 2, 0))
     writer.meta['latents'] = dict(
         encoder='vae', vae=recorded, shape=shape, channels=LATENT_CHANNELS,
-        image_resolution=shape[1] * DOWN_FACTOR, flips=2 if xflip else 1, dtype=dtype,
+        image_resolution=patch.as_resolution(shape[1] * DOWN_FACTOR, shape[2] * DOWN_FACTOR), flips=2 if xflip else 1, dtype=dtype,
         layout='(flips, 8, r, r): channels 0-3 posterior mean, 4-7 posterior std of the raw VAE latent; '
                'flips row 1 is the mirrored image',
         stats=dict(mean=mean.tolist(), std=std.tolist()))

@@ -7,7 +7,8 @@ Preconditioning wrappers, D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise):
 - `VPPrecond`, `VEPrecond`, `iDDPMPrecond` (sampling only), `EDMPrecond`.
 Every wrapper can take patch coordinates (`use_coords=True`): two extra input channels, x then y,
 appended after the c_in scaling (or 4F sin/cos features with `pos_embed=F`); see
-`training.patch.coord_grid`.
+`training.patch.coord_grid`. `img_resolution` is the side of square images (an int, as in EDM)
+or the pair (H, W) of rectangular ones; both sides must be multiples of the down-sampling factor.
 """
 
 import math
@@ -247,6 +248,14 @@ def _down_factor(channel_mult):
     return 2 ** (len(channel_mult) - 1)
 
 
+def _level(img_resolution, level):
+    """(name, side) of U-Net level `level`: named '16x16' as in EDM, 'HxW' for rectangles; the side
+    that `attn_resolutions` refers to is the shorter one."""
+    height, width = patch.image_hw(img_resolution)
+    height, width = height >> level, width >> level
+    return f'{height}x{width}', min(height, width)
+
+
 # ----------------------------------------------------------------------------------------------
 # Architectures.
 
@@ -290,41 +299,41 @@ class SongUNet(torch.nn.Module):
         cout = in_channels
         caux = in_channels
         for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+            name, res = _level(img_resolution, level)
             if level == 0:
-                self.enc[f'{res}x{res}_conv'] = Conv2d(cout, model_channels, kernel=3, **init)
+                self.enc[f'{name}_conv'] = Conv2d(cout, model_channels, kernel=3, **init)
                 cout = model_channels
             else:
-                self.enc[f'{res}x{res}_down'] = UNetBlock(cout, cout, down=True, **block)
+                self.enc[f'{name}_down'] = UNetBlock(cout, cout, down=True, **block)
                 if encoder_type == 'skip':
-                    self.enc[f'{res}x{res}_aux_down'] = Conv2d(caux, caux, kernel=0, down=True, resample_filter=resample_filter)
-                    self.enc[f'{res}x{res}_aux_skip'] = Conv2d(caux, cout, kernel=1, **init)
+                    self.enc[f'{name}_aux_down'] = Conv2d(caux, caux, kernel=0, down=True, resample_filter=resample_filter)
+                    self.enc[f'{name}_aux_skip'] = Conv2d(caux, cout, kernel=1, **init)
                 if encoder_type == 'residual':
-                    self.enc[f'{res}x{res}_aux_residual'] = Conv2d(caux, cout, kernel=3, down=True, resample_filter=resample_filter,
+                    self.enc[f'{name}_aux_residual'] = Conv2d(caux, cout, kernel=3, down=True, resample_filter=resample_filter,
                                                                    fused_resample=True, **init)
                     caux = cout
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
+                self.enc[f'{name}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
         skip_channels = [m.out_channels for name, m in self.enc.items() if 'aux' not in name]
 
         self.dec = torch.nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
+            name, res = _level(img_resolution, level)
             if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(cout, cout, **block)
+                self.dec[f'{name}_in0'] = UNetBlock(cout, cout, attention=True, **block)
+                self.dec[f'{name}_in1'] = UNetBlock(cout, cout, **block)
             else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(cout, cout, up=True, **block)
+                self.dec[f'{name}_up'] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skip_channels.pop(), model_channels * mult
                 attn = idx == num_blocks and res in attn_resolutions
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=attn, **block)
+                self.dec[f'{name}_block{idx}'] = UNetBlock(cin, cout, attention=attn, **block)
             if decoder_type == 'skip' or level == 0:
                 if decoder_type == 'skip' and level < len(channel_mult) - 1:
-                    self.dec[f'{res}x{res}_aux_up'] = Conv2d(out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter)
-                self.dec[f'{res}x{res}_aux_norm'] = GroupNorm(num_channels=cout, eps=1e-6)
-                self.dec[f'{res}x{res}_aux_conv'] = Conv2d(cout, out_channels, kernel=3, **init_zero)
+                    self.dec[f'{name}_aux_up'] = Conv2d(out_channels, out_channels, kernel=0, up=True, resample_filter=resample_filter)
+                self.dec[f'{name}_aux_norm'] = GroupNorm(num_channels=cout, eps=1e-6)
+                self.dec[f'{name}_aux_conv'] = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
     def embed(self, noise_labels, class_labels, augment_labels):
         """The per-sample embedding that conditions every block."""
@@ -398,28 +407,28 @@ class DhariwalUNet(torch.nn.Module):
         self.enc = torch.nn.ModuleDict()
         cout = in_channels
         for level, mult in enumerate(channel_mult):
-            res = img_resolution >> level
+            name, res = _level(img_resolution, level)
             if level == 0:
-                self.enc[f'{res}x{res}_conv'] = Conv2d(cout, model_channels * mult, kernel=3, **init)
+                self.enc[f'{name}_conv'] = Conv2d(cout, model_channels * mult, kernel=3, **init)
                 cout = model_channels * mult
             else:
-                self.enc[f'{res}x{res}_down'] = UNetBlock(cout, cout, down=True, **block)
+                self.enc[f'{name}_down'] = UNetBlock(cout, cout, down=True, **block)
             for idx in range(num_blocks):
                 cin, cout = cout, model_channels * mult
-                self.enc[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
+                self.enc[f'{name}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
         skip_channels = [m.out_channels for m in self.enc.values()]
 
         self.dec = torch.nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
+            name, res = _level(img_resolution, level)
             if level == len(channel_mult) - 1:
-                self.dec[f'{res}x{res}_in0'] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f'{res}x{res}_in1'] = UNetBlock(cout, cout, **block)
+                self.dec[f'{name}_in0'] = UNetBlock(cout, cout, attention=True, **block)
+                self.dec[f'{name}_in1'] = UNetBlock(cout, cout, **block)
             else:
-                self.dec[f'{res}x{res}_up'] = UNetBlock(cout, cout, up=True, **block)
+                self.dec[f'{name}_up'] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
                 cin, cout = cout + skip_channels.pop(), model_channels * mult
-                self.dec[f'{res}x{res}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
+                self.dec[f'{name}_block{idx}'] = UNetBlock(cin, cout, attention=(res in attn_resolutions), **block)
         self.out_norm = GroupNorm(num_channels=cout)
         self.out_conv = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
@@ -460,6 +469,7 @@ class _Precond(torch.nn.Module):
     def __init__(self, img_resolution, img_channels, label_dim=0, use_fp16=False, use_bf16=False,
                  use_coords=False, pos_embed=0, model_type='SongUNet', out_channels=None, **model_kwargs):
         super().__init__()
+        img_resolution = patch.as_resolution(*patch.image_hw(img_resolution))  # a JSON list or (H, W)
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim
@@ -470,6 +480,7 @@ class _Precond(torch.nn.Module):
         self.coord_channels = patch.coord_channels(self.use_coords, self.pos_embed)
         self.model = ARCHITECTURES[model_type](img_resolution=img_resolution, in_channels=img_channels + self.coord_channels,
                                                out_channels=out_channels or img_channels, label_dim=label_dim, **model_kwargs)
+        patch.check_divisible(img_resolution, self.model.down_factor, 'img_resolution')
 
     @property
     def down_factor(self):

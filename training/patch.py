@@ -21,6 +21,34 @@ def coord_channels(use_coords, pos_embed=0):
     return 4 * pos_embed if pos_embed else 2
 
 
+def image_hw(resolution):
+    """(height, width) of an image side given as an int (square) or an (H, W) pair."""
+    if isinstance(resolution, (int, np.integer)):
+        return int(resolution), int(resolution)
+    height, width = resolution
+    return int(height), int(width)
+
+
+def as_resolution(height, width):
+    """The form `img_resolution` takes: the side for square images (as EDM's networks), else the
+    pair (H, W)."""
+    return int(height) if height == width else (int(height), int(width))
+
+
+def shape_name(resolution):
+    """'32' for a square side, '32x64' (H x W) for a rectangle: used in messages and stat names."""
+    height, width = image_hw(resolution)
+    return f'{height}' if height == width else f'{height}x{width}'
+
+
+def check_divisible(resolution, factor, what):
+    """Raises a UserError naming `what` unless both sides are multiples of the network's
+    down-sampling factor."""
+    height, width = image_hw(resolution)
+    if height % factor != 0 or width % factor != 0:
+        raise UserError(f'{what}: {height}x{width} (HxW) is not divisible by the network\'s down-sampling factor {factor} on both sides')
+
+
 def index_to_coord(index, resolution):
     """(index / (R − 1) − 0.5)·2 for a float tensor of pixel indices, evaluated as
     (2·index − (R − 1)) / (R − 1): a single rounding, so a full image spans exactly [−1, 1] (the
@@ -32,11 +60,12 @@ def index_to_coord(index, resolution):
 
 def coord_grid(resolution, height, width=None, y_start=0, x_start=0, device=None):
     """(2, height, width) float32 coordinates of the pixels of a canvas whose top-left pixel sits
-    at (y_start, x_start) of an image of side `resolution`. Beyond the image (a larger canvas or
-    an offset) the values simply continue past [−1, 1]."""
+    at (y_start, x_start) of an image of side `resolution` (or (H, W): x runs over W, y over H).
+    Beyond the image (a larger canvas or an offset) the values simply continue past [−1, 1]."""
     width = height if width is None else width
-    ys = index_to_coord(torch.arange(height, dtype=torch.float32, device=device) + y_start, resolution)
-    xs = index_to_coord(torch.arange(width, dtype=torch.float32, device=device) + x_start, resolution)
+    full_h, full_w = image_hw(resolution)
+    ys = index_to_coord(torch.arange(height, dtype=torch.float32, device=device) + y_start, full_h)
+    xs = index_to_coord(torch.arange(width, dtype=torch.float32, device=device) + x_start, full_w)
     return torch.stack([xs.reshape(1, -1).expand(height, -1), ys.reshape(-1, 1).expand(-1, width)])
 
 
@@ -52,30 +81,50 @@ def coord_features(coords, pos_embed=0):
 
 
 def extract_patches(images, patch_size, rng=None):
-    """One `patch_size` crop per (N, C, R, R) image at a uniformly random position, drawn from `rng`
-    (a `BatchRNG`) or the global generator; returns (patches, coords (N, 2, s, s))."""
+    """One crop of side `patch_size` (or (h, w)) per (N, C, H, W) image at a uniformly random
+    position, drawn from `rng` (a `BatchRNG`) or the global generator; returns (patches, coords
+    (N, 2, h, w))."""
     n, _c, height, width = images.shape
-    s = int(patch_size)
-    if s > height or s > width:
-        raise ValueError(f'patch size {s} exceeds the image size {height}x{width}')
-    resolution = height
+    ph, pw = image_hw(patch_size)
+    if ph > height or pw > width:
+        raise ValueError(f'patch size {ph}x{pw} exceeds the image size {height}x{width}')
+    offsets = _patch_offsets(n, height - ph + 1, width - pw + 1, rng, images.device).to(images.device)
+    rows = offsets[:, 0].reshape(n, 1, 1) + torch.arange(ph, device=images.device).reshape(1, ph, 1)
+    cols = offsets[:, 1].reshape(n, 1, 1) + torch.arange(pw, device=images.device).reshape(1, 1, pw)
+    flat_index = (rows * width + cols).reshape(n, 1, ph * pw)
+    patches = images.flatten(2).gather(2, flat_index.expand(-1, images.shape[1], -1)).reshape(n, -1, ph, pw)
+    xs = index_to_coord(cols.expand(n, ph, pw).to(torch.float32), width)
+    ys = index_to_coord(rows.expand(n, ph, pw).to(torch.float32), height)
+    return patches, torch.stack([xs, ys], dim=1)
+
+
+def _patch_offsets(n, row_choices, col_choices, rng, device):
+    """(n, 2) top-left (row, col) of the crops; one draw of two values when both axes have the same
+    number of positions (so square images keep their random sequence), else one per axis."""
     if rng is None:
-        offsets = torch.randint(0, height - s + 1, (n, 2), device=images.device)
-    else:
-        offsets = rng.randint(0, height - s + 1, 2).to(images.device)
-    rows = offsets[:, 0].reshape(n, 1, 1) + torch.arange(s, device=images.device).reshape(1, s, 1)
-    cols = offsets[:, 1].reshape(n, 1, 1) + torch.arange(s, device=images.device).reshape(1, 1, s)
-    flat_index = (rows * width + cols).reshape(n, 1, s * s)
-    patches = images.flatten(2).gather(2, flat_index.expand(-1, images.shape[1], -1)).reshape(n, -1, s, s)
-    coords = index_to_coord(torch.stack([cols.expand(n, s, s), rows.expand(n, s, s)], dim=1).to(torch.float32), resolution)
-    return patches, coords
+        if row_choices == col_choices:
+            return torch.randint(0, row_choices, (n, 2), device=device)
+        return torch.stack([torch.randint(0, row_choices, (n,), device=device),
+                            torch.randint(0, col_choices, (n,), device=device)], dim=1)
+    if row_choices == col_choices:
+        return rng.randint(0, row_choices, 2)
+    return torch.cat([rng.randint(0, row_choices, 1), rng.randint(0, col_choices, 1)], dim=1)
 
 
 def default_patch_sizes(resolution, latent=False):
-    """{R/4, R/2, R} in pixel space, {R/2, R} in latent space."""
-    if latent:
-        return [resolution // 2, resolution]
-    return [resolution // 4, resolution // 2, resolution]
+    """{R/4, R/2, R} in pixel space, {R/2, R} in latent space; a rectangle's patches keep its
+    aspect ratio ((H/k, W/k) pairs), which trained better than squares (docs/results.md)."""
+    divisors = [2, 1] if latent else [4, 2, 1]
+    if isinstance(resolution, (int, np.integer)):
+        return [resolution // k for k in divisors]
+    height, width = image_hw(resolution)
+    return [(height // k, width // k) for k in divisors]
+
+
+def patch_pixels(size):
+    """Pixels of a patch of side `size` or shape (h, w); patch sizes are ordered by it."""
+    height, width = image_hw(size)
+    return height * width
 
 
 def patch_probabilities(num_sizes, real_p):
@@ -89,23 +138,44 @@ def patch_probabilities(num_sizes, real_p):
 
 
 def parse_patch_sizes(text, resolution, down_factor, latent=False):
-    """Validates `--patch-sizes` (comma-separated, or None for the default) against the image
-    side and the network's down-sampling factor; returns the ascending list of sides, always
-    ending with the full image."""
+    """Validates `--patch-sizes` (comma-separated sides or HxW entries, or None for the default)
+    against the image and the network's down-sampling factor; returns the sizes ordered by pixel
+    count, always ending with the full image: sides (ints) for square images and square patches,
+    else (h, w) pairs."""
     if text is None or (isinstance(text, str) and not text.strip()):
         sizes = default_patch_sizes(resolution, latent)
     else:
         try:
-            sizes = [int(s) for s in (text.split(',') if isinstance(text, str) else text)]
+            sizes = [parse_patch_size(s) for s in (text.split(',') if isinstance(text, str) else text)]
         except ValueError:
-            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of integers') from None
-    sizes = sorted(set(sizes) | {resolution})
-    for s in sizes:
-        if s <= 0 or s > resolution or resolution % s != 0:
-            raise UserError(f'--patch-sizes: {s} does not divide the image side {resolution}')
-        if s % down_factor != 0:
-            raise UserError(f'--patch-sizes: {s} is not divisible by the network\'s down-sampling factor {down_factor}')
-    return sizes
+            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of sides or HxW sizes') from None
+    height, width = image_hw(resolution)
+    pairs = sorted(set(image_hw(s) for s in sizes) | {(height, width)}, key=lambda hw: (hw[0] * hw[1], hw))
+    for ph, pw in pairs:
+        name = f'{ph}' if ph == pw else f'{ph}x{pw}'
+        if height == width and ph == pw:
+            if ph <= 0 or ph > height or height % ph != 0:
+                raise UserError(f'--patch-sizes: {ph} does not divide the image side {height}')
+        elif not (0 < ph <= height and 0 < pw <= width):
+            raise UserError(f'--patch-sizes: {name} (HxW) does not fit in the {height}x{width} images')
+        if ph % down_factor != 0 or pw % down_factor != 0:
+            raise UserError(f'--patch-sizes: {name} is not divisible by the network\'s down-sampling factor {down_factor}')
+    if all(ph == pw for ph, pw in pairs):
+        return [ph for ph, _pw in pairs]
+    return pairs
+
+
+def parse_patch_size(entry):
+    """'16' → 16 and '16x32' (HxW) → (16, 32), as in `--patch-sizes` and the names of the per-size
+    loss stats; ValueError for anything else."""
+    if isinstance(entry, (int, np.integer)):
+        return int(entry)
+    parts = str(entry).strip().lower().split('x')
+    if len(parts) == 1:
+        return int(parts[0])
+    if len(parts) != 2:
+        raise ValueError(entry)
+    return int(parts[0]), int(parts[1])
 
 
 def check_schedule_options(real_p, real_p_end=None, progressive=False):
@@ -131,9 +201,10 @@ class PatchSchedule:
         check_schedule_options(real_p, real_p_end, progressive)
         if loss_norm not in LOSS_NORMS:
             raise ValueError(f'unknown loss normalisation "{loss_norm}"')
-        self.resolution = int(resolution)
-        self.patch_sizes = [int(s) for s in patch_sizes]
-        assert self.patch_sizes == sorted(self.patch_sizes) and self.patch_sizes[-1] == self.resolution
+        self.resolution = as_resolution(*image_hw(resolution))
+        self.patch_sizes = [int(s) if isinstance(s, (int, np.integer)) else image_hw(s) for s in patch_sizes]
+        assert self.patch_sizes == sorted(self.patch_sizes, key=patch_pixels)
+        assert image_hw(self.patch_sizes[-1]) == image_hw(self.resolution)
         self.real_p = real_p
         self.real_p_end = real_p_end
         self.probs = patch_probabilities(len(self.patch_sizes), real_p)
@@ -142,13 +213,15 @@ class PatchSchedule:
         self.loss_norm = loss_norm
 
     def batch_mul(self, size):
-        """Images per image-slot for patches of side `size`: R // size."""
-        return self.resolution // int(size)
+        """Images per image-slot for patches of side `size` (or (h, w)): the square root of the
+        pixels saved, rounded down; R // size for square patches of square images."""
+        return math.isqrt(patch_pixels(self.resolution) // patch_pixels(size))
 
     def loss_weight(self, size):
         """Factor on the loss of a step of side `size`: 1 for 'sum' (the original release's: a patch
-        step weighs less than a full-image step), (R/s)² for 'mean' (every pixel weighs the same)."""
-        return 1.0 if self.loss_norm == 'sum' else (self.resolution / int(size)) ** 2
+        step weighs less than a full-image step), the pixel ratio (R/s)² for 'mean' (every pixel
+        weighs the same)."""
+        return 1.0 if self.loss_norm == 'sum' else patch_pixels(self.resolution) / patch_pixels(size)
 
     def probs_at(self, progress):
         """Probabilities of the sizes when a fraction `progress` of training is done."""
@@ -166,7 +239,7 @@ class PatchSchedule:
             candidates = [i for i in range(index, len(self.patch_sizes)) if self.probs[i] > 0]
             return self.patch_sizes[candidates[0] if candidates else -1]
         rng = np.random.default_rng(misc.seed_to_int(self.seed, step))
-        return int(self.patch_sizes[rng.choice(len(self.patch_sizes), p=self.probs_at(progress))])
+        return self.patch_sizes[rng.choice(len(self.patch_sizes), p=self.probs_at(progress))]
 
     def expected_batch_mul(self):
         """Average images per image-slot over the random draw (at the start of training)."""

@@ -243,10 +243,11 @@ def select_sampler(sampler_kwargs):
 
 
 class Canvas(NamedTuple):
-    """Where the sampled image sits, in the network's pixels: an `image_size` square whose top-left
-    pixel is at (y_start, x_start) of an image of side `resolution`; beyond it coordinates leave [−1, 1]."""
-    resolution: int
-    image_size: int
+    """Where the sampled image sits, in the network's pixels: an `image_size` canvas whose top-left
+    pixel is at (y_start, x_start) of an image of size `resolution`; beyond it coordinates leave
+    [−1, 1]. Sizes are sides (squares) or (H, W) pairs."""
+    resolution: int | tuple
+    image_size: int | tuple
     x_start: int = 0
     y_start: int = 0
 
@@ -269,20 +270,21 @@ def check_sampling_options(net, class_idx=None, canvas=None, cfg_scale=None):
         raise UserError('--cfg: classifier-free guidance needs a class-conditional network; this one is unconditional')
     if canvas is not None:
         factor = getattr(net, 'down_factor', 1)
-        if canvas.image_size <= 0 or canvas.resolution <= 0:
-            raise UserError(f'--image_size/--resolution: must be positive (got {canvas.image_size}, {canvas.resolution})')
-        if canvas.image_size % factor != 0:
-            raise UserError(f'--image_size: {canvas.image_size} is not divisible by the network\'s down-sampling factor {factor}')
+        if min(patch.image_hw(canvas.image_size) + patch.image_hw(canvas.resolution)) <= 0:
+            raise UserError(f'--image_size/--resolution: must be positive (got {patch.shape_name(canvas.image_size)}, '
+                            f'{patch.shape_name(canvas.resolution)} as HxW)')
+        patch.check_divisible(canvas.image_size, factor, '--image_size')
         uses_coords = getattr(net, 'use_coords', False)
-        if not uses_coords and (canvas.resolution != net.img_resolution or canvas.x_start or canvas.y_start):
+        same_image = patch.image_hw(canvas.resolution) == patch.image_hw(net.img_resolution)
+        if not uses_coords and (not same_image or canvas.x_start or canvas.y_start):
             raise UserError('--resolution/--x_start/--y_start: the network was trained without coordinates; only --image_size applies')
 
 
 def canvas_coords(net, canvas, batch, device):
-    """(batch, 2, S, S) coordinate channels of the canvas for a network with `use_coords`, else None."""
+    """(batch, 2, H, W) coordinate channels of the canvas for a network with `use_coords`, else None."""
     if not getattr(net, 'use_coords', False):
         return None
-    grid = patch.coord_grid(canvas.resolution, canvas.image_size, canvas.image_size, canvas.y_start, canvas.x_start,
+    grid = patch.coord_grid(canvas.resolution, *patch.image_hw(canvas.image_size), canvas.y_start, canvas.x_start,
                             device=device)
     return grid.unsqueeze(0).expand(batch, -1, -1, -1)
 
@@ -297,7 +299,7 @@ def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
     (each mod 2³²); the labels of a conditional net without `class_idx` come from each seed's
     generator after its latent. Returns (rng, latents, labels); rng then draws the churn noise."""
     rng = misc.BatchRNG([int(seed) % (1 << 32) for seed in seeds], rows_per_seed=1, device=device)
-    latents = rng.randn(net.img_channels, canvas.image_size, canvas.image_size)
+    latents = rng.randn(net.img_channels, *patch.image_hw(canvas.image_size))
     labels = None
     if net.label_dim:
         if class_idx is None:

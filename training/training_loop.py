@@ -219,9 +219,14 @@ def format_tick_line(fields):
     if fields.get('gpumem_gb') is not None:
         parts.append(f'gpumem {fields["gpumem_gb"]:<5.2f}')
     parts.append(f'loss {fields["loss"]:<8.4f}')
-    for size, value in sorted(fields.get('loss_by_patch', {}).items(), key=lambda kv: int(kv[0])):
+    for size, value in sorted(fields.get('loss_by_patch', {}).items(), key=lambda kv: _size_order(kv[0])):
         parts.append(f'loss@{size} {value:<8.4f}')
     return ' '.join(parts)
+
+
+def _size_order(name):
+    """Sort key of a patch size's stat name ('16' or '16x32'): its pixel count."""
+    return patch_lib.patch_pixels(patch_lib.parse_patch_size(name))
 
 
 def _fmt_time(seconds):
@@ -255,9 +260,9 @@ def write_loss_plot(run_dir, records):
     if len(records) < 2:
         return
     series = {'all': [(r['kimg'], r['loss']) for r in records if np.isfinite(r['loss'])]}
-    sizes = sorted({int(s) for r in records for s in r.get('loss_by_patch', {})})
+    sizes = sorted({s for r in records for s in r.get('loss_by_patch', {})}, key=_size_order)
     for size in sizes:
-        points = [(r['kimg'], r['loss_by_patch'][str(size)]) for r in records if str(size) in r.get('loss_by_patch', {})]
+        points = [(r['kimg'], r['loss_by_patch'][size]) for r in records if size in r.get('loss_by_patch', {})]
         series[f'patch {size}'] = points
     plot.line_plot(os.path.join(run_dir, 'loss.png'), series, xlabel='kimg', ylabel='loss', title='training loss', logy=True)
 
@@ -346,7 +351,7 @@ def training_loop(
     schedule = None
     if patch_kwargs is not None:
         schedule = patch_lib.PatchSchedule(net_resolution, seed=seed, **patch_kwargs)
-        dist.print0('Patch sizes:', ', '.join(f'{s} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
+        dist.print0('Patch sizes:', ', '.join(f'{patch_lib.shape_name(s)} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
                                               for s, p in zip(schedule.patch_sizes, schedule.probs)))
         if schedule.real_p_end is not None:
             dist.print0(f'Full-image probability moves from {schedule.real_p} to {schedule.real_p_end} over training')
@@ -428,7 +433,7 @@ def training_loop(
                 per_image = loss.detach().mean(dim=(1, 2, 3))
                 training_stats.report('Loss/loss', per_image)
                 if patch_size is not None:
-                    training_stats.report(f'Loss/patch{patch_size}', per_image)
+                    training_stats.report(f'Loss/patch{patch_lib.shape_name(patch_size)}', per_image)
                 loss.sum().mul(loss_scaling * weight / images_per_rank).backward()
 
         for group in optimizer.param_groups:
