@@ -374,27 +374,29 @@ def _resize(img, size):
     return img if img.size == size else img.resize(size, PIL.Image.LANCZOS)
 
 
-def transform_image(img, transform, resolution):
-    """Applies `transform` (None, 'center-crop', 'center-crop-wide') to a PIL image.
-
-    None resizes to `resolution` (W, H) when given. 'center-crop' crops the centred square of the
-    shorter side, then resizes. 'center-crop-wide' crops the centre to the aspect W:H, resizes to
-    WxH and pastes that into the middle of a black WxW canvas."""
+def _center_crop(img, out_w, out_h):
+    """The largest centred region of `img` with the aspect out_w:out_h."""
     width, height = img.size
-    if transform is None:
-        return img if resolution is None else _resize(img, resolution)
-    if transform == 'center-crop':
-        side = min(width, height)
-        left, top = (width - side) // 2, (height - side) // 2
-        return _resize(img.crop((left, top, left + side, top + side)), resolution)
-    assert transform == 'center-crop-wide'
-    out_w, out_h = resolution
-    crop_h = round(width * out_h / out_w)
-    crop_w = width
+    crop_w, crop_h = width, round(width * out_h / out_w)
     if crop_h > height:  # wider than the target: crop the width instead
         crop_h, crop_w = height, round(height * out_w / out_h)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
-    img = _resize(img.crop((left, top, left + crop_w, top + crop_h)), resolution)
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def transform_image(img, transform, resolution):
+    """Applies `transform` (None, 'center-crop', 'center-crop-wide') to a PIL image.
+
+    None resizes to `resolution` (W, H) when given. 'center-crop' crops the centre to the aspect
+    W:H (the centred square of the shorter side for square outputs), then resizes.
+    'center-crop-wide' does the same and pastes the result into the middle of a black WxW canvas."""
+    if transform is None:
+        return img if resolution is None else _resize(img, resolution)
+    img = _resize(_center_crop(img, *resolution), resolution)
+    if transform == 'center-crop':
+        return img
+    assert transform == 'center-crop-wide'
+    out_w, out_h = resolution
     canvas = PIL.Image.new(img.mode, (out_w, out_w))
     canvas.paste(img, (0, (out_w - out_h) // 2))
     return canvas
@@ -432,9 +434,6 @@ class ImageStream:
                 continue
             img = transform_image(convert_image(img, self.channels), self.transform, self.resolution)
             if self.output_size is None:
-                if img.size[0] != img.size[1]:
-                    raise UserError(f'{name}: image is {img.size[0]}x{img.size[1]}, not square; '
-                                    'use --resolution=WxH or --transform=center-crop')
                 self.output_size = img.size
             elif img.size != self.output_size:
                 raise UserError(f'{name}: image is {img.size[0]}x{img.size[1]}, but earlier images are '
@@ -456,12 +455,8 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
         raise UserError(f'--channels={channels}: must be 1 or 3')
     if transform is not None and resolution is None:
         raise UserError(f'--transform={transform}: needs --resolution=WxH')
-    if resolution is not None and resolution[0] != resolution[1]:
-        if transform != 'center-crop-wide':
-            raise UserError(f'--resolution={resolution[0]}x{resolution[1]}: width and height must match '
-                            '(only --transform=center-crop-wide takes a wide WxH)')
-        if resolution[1] > resolution[0]:
-            raise UserError(f'--resolution={resolution[0]}x{resolution[1]}: center-crop-wide needs width >= height')
+    if resolution is not None and transform == 'center-crop-wide' and resolution[1] > resolution[0]:
+        raise UserError(f'--resolution={resolution[0]}x{resolution[1]}: center-crop-wide needs width >= height')
     if not isinstance(source, Source):
         source = open_source(source, max_images)
     if len(source) == 0:
@@ -712,9 +707,10 @@ def convert(source, dest, max_images, transform, resolution, channels, skip_bad,
       *_lmdb folder               LSUN (needs the optional 'lmdb' package)
 
     \b
-    Transforms: none (Lanczos resize to --resolution if given); center-crop (square crop of
-    the shorter side, then resize); center-crop-wide (crop to the W:H aspect, resize to WxH and
-    paste into the middle of a black WxW square). Transparent pixels become white. Output is
+    Images may have any width and height (all the same, or resized by --resolution=WxH).
+    Transforms: none (Lanczos resize to --resolution if given); center-crop (crop the centre to
+    the W:H aspect, then resize); center-crop-wide (the same, pasted into the middle of a black
+    WxW square). Transparent pixels become white. Output is
     written to a temporary name and renamed when complete.
 
     \b

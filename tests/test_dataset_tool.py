@@ -355,7 +355,7 @@ def test_unknown_transform(tmp_path):
     expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}', '--transform=zoom', '--resolution=4x4'), '--transform=zoom')
 
 
-@pytest.mark.parametrize('value', ['abc', '0x4', '8x4'])
+@pytest.mark.parametrize('value', ['abc', '0x4'])
 def test_bad_resolution(tmp_path, value):
     src = write_npz(tmp_path / 'a.npz', np.zeros((1, 4, 4), np.uint8))
     expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}', f'--resolution={value}'), f'--resolution={value}')
@@ -377,9 +377,20 @@ def test_mixed_sizes_need_resolution(tmp_path):
     assert images.shape == (2, 1, 4, 4)
 
 
-def test_non_square_without_transform(tmp_path):
-    src = write_npz(tmp_path / 'wide.npz', np.zeros((1, 4, 6), np.uint8))
-    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "o.zip"}'), 'wide.npz', '6x4', 'not square')
+def test_non_square_kept_resized_and_cropped(tmp_path):
+    """Any W and H (issue 20): kept as they are, resized to --resolution=WxH, or cropped to its
+    aspect by center-crop."""
+    wide = np.zeros((1, 4, 12), np.uint8)
+    wide[:, :, 4:8] = 200
+    src = write_npz(tmp_path / 'wide.npz', wide)
+    images, _ = convert_load(src, tmp_path / 'a.zip')
+    assert images.shape == (1, 1, 4, 12) and (images[0, 0] == wide[0]).all()
+    images, _ = convert_load(src, tmp_path / 'b.zip', '--resolution=6x2')
+    assert images.shape == (1, 1, 2, 6)
+    images, _ = convert_load(src, tmp_path / 'c.zip', '--resolution=4x4', '--transform=center-crop')
+    assert images.shape == (1, 1, 4, 4) and (images == 200).all()
+    images, _ = convert_load(src, tmp_path / 'd.zip', '--resolution=8x4', '--transform=center-crop')
+    assert images.shape == (1, 1, 4, 8) and (images[0, 0, :, 2:6] == 200).all() and (images[0, 0, :, 0] == 0).all()
 
 
 def make_folder_with_bad_image(tmp_path):
