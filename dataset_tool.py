@@ -291,6 +291,91 @@ def _npz_shape(npz, key):
         return read_header(f)[0]
 
 
+def read_arrays(path):
+    """(N,H,W,C) images and (N[,K]) labels or None of a .npy (the images alone) or an .npz
+    ('images', optional 'labels'). (N,H,W) gets C = 1; of (N,A,B,C) the smaller of axes 1 and 3 is
+    the channel axis (the last one when equal), so (N,C,H,W) and (N,H,W,C) both work."""
+    try:
+        if path.lower().endswith('.npy'):
+            images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
+            _check_array_shape(path, images.shape)
+            images = np.asarray(images)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                if 'images' not in npz.files:
+                    raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
+                _check_array_shape(path, _npz_shape(npz, 'images'))  # before a compressed array unpacks
+                images = npz['images']
+                labels = npz['labels'] if 'labels' in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f'{path}: not a readable numpy file ({err})') from None
+    if images.dtype.kind not in 'uif':
+        raise UserError(f'{path}: images must be numbers; got {images.dtype}')
+    if labels is not None and (labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2):
+        raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
+    if labels is not None and labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
+        raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
+    if images.ndim == 3:
+        return images[:, :, :, np.newaxis], labels
+    return (images.transpose(0, 2, 3, 1) if images.shape[1] < images.shape[3] else images), labels
+
+
+def _check_array_shape(path, shape):
+    """Raises a UserError for shapes other than (N,H,W), (N,H,W,C), (N,C,H,W) or beyond the pixel limit."""
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise UserError(f'{path}: images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {tuple(shape)}')
+    height, width = shape[1:3] if len(shape) == 3 or shape[1] >= shape[3] else shape[2:4]
+    if height * width > MAX_IMAGE_PIXELS:
+        raise UserError(f'{path}: images are {width}x{height}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
+
+
+def is_png_data(images):
+    """True for uint8 images with 1, 3 or 4 channels, which go through the PNG path."""
+    return images.dtype == np.uint8 and images.shape[3] in (1, 3, 4)
+
+
+def parse_range(text, images):
+    """(lo, hi) of `--range=LO,HI` for non-PNG arrays: needed for float data, (0, 255) for
+    integer data without it."""
+    if text is None:
+        if images.dtype.kind == 'f':
+            raise UserError('--range: float data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
+        return 0.0, 255.0
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise UserError(f'--range={text}: expected LO,HI, for example -1,1') from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise UserError(f'--range={text}: LO must be less than HI, both finite')
+    return lo, hi
+
+
+def write_array_items(writer, images, labels, value_range, max_images):
+    """Stores each (H,W,C) item as a float32 (C,H,W) `.npy` mapped from `value_range` to [-1, 1]
+    (values outside it are kept, not clipped), with its label; dataset.json gets an "arrays"
+    description that `training.dataset.ArrayFolderDataset` reads."""
+    lo, hi = value_range
+    count = _limit(len(images), max_images)
+    label_of = _array_label(labels)
+    for i in tqdm(range(count), unit='img', file=sys.stderr, dynamic_ncols=True):
+        item = (images[i].astype(np.float64) - lo) / (hi - lo) * 2 - 1
+        writer.add_array(np.ascontiguousarray(item.transpose(2, 0, 1), dtype=np.float32), label_of(i))
+    height, width, channels = images.shape[1:]
+    writer.meta['arrays'] = dict(shape=[channels, height, width], dtype='float32', range=[lo, hi],
+                                 layout='(C, H, W) float32: the source values mapped from range to [-1, 1]')
+
+
+def _array_label(labels):
+    """label_of(i) for an (N[,K]) label array or None: an int class or a list of floats."""
+    def label_of(i):
+        if labels is None:
+            return None
+        if labels.dtype.kind in 'iu':
+            return int(labels[i])
+        return np.atleast_1d(np.asarray(labels[i], dtype=np.float64)).tolist()
+    return label_of
+
+
 def _array_source(path, images, labels, max_images):
     """Images held in one (N,H,W[,C]) uint8 array, labels in an (N[,K]) array or None."""
     count = _limit(len(images), max_images)
@@ -632,6 +717,24 @@ LATENT_DTYPES = ('float16', 'float32')
 # ----------------------------------------------------------------------------------------------
 # Command line.
 
+def convert_arrays(writer, source, images, labels, max_images, value_range, transform, resolution, channels, encoder):
+    """The `convert` of arrays that PNG cannot hold (float data, or channel counts other than 1, 3
+    and 4): stored as they are, so the image options do not apply."""
+    for name, value in (('--transform', transform), ('--resolution', resolution), ('--channels', channels), ('--encoder', encoder)):
+        if value is not None:
+            raise UserError(f'{name}: does not apply to {images.dtype} data with {images.shape[3]} channels, '
+                            f'which is stored as .npy arrays')
+    lo, hi = parse_range(value_range, images)
+    with writer:
+        write_array_items(writer, images, labels, (lo, hi), max_images)
+        if writer.count == 0:
+            raise UserError(f'--source={source}: no items')
+    height, width, chans = images.shape[1:]
+    click.echo(f'Wrote {writer.count} arrays, {width}x{height}, {chans} channel{"s" if chans > 1 else ""}, '
+               f'{images.dtype} mapped from [{lo:g}, {hi:g}] to [-1, 1], '
+               f'{"labelled" if labels is not None else "no labels"} to {writer.dest}')
+
+
 def _describe(count, stream, labels):
     """One-line summary: count, resolution, channels and labels."""
     width, height = stream.output_size
@@ -682,6 +785,7 @@ def cli():
 @click.option('--transform', help='Crop before resizing (default: resize only)', metavar='center-crop|center-crop-wide', type=str)
 @click.option('--resolution', help='Output size, e.g. 32x32 (default: keep the source size)', metavar='WxH', type=str)
 @click.option('--channels', help='1 (grey) or 3 (RGB)  [default: as the source]', metavar='1|3', type=int)
+@click.option('--range', 'value_range', help='Value range of float arrays, mapped to [-1, 1]', metavar='LO,HI', type=str)
 @click.option('--skip-bad', help='Skip unreadable images instead of stopping', is_flag=True)
 @click.option('--overwrite', help='Replace a data set that already exists at --dest', is_flag=True)
 @click.option('--encoder', help='Store VAE latents (posterior mean and std) instead of images', type=click.Choice(['vae']))
@@ -689,7 +793,8 @@ def cli():
 @click.option('--xflip', help='With --encoder: also store the latents of the mirrored images', is_flag=True)
 @click.option('--latent-dtype', 'latent_dtype', help='With --encoder: storage precision', type=click.Choice(LATENT_DTYPES),
               default='float16', show_default=True)
-def convert(source, dest, max_images, transform, resolution, channels, skip_bad, overwrite, encoder, vae, xflip, latent_dtype):
+def convert(source, dest, max_images, transform, resolution, channels, value_range, skip_bad, overwrite, encoder, vae, xflip,
+            latent_dtype):
     """Convert an image collection into an EDM-format data set (PNG images + dataset.json).
 
     The word `convert` may be left out: `python dataset_tool.py --source=... --dest=...`.
@@ -700,7 +805,10 @@ def convert(source, dest, max_images, transform, resolution, channels, skip_bad,
       folder                      images found recursively; labels from its dataset.json,
                                   else from top-level sub-folder names (two or more)
       *.zip                       the same rules as a folder
-      *.npz                       'images' (N,H,W) or (N,H,W,C) uint8, optional 'labels'
+      *.npz, *.npy                'images' (N,H,W), (N,H,W,C) or (N,C,H,W), optional 'labels'
+                                  (.npz only); uint8 with 1, 3 or 4 channels become PNGs,
+                                  anything else (float data with --range, any C) float32
+                                  .npy items in [-1, 1] (see docs/data.md)
       cifar-10-python.tar.gz      the 50,000 CIFAR-10 training images with labels
       *-images-idx3-ubyte.gz      MNIST / Fashion-MNIST, labels from *-labels-idx1-ubyte.gz,
                                   28x28 zero-padded to 32x32
@@ -734,6 +842,14 @@ def convert(source, dest, max_images, transform, resolution, channels, skip_bad,
         from training.encoders import DEFAULT_VAE, check_vae_name, write_latents
         vae = check_vae_name(vae or DEFAULT_VAE)  # a missing folder fails before any work
     writer = DatasetWriter(dest, overwrite=overwrite)  # refuse an existing --dest before any work
+    if source.lower().endswith(('.npy', '.npz')) and os.path.isfile(source):
+        images, labels = read_arrays(source)
+        if not is_png_data(images):
+            convert_arrays(writer, source, images, labels, max_images, value_range, transform, resolution, channels, encoder)
+            return
+        source = _array_source(source, images, labels, max_images)
+    if value_range is not None:
+        raise UserError('--range: only applies to .npy/.npz sources of float data or channel counts other than 1, 3 and 4')
     stream = iterate_images(source, max_images=max_images, transform=transform, resolution=resolution,
                             channels=channels, skip_bad=skip_bad)
     if encoder is not None:

@@ -14,6 +14,7 @@ import os
 import re
 
 import click
+import numpy as np
 import torch
 import tqdm
 
@@ -108,7 +109,7 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
         decoder.vae_name = encoders.check_vae_name(vae)
     if decoder is not None and net.img_channels != encoders.LATENT_CHANNELS:
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
-    if decoder is None and net.img_channels not in (1, 3):
+    if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and isinstance(net, checkpoints.ForeignNetwork):
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel latents; decode them with --on_latents=1')
     return decoder
 
@@ -193,6 +194,16 @@ def iter_lazily(net, seeds, device, chunk=4096, **kwargs):
                 yield batch_seeds, images
 
 
+def save_sample(image, path):
+    """Writes a uint8 (C, H, W) sample as PNG (C = 1 or 3), else as the same array in a .npy beside
+    where the PNG would be (PNG cannot hold other channel counts)."""
+    if image.shape[0] in (1, 3):
+        png.save_image(image, path)
+        return
+    with dnnlib.util.atomic_write(os.path.splitext(path)[0] + '.npy', 'wb') as f:
+        np.save(f, image.numpy(), allow_pickle=False)
+
+
 def image_path(outdir, seed, subdirs):
     folder = os.path.join(outdir, f'{seed - seed % 1000:06d}') if subdirs else outdir
     return os.path.join(folder, f'{seed:06d}.png')
@@ -200,7 +211,7 @@ def image_path(outdir, seed, subdirs):
 
 @click.command(context_settings=dict(max_content_width=100))
 @click.option('--network', 'network_url', help='Network to sample from: our snapshot (.pkl or .safetensors), EDM\'s or the original release\'s pickle', metavar='PATH|URL', type=str, required=True)
-@click.option('--outdir', help='Folder for the PNG files, one per seed', metavar='DIR', type=str)
+@click.option('--outdir', help='Folder for the PNG files, one per seed (.npy for channel counts PNG cannot hold)', metavar='DIR', type=str)
 @click.option('--seeds', help='Seeds to sample, comma-separated numbers and a-b ranges', metavar='LIST', type=str, default='0-63', show_default=True)
 @click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class of every image  [default: drawn per seed]', metavar='INT', type=click.IntRange(min=0), default=None)
@@ -275,7 +286,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
                                            canvas=canvas, decoder=decoder, **sampler_kwargs):
         if outdir is not None:
             for seed, image in zip(batch_seeds, images):
-                png.save_image(image, image_path(outdir, seed, subdirs))
+                save_sample(image, image_path(outdir, seed, subdirs))
         if grid_path is not None:
             kept.append((batch_seeds, images))
 

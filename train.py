@@ -96,6 +96,8 @@ def dataset_options(data, use_labels, xflip, cache):
         raise UserError(f'--data: "{data}" does not exist')
     holds_latents = dataset_lib.latent_info(data) is not None
     class_name = 'training.dataset.LatentFolderDataset' if holds_latents else 'training.dataset.ImageFolderDataset'
+    if dataset_lib.array_info(data) is not None:
+        class_name = 'training.dataset.ArrayFolderDataset'
     kwargs = dnnlib.EasyDict(class_name=class_name, path=data, use_labels=use_labels, xflip=xflip, cache=cache)
     dataset = dnnlib.construct_class_by_name(**kwargs)
     if use_labels and not dataset.has_labels:

@@ -45,7 +45,7 @@ def make_tiny_net(arch='ddpmpp', precond='edm', resolution=16, channels=3, use_c
     making 64x64 inputs slow."""
     kwargs = dict(TINY_ARCHS[arch])
     kwargs.update(overrides)
-    kwargs.setdefault('attn_resolutions', [min(patch.image_hw(resolution)) >> (len(kwargs['channel_mult']) - 1)])
+    kwargs.setdefault('attn_resolutions', [max(patch.image_hw(resolution)) >> (len(kwargs['channel_mult']) - 1)])
     return PRECONDS[precond](img_resolution=resolution, img_channels=channels, label_dim=label_dim,
                              augment_dim=augment_dim, use_coords=use_coords, pos_embed=pos_embed,
                              dropout=dropout, **kwargs)

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
-from training.dataset import ImageFolderDataset
+from training.dataset import ArrayFolderDataset, ImageFolderDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -479,3 +479,41 @@ def test_script_forms(tmp_path):
     assert all(r.exit_code == 0 for r in outputs) and outputs[0].output == outputs[1].output
     result = run_tool('convert', f'--source={src}', f'--dest={tmp_path / "o2.zip"}')
     assert result.exit_code == 0 and (tmp_path / 'o2.zip').exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Arrays of any layout, type and channel count (issue 20).
+
+
+def test_arrays_in_every_layout_become_the_same_pngs(tmp_path):
+    """(N,H,W,C) and (N,C,H,W) in .npz or .npy give the same PNG data set (uint8, 3 channels)."""
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 6, 10, 3), dtype=np.uint8)
+    np.save(tmp_path / 'nchw.npy', images.transpose(0, 3, 1, 2))
+    expected = images.transpose(0, 3, 1, 2)
+    for i, src in enumerate([write_npz(tmp_path / 'nhwc.npz', images), write_npz(tmp_path / 'nchw.npz', expected),
+                             tmp_path / 'nchw.npy']):
+        loaded, _ = convert_load(src, tmp_path / f'o{i}.zip')
+        np.testing.assert_array_equal(loaded, expected)
+
+
+def test_float_and_many_channel_arrays_are_stored_as_npy(tmp_path):
+    signals = np.random.default_rng(2).uniform(-4, 4, size=(3, 1, 4, 16)).astype(np.float32)
+    src = tmp_path / 'signals.npy'
+    np.save(src, signals)
+    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}'), '--range', 'float data')
+    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}', '--range=4,-4'), '--range=4,-4')
+    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}', '--range=-4,4', '--resolution=8x2'),
+                 '--resolution', 'stored as .npy')
+    result = convert(src, tmp_path / 'a.zip', '--range=-4,4')
+    assert '16x4, 1 channel, float32 mapped from [-4, 4] to [-1, 1]' in result.output
+    ds = ArrayFolderDataset(tmp_path / 'a.zip')
+    assert ds.resolution == (4, 16) and ds[0][0].dtype == np.float32
+    np.testing.assert_allclose(np.stack([ds[i][0] for i in range(3)]), signals / 4, atol=1e-6)
+
+    many = np.random.default_rng(3).integers(0, 256, size=(2, 8, 8, 5), dtype=np.uint8)
+    convert(write_npz(tmp_path / 'many.npz', many, np.array([1, 0])), tmp_path / 'many')
+    ds = ArrayFolderDataset(tmp_path / 'many', use_labels=True)
+    assert ds.image_shape == [5, 8, 8] and ds.label_dim == 2
+    np.testing.assert_allclose(ds[1][0], many[1].transpose(2, 0, 1) / 127.5 - 1, atol=1e-6)
+    expect_error(run_tool(f'--source={write_npz(tmp_path / "x.npz", many[..., :3])}', f'--dest={tmp_path / "b.zip"}',
+                          '--range=0,1'), '--range', 'only applies')

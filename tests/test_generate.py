@@ -193,3 +193,25 @@ def test_bad_input_from_the_command_line_prints_one_line(tmp_path):
     assert proc.stdout == '' and len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith('Error: --network') and 'Traceback' not in proc.stderr
     assert not os.path.exists(tmp_path / 'out')
+
+
+def test_rectangles_and_channel_counts_png_cannot_hold(tmp_path):
+    """A 16x32 network samples 32x16 by default and any WxH canvas; 5 channels are saved as .npy."""
+    from training import networks
+    torch.manual_seed(0)
+    net = networks.EDMPrecond(img_resolution=(16, 32), img_channels=5, use_coords=True, model_channels=16,
+                              channel_mult=[1, 2], num_blocks=1, attn_resolutions=[16])
+    snapshot = write_snapshot(tmp_path / 'rect.pkl', net)
+    assert run('--network', snapshot, '--outdir', tmp_path / 'a', '--seeds=0-1', '--steps=2').exit_code == 0
+    arrays = [np.load(tmp_path / 'a' / name) for name in sorted(os.listdir(tmp_path / 'a'))]
+    assert len(arrays) == 2 and all(a.shape == (5, 16, 32) and a.dtype == np.uint8 for a in arrays)
+    assert run('--network', snapshot, '--grid', tmp_path / 'g.png', '--seeds=0-1', '--steps=2',
+               '--image_size=48x16', '--x_start=-8').exit_code == 0
+    with PIL.Image.open(tmp_path / 'g.png') as img:
+        assert img.size == (96, 16) and img.mode == 'L'
+    result = CliRunner().invoke(generate.main, ['--network', snapshot, '--grid', str(tmp_path / 'h.png'),
+                                                '--image_size=31x16', '--device=cpu'])
+    assert result.exit_code == 1 and '--image_size' in result.output and 'down-sampling factor' in result.output
+    result = CliRunner().invoke(generate.main, ['--network', snapshot, '--grid', str(tmp_path / 'h.png'),
+                                                '--image_size=3x', '--device=cpu'])
+    assert result.exit_code == 2 and 'WxH' in result.output

@@ -380,8 +380,9 @@ def test_rectangular_network(arch):
     """An (H, W) network names its levels HxW, keeps the shape and takes H x W coordinates; the
     int of a square network is unchanged."""
     torch.manual_seed(0)
-    net = make_tiny_net(arch, resolution=(16, 32), channels=1, use_coords=True, attn_resolutions=[8])
+    net = make_tiny_net(arch, resolution=(16, 32), channels=1, use_coords=True, attn_resolutions=[16])
     assert net.img_resolution == (16, 32) and any(k.startswith('16x32_') for k in net.model.enc.keys())
+    assert net.model.enc['8x16_block0'].num_heads > 0  # attention where the longer side is 16
     x = torch.randn(2, 1, 16, 32)
     out = net(x, torch.full((2,), 1.0))
     assert out.shape == x.shape and torch.isfinite(out).all()

@@ -1,5 +1,6 @@
-"""Data of other shapes end to end (issue 20): two-digit numbers (32 high x 64 wide) converted by
-dataset_tool.py, trained with patches for a few steps and sampled at full size."""
+"""Data of other shapes end to end (issue 20): two-digit numbers (32 high x 64 wide) and
+1-channel float signals (16 x 256) converted by dataset_tool.py, trained with patches for a few
+steps and sampled at full size."""
 
 import importlib.util
 import os
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 import dataset_tool
 import generate
+from training.dataset import ArrayFolderDataset
 from test_training import TINY, invoke_train, read_stats, run_dir_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +34,7 @@ def test_two_digit_numbers_are_mnist_digits_side_by_side(shapes):
     assert (images[:, :2] == 0).all() and images[:, :, 30:34].sum() < images[:, :, 8:24].sum()
 
 
+@pytest.mark.slow
 def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
     images, labels = shapes.two_digit_numbers(32)
     np.savez(tmp_path / 'numbers.npz', images=images, labels=labels)
@@ -60,3 +63,34 @@ def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tm
     for name in sorted(os.listdir(out)):
         with PIL.Image.open(out / name) as img:
             assert img.size == (64, 32) and img.mode == 'L'
+
+
+@pytest.mark.slow
+def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
+    """1-channel float signals (16x256): stored as float32 .npy items mapped by --range, trained
+    with aspect-keeping patches, sampled at 256x16."""
+    signals = shapes.sine_signals(16)
+    assert signals.shape == (16, 1, 16, 256) and signals.dtype == np.float32 and np.abs(signals).max() <= 1
+    np.save(tmp_path / 'signals.npy', signals * 5)
+    data = str(tmp_path / 'signals.zip')
+    result = CliRunner().invoke(dataset_tool.cli, ['--source', str(tmp_path / 'signals.npy'), '--dest', data, '--range=-5,5'])
+    assert result.exit_code == 0, result.output
+    dataset = ArrayFolderDataset(data)
+    assert dataset.resolution == (16, 256) and np.allclose(dataset[3][0], signals[3], atol=1e-6)
+
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', data, '--batch=2', '--duration=0.00001',
+                           '--tick=0.001', '--snap=1000', '--dump=1000', '--seed=2', '--device=cpu'] + TINY
+                          + ['--cres=1,1,1'])  # attention at 4x64, not 8x128: the 64-image grids cost less
+    assert result.exit_code == 0, result.output
+    run_dir = run_dir_of(outdir)
+    stats = read_stats(run_dir)
+    assert {k for s in stats for k in s['loss_by_patch']} <= {'4x64', '8x128', '16x256'}
+    assert all(np.isfinite(s['loss']) for s in stats)
+    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
+    grid = tmp_path / 'grid.png'
+    result = CliRunner().invoke(generate.main, ['--network', os.path.join(run_dir, snapshot), '--grid', str(grid),
+                                                '--seeds=0-1', '--steps=2', '--device=cpu'], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with PIL.Image.open(grid) as img:
+        assert img.size == (2 * 256, 16)

@@ -32,8 +32,11 @@ def grid_shape(num_images, cols=None):
 
 def save_image_grid(images, path, cols=None):
     """Writes uint8 (N, C, H, W) images as one PNG grid, row-major, empty cells black, atomically.
-    The grid is rows·H by cols·W pixels (see `grid_shape`)."""
+    The grid is rows·H by cols·W pixels (see `grid_shape`); of channel counts other than 1 and 3
+    (arrays) it shows the first channel in grey."""
     images = torch.as_tensor(images)
+    if images.shape[1] not in (1, 3):
+        images = images[:, :1]
     n, c, h, w = images.shape
     rows, cols = grid_shape(n, cols)
     canvas = torch.zeros([rows * cols, c, h, w], dtype=torch.uint8)

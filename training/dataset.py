@@ -576,3 +576,70 @@ class LatentFolderDataset(Dataset):
             raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} items unlabelled)')
         labels = np.array([labels[f] for f in self._fnames] * self._copies)
         return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arrays that PNG cannot hold.
+
+
+def array_info(path):
+    """The `arrays` description in the dataset.json of the data set at `path` (written by
+    dataset_tool.py for float data or channel counts PNG cannot hold), or None."""
+    data = _read_member(os.fspath(path), 'dataset.json') if os.path.exists(path) else None
+    try:
+        meta = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    info = meta.get('arrays') if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+class ArrayFolderDataset(Dataset):
+    """Float data of any channel count, as written by dataset_tool.py: EDM's layout with
+    `NNNNN/imgNNNNNNNN.npy` members, each a (C, H, W) float32 array already mapped to [-1, 1], and
+    an `arrays` description (shape, source range) in dataset.json. Items are those arrays."""
+
+    item_dtype = np.float32
+
+    def __init__(self, path, resolution=None, **super_kwargs):
+        self._path = os.fspath(path)
+        self._info = array_info(self._path)
+        if self._info is None:
+            raise UserError(f'{self._path}: not a data set of arrays (no "arrays" in dataset.json)')
+        self._files = StoredFiles(self._path)
+        self._fnames = sorted(n for n in self._files.names() if n.endswith('.npy'))
+        if not self._fnames:
+            raise UserError(f'{self._path}: no .npy arrays found')
+        shape = [int(v) for v in self._info['shape']]
+        if resolution is not None and tuple(shape[1:]) != patch.image_hw(resolution):
+            raise UserError(f'{self._path}: arrays are {shape[2]}x{shape[1]}, not the requested resolution {patch.shape_name(resolution)}')
+        name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
+        super().__init__(name=name, raw_shape=[len(self._fnames)] + shape, **super_kwargs)
+        self.close()
+
+    def _where(self):
+        return self._path
+
+    def close(self):
+        self._files.close()
+
+    def _load_raw_image(self, raw_idx):
+        fname = self._fnames[raw_idx]
+        try:
+            array = np.load(io.BytesIO(self._files.read(fname)), allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
+        if list(array.shape) != self._raw_shape[1:]:
+            raise UserError(f'{self._path}: {fname} has shape {list(array.shape)}, expected {self._raw_shape[1:]}')
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def _load_raw_labels(self):
+        labels = json.loads(self._files.read('dataset.json')).get('labels')
+        if labels is None:
+            return None
+        labels = dict((str(name), label) for name, label in labels)
+        missing = [f for f in self._fnames if f not in labels]
+        if missing:
+            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} items unlabelled)')
+        labels = np.array([labels[f] for f in self._fnames])
+        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)

@@ -250,10 +250,12 @@ def _down_factor(channel_mult):
 
 def _level(img_resolution, level):
     """(name, side) of U-Net level `level`: named '16x16' as in EDM, 'HxW' for rectangles; the side
-    that `attn_resolutions` refers to is the shorter one."""
+    that `attn_resolutions` refers to is the longer one, so attention never spans more positions
+    than at that resolution of square images (the shorter side would put it on all 16x256 pixels
+    of a long, thin signal)."""
     height, width = patch.image_hw(img_resolution)
     height, width = height >> level, width >> level
-    return f'{height}x{width}', min(height, width)
+    return f'{height}x{width}', max(height, width)
 
 
 # ----------------------------------------------------------------------------------------------

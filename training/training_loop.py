@@ -157,7 +157,9 @@ def blocks_to_device(blocks, device):
 
 
 def images_to_float(images, device):
-    """uint8 NCHW → float32 in [−1, 1] on the device."""
+    """uint8 NCHW → float32 in [−1, 1] on the device; float items (arrays, already in [−1, 1]) as they are."""
+    if images.dtype.is_floating_point:
+        return images.to(device, non_blocking=True).to(torch.float32)
     return images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
 
 
@@ -282,6 +284,9 @@ def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
     images = torch.as_tensor(np.stack([dataset[i][0] for i in range(count)]))
     if encoder is not None and images.dtype != torch.uint8:
         images = encoder.decode(encoder.encode(images.to(encoder.vae_device)))
+    elif images.dtype != torch.uint8:  # arrays in [−1, 1]
+        from training import sampler
+        images = sampler.to_uint8(images)
     png.save_image_grid(images, os.path.join(run_dir, 'reals.png'))
 
 
