@@ -80,12 +80,16 @@ def list_image_files(path):
     relative names of the images.
 
     Any other file (except `dataset.json` and hidden files) is reported by name, since a stray
-    file usually means the path points at the wrong folder (a run folder, say)."""
+    file usually means the path points at the wrong folder (a run folder, say); `.npy` arrays
+    (data sets and samples that PNG cannot hold) are told apart, as FID does not apply to them."""
     if not os.path.exists(path):
         raise UserError(f'{path}: no such folder or zip file')
     files = StoredFiles(path)
     names = [n for n in files.names() if _is_listed_file(n)]
     for name in names:
+        if name.lower().endswith('.npy'):
+            raise UserError(f'{os.path.join(path, name)}: an array (float data, or a channel count other than 1 and 3); '
+                            f'FID/KID do not apply: the Inception features need 1- or 3-channel images')
         if not name.lower().endswith(IMAGE_EXTENSIONS):
             raise UserError(f'{os.path.join(path, name)}: not an image file (expected {"/".join(IMAGE_EXTENSIONS)})')
     if not names:

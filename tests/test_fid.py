@@ -409,3 +409,17 @@ def test_unreadable_image_on_one_rank_stops_every_rank(tmp_path, digits, standin
     assert os.path.basename(broken) in err.value.message and '\n' not in err.value.message
     assert len(gathered) == 1 and (gathered[0] is None) == (failing_rank == 1)
     assert ('on rank 1' in err.value.message) == (failing_rank == 1)
+
+
+def test_any_size_and_arrays_that_fid_does_not_apply_to(tmp_path):
+    """Rectangular images decode at their size (the detector resizes them); a folder or data set
+    of .npy arrays is refused with a message that FID does not apply (issue 20)."""
+    folder = tmp_path / 'wide'
+    folder.mkdir()
+    PIL.Image.fromarray(np.zeros((8, 24), np.uint8)).save(folder / 'a.png')
+    PIL.Image.fromarray(np.zeros((8, 24, 3), np.uint8)).save(folder / 'b.png')
+    files = fid.ImageFiles(str(folder))
+    assert [files[i][1].shape for i in range(2)] == [(1, 8, 24), (3, 8, 24)]
+    np.save(folder / 'c.npy', np.zeros((5, 8, 24), np.uint8))
+    with pytest.raises(fid.UserError, match='FID/KID do not apply'):
+        fid.ImageFiles(str(folder))

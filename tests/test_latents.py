@@ -310,3 +310,23 @@ def test_train_errors(case, images_zip, vae_dir, tmp_path):
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not (tmp_path / 'runs').exists()
+
+
+def test_non_square_latents_train_and_generate(emoji_npz, vae_dir, tmp_path):
+    """64x32 (WxH) images: 8x4 latents precomputed, trained with aspect-keeping patches, and
+    sampled back to 64x32 images (issue 20); sides that are not multiples of 8 are refused."""
+    wide = np.load(emoji_npz)['images'][:, 16:48]
+    np.savez(tmp_path / 'wide.npz', images=wide)
+    data = tmp_path / 'wide-latents.zip'
+    convert(f'--source={tmp_path / "wide.npz"}', f'--dest={data}', '--encoder=vae', f'--vae={vae_dir}')
+    dataset = LatentFolderDataset(data)
+    assert dataset.resolution == (4, 8) and dataset.image_shape == [8, 4, 8]
+    run_dir = run_train(['--outdir', str(tmp_path / 'runs'), '--data', str(data)] + TINY[:-1])
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        assert json.load(f)['patch_kwargs']['patch_sizes'] == [[2, 4], [4, 8]]
+    for path in generate(latest_snapshot(run_dir), tmp_path / 'out'):
+        with Image.open(path) as img:
+            assert img.mode == 'RGB' and img.size == (64, 32)
+    result = run_tool('convert', f'--source={tmp_path / "wide.npz"}', f'--dest={tmp_path / "odd.zip"}', '--encoder=vae',
+                      f'--vae={vae_dir}', '--resolution=64x36')
+    assert result.exit_code == 1 and '64x36 (WxH) is not divisible by 8' in result.output
