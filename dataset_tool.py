@@ -335,11 +335,11 @@ def is_png_data(images):
 
 
 def parse_range(text, images):
-    """(lo, hi) of `--range=LO,HI` for non-PNG arrays: needed for float data, (0, 255) for
-    integer data without it."""
+    """(lo, hi) of `--range=LO,HI` for non-PNG arrays: needed for anything but uint8, whose range
+    is (0, 255) without it."""
     if text is None:
-        if images.dtype.kind == 'f':
-            raise UserError('--range: float data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
+        if images.dtype != np.uint8:
+            raise UserError(f'--range: {images.dtype} data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
         return 0.0, 255.0
     try:
         lo, hi = (float(v) for v in text.split(','))

@@ -500,7 +500,7 @@ def test_float_and_many_channel_arrays_are_stored_as_npy(tmp_path):
     signals = np.random.default_rng(2).uniform(-4, 4, size=(3, 1, 4, 16)).astype(np.float32)
     src = tmp_path / 'signals.npy'
     np.save(src, signals)
-    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}'), '--range', 'float data')
+    expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}'), '--range', 'float32 data needs')
     expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}', '--range=4,-4'), '--range=4,-4')
     expect_error(run_tool(f'--source={src}', f'--dest={tmp_path / "a.zip"}', '--range=-4,4', '--resolution=8x2'),
                  '--resolution', 'stored as .npy')
