@@ -113,7 +113,7 @@ def _patch_offsets(n, row_choices, col_choices, rng, device):
 
 def default_patch_sizes(resolution, latent=False):
     """{R/4, R/2, R} in pixel space, {R/2, R} in latent space; a rectangle's patches keep its
-    aspect ratio ((H/k, W/k) pairs), which trained better than squares (docs/results.md)."""
+    aspect ratio ((H/k, W/k) pairs), which trained better than squares (docs/data.md)."""
     divisors = [2, 1] if latent else [4, 2, 1]
     if isinstance(resolution, (int, np.integer)):
         return [resolution // k for k in divisors]

@@ -164,8 +164,9 @@ def images_to_float(images, device):
 
 
 def network_shape(dataset, encoder_kwargs):
-    """(side, channels) of the denoiser's input: the data set's images, or their latents. Read
-    from the encoder's class, so that train.py can check sizes without building an encoder."""
+    """(side or (H, W), channels) of the denoiser's input: the data set's images, or their
+    latents. Read from the encoder's class, so that train.py can check sizes without building an
+    encoder."""
     if encoder_kwargs is None:
         return dataset.resolution, dataset.num_channels
     return dnnlib.util.get_obj_by_name(encoder_kwargs['class_name']).latent_shape(dataset)
