@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib.util import UserError
-from training.dataset import MAX_IMAGE_PIXELS, convert_image, image_extensions, open_image, probe_image
+from training.dataset import MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
 
 TRANSFORMS = ('center-crop', 'center-crop-wide')
 
@@ -110,17 +110,7 @@ def _labels_for(path, names, label_json):
     image's top-level sub-folder among the sorted sub-folder names (two or more, and every
     image inside one), else none. EDM's own NNNNN/ folders are not classes."""
     if label_json is not None:
-        try:
-            labels = json.loads(label_json)['labels']
-            if labels is None:
-                return None
-            labels = {str(k).replace('\\', '/'): v for k, v in labels}
-        except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f'{path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
-        missing = [n for n in names if n not in labels]
-        if missing:
-            raise UserError(f'{path}: dataset.json has no label for {missing[0]}')
-        return {n: _json_label(path, n, labels[n]) for n in names}
+        return parse_labels(path, label_json, names)
     tops = [n.split('/')[0] if '/' in n else None for n in names]
     classes = sorted(set(tops) - {None})
     if None in tops or len(classes) < 2 or all(re.fullmatch(r'\d{5}', c) for c in classes):
@@ -129,62 +119,24 @@ def _labels_for(path, names, label_json):
     return {n: index[t] for n, t in zip(names, tops)}
 
 
-def _json_label(path, name, label):
-    """A dataset.json label as the writer stores it: an int class, or a list of floats (a single
-    float becomes a one-element list, so the loader's label_shape is [1], not [])."""
-    if isinstance(label, int) and not isinstance(label, bool):
-        if label < 0:
-            raise UserError(f'{path}: dataset.json label of {name} is {label}; class labels must be 0 or more')
-        return label
-    if isinstance(label, float):
-        return [label]
-    if isinstance(label, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
-        return [float(v) for v in label]
-    raise UserError(f'{path}: dataset.json label of {name} is {label!r}; expected an int or a list of numbers')
-
-
-def _open_folder(path, max_images):
-    names = []
-    extensions = image_extensions()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for fname in files:
-            if os.path.splitext(fname)[1].lower() in extensions:
-                names.append(os.path.relpath(os.path.join(root, fname), path).replace(os.sep, '/'))
-    names.sort()
-    json_path = os.path.join(path, 'dataset.json')
-    label_json = None
-    if os.path.isfile(json_path):
-        with open(json_path, 'rb') as f:
-            label_json = f.read()
-    labels = _labels_for(path, names, label_json)
-
-    def read(name):
-        with open(os.path.join(path, name), 'rb') as f:
-            return f.read()
-    return _file_source(path, names, read, labels, max_images, lambda name: os.path.join(path, name))
-
-
-def _open_zip(path, max_images):
+def _open_stored(path, max_images):
+    """A folder or zip of images at any depth, labelled as `_labels_for` says."""
+    files = StoredFiles(path)
+    all_names = files.names()
+    names = image_names(all_names)
     try:
-        zf = zipfile.ZipFile(path)
-        all_names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise UserError(f'{path}: not a readable zip file ({err})') from None
-    extensions = image_extensions()
-    names = sorted(n for n in all_names if os.path.splitext(n)[1].lower() in extensions and not n.endswith('/'))
-    try:
-        label_json = zf.read('dataset.json') if 'dataset.json' in all_names else None
+        label_json = files.read('dataset.json') if 'dataset.json' in all_names else None
     except (zipfile.BadZipFile, OSError) as err:
         raise UserError(f'{path}: cannot read dataset.json ({err})') from None
     labels = _labels_for(path, names, label_json)
+    display = (lambda name: os.path.join(path, name)) if files.type == 'dir' else (lambda name: f'{path}: {name}')
 
     def read(name):
         try:
-            return zf.read(name)
+            return files.read(name)
         except (zipfile.BadZipFile, OSError) as err:
-            raise BadImage(f'{path}: {name}: damaged zip member ({err})') from None
-    return _file_source(path, names, read, labels, max_images, lambda name: f'{path}: {name}')
+            raise BadImage(f'{display(name)}: unreadable file or damaged zip member ({err})') from None
+    return _file_source(path, names, read, labels, max_images, display)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -333,7 +285,7 @@ def open_source(source, max_images=None):
     source = os.fspath(source)
     base = os.path.basename(source.rstrip('/\\'))
     if os.path.isdir(source):
-        return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_folder(source, max_images)
+        return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_stored(source, max_images)
     if not os.path.exists(source):
         raise UserError(f'--source={source}: no such file or folder')
     if base == 'cifar-10-python.tar.gz':
@@ -341,7 +293,7 @@ def open_source(source, max_images=None):
     if re.search(r'-images-idx3-ubyte(\.gz)?$', base):
         return _open_mnist(source, max_images)
     if base.lower().endswith('.zip'):
-        return _open_zip(source, max_images)
+        return _open_stored(source, max_images)
     if base.lower().endswith('.npz'):
         return _open_npz(source, max_images)
     raise UserError(f'--source={source}: unknown kind of source (expected a folder, .zip, .npz, '

