@@ -1,9 +1,5 @@
-"""Inception-v3 features of image sets and the FID and KID computed from them.
-
-Reference statistics are npz files holding `mu` (2048,) and `sigma` (2048, 2048) in float64, the
-format of EDM's published files, which load unchanged; `features` (N, 2048) float32 is stored
-beside them when KID needs the per-image features.
-"""
+"""Inception-v3 features of image sets, and the FID and KID computed from them. Reference
+statistics are npz files in EDM's format: `mu`, `sigma` (float64) and optionally `features`."""
 
 import inspect
 import os
@@ -37,11 +33,8 @@ def print_info(text):
 
 
 def list_image_files(path):
-    """Opens a folder (recursive) or zip of images; returns its `StoredFiles` and the sorted
-    relative names of the images.
-
-    Any other file (except `dataset.json` and hidden files) is reported by name, since a stray
-    file usually means the path points at the wrong folder (a run folder, say)."""
+    """Opens a folder or zip of images; returns its `StoredFiles` and the sorted image names. Any
+    other file is reported: it usually means the path is the wrong folder (a run folder, say)."""
     if not os.path.exists(path):
         raise UserError(f'{path}: no such folder or zip file')
     files = StoredFiles(path)
@@ -65,11 +58,8 @@ def shrink_for_detector(image):
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """The images of a folder or zip, decoded on demand (in DataLoader workers when there are any)
-    and shrunk to the detector's input size when larger.
-
-    Items are `(index, image or None, error message)`, so that an undecodable file is reported
-    by name from the main process rather than as a worker traceback."""
+    """The images of a set, decoded on demand and shrunk to the detector's input. Items are
+    `(index, image or None, error)`, so a bad file is reported by name, not as a worker traceback."""
 
     def __init__(self, path):
         self.path = path
@@ -154,13 +144,8 @@ def _accepts_return_features(net):
 
 
 class Detector:
-    """An Inception feature network behind one calling convention: uint8 NCHW in, (N, 2048) out.
-
-    Two contracts exist. NVIDIA's pickle (`contract='nvidia'`) takes float images in [0, 255] of
-    any size, resizes and scales them itself, and is called with `return_features=True`. The
-    fid-helper TorchScript export (`contract='fid_helper'`) takes 299x299 images already resized
-    with NVIDIA's resize and scaled to (x − 128) / 128; we do both here so that the two give the
-    same features."""
+    """An Inception network behind one convention: uint8 NCHW in, (N, 2048) float32 out. NVIDIA's
+    pickle resizes and scales itself; the fid-helper TorchScript export gets both done here."""
 
     def __init__(self, net, contract, device, source=''):
         assert contract in ('nvidia', 'fid_helper')
@@ -225,10 +210,8 @@ def _resolve_detector_file(spec):
 
 
 def load_detector(spec=None, device=None):
-    """Loads the Inception-v3 feature network and returns a `Detector` (see the module docstring).
-
-    Rank 0 resolves (and if needed downloads) the file first and shares the outcome, so that
-    ranks neither race on the download cache nor wait forever when it fails."""
+    """Loads the Inception-v3 network: `spec` a URL or file, or None for fid-helper's weights or
+    EDM's URL. Rank 0 resolves and downloads first and shares the outcome: no races, no hangs."""
     device = torch.device(device) if device is not None else dist.pick_device()
     path, error = None, None
     if dist.get_rank() == 0:
@@ -297,13 +280,8 @@ def stats_from_features(features):
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, detector=None, device=None,
                               num_workers=2, return_features=False, verbose=True):
-    """Mean (2048,) and covariance (2048, 2048), float64, of the Inception features of an image set.
-
-    Each torchrun rank takes a strided share of the (selected) images; the feature sum and
-    outer-product sum are accumulated in float64 and summed across ranks, so the result does not
-    depend on the number of ranks. `detector` is a `Detector` or a spec for `load_detector`.
-    With `return_features=True` the per-image features (N, 2048) float32, in image order, are
-    returned third (gathered onto every rank)."""
+    """Mean and covariance (float64) of the Inception features of an image set, and its features
+    (float32, image order) when asked; ranks take strided shares and sum in float64."""
     dataset = ImageFiles(image_path)  # list and check the files before the slow detector load
     indices = select_indices(len(dataset), num_expected, seed, what=image_path)
     if not isinstance(detector, Detector):
@@ -356,11 +334,8 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
 
 
 def _psd_factor(a):
-    """B (d × r) with B Bᵀ = a for a symmetric PSD matrix a, r its numerical rank.
-
-    LAPACK's pivoted Cholesky (dpstrf) stops at the numerical rank, so a covariance of fewer
-    images than dimensions (FID-2k on a CPU) gives a thin factor instead of failing, and the noise
-    directions that an eigendecomposition would keep and clip are dropped."""
+    """B (d x r) with B Bᵀ = a, r the numerical rank of the symmetric PSD `a`: pivoted Cholesky
+    stops there, so a singular covariance of fewer images than dimensions works."""
     from scipy.linalg.lapack import dpstrf
     packed, piv, rank, info = dpstrf((a + a.T) / 2, lower=1)
     if info < 0:
@@ -371,12 +346,8 @@ def _psd_factor(a):
 
 
 def trace_sqrt_product(sigma, sigma_ref):
-    """Tr((Σ Σr)^½) for covariances Σ, Σr, exactly and fast.
-
-    With Σ = B Bᵀ, Σ Σr has the same non-zero eigenvalues as the symmetric PSD matrix Bᵀ Σr B, so
-    the trace of its square root is the sum of the square roots of that matrix's eigenvalues: a
-    pivoted Cholesky and one eigvalsh instead of scipy's Schur-based sqrtm (about 5-10x slower on
-    2048x2048, and less accurate when Σ is singular)."""
+    """Tr((Σ Σr)^½) as the sum of square roots of the eigenvalues of Bᵀ Σr B (Σ = B Bᵀ): exact,
+    and 5-10x faster than scipy's sqrtm on 2048x2048."""
     sigma = np.asarray(sigma, dtype=np.float64)
     sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
     if not (np.isfinite(sigma).all() and np.isfinite(sigma_ref).all()):
@@ -408,10 +379,8 @@ def _kid_subset_mmd(x, y):
 
 
 def compute_kid(feats_a, feats_b, num_subsets=100, max_subset_size=1000, seed=0):
-    """KID: mean and std over `num_subsets` random subsets of the unbiased MMD² estimate.
-
-    Each subset draws min(max_subset_size, len(a), len(b)) rows of each set without replacement,
-    so small sets still work (the estimate is unbiased at any size, unlike FID)."""
+    """KID: mean and std over random subsets (min(max_subset_size, sizes) rows of each set) of the
+    unbiased MMD² with kernel (x·y/d + 1)³."""
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise UserError(f'KID: feature shapes do not match: {a.shape} and {b.shape}')
