@@ -295,3 +295,6 @@ def test_one_reader_for_data_sets_fid_and_dataset_tool(tmp_path):
     for read in (lambda: ImageFolderDataset(path, use_labels=True), lambda: dataset_convert.open_source(str(path))):
         with pytest.raises(UserError, match='label of 00000/img00000001.png is -2; class labels must be 0 or more'):
             read()
+    (path / 'dataset.json').write_text(json.dumps({'labels': [[edm_name(0), 1], [edm_name(1), [0.5]]]}))
+    with pytest.raises(UserError, match='all class numbers or all lists'):
+        ImageFolderDataset(path, use_labels=True)

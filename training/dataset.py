@@ -163,7 +163,7 @@ def label_array(path, labels):
     except ValueError:  # class numbers mixed with lists, or lists of different lengths
         labels = np.array([], dtype=object)
     if labels.dtype.kind not in 'iuf':
-        raise UserError(f'{path}: dataset.json labels must be numbers or lists of numbers')
+        raise UserError(f'{path}: dataset.json labels must be all class numbers or all lists of numbers of one length')
     return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
 
 
