@@ -223,6 +223,8 @@ def build_config(opts, world_size):
     c.cudnn_benchmark = opts.bench
     c.deterministic = opts.deterministic
     c.kimg_per_tick = opts.tick
+    if opts.time_limit is not None:
+        c.time_limit_min = opts.time_limit
     c.snapshot_ticks = opts.snap
     c.state_dump_ticks = opts.dump
 
@@ -297,6 +299,8 @@ def build_config(opts, world_size):
 @click.option('--device', help='Force a device (cpu, cuda, cuda:1, mps)  [default: CUDA if available]', metavar='STR', type=str)
 @click.option('--desc', help='String to include in result dir name', metavar='STR', type=str)
 @click.option('--nosubdir', help='Do not create a subdirectory for results', is_flag=True)
+@click.option('--time-limit', 'time_limit', help='Stop at the first tick after this many minutes (snapshot and state as at the end)',
+              metavar='MIN', type=click.FloatRange(min=0, min_open=True))
 @click.option('--tick', help='How often to print progress', metavar='KIMG', type=click.FloatRange(min=0, min_open=True), default=50)
 @click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50)
 @click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500)

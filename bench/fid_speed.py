@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import fid  # noqa: E402
+from training import metrics  # noqa: E402
 
 
 def synthetic_features(rng, mixing, num, shift):
@@ -50,12 +50,12 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     mixing = rng.standard_normal((256, args.dim)) / 16  # shared: the two sets differ slightly, as in FID
-    mu_a, sigma_a = fid.stats_from_features(synthetic_features(rng, mixing, args.num, 0.0))
-    mu_b, sigma_b = fid.stats_from_features(synthetic_features(rng, mixing, args.num, 0.02))
+    mu_a, sigma_a = metrics.stats_from_features(synthetic_features(rng, mixing, args.num, 0.0))
+    mu_b, sigma_b = metrics.stats_from_features(synthetic_features(rng, mixing, args.num, 0.02))
     print(f'covariances: {args.dim}x{args.dim} from {args.num} features each; cores: {os.cpu_count()}')
 
     t0 = time.perf_counter()
-    fast = fid.calculate_fid_from_inception_stats(mu_a, sigma_a, mu_b, sigma_b)
+    fast = metrics.calculate_fid_from_inception_stats(mu_a, sigma_a, mu_b, sigma_b)
     t_fast = time.perf_counter() - t0
     print(f'fid.py (pivoted Cholesky + eigvalsh): {t_fast:8.2f} s   FID = {fast:.10f}', flush=True)
 

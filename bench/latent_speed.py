@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dataset_tool  # noqa: E402
+from training import dataset_convert  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from training import encoders  # noqa: E402
 from training.dataset import ImageFolderDataset, LatentFolderDataset  # noqa: E402
@@ -56,7 +56,7 @@ def make_images(folder, count, resolution):
     """`count` smooth random RGB images (upsampled noise) as an EDM zip."""
     rng = np.random.default_rng(0)
     path = os.path.join(folder, 'images.zip')
-    with dataset_tool.DatasetWriter(path) as writer:
+    with dataset_convert.DatasetWriter(path) as writer:
         for _ in range(count):
             small = rng.integers(0, 256, (resolution // 8, resolution // 8, 3), dtype=np.uint8)
             writer.add_image(small.repeat(8, 0).repeat(8, 1))
@@ -66,9 +66,9 @@ def make_images(folder, count, resolution):
 def make_latents(folder, images, vae_dir, device):
     """The precomputed set of `images`; returns (path, seconds per image)."""
     path = os.path.join(folder, 'latents.zip')
-    stream = dataset_tool.iterate_images(images)
+    stream = dataset_convert.iterate_images(images)
     start = time.perf_counter()
-    with dataset_tool.DatasetWriter(path) as writer:
+    with dataset_convert.DatasetWriter(path) as writer:
         encoders.write_latents(writer, stream, vae_dir, device=device)
     return path, (time.perf_counter() - start) / len(stream)
 

@@ -174,17 +174,17 @@ def reference_stats(full, ref_num, cache, threads):
     """Inception statistics and features of `ref_num` images of the whole data set (a random
     subset, seed 0; all of it if smaller), cached by name and count; the features serve KID."""
     import torch
-    import fid
+    from training import metrics
     name = os.path.splitext(os.path.basename(full))[0]
-    num = min(ref_num, len(fid.list_image_files(full)[1]))
+    num = min(ref_num, len(metrics.list_image_files(full)[1]))
     path = os.path.join(cache, f'{name}-ref{num}-features.npz')
     if not os.path.exists(path):
         log(f'reference statistics: Inception features of {num} images of {full} ...')
         torch.set_num_threads(threads)
         start = time.time()
-        mu, sigma, feats = fid.calculate_inception_stats(full, num_expected=num, seed=0, device='cpu', num_workers=0,
+        mu, sigma, feats = metrics.calculate_inception_stats(full, num_expected=num, seed=0, device='cpu', num_workers=0,
                                                          return_features=True)
-        fid.save_stats(path, mu, sigma, feats)
+        metrics.save_stats(path, mu, sigma, feats)
         log(f'  {time.time() - start:.0f} s -> {path}')
     return path, int(num)
 
@@ -378,7 +378,7 @@ def score_run(cfg, run_dir, ref_path):
     with logged_to(os.path.join(run_dir, 'eval.log')):
         import numpy as np
         import torch
-        import fid
+        from training import metrics
         from torch_utils import png
         from training import checkpoints, sampler
         device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -387,7 +387,7 @@ def score_run(cfg, run_dir, ref_path):
         if not todo:
             return scores
         ref = np.load(ref_path)
-        detector = fid.load_detector(device=device)
+        detector = metrics.load_detector(device=device)
         for point in todo:
             start = time.time()
             net = checkpoints.load_network(os.path.join(run_dir, point['snapshot']))[0].to(device)
@@ -395,15 +395,15 @@ def score_run(cfg, run_dir, ref_path):
                                            num_steps=cfg.steps)
             sample_sec = time.time() - start
             png.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{point["point"]}.png'))
-            feats = fid.compute_features(detector, images)
-            mu, sigma = fid.stats_from_features(feats)
-            kid, kid_std = fid.compute_kid(feats, ref['features'], seed=0)
+            feats = metrics.compute_features(detector, images)
+            mu, sigma = metrics.stats_from_features(feats)
+            kid, kid_std = metrics.compute_kid(feats, ref['features'], seed=0)
             scores.append(dict(key=score_key(point, cfg.fid_num, ref_path), point=point['point'],
-                               fid=float(fid.calculate_fid_from_inception_stats(mu, sigma, ref['mu'], ref['sigma'])),
+                               fid=float(metrics.calculate_fid_from_inception_stats(mu, sigma, ref['mu'], ref['sigma'])),
                                kid=float(kid), kid_std=float(kid_std), sample_sec=sample_sec,
                                eval_sec=time.time() - start))
             write_json(os.path.join(run_dir, 'scores.json'), scores)
-            log(f'point {point["point"]}: {fid.fid_label(cfg.fid_num)} {scores[-1]["fid"]:.2f}, '
+            log(f'point {point["point"]}: {metrics.fid_label(cfg.fid_num)} {scores[-1]["fid"]:.2f}, '
                 f'KID {scores[-1]["kid"] * 1e3:.1f}e-3 ({sample_sec:.0f} s sampling)')
     return scores
 
@@ -487,9 +487,9 @@ def side_by_side(paths, dest, gap=16):
 
 def report(cfg, methods, train_data, ref_path, ref_num):
     """The table, the two plots, the side-by-side grids and results.json of what is scored."""
-    import fid
+    from training import metrics
     from dnnlib import plot
-    label = fid.fid_label(cfg.fid_num)
+    label = metrics.fid_label(cfg.fid_num)
     table = collect(cfg.out, methods, cfg.fid_num, ref_path)
     log(f'\n{"method":<12s} {"point":>5s} {"seeds":>5s} {"full steps":>10s} {"train s":>8s} {"kimg":>8s} '
         f'{label:>9s} {"(min-max)":>15s} {"KID x1e3":>8s}')

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import dnnlib
-import fid
 from dnnlib.util import UserError
 from test_training import make_zip
+from training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +57,7 @@ def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatc
         feats = np.random.default_rng(1).standard_normal((num_expected, 4))
         return feats.mean(0), np.cov(feats, rowvar=False), feats
 
-    monkeypatch.setattr(fid, 'calculate_inception_stats', fake_stats)
+    monkeypatch.setattr(metrics, 'calculate_inception_stats', fake_stats)
     path, num = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1)
     assert num == 5 and seen == dict(path=data, num=5)
     assert os.path.basename(path) == 'tiny-ref5-features.npz'

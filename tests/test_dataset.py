@@ -281,3 +281,29 @@ def test_rectangular_images(tmp_path):
     assert (dataset[0][0][0] == image).all()
     with pytest.raises(UserError, match='images are 6x4, not the requested resolution 6'):
         ImageFolderDataset(path, resolution=6)
+
+
+def test_one_reader_for_data_sets_fid_and_dataset_tool(tmp_path):
+    """Data sets, fid.py and dataset_tool.py list the same images (hidden files and macOS litter
+    left out), decode them alike (alpha on white) and parse dataset.json labels alike."""
+    from training import dataset_convert, metrics
+    rgba = PIL.Image.new('RGBA', (4, 4), (0, 255, 0, 0))
+    path = write_edm(tmp_path / 'set', [np.zeros((4, 4, 3), np.uint8), np.asarray(rgba)], [0.5, 2.0])
+    (path / '00000' / '._img00000000.png').write_bytes(b'AppleDouble')
+    (path / '__MACOSX').mkdir()
+    (path / '__MACOSX' / 'img.png').write_bytes(b'litter')
+    ds = ImageFolderDataset(path, use_labels=True)
+    files, names = metrics.list_image_files(str(path))
+    source = dataset_convert.open_source(str(path))
+    assert names == ds._image_fnames == [edm_name(0), edm_name(1)] and len(source) == 2
+    image = metrics.ImageFiles(str(path))[1][1]
+    assert np.array_equal(image, ds[1][0]) and (image == ALPHA_BACKGROUND).all()
+    assert ds.label_shape == [1] and ds.get_label(1).tolist() == [2.0]
+    assert [label for _name, _decode, label in source] == [[0.5], [2.0]]
+    (path / 'dataset.json').write_text(json.dumps({'labels': [[edm_name(0), 1], [edm_name(1), -2]]}))
+    for read in (lambda: ImageFolderDataset(path, use_labels=True), lambda: dataset_convert.open_source(str(path))):
+        with pytest.raises(UserError, match='label of 00000/img00000001.png is -2; class labels must be 0 or more'):
+            read()
+    (path / 'dataset.json').write_text(json.dumps({'labels': [[edm_name(0), 1], [edm_name(1), [0.5]]]}))
+    with pytest.raises(UserError, match='all class numbers or all lists'):
+        ImageFolderDataset(path, use_labels=True)

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import dataset_tool
+from training import dataset_convert
 from training.dataset import ArrayFolderDataset, ImageFolderDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,7 +325,7 @@ def test_image_modes_in_a_folder(tmp_path):
 def test_iterate_images_api(tmp_path):
     """The reusable iterator yields (name, HWC uint8, label) after transforms."""
     path = write_npz(tmp_path / 'x.npz', np.full((3, 10, 10), 5, np.uint8), np.array([2, 1, 0]))
-    stream = dataset_tool.iterate_images(str(path), max_images=2, resolution='4x4', channels=3)
+    stream = dataset_convert.iterate_images(str(path), max_images=2, resolution='4x4', channels=3)
     assert len(stream) == 2 and stream.channels == 3
     items = list(stream)
     assert [label for _n, _i, label in items] == [2, 1]

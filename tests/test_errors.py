@@ -27,6 +27,7 @@ import generate
 import train
 from conftest import sampling_net
 from training import dataset as dataset_lib
+from training import metrics
 from training import training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -360,12 +361,12 @@ def test_large_images_are_shrunk_before_batching(tmp_path):
     os.makedirs(folder)
     for name, img in (('big.png', big), ('small.png', small)):
         PIL.Image.fromarray(img).save(folder / name)
-    items = fid.ImageFiles(str(folder))
+    items = metrics.ImageFiles(str(folder))
     _, shrunk, _ = items[0]
     _, kept, _ = items[1]
     assert shrunk.shape == (3, 299, 299) and shrunk.dtype == np.float32
     assert kept.dtype == np.uint8 and kept.shape == (3, 32, 32)
-    resized_in_batch = fid.nvidia_resize(torch.from_numpy(big.transpose(2, 0, 1)).unsqueeze(0).float())[0]
+    resized_in_batch = metrics.nvidia_resize(torch.from_numpy(big.transpose(2, 0, 1)).unsqueeze(0).float())[0]
     torch.testing.assert_close(torch.from_numpy(shrunk), resized_in_batch)
 
 
@@ -373,7 +374,7 @@ def test_detector_pickle_given_by_the_user_is_announced(tmp_path, capsys):
     path = tmp_path / 'det.pkl'
     with open(path, 'wb') as fp:
         pickle.dump(torch.nn.Identity(), fp)
-    fid._load_network_file(str(path), given=True)
+    metrics._load_network_file(str(path), given=True)
     assert 'runs the code stored in it' in capsys.readouterr().err
-    fid._load_network_file(str(path), given=False)
+    metrics._load_network_file(str(path), given=False)
     assert capsys.readouterr().err == ''

