@@ -259,7 +259,7 @@ def build_config(opts, world_size):
 @click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=patch_lib.REAL_P)
 @click.option('--real_p-end', 'real_p_end', help='Full-image probability at the end, moved to linearly from --real_p  [default: constant]',
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
-@click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-image pixel sum (original) or per-pixel mean x full-image pixels',
+@click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-pixel mean x full-image pixels, or per-image pixel sum (original)',
               type=click.Choice(patch_lib.LOSS_NORMS), default=patch_lib.LOSS_NORMS[0])
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides or HxW sizes [default: R/4,R/2,R, rectangles H/k x W/k; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)

@@ -15,7 +15,7 @@ Methods (--methods):
   progressive                     smallest patches first, full images last (real_p 0.5)
   full                            full images only (--real_p=1): the same network, with coordinates
   edm                             plain EDM without coordinate channels (--patch=0)
-  mean-loss                       real_p 0.5 with the per-pixel mean loss (--loss-norm=mean)
+  sum-loss                        real_p 0.5 with the original release's per-image sum loss (--loss-norm=sum)
   rising                          real_p rising from 0 to 1 over training (--real_p-end=1)
 
 Each (method, seed) run trains in segments, one per evaluation point (--points, evenly spaced
@@ -84,7 +84,7 @@ METHODS = {
     'progressive': ('progressive (real_p 0.5)', ['--real_p=0.5', '--progressive=1']),
     'full': ('full images (real_p 1)', ['--real_p=1']),
     'edm': ('plain EDM (--patch=0)', ['--patch=0']),
-    'mean-loss': ('patch, per-pixel mean loss', ['--real_p=0.5', '--loss-norm=mean']),
+    'sum-loss': ('patch, per-image sum loss', ['--real_p=0.5', '--loss-norm=sum']),
     'rising': ('patch, real_p 0 -> 1', ['--real_p=0', '--real_p-end=1']),
 }
 RUN_NAME = re.compile(r'^(?P<method>[\w.-]+)-seed(?P<seed>\d+)$')
@@ -562,7 +562,7 @@ def main(**kwargs):
     \b
     python bench/quality.py --smoke
     python bench/quality.py --data=mnist --methods=patch,full,edm --budget=4000 --points=8 --fid-num=5000
-    python bench/quality.py --data=emoji --max-images=1000 --methods=patch,full,rising,mean-loss
+    python bench/quality.py --data=emoji --max-images=1000 --methods=patch,full,rising,sum-loss
     python bench/quality.py --report-only --out=runs/quality-mnist --methods=patch,full,edm
     """
     cfg = dnnlib.EasyDict(kwargs)

@@ -66,10 +66,10 @@ def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatc
 
 
 EXPECTED = {  # use_coords, real_p, progressive, real_p_end, loss_norm
-    'patch': (True, 0.5, False, None, 'sum'), 'patch-0.25': (True, 0.25, False, None, 'sum'),
-    'patch-0.75': (True, 0.75, False, None, 'sum'), 'progressive': (True, 0.5, True, None, 'sum'),
-    'full': (True, 1.0, False, None, 'sum'), 'edm': (False, None, None, None, None),
-    'mean-loss': (True, 0.5, False, None, 'mean'), 'rising': (True, 0.0, False, 1.0, 'sum'),
+    'patch': (True, 0.5, False, None, 'mean'), 'patch-0.25': (True, 0.25, False, None, 'mean'),
+    'patch-0.75': (True, 0.75, False, None, 'mean'), 'progressive': (True, 0.5, True, None, 'mean'),
+    'full': (True, 1.0, False, None, 'mean'), 'edm': (False, None, None, None, None),
+    'sum-loss': (True, 0.5, False, None, 'sum'), 'rising': (True, 0.0, False, 1.0, 'mean'),
 }
 
 

@@ -11,7 +11,7 @@ from dnnlib.util import UserError
 from torch_utils import misc
 
 REAL_P = 0.5                  # the paper's full-image probability
-LOSS_NORMS = ('sum', 'mean')  # the first is the original release's and the default
+LOSS_NORMS = ('mean', 'sum')  # the first is the default (docs/results.md); 'sum' is the original release's
 
 
 def coord_channels(use_coords, pos_embed=0):
