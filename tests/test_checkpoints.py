@@ -24,7 +24,7 @@ import dnnlib
 import generate
 import train
 from dnnlib.util import UserError
-from test_latents import tiny_vae_config
+from test_latents import vae_dir  # noqa: F401 (a fixture)
 from test_training import TINY, make_zip
 from torch_utils import persistence
 from training import checkpoints, networks, patch
@@ -172,15 +172,6 @@ def run_generate(args):
 def read_png(path):
     with PIL.Image.open(path) as img:
         return img.mode, np.asarray(img).astype(np.int32)
-
-
-@pytest.fixture(scope='module')
-def vae_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('vae') / 'tiny-vae'
-    AutoencoderKL(**tiny_vae_config()).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope='module')

@@ -121,16 +121,21 @@ def _describe_bad_pickle(data, err):
     return 'it is not a pickle'
 
 
+def read_bytes(url, option):
+    """The whole file at a path or URL; a missing or unreadable one is a one-line UserError."""
+    try:
+        with dnnlib.util.open_url(url) as f:
+            return f.read()
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(f'{option}: cannot open "{url}": {reason}') from None
+
+
 def read_pickle(url, option):
     """The bytes of the network pickle at a path or URL, checked without unpickling: a
     missing file, a text file, a truncated or damaged pickle, or a pickle of plain data (which can
     hold no network) is a one-line UserError naming `option`."""
-    try:
-        with dnnlib.util.open_url(url) as f:
-            data = f.read()
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(f'{option}: cannot open "{url}": {reason}') from None
+    data = read_bytes(url, option)
     try:
         opcodes = {op.name for op, _arg, _pos in pickletools.genops(data)}
     except Exception as err:  # genops reports damage as ValueError, struct or unicode errors
@@ -233,12 +238,7 @@ def load_safetensors(url, option):
     """(network, decoder or None) rebuilt from this project's classes and the weights of a
     `.safetensors` file written by `save_safetensors`; nothing is unpickled."""
     from safetensors.torch import load
-    try:
-        with dnnlib.util.open_url(url) as f:
-            data = f.read()
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(f'{option}: cannot open "{url}": {reason}') from None
+    data = read_bytes(url, option)
     try:
         meta = _read_safetensors_metadata(data)
         tensors = load(data)
