@@ -1,7 +1,6 @@
 """The quality benchmark's plumbing (bench/quality.py): the parts that run before and between hours
 of training, so that an interface drift fails here and not at the end of a long study."""
 
-import importlib.util
 import json
 import os
 import pickle
@@ -13,6 +12,7 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
+from conftest import load_bench
 from test_training import make_zip
 from training import metrics
 
@@ -21,10 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def quality():
-    spec = importlib.util.spec_from_file_location('bench_quality', os.path.join(ROOT, 'bench', 'quality.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('quality')
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,6 @@
 1-channel float signals (16 x 256) converted by dataset_tool.py, trained with patches for a few
 steps and sampled at full size."""
 
-import importlib.util
 import os
 import pickle
 
@@ -14,17 +13,25 @@ from click.testing import CliRunner
 import dataset_tool
 import generate
 from training.dataset import ArrayFolderDataset
+from conftest import load_bench
 from test_training import TINY, invoke_train, read_stats, run_dir_of
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def train_with_patches(outdir, data, sizes, options):
+    """Trains a tiny network with patches; checks the patch shapes (HxW) it reported and the
+    losses, and returns the run folder and its last snapshot's name."""
+    result = invoke_train(['--outdir', str(outdir), '--data', data, '--tick=0.001', '--snap=1000', '--dump=1000',
+                           '--seed=2', '--device=cpu'] + TINY + options)
+    assert result.exit_code == 0, result.output
+    run_dir = run_dir_of(outdir)
+    stats = read_stats(run_dir)
+    assert {k for s in stats for k in s['loss_by_patch']} <= sizes
+    assert all(np.isfinite(s['loss']) for s in stats)
+    return run_dir, sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
 
 
 @pytest.fixture(scope='module')
 def shapes():
-    spec = importlib.util.spec_from_file_location('bench_shapes', os.path.join(ROOT, 'bench', 'shapes.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench('shapes')
 
 
 def test_two_digit_numbers_are_mnist_digits_side_by_side(shapes):
@@ -43,15 +50,7 @@ def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tm
     assert result.exit_code == 0, result.output
     assert '64x32, 1 channel, ' in result.output
 
-    outdir = tmp_path / 'runs'
-    result = invoke_train(['--outdir', str(outdir), '--data', data, '--cond=1', '--batch=4', '--duration=0.00004',
-                           '--tick=0.001', '--snap=1000', '--dump=1000', '--seed=2', '--device=cpu'] + TINY)
-    assert result.exit_code == 0, result.output
-    run_dir = run_dir_of(outdir)
-    stats = read_stats(run_dir)
-    assert {k for s in stats for k in s['loss_by_patch']} <= {'8x16', '16x32', '32x64'}
-    assert all(np.isfinite(s['loss']) for s in stats)
-    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
+    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'8x16', '16x32', '32x64'}, ['--cond=1', '--batch=4', '--duration=0.00004'])
     with open(os.path.join(run_dir, snapshot), 'rb') as f:
         net = pickle.load(f)['ema']
     assert net.img_resolution == (32, 64) and net.label_dim == labels.max() + 1
@@ -78,16 +77,9 @@ def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
     dataset = ArrayFolderDataset(data)
     assert dataset.resolution == (16, 256) and np.allclose(dataset[3][0], signals[3], atol=1e-6)
 
-    outdir = tmp_path / 'runs'
-    result = invoke_train(['--outdir', str(outdir), '--data', data, '--batch=2', '--duration=0.00001',
-                           '--tick=0.001', '--snap=1000', '--dump=1000', '--seed=2', '--device=cpu'] + TINY
-                          + ['--cres=1,1,1'])  # attention at 4x64, not 8x128: the 64-image grids cost less
-    assert result.exit_code == 0, result.output
-    run_dir = run_dir_of(outdir)
-    stats = read_stats(run_dir)
-    assert {k for s in stats for k in s['loss_by_patch']} <= {'4x64', '8x128', '16x256'}
-    assert all(np.isfinite(s['loss']) for s in stats)
-    snapshot = sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
+    # --cres=1,1,1: attention at 4x64, not 8x128: the 64-image grids cost less
+    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'4x64', '8x128', '16x256'},
+                                           ['--batch=2', '--duration=0.00001', '--cres=1,1,1'])
     grid = tmp_path / 'grid.png'
     result = CliRunner().invoke(generate.main, ['--network', os.path.join(run_dir, snapshot), '--grid', str(grid),
                                                 '--seeds=0-1', '--steps=2', '--device=cpu'], catch_exceptions=False)
