@@ -136,12 +136,12 @@ def patch_options(opts, resolution, down_factor, latent):
 
 
 def network_parameters(c):
-    """Parameter count of the network that `build_config`'s options build (for --dry-run and the log)."""
+    """Parameter count of the network that `build_config`'s options build (for --dry-run)."""
     dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
     resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
     net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                          label_dim=dataset.label_dim)
-    return sum(p.numel() for p in net.parameters())
+    return misc.count_parameters(net)
 
 
 def build_config(opts, world_size):
@@ -348,7 +348,7 @@ def main(**kwargs):
     dist.print0(f'Output directory:        {c.run_dir}')
     dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
     dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
-    dist.print0(f'Network architecture:    {opts.arch}, {network_parameters(c):,} parameters')
+    dist.print0(f'Network architecture:    {opts.arch}')
     dist.print0(f'Preconditioning & loss:  {opts.precond}{" + patches" if opts.patch else ""}')
     if c.encoder_kwargs is not None:
         dist.print0(f'Latents:                 VAE "{c.encoder_kwargs.vae_name}", --latent-norm={c.encoder_kwargs.latent_norm}')
@@ -358,7 +358,8 @@ def main(**kwargs):
     dist.print0(f'Mixed-precision:         {"fp16" if opts.fp16 else "bf16" if opts.bf16 else "off"}')
     dist.print0()
 
-    if opts.dry_run:
+    if opts.dry_run:  # a real run builds the network once, in the loop, and prints its count there
+        dist.print0(f'Network parameters:      {network_parameters(c):,}')
         dist.print0('Dry run; exiting.')
         dist.shutdown()
         return

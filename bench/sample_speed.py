@@ -90,14 +90,15 @@ def main(batch, steps, threads, repeats, device):
     print(f'  one call, {"inference_mode + channels_last":<30s} '
           f'{time_calls(net_cl, batch, device, torch.inference_mode, repeats, torch.channels_last) * 1e3:8.1f} ms')
 
-    net_bf16 = bench_net().to(device)
-    net_bf16.use_bf16 = True
+    net_bf16 = None
     if device.type == 'cuda' or misc.cpu_has_bf16():
+        net_bf16 = bench_net().to(device)
+        net_bf16.use_bf16 = True
         print(f'  one call, {"inference_mode + bf16 body":<30s} {time_calls(net_bf16, batch, device, torch.inference_mode, repeats) * 1e3:8.1f} ms')
 
     rate = time_sampling(net, batch, steps, device)
     print(f'sampling ({2 * steps - 1} calls per batch, training.sampler.sample_images): {rate:.2f} images/s')
-    if device.type == 'cuda' or misc.cpu_has_bf16():
+    if net_bf16 is not None:
         print(f'sampling with the bf16 body: {time_sampling(net_bf16, batch, steps, device):.2f} images/s')
 
 

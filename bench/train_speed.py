@@ -47,19 +47,10 @@ CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
 
 def cpu_description():
-    """CPU model and the arithmetic flags that matter here, from /proc/cpuinfo where there is one."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name') and model in ('', platform.machine(), platform.processor()):
-                    model = line.split(':', 1)[1].strip()
-                if line.startswith('flags'):
-                    flags = line.split(':', 1)[1].split()
-                    break
-    except OSError:
-        pass
-    return model, [flag for flag in CPU_FLAGS if flag in flags]
+    """CPU model and the arithmetic flags that matter here."""
+    from torch_utils import misc
+    model, flags = misc.cpu_info()
+    return model or platform.processor() or platform.machine(), [flag for flag in CPU_FLAGS if flag in flags]
 
 
 def parse_configs(text):
@@ -108,13 +99,12 @@ def conv_probe(dtype, device, repeats=10):
 
 def build_net(config, use_bf16, device, resolution=32):
     """The configuration's EDM-preconditioned DDPM++ with coordinate channels."""
-    from train import parse_attn
+    from train import ARCHITECTURES, parse_attn
     from training.networks import EDMPrecond
     torch.manual_seed(0)
+    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=32, channel_mult=[1, 2, 2])
     net = EDMPrecond(img_resolution=resolution, img_channels=config['channels'], use_coords=True, use_bf16=use_bf16,
-                     model_type='SongUNet', embedding_type='positional', encoder_type='standard', decoder_type='standard',
-                     channel_mult_noise=1, resample_filter=[1, 1], model_channels=32, channel_mult=[1, 2, 2],
-                     num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'])
+                     num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'], **arch)
     return net.train().to(device)
 
 

@@ -165,14 +165,27 @@ def nan_to_num_(tensor):
 
 
 @functools.lru_cache(maxsize=None)
+def cpu_info():
+    """(model name, flags) of this CPU from /proc/cpuinfo; (None, []) where there is none."""
+    model, flags = None, []
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name') and model is None:
+                    model = line.split(':', 1)[1].strip()
+                if line.startswith('flags'):
+                    flags = line.split(':', 1)[1].split()
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16():
     """True if this CPU computes bfloat16 natively (AVX512-BF16 or AMX); on others oneDNN only
     emulates it, slower than float32."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            flags = next((line.split(':', 1)[1].split() for line in f if line.startswith('flags')), [])
-    except OSError:
-        flags = []
+    flags = cpu_info()[1]
     if flags:
         return 'avx512_bf16' in flags or 'amx_bf16' in flags
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
