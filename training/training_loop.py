@@ -6,6 +6,7 @@ run repeats the uninterrupted one (bit for bit on CUDA with `deterministic=True`
 import copy
 import glob
 import json
+import math
 import os
 import pickle
 import re
@@ -184,6 +185,16 @@ def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_rat
             b_ema.copy_(b_net.detach())
 
 
+def learning_rate(base, nimg, rampup_kimg, decay_kimg):
+    """EDM's linear warm-up over `rampup_kimg`, then, with `decay_kimg` > 0, EDM2's inverse-square-root
+    decay: base / √(nimg / decay) once nimg passes `decay_kimg` (a short run ends at a lower rate
+    without having to know its length, which a time limit leaves open)."""
+    lr = base * min(nimg / max(rampup_kimg * 1000, 1e-8), 1)
+    if decay_kimg > 0:
+        lr /= math.sqrt(max(nimg / (decay_kimg * 1000), 1))
+    return lr
+
+
 def sanitize_gradients(net):
     """NaN → 0 and ±∞ → ±1e5 in every gradient, so one bad batch cannot poison Adam."""
     for param in net.parameters():
@@ -312,6 +323,7 @@ def training_loop(
     ema_halflife_kimg=500,
     ema_rampup_ratio=0.05,
     lr_rampup_kimg=10000,
+    lr_decay_kimg=0,
     loss_scaling=1,
     kimg_per_tick=50,
     snapshot_ticks=50,
@@ -444,7 +456,7 @@ def training_loop(
                 loss.sum().mul(loss_scaling * weight / images_per_rank).backward()
 
         for group in optimizer.param_groups:
-            group['lr'] = optimizer_kwargs['lr'] * min(nimg / max(lr_rampup_kimg * 1000, 1e-8), 1)
+            group['lr'] = learning_rate(optimizer_kwargs['lr'], nimg, lr_rampup_kimg, lr_decay_kimg)
         sanitize_gradients(net)
         optimizer.step()
 
