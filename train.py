@@ -211,7 +211,7 @@ def build_config(opts, world_size):
 
     c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
     c.total_kimg = opts.duration * 1000
-    c.ema_halflife_kimg = int(opts.ema * 1000)
+    c.ema_halflife_kimg = opts.ema * 1000
     c.lr_rampup_kimg = opts.lr_rampup
     c.lr_decay_kimg = opts.lr_decay
     c.batch_size = opts.batch

@@ -194,11 +194,11 @@ def reference_stats(full, ref_num, cache, threads):
 
 def method_options(cfg, method):
     """train.py options of a method, without the machine-specific ones (--data, --device): the
-    bench network, no augmentation (so every method trains the same network), the method's own
-    options last."""
+    bench network, no augmentation (so every method trains the same network), then
+    --train-options, the method's own options last."""
     return [f'--cbase={cfg.cbase}', f'--cres={cfg.cres}', f'--batch={cfg.batch}', f'--lr={cfg.lr}',
             f'--lr-rampup={cfg.lr_rampup}', f'--dropout={cfg.dropout}', '--augment=0', f'--tick={cfg.tick}',
-            '--arch=ddpmpp', '--workers=0'] + METHODS[method][1]
+            '--arch=ddpmpp', '--workers=0'] + (cfg.get('train_options') or '').split() + METHODS[method][1]
 
 
 def loop_config(options, data, seed):
@@ -543,6 +543,8 @@ def parse_list(option, text, choices=None, kind=str):
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=float, default=1e-3)
 @click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=float, default=0.5)
 @click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=float, default=0.13)
+@click.option('--train-options', 'train_options', help='More train.py options for every method, e.g. "--blocks=1 --attn=none --bf16=1"',
+              metavar='STR', default='')
 @click.option('--tick', help='kimg per status line / stats.jsonl record', metavar='KIMG', type=float, default=0.5)
 @click.option('--steps', help='Sampling steps', metavar='INT', type=click.IntRange(min=1), default=18)
 @click.option('--jobs', help='Processes at once (runs train and score concurrently)', metavar='N', type=click.IntRange(min=1), default=2)

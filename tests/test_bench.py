@@ -82,6 +82,16 @@ def test_methods_build_valid_training_configs(quality, digits, method):
     assert got == EXPECTED[method]
 
 
+def test_train_options_reach_every_method_before_its_own(quality, digits):
+    """--train-options (e.g. the demo's fast network) apply to every method; a method's own
+    options still win."""
+    cfg = study(train_options='--blocks=1 --attn=none --real_p=0.9')
+    for method, real_p in (('patch', 0.5), ('patch-0.25', 0.25)):
+        c = quality.loop_config(quality.method_options(cfg, method), digits, seed=0)
+        assert c.network_kwargs.num_blocks == 1 and c.network_kwargs.attn_resolutions == []
+        assert c.patch_kwargs.real_p == real_p
+
+
 def test_a_patch_step_costs_its_share_of_a_full_step(quality, digits):
     """Compute is counted in FLOPs: a step of side-s patches of 8x8 images about s/8 of a full
     step; plain EDM's full step slightly less than one with coordinate channels."""
