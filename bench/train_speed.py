@@ -18,8 +18,9 @@ networks. Then two measurements:
     python bench/train_speed.py --device=cuda --only=loop    # kimg/s and peak GPU memory
 
 Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks, attention at
-16, 3 channels); `demo` is scripts/demo.sh's (1 block, no attention, 1 channel); NAME:blocks:attn
-adds others, e.g. `b2:2:none`.
+16, 3 channels); `demo` is scripts/demo.sh's network without its class labels ([1,2,2,2], 1 block,
+no attention, 1 channel); `small` the demo's until 2026-11-24 ([1,2,2], 1 block, no attention);
+NAME:blocks:attn adds others on [1,2,2], e.g. `b2:2:none`.
 """
 
 import json
@@ -39,9 +40,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 CONFIGS = {
-    'bench': dict(blocks=4, attn='16', channels=3, dropout=0.13),
-    'demo': dict(blocks=1, attn='none', channels=1, dropout=0),
-    'b2': dict(blocks=2, attn='none', channels=1, dropout=0),
+    'bench': dict(blocks=4, attn='16', channels=3, dropout=0.13, cres=[1, 2, 2]),
+    'demo': dict(blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2, 2]),
+    'small': dict(blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
+    'b2': dict(blocks=2, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
 }
 CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
@@ -54,12 +56,12 @@ def cpu_description():
 
 
 def parse_configs(text):
-    """'bench,demo,b3:3:none' → {name: dict(blocks, attn, channels)}."""
+    """'bench,demo,b3:3:none' → {name: dict(blocks, attn, channels, dropout, cres)}."""
     configs = {}
     for item in text.split(','):
         name, *rest = item.split(':')
         if rest:
-            configs[name] = dict(blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0)
+            configs[name] = dict(blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
         elif name in CONFIGS:
             configs[name] = CONFIGS[name]
         else:
@@ -102,7 +104,7 @@ def build_net(config, use_bf16, device, resolution=32):
     from train import ARCHITECTURES, parse_attn
     from training.networks import EDMPrecond
     torch.manual_seed(0)
-    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=32, channel_mult=[1, 2, 2])
+    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=32, channel_mult=config['cres'])
     net = EDMPrecond(img_resolution=resolution, img_channels=config['channels'], use_coords=True, use_bf16=use_bf16,
                      num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'], **arch)
     return net.train().to(device)
@@ -163,7 +165,7 @@ def make_dataset(path, channels):
 
 
 def loop_args(config, batch):
-    return ['--arch=ddpmpp', '--cbase=32', '--cres=1,2,2', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
+    return ['--arch=ddpmpp', '--cbase=32', f'--cres={",".join(map(str, config["cres"]))}', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
             '--duration=1', f'--blocks={config["blocks"]}', f'--attn={config["attn"]}', f'--dropout={config["dropout"]}']
 
 
