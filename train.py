@@ -281,7 +281,7 @@ def build_config(opts, world_size):
 @click.option('--attn', help='Resolutions with self-attention, or none  [default: 16, adm 32,16,8]', metavar='LIST', type=AttnList())
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
 @click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
-@click.option('--lr-decay', 'lr_decay', help='Inverse-square-root learning-rate decay after this many images (0 = constant, as in EDM)',
+@click.option('--lr-decay', 'lr_decay', help='Inverse-square-root learning-rate decay after KIMG thousand images (0 = constant, as in EDM)',
               metavar='KIMG', type=click.FloatRange(min=0), default=0)
 @click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
 @click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)

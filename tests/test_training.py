@@ -19,12 +19,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.01']
 
 
-def make_zip(path, count=64, size=16, labels=True, channels=1):
-    """A tiny EDM-format data set of real MNIST digits (from the bundled npz)."""
+def make_zip(path, count=64, size=16, labels=True, channels=1, indices=None):
+    """A tiny EDM-format data set of real MNIST digits (from the bundled npz): the first `count`,
+    or the digits at `indices`."""
     data = np.load(os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz'))
     entries = []
     with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_STORED) as z:
-        for i in range(count):
+        for i in (range(count) if indices is None else indices):
             img = Image.fromarray(data['images'][i]).resize((size, size), Image.LANCZOS)
             if channels == 3:
                 img = img.convert('RGB')
