@@ -186,10 +186,11 @@ def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_rat
 
 
 def learning_rate(base, nimg, rampup_kimg, decay_kimg):
-    """EDM's linear warm-up over `rampup_kimg`, then, with `decay_kimg` > 0, EDM2's inverse-square-root
-    decay: base / √(nimg / decay) once nimg passes `decay_kimg` (a short run ends at a lower rate
-    without having to know its length, which a time limit leaves open)."""
-    lr = base * min(nimg / max(rampup_kimg * 1000, 1e-8), 1)
+    """EDM's linear warm-up over `rampup_kimg` (0: none, where EDM still gave the first step rate 0),
+    then, with `decay_kimg` > 0, EDM2's inverse-square-root decay: base / √(nimg / decay) once nimg
+    passes `decay_kimg` (a short run ends at a lower rate without having to know its length, which a
+    time limit leaves open)."""
+    lr = base * min(nimg / (rampup_kimg * 1000), 1) if rampup_kimg > 0 else base
     if decay_kimg > 0:
         lr /= math.sqrt(max(nimg / (decay_kimg * 1000), 1))
     return lr
