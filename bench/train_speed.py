@@ -146,7 +146,7 @@ def measure_steps(configs, batch, device, repeats, probes, dtypes):
             row, seconds = [], {}
             for dtype in dtypes:
                 net = build_net(config, dtype == 'bf16', device)
-                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)  # as the training loop
                 step = step_fn(net, optimizer, side, images, device)
                 flops = count_flops(step)
                 seconds[dtype] = median_seconds(step, device, repeats)

@@ -131,3 +131,23 @@ def test_lr_decay_follows_the_inverse_square_root_of_the_images_seen(digits, tmp
     assert [lr for _, lr in seen] == pytest.approx(expected)
     run(loop_config(digits, '--duration=0.000006', '--real_p=1'), tmp_path / 'constant')
     assert [r['lr'] for r in read_stats(tmp_path / 'constant')] == [2e-3, 2e-3, 2e-3]
+
+
+def test_adam_is_fused_and_stays_fused_after_loading_a_state_without_the_flag():
+    """The loop's Adam runs the fused kernel; a saved state without `fused` (EDM's) loads into it
+    with the same moments and step count and leaves the kernel as it was; fused=False is honoured."""
+    net = torch.nn.Linear(3, 2)
+    kwargs = dict(class_name='torch.optim.Adam', lr=1e-3, betas=[0.9, 0.999], eps=1e-8)
+    optimizer = training_loop.build_optimizer(net, kwargs)
+    assert optimizer.param_groups[0]['fused'] is True
+    plain = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(4, 3)).square().sum().backward()
+    plain.step()
+    saved = plain.state_dict()
+    for group in saved['param_groups']:
+        group.pop('fused'), group.pop('foreach')
+    training_loop.load_optimizer_state(optimizer, saved)
+    assert optimizer.param_groups[0]['fused'] is True
+    moments = optimizer.state[net.weight]
+    assert int(moments['step']) == 1 and torch.equal(moments['exp_avg'], plain.state[net.weight]['exp_avg'])
+    assert not training_loop.build_optimizer(net, dict(kwargs, fused=False)).param_groups[0]['fused']

@@ -196,6 +196,24 @@ def learning_rate(base, nimg, rampup_kimg, decay_kimg):
     return lr
 
 
+def build_optimizer(net, optimizer_kwargs):
+    """The optimizer of `optimizer_kwargs`; Adam runs its fused kernel unless they say otherwise: one
+    pass over all parameters instead of ~8 small operations per tensor (~5% of a small CPU step)."""
+    kwargs = dict(optimizer_kwargs)
+    if kwargs['class_name'] == 'torch.optim.Adam':
+        kwargs.setdefault('fused', True)
+    return dnnlib.construct_class_by_name(params=net.parameters(), **kwargs)
+
+
+def load_optimizer_state(optimizer, state):
+    """Loads a saved optimizer state but keeps this run's choice of kernel, which the saved groups
+    (EDM's have no `fused`) would otherwise overwrite."""
+    kernels = {key: optimizer.defaults[key] for key in ('fused', 'foreach') if key in optimizer.defaults}
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(kernels)
+
+
 def sanitize_gradients(net):
     """NaN → 0 and ±∞ → ±1e5 in every gradient, so one bad batch cannot poison Adam."""
     for param in net.parameters():
@@ -379,7 +397,7 @@ def training_loop(
     dist.print0(f'Network parameters: {misc.count_parameters(net):,}')
     dist.print0('Setting up optimizer...')
     loss_fn = dnnlib.construct_class_by_name(**loss_kwargs)
-    optimizer = dnnlib.construct_class_by_name(params=net.parameters(), **optimizer_kwargs)
+    optimizer = build_optimizer(net, optimizer_kwargs)
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     torch.manual_seed(misc.seed_to_int(seed, 5, dist.get_rank()))  # dropout differs between ranks
@@ -397,7 +415,7 @@ def training_loop(
         try:
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
-            optimizer.load_state_dict(state['optimizer_state'])
+            load_optimizer_state(optimizer, state['optimizer_state'])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f'--resume: "{resume_state}" does not fit this network ({str(err).strip().splitlines()[0]})') from None
         nimg, step, cur_tick, start_block = state['nimg'], state['step'], state['tick'], state['blocks_consumed']
