@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training import dataset_convert  # noqa: E402
 from torch_utils import misc  # noqa: E402
-from training import encoders  # noqa: E402
+from training import encoders, training_loop  # noqa: E402
 from training.dataset import ImageFolderDataset, LatentFolderDataset  # noqa: E402
 from training.loss import EDMLoss  # noqa: E402
 from training.networks import EDMPrecond  # noqa: E402
@@ -81,7 +81,7 @@ def _sync(device):
 def time_steps(dataset, encoder, net, batch, steps, device):
     """Median seconds of (data, encode, net) per step over `steps` steps after one warm-up."""
     loss_fn = EDMLoss()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)  # as the training loop
+    optimizer = training_loop.build_optimizer(net, dict(class_name='torch.optim.Adam', lr=1e-4))
     parts = []
     for step in range(steps + 1):
         indices = [(step * batch + i) % len(dataset) for i in range(batch)]

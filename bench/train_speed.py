@@ -136,7 +136,7 @@ def count_flops(fn):
 
 def measure_steps(configs, batch, device, repeats, probes, dtypes):
     """Prints seconds per step and GFLOP/s for each configuration, patch side and dtype."""
-    from training import patch
+    from training import patch, training_loop
     print(f'\nsteps: median of {repeats} optimizer steps, batch {batch} image slots (R/s times the images at side s)')
     print(f'{"config":<8s} {"params":>10s} {"side":>4s} {"images":>6s} {"GFLOP":>7s} ' +
           ' '.join(f'{d + " s":>8s} {d + " %probe":>10s}' for d in dtypes) + ('  bf16 speed-up' if len(dtypes) == 2 else ''))
@@ -146,7 +146,7 @@ def measure_steps(configs, batch, device, repeats, probes, dtypes):
             row, seconds = [], {}
             for dtype in dtypes:
                 net = build_net(config, dtype == 'bf16', device)
-                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)  # as the training loop
+                optimizer = training_loop.build_optimizer(net, dict(class_name='torch.optim.Adam', lr=1e-4))
                 step = step_fn(net, optimizer, side, images, device)
                 flops = count_flops(step)
                 seconds[dtype] = median_seconds(step, device, repeats)
