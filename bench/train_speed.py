@@ -264,6 +264,8 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
         probes['bf16'] = conv_probe(torch.bfloat16, dev)
     print('probe (64-ch 3x3 conv, 32x32, batch 32, fwd+bwd): ' + ', '.join(f'{d} {g:.0f} GFLOP/s' for d, g in probes.items()))
     if only != 'loop':
+        if dev.type == 'cpu':
+            misc.keep_freed_memory()  # as the training loop does
         measure_steps(parse_configs(configs), batch, dev, step_repeats, probes, dtypes)
     if only != 'steps':
         name, config = next(iter(parse_configs(loop_config).items()))

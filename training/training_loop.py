@@ -364,6 +364,8 @@ def training_loop(
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
     set_backends(cudnn_benchmark, deterministic)
+    if device.type == 'cpu':
+        misc.keep_freed_memory()
 
     world = dist.get_world_size()
     batch_gpu_total = batch_size // world
