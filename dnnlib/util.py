@@ -9,6 +9,7 @@ import re
 import secrets
 import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -226,7 +227,9 @@ def check_output_file(path, option):
 
 
 def _check_writable_ancestor(folder, option):
-    """The nearest existing ancestor of `folder` (itself included) must be a writable folder."""
+    """The nearest existing ancestor of `folder` (itself included) must be a writable folder. Beyond
+    the permission bits, a file is made there and removed (unnamed where the file system allows):
+    for root the bits say nothing, and network or special file systems may refuse what they allow."""
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -234,6 +237,11 @@ def _check_writable_ancestor(folder, option):
         raise UserError(f'{option}: cannot create folder {folder}, {existing} is a file')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f'{option}: folder {existing} is not writable')
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserError(f'{option}: folder {existing} is not writable ({exc.strerror or exc})') from None
 
 
 # Temporary files: `.<final name>.<pid>.<8 hex digits>.tmp` beside the final file, so that the
