@@ -227,16 +227,14 @@ def check_output_file(path, option):
 
 
 def _check_writable_ancestor(folder, option):
-    """The nearest existing ancestor of `folder` (itself included) must be a writable folder. Beyond
-    the permission bits, a file is made there and removed (unnamed where the file system allows):
-    for root the bits say nothing, and network or special file systems may refuse what they allow."""
+    """The nearest existing ancestor of `folder` (itself included) must be a writable folder: a file
+    is made there and removed (unnamed where the file system allows), since permission bits say
+    nothing for root, and network or special file systems may refuse what they allow."""
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UserError(f'{option}: cannot create folder {folder}, {existing} is a file')
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f'{option}: folder {existing} is not writable')
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
