@@ -222,6 +222,7 @@ def build_config(opts, world_size):
         raise UserError(f'--batch={opts.batch} is not divisible by the number of processes ({world_size})')
     c.loss_scaling = opts.ls
     c.cudnn_benchmark = opts.bench
+    c.compile_network = opts.compile_net
     c.deterministic = opts.deterministic
     c.kimg_per_tick = opts.tick
     if opts.time_limit is not None:
@@ -295,6 +296,8 @@ def build_config(opts, world_size):
 @click.option('--fp16', help='Enable mixed-precision training (CUDA)', metavar='BOOL', type=bool, default=False)
 @click.option('--bf16', help='Enable bfloat16 network body (CUDA; CPUs with AVX512-BF16 or AMX)', metavar='BOOL', type=bool, default=False)
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
+@click.option('--compile', 'compile_net', help='Compile the network with torch.compile (each patch size compiles once, ~1 min on a CPU)',
+              metavar='BOOL', type=bool, default=False)
 @click.option('--bench', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
 @click.option('--deterministic', help='Repeat CUDA runs exactly (slower)', metavar='BOOL', type=bool, default=False)
 @click.option('--cache', help='Cache dataset in CPU memory', metavar='BOOL', type=bool, default=True)
@@ -332,6 +335,8 @@ def main(**kwargs):
     if opts.bf16 and device.type == 'cpu' and not misc.cpu_has_bf16():
         dist.print0('--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); training in fp32')
         opts.bf16 = False
+    if opts.compile_net:
+        training_loop.check_compile_support(device)
     c, desc = build_config(opts, dist.get_world_size())
 
     seed = opts.seed
@@ -359,6 +364,7 @@ def main(**kwargs):
     dist.print0(f'Number of processes:     {dist.get_world_size()}')
     dist.print0(f'Batch size:              {c.batch_size}')
     dist.print0(f'Mixed-precision:         {"fp16" if opts.fp16 else "bf16" if opts.bf16 else "off"}')
+    dist.print0(f'Compiled network:        {"yes" if opts.compile_net else "no"}')
     dist.print0()
 
     if opts.dry_run:  # a real run builds the network once, in the loop, and prints its count there

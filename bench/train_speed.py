@@ -11,7 +11,8 @@ networks. Then two measurements:
   attention) and the achieved GFLOP/s as a share of the probe.
 - `loop`: the real training loop (train.py's options, data loader, loss, Adam, EMA) in a fresh
   subprocess per run, patch mode (real_p 0.5) and full-image mode, in fp32 and bf16, in ABBA
-  order over repeats; s/kimg over the ticks after the first, ratios within this one run.
+  order over repeats; s/kimg over the ticks after the first, ratios within this one run; with
+  --compile=1 also compiled (train.py --compile=1), timed after a first run that compiles.
 
     python bench/train_speed.py                              # both, CPU, 2 threads
     python bench/train_speed.py --only=steps --configs=demo,bench
@@ -177,12 +178,16 @@ def run_child(spec):
     from training import training_loop
     torch.set_num_threads(spec['threads'])
     args = ['--outdir', 'unused', '--data', spec['data'], f'--real_p={spec["real_p"]}', f'--tick={spec["tick"]}',
-            f'--seed={spec["seed"]}', f'--bf16={int(spec["bf16"])}'] + loop_args(spec['config'], spec['batch'])
+            f'--seed={spec["seed"]}', f'--bf16={int(spec["bf16"])}', f'--compile={int(spec["compile"])}'] + loop_args(spec['config'], spec['batch'])
     if spec['device']:
         args.append(f'--device={spec["device"]}')
     opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
     device = dist.init(opts.device)
     c, _desc = train.build_config(opts, 1)
+    if spec['compile']:  # compiles every patch size in a first run; the timed run then reuses the graphs
+        with tempfile.TemporaryDirectory() as run_dir:
+            training_loop.training_loop(**dict(c, run_dir=run_dir, total_kimg=2 if spec['real_p'] < 1 else 0.2, snapshot_ticks=None,
+                                               state_dump_ticks=None, sample_grid=False), device=device)
     with tempfile.TemporaryDirectory() as run_dir:
         c.update(run_dir=run_dir, total_kimg=spec['kimg'], snapshot_ticks=None, state_dump_ticks=None, sample_grid=False)
         training_loop.training_loop(**c, device=device)
@@ -202,32 +207,37 @@ def run_mode(spec):
     return json.loads([ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1][len('RESULT '):])
 
 
-def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes):
-    """Prints s/kimg of the real training loop for patch and full-image mode in each dtype."""
-    modes = [(m, d) for d in dtypes for m in ('patch', 'full')]
+def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes, compiles):
+    """Prints s/kimg of the real training loop for patch and full-image mode in each dtype, eager
+    and (with `compiles` [False, True]) compiled with --compile."""
+    variants = [(d, c) for c in compiles for d in dtypes]
+    modes = [(m, d, c) for d, c in variants for m in ('patch', 'full')]
     runs = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, 'digits.zip')
         make_dataset(data, config['channels'])
         for rep in range(repeats):
-            for mode, dtype in (modes if rep % 2 == 0 else modes[::-1]):
+            for mode, dtype, compiled in (modes if rep % 2 == 0 else modes[::-1]):
                 spec = dict(data=data, real_p=0.5 if mode == 'patch' else 1.0, kimg=kimg_patch if mode == 'patch' else kimg_full,
-                            tick=tick, threads=threads, device=device, seed=rep, bf16=dtype == 'bf16', config=config, batch=batch)
-                runs[mode, dtype].append(run_mode(spec))
-    print(f'\nloop: config {config_name}, batch {batch}, {repeats} runs per mode in ABBA order, first tick of each run not timed')
+                            tick=tick, threads=threads, device=device, seed=rep, bf16=dtype == 'bf16', compile=compiled,
+                            config=config, batch=batch)
+                runs[mode, dtype, compiled].append(run_mode(spec))
+    print(f'\nloop: config {config_name}, batch {batch}, {repeats} runs per mode in ABBA order, first tick of each run not timed'
+          + (' (compiled runs: after a first run that compiles every patch size)' if True in compiles else ''))
+    name = {(d, c): d + (' compiled' if c else '') for d, c in variants}
     rate = {}
-    for (mode, dtype), results in runs.items():
+    for (mode, dtype, compiled), results in runs.items():
         seconds, kimg = sum(r['seconds'] for r in results), sum(r['kimg'] for r in results)
-        rate[mode, dtype] = seconds / kimg
+        rate[mode, dtype, compiled] = seconds / kimg
         gpu = results[-1].get('gpumem_gb')
         extra = f', peak GPU memory {gpu:.2f} GB' if gpu is not None else f', peak RSS {max(r["peak_rss_gb"] for r in results):.2f} GB'
-        print(f'{mode:>5s} {dtype}: {rate[mode, dtype]:7.2f} s/kimg ({1 / rate[mode, dtype]:.3f} kimg/s), '
+        print(f'{mode:>5s} {name[dtype, compiled]:<13s}: {seconds / kimg:7.2f} s/kimg ({kimg / seconds:.3f} kimg/s), '
               f'{seconds / sum(r["steps"] for r in results):.3f} s/step{extra}')
-    for dtype in dtypes:
-        print(f'patch speed-up over full images, {dtype}: {rate["full", dtype] / rate["patch", dtype]:.2f}x')
-    if len(dtypes) == 2:
+    for variant in variants:
+        print(f'patch speed-up over full images, {name[variant]}: {rate[("full",) + variant] / rate[("patch",) + variant]:.2f}x')
+    for variant in variants[1:]:
         for mode in ('patch', 'full'):
-            print(f'bf16 speed-up over fp32, {mode}: {rate[mode, "fp32"] / rate[mode, "bf16"]:.2f}x')
+            print(f'{name[variant]} speed-up over fp32, {mode}: {rate[mode, "fp32", False] / rate[(mode,) + variant]:.2f}x')
 
 
 @click.command()
@@ -242,8 +252,9 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
 @click.option('--kimg-patch', type=float, default=2.0, show_default=True)
 @click.option('--kimg-full', type=float, default=1.0, show_default=True)
 @click.option('--tick', type=float, default=0.5, show_default=True, help='kimg per timed tick')
+@click.option('--compile', 'compile_net', type=bool, default=False, show_default=True, help='`loop` also with --compile=1')
 @click.option('--child', default=None, hidden=True)
-def main(only, configs, loop_config, batch, threads, device, repeats, step_repeats, kimg_patch, kimg_full, tick, child):
+def main(only, configs, loop_config, batch, threads, device, repeats, step_repeats, kimg_patch, kimg_full, tick, compile_net, child):
     """Training speed of this machine: see the module docstring."""
     if child:
         run_child(json.loads(child))
@@ -269,7 +280,7 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
         measure_steps(parse_configs(configs), batch, dev, step_repeats, probes, dtypes)
     if only != 'steps':
         name, config = next(iter(parse_configs(loop_config).items()))
-        measure_loop(name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes)
+        measure_loop(name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes, [False, True] if compile_net else [False])
 
 
 if __name__ == '__main__':

@@ -199,11 +199,16 @@ def keep_freed_memory():
     return bool(mapped and mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
-@functools.lru_cache(maxsize=None)
+_cpu_has_bf16 = []
+
+
 def cpu_has_bf16():
     """True if this CPU computes bfloat16 natively (AVX512-BF16 or AMX); on others oneDNN only
-    emulates it, slower than float32."""
-    flags = cpu_info()[1]
-    if flags:
-        return 'avx512_bf16' in flags or 'amx_bf16' in flags
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    emulates it, slower than float32. Cached in a plain list, which torch.compile reads as a
+    constant (it traces through lru_cache and breaks the graph at the file read)."""
+    if not _cpu_has_bf16:
+        flags = cpu_info()[1]
+        native = ('avx512_bf16' in flags or 'amx_bf16' in flags) if flags else \
+            bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        _cpu_has_bf16.append(native)
+    return _cpu_has_bf16[0]

@@ -5,11 +5,13 @@ run repeats the uninterrupted one (bit for bit on CUDA with `deterministic=True`
 
 import copy
 import glob
+import importlib.util
 import json
 import math
 import os
 import pickle
 import re
+import shutil
 import time
 import warnings
 
@@ -325,6 +327,25 @@ def save_reals_grid(run_dir, dataset, encoder=None, num_images=64):
 # The loop.
 
 
+def check_compile_support(device):
+    """Raises UserError unless torch.compile can build kernels for `device`: TorchInductor needs
+    a C++ compiler for CPU kernels and Triton for CUDA kernels."""
+    if device.type == 'cuda':
+        if importlib.util.find_spec('triton') is None:
+            raise UserError('--compile: CUDA kernels need the triton package (pip install triton)')
+    elif not any(shutil.which(cxx) for cxx in (os.environ.get('CXX'), 'g++', 'c++', 'clang++') if cxx):
+        raise UserError('--compile: compiling for the CPU needs a C++ compiler (g++ or clang++) on the PATH')
+
+
+def compile_for_training(net, shapes):
+    """`net` compiled by torch.compile (TorchInductor) for training: one static graph per input
+    shape (one per patch size), which fuses the normalisations, activations and casts around the
+    convolutions. Snapshots and the EMA keep using `net` itself."""
+    misc.cpu_has_bf16()  # cached now: reading /proc/cpuinfo while tracing would break the graph
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes + 2)
+    return torch.compile(net, dynamic=False)
+
+
 def training_loop(
     run_dir='.',
     dataset_kwargs=None,
@@ -351,6 +372,7 @@ def training_loop(
     resume_pkl=None,
     resume_state=None,
     cudnn_benchmark=True,
+    compile_network=False,
     deterministic=False,
     device=torch.device('cpu'),
     step_callback=None,
@@ -427,9 +449,9 @@ def training_loop(
             _set_rng_state(rng_states[dist.get_rank()], device)
         del state
 
-    ddp = net
+    ddp = compile_for_training(net, len(schedule.patch_sizes) if schedule else 1) if compile_network else net
     if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None,
+        ddp = torch.nn.parallel.DistributedDataParallel(ddp, device_ids=[device] if device.type == 'cuda' else None,
                                                         broadcast_buffers=False)
 
     data_iter, first_block = build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
@@ -443,6 +465,7 @@ def training_loop(
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
     tick_start_nimg = nimg
+    compiled_sizes = set()
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
     dist.barrier()
@@ -453,6 +476,10 @@ def training_loop(
             patch_size = schedule.size_for_step(step, nimg / max(total_kimg * 1000, 1))
             batch_mul, weight = schedule.batch_mul(patch_size), schedule.loss_weight(patch_size)
         images_per_rank = batch_gpu * rounds * batch_mul
+        if compile_network and patch_size not in compiled_sizes:
+            compiled_sizes.add(patch_size)
+            size = patch_lib.shape_name(patch_size if patch_size is not None else net_resolution)
+            dist.print0(f'Compiling the network for inputs of size {size} (once per size; a minute or more on a CPU)...')
 
         optimizer.zero_grad(set_to_none=True)
         for round_idx in range(rounds):
