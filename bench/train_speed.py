@@ -252,9 +252,10 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
 @click.option('--kimg-patch', type=float, default=2.0, show_default=True)
 @click.option('--kimg-full', type=float, default=1.0, show_default=True)
 @click.option('--tick', type=float, default=0.5, show_default=True, help='kimg per timed tick')
+@click.option('--bf16', 'want_bf16', type=bool, default=True, show_default=True, help='Also bf16, where the CPU has it')
 @click.option('--compile', 'compile_net', type=bool, default=False, show_default=True, help='`loop` also with --compile=1')
 @click.option('--child', default=None, hidden=True)
-def main(only, configs, loop_config, batch, threads, device, repeats, step_repeats, kimg_patch, kimg_full, tick, compile_net, child):
+def main(only, configs, loop_config, batch, threads, device, repeats, step_repeats, kimg_patch, kimg_full, tick, want_bf16, compile_net, child):
     """Training speed of this machine: see the module docstring."""
     if child:
         run_child(json.loads(child))
@@ -263,12 +264,12 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
     torch.set_num_threads(threads)
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model, flags = cpu_description()
-    bf16 = misc.cpu_has_bf16() if dev.type == 'cpu' else True
+    bf16 = want_bf16 and (misc.cpu_has_bf16() if dev.type == 'cpu' else True)
     print(f'CPU: {model}; flags: {" ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; {threads} threads; torch {torch.__version__}')
     if dev.type == 'cuda':
         print(f'GPU: {torch.cuda.get_device_name(dev)}')
     dtypes = ['fp32', 'bf16'] if bf16 else ['fp32']
-    if not bf16:
+    if want_bf16 and not bf16:
         print('bf16: this CPU has no native bfloat16 arithmetic; fp32 only')
     probes = {'fp32': conv_probe(torch.float32, dev)}
     if bf16:
