@@ -20,6 +20,9 @@ else
     # each, no attention, 1.7M parameters), bf16 where the CPU computes it natively, noise levels
     # centred higher than EDM's (--P_mean=0: whole digits before fine strokes), trained for
     # ${DEMO_MINUTES:-8} minutes at most, sampled with classifier-free guidance (docs/results.md).
+    # CPUs without native bf16 (AVX2 only, e.g. AMD EPYC) train and sample ~1.7x slower: 7 minutes
+    # there keep the whole command within 15.
+    "$PY" -c "import sys; from torch_utils import misc; sys.exit(0 if misc.cpu_has_bf16() else 1)" || DEMO_MINUTES=${DEMO_MINUTES:-7}
     TRAIN=(--cbase=32 --cres=1,2,2,2 --blocks=1 --attn=none --cond=1 --label-dropout=0.1 --batch=32 --duration=${DEMO_MIMG:-0.4}
            --time-limit=${DEMO_MINUTES:-8} --lr=2e-3 --lr-decay=20 --dropout=0 --lr-rampup=2 --loss-norm=mean --P_mean=0 --bf16=1
            --tick=5 --snap=20 --dump=40)
