@@ -266,6 +266,9 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
     model, flags = cpu_description()
     bf16 = want_bf16 and (misc.cpu_has_bf16() if dev.type == 'cpu' else True)
     print(f'CPU: {model}; flags: {" ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; {threads} threads; torch {torch.__version__}')
+    limits = [f'{name}={os.environ[name]}' for name in ('ONEDNN_MAX_CPU_ISA', 'ATEN_CPU_CAPABILITY') if os.environ.get(name)]
+    if limits:
+        print(f'instruction sets limited by {" ".join(limits)}')
     if dev.type == 'cuda':
         print(f'GPU: {torch.cuda.get_device_name(dev)}')
     dtypes = ['fp32', 'bf16'] if bf16 else ['fp32']

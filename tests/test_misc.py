@@ -234,3 +234,27 @@ def test_keep_freed_memory_reuses_large_blocks():
         return int(out.stdout.split()[-1])
     assert late_faults(False) > 50_000
     assert late_faults(True) < 10_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Native bfloat16 detection.
+
+
+@pytest.mark.parametrize('flags,limit,expected', [
+    ({'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}, None, True),
+    ({'avx2', 'amx_bf16'}, 'AVX512_CORE_AMX', True),
+    ({'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16'}, 'avx2', False),  # the AMD EPYC proxy of docs/benchmarks.md
+    ({'avx2', 'avx512f', 'avx512_bf16'}, 'AVX512_CORE_VNNI', False),
+    ({'avx2', 'fma'}, None, False),
+])
+def test_cpu_has_bf16_follows_flags_and_onednn_isa_limit(monkeypatch, flags, limit, expected):
+    monkeypatch.setattr(misc, '_cpu_has_bf16', [])
+    monkeypatch.setattr(misc, 'cpu_info', lambda: ('test CPU', flags))
+    monkeypatch.delenv('DNNL_MAX_CPU_ISA', raising=False)
+    if limit is None:
+        monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    else:
+        monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', limit)
+    assert misc.cpu_has_bf16() is expected
+    monkeypatch.setattr(misc, 'cpu_info', lambda: ('changed', set()))
+    assert misc.cpu_has_bf16() is expected  # read once per process

@@ -394,3 +394,26 @@ def test_rectangular_network(arch):
 def test_rectangular_network_needs_divisible_sides():
     with pytest.raises(Exception, match='not divisible by the network\'s down-sampling factor'):
         make_tiny_net('ddpmpp', resolution=(16, 21), attn_resolutions=[8])
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_bf16_body_on_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
+    """`use_bf16` runs the body in bf16 on CPUs with native bf16 (output close to fp32's, returned
+    in fp32) and leaves it in fp32 elsewhere (output identical to the fp32 network's)."""
+    from torch_utils import misc
+    monkeypatch.setattr(misc, '_cpu_has_bf16', [native])
+    torch.manual_seed(0)
+    net32 = make_tiny_net(resolution=16, channels=1, use_coords=True)
+    net16 = make_tiny_net(resolution=16, channels=1, use_coords=True, use_bf16=True)
+    net16.load_state_dict(net32.state_dict())
+    x = torch.randn(4, 1, 16, 16)
+    sigma = torch.tensor([0.1, 1.0, 5.0, 40.0])
+    with torch.no_grad():
+        ref, out = net32(x, sigma), net16(x, sigma)
+    assert net16.body_dtype(x) == (torch.bfloat16 if native else torch.float32)
+    assert out.dtype == torch.float32
+    if native:
+        assert not torch.equal(out, ref)
+        assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    else:
+        assert torch.equal(out, ref)

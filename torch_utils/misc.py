@@ -3,6 +3,7 @@
 import contextlib
 import ctypes
 import functools
+import os
 
 import numpy as np
 import torch
@@ -200,15 +201,18 @@ def keep_freed_memory():
 
 
 _cpu_has_bf16 = []
+_ONEDNN_ISAS_WITHOUT_BF16 = {'SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX2_VNNI_2', 'AVX512_CORE', 'AVX512_CORE_VNNI'}
 
 
 def cpu_has_bf16():
-    """True if this CPU computes bfloat16 natively (AVX512-BF16 or AMX); on others oneDNN only
-    emulates it, slower than float32. Cached in a plain list, which torch.compile reads as a
-    constant (it traces through lru_cache and breaks the graph at the file read)."""
+    """True if this CPU computes bfloat16 natively (AVX512-BF16 or AMX) and `ONEDNN_MAX_CPU_ISA`
+    does not forbid those instructions; elsewhere oneDNN only emulates bf16, slower than float32.
+    Cached in a plain list, which torch.compile reads as a constant (it traces through lru_cache
+    and breaks the graph at the file read)."""
     if not _cpu_has_bf16:
         flags = cpu_info()[1]
         native = ('avx512_bf16' in flags or 'amx_bf16' in flags) if flags else \
             bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        _cpu_has_bf16.append(native)
+        limit = os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', '')).strip().upper()
+        _cpu_has_bf16.append(native and limit not in _ONEDNN_ISAS_WITHOUT_BF16)
     return _cpu_has_bf16[0]
