@@ -21,7 +21,8 @@ networks. Then two measurements:
 Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks, attention at
 16, 3 channels); `demo` is scripts/demo.sh's network without its class labels ([1,2,2,2], 1 block,
 no attention, 1 channel); `small` the demo's until 2026-11-24 ([1,2,2], 1 block, no attention);
-NAME:blocks:attn adds others on [1,2,2], e.g. `b2:2:none`.
+`cifar` EDM's CIFAR-10 DDPM++ (128 channels, [2,2,2], 4 blocks, attention at 16, 3 channels);
+NAME:blocks:attn adds others of 32 channels on [1,2,2], e.g. `b2:2:none`.
 """
 
 import json
@@ -41,10 +42,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 CONFIGS = {
-    'bench': dict(blocks=4, attn='16', channels=3, dropout=0.13, cres=[1, 2, 2]),
-    'demo': dict(blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2, 2]),
-    'small': dict(blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
-    'b2': dict(blocks=2, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
+    'bench': dict(cbase=32, blocks=4, attn='16', channels=3, dropout=0.13, cres=[1, 2, 2]),
+    'demo': dict(cbase=32, blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2, 2]),
+    'small': dict(cbase=32, blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
+    'b2': dict(cbase=32, blocks=2, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
+    'cifar': dict(cbase=128, blocks=4, attn='16', channels=3, dropout=0.13, cres=[2, 2, 2]),
 }
 CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
@@ -57,12 +59,12 @@ def cpu_description():
 
 
 def parse_configs(text):
-    """'bench,demo,b3:3:none' → {name: dict(blocks, attn, channels, dropout, cres)}."""
+    """'bench,demo,b3:3:none' → {name: dict(cbase, blocks, attn, channels, dropout, cres)}."""
     configs = {}
     for item in text.split(','):
         name, *rest = item.split(':')
         if rest:
-            configs[name] = dict(blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
+            configs[name] = dict(cbase=32, blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
         elif name in CONFIGS:
             configs[name] = CONFIGS[name]
         else:
@@ -105,7 +107,7 @@ def build_net(config, use_bf16, device, resolution=32):
     from train import ARCHITECTURES, parse_attn
     from training.networks import EDMPrecond
     torch.manual_seed(0)
-    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=32, channel_mult=config['cres'])
+    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=config['cbase'], channel_mult=config['cres'])
     net = EDMPrecond(img_resolution=resolution, img_channels=config['channels'], use_coords=True, use_bf16=use_bf16,
                      num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'], **arch)
     return net.train().to(device)
@@ -166,7 +168,7 @@ def make_dataset(path, channels):
 
 
 def loop_args(config, batch):
-    return ['--arch=ddpmpp', '--cbase=32', f'--cres={",".join(map(str, config["cres"]))}', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
+    return ['--arch=ddpmpp', f'--cbase={config["cbase"]}', f'--cres={",".join(map(str, config["cres"]))}', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
             '--duration=1', f'--blocks={config["blocks"]}', f'--attn={config["attn"]}', f'--dropout={config["dropout"]}']
 
 

@@ -246,3 +246,20 @@ def test_sample_grids_are_put_side_by_side(quality, tmp_path):
     both = np.asarray(PIL.Image.open(dest))
     assert both.shape == (8, 18, 3)
     assert (both[:, :8] == 0).all() and (both[:, 8:12] == 255).all() and (both[:, 12:] == 200).all()
+
+
+@pytest.mark.parametrize('name,expected', [('demo', 1_737_089), ('bench', 2_741_923), ('cifar', 55_735_043)])
+def test_train_speed_times_the_network_the_training_command_builds(tmp_path, name, expected):
+    """bench/train_speed.py's step network and its `train.py` loop options build the same network:
+    SPEC's counts (CIFAR-10 DDPM++: 55,733,891, less the 1,152 of the augmentation map, plus 2,304
+    for the coordinate channels)."""
+    import train
+    from torch_utils import misc
+    speed = load_bench('train_speed')
+    config = speed.parse_configs(name)[name]
+    assert misc.count_parameters(speed.build_net(config, False, torch.device('cpu'))) == expected
+    data = make_zip(tmp_path / 'digits.zip', count=4, size=32, channels=config['channels'])
+    args = ['--outdir', str(tmp_path / 'runs'), '--data', data] + speed.loop_args(config, 32)
+    opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
+    c, _desc = train.build_config(opts, 1)
+    assert train.network_parameters(c) == expected
