@@ -8,11 +8,14 @@ networks. Then two measurements:
 - `steps`: for each network configuration (--configs), the median seconds of one optimizer step
   (forward, backward, Adam) at each patch side of the default schedule (R, R/2, R/4 with R/s times
   the images), its FLOPs (counted with torch's FlopCounterMode: convolutions, matrix products,
-  attention) and the achieved GFLOP/s as a share of the probe.
+  attention) and the achieved GFLOP/s as a share of the probe; then the patch/full speed ratio
+  those steps give when weighted by the default schedule's probabilities.
 - `loop`: the real training loop (train.py's options, data loader, loss, Adam, EMA) in a fresh
   subprocess per run, patch mode (real_p 0.5) and full-image mode, in fp32 and bf16, in ABBA
   order over repeats; s/kimg over the ticks after the first, ratios within this one run; with
-  --compile=1 also compiled (train.py --compile=1), timed after a first run that compiles.
+  --compile=1 also compiled (train.py --compile=1), timed after a first run that compiles. A short
+  run draws more or fewer small patches than the schedule's average, so the patch/full ratio is
+  also given "by the schedule": the median loop step of each size weighted by its probability.
 
     python bench/train_speed.py                              # both, CPU, 2 threads
     python bench/train_speed.py --only=steps --configs=demo,bench
@@ -137,27 +140,43 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
+def schedule_ratio(seconds_by_side, images_by_side, real_p=0.5):
+    """Patch/full speed ratio that per-step times give under the default schedule: images per second
+    of the random mix of sides (`real_p` full images) over images per second of full-image steps;
+    the loop's ratio without the noise of which sizes a short run happened to draw."""
+    from training import patch
+    sides = sorted(seconds_by_side)
+    probs = patch.patch_probabilities(len(sides), real_p)
+    mix = sum(p * images_by_side[s] for p, s in zip(probs, sides)) / sum(p * seconds_by_side[s] for p, s in zip(probs, sides))
+    return mix / (images_by_side[sides[-1]] / seconds_by_side[sides[-1]])
+
+
 def measure_steps(configs, batch, device, repeats, probes, dtypes):
-    """Prints seconds per step and GFLOP/s for each configuration, patch side and dtype."""
+    """Prints seconds per step and GFLOP/s for each configuration, patch side and dtype, and the
+    patch/full ratio those steps give under the default schedule."""
     from training import patch, training_loop
     print(f'\nsteps: median of {repeats} optimizer steps, batch {batch} image slots (R/s times the images at side s)')
     print(f'{"config":<8s} {"params":>10s} {"side":>4s} {"images":>6s} {"GFLOP":>7s} ' +
           ' '.join(f'{d + " s":>8s} {d + " %probe":>10s}' for d in dtypes) + ('  bf16 speed-up' if len(dtypes) == 2 else ''))
     for name, config in configs.items():
+        by_side, images_by_side = {dtype: {} for dtype in dtypes}, {}
         for side in patch.default_patch_sizes(32):
-            images = batch * (32 // side)
+            images = images_by_side[side] = batch * (32 // side)
             row, seconds = [], {}
             for dtype in dtypes:
                 net = build_net(config, dtype == 'bf16', device)
                 optimizer = training_loop.build_optimizer(net, dict(class_name='torch.optim.Adam', lr=1e-4))
                 step = step_fn(net, optimizer, side, images, device)
                 flops = count_flops(step)
-                seconds[dtype] = median_seconds(step, device, repeats)
+                seconds[dtype] = by_side[dtype][side] = median_seconds(step, device, repeats)
                 share = flops / seconds[dtype] / 1e9 / probes[dtype] * 100
                 row.append(f'{seconds[dtype]:8.3f} {share:9.0f}%')
             params = sum(p.numel() for p in net.parameters())
             speedup = f'  {seconds["fp32"] / seconds["bf16"]:.2f}x' if len(dtypes) == 2 else ''
             print(f'{name:<8s} {params:>10,d} {side:>4d} {images:>6d} {flops / 1e9:7.1f} ' + ' '.join(row) + speedup, flush=True)
+        ratios = ', '.join(f'{dtype} {schedule_ratio(by_side[dtype], images_by_side):.2f}x' for dtype in dtypes)
+        print(f'{name:<8s} patch/full by the default schedule (real_p 0.5; compute ratio '
+              f'{schedule_ratio({s: s * s * images_by_side[s] for s in images_by_side}, images_by_side):.2f}): {ratios}', flush=True)
 
 
 def make_dataset(path, channels):
@@ -190,13 +209,23 @@ def run_child(spec):
         with tempfile.TemporaryDirectory() as run_dir:
             training_loop.training_loop(**dict(c, run_dir=run_dir, total_kimg=2 if spec['real_p'] < 1 else 0.2, snapshot_ticks=None,
                                                state_dump_ticks=None, sample_grid=False), device=device)
+    marks = []  # (step, seconds, images seen) after every step
+
+    def step_callback(info):
+        marks.append((info.step, time.perf_counter(), info.nimg))
+
     with tempfile.TemporaryDirectory() as run_dir:
-        c.update(run_dir=run_dir, total_kimg=spec['kimg'], snapshot_ticks=None, state_dump_ticks=None, sample_grid=False)
+        c.update(run_dir=run_dir, total_kimg=spec['kimg'], snapshot_ticks=None, state_dump_ticks=None, sample_grid=False,
+                 step_callback=step_callback)
         training_loop.training_loop(**c, device=device)
         with open(os.path.join(run_dir, 'stats.jsonl')) as f:
             ticks = [json.loads(line) for line in f]
+    step_seconds = {}  # images in the step → seconds of each step after the first tick
+    for (_, t0, n0), (step, t1, n1) in zip(marks, marks[1:]):
+        if step > ticks[0]['step']:
+            step_seconds.setdefault(n1 - n0, []).append(t1 - t0)
     print('RESULT ' + json.dumps(dict(seconds=sum(t['sec_per_tick'] for t in ticks[1:]), kimg=ticks[-1]['kimg'] - ticks[0]['kimg'],
-                                      steps=ticks[-1]['step'] - ticks[0]['step'],
+                                      steps=ticks[-1]['step'] - ticks[0]['step'], step_seconds=step_seconds,
                                       peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                                       gpumem_gb=ticks[-1].get('gpumem_gb'))))
 
@@ -209,9 +238,16 @@ def run_mode(spec):
     return json.loads([ln for ln in out.splitlines() if ln.startswith('RESULT ')][-1][len('RESULT '):])
 
 
+def median_step_seconds(results, images):
+    """Median seconds of the loop steps that held `images` images, over all runs of a mode."""
+    seconds = [t for r in results for t in r['step_seconds'].get(str(images), [])]
+    return statistics.median(seconds) if seconds else None
+
+
 def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patch, kimg_full, tick, dtypes, compiles):
     """Prints s/kimg of the real training loop for patch and full-image mode in each dtype, eager
     and (with `compiles` [False, True]) compiled with --compile."""
+    from training import patch
     variants = [(d, c) for c in compiles for d in dtypes]
     modes = [(m, d, c) for d, c in variants for m in ('patch', 'full')]
     runs = {mode: [] for mode in modes}
@@ -234,9 +270,23 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
         gpu = results[-1].get('gpumem_gb')
         extra = f', peak GPU memory {gpu:.2f} GB' if gpu is not None else f', peak RSS {max(r["peak_rss_gb"] for r in results):.2f} GB'
         print(f'{mode:>5s} {name[dtype, compiled]:<13s}: {seconds / kimg:7.2f} s/kimg ({kimg / seconds:.3f} kimg/s), '
-              f'{seconds / sum(r["steps"] for r in results):.3f} s/step{extra}')
+              f'{seconds / sum(r["steps"] for r in results):.3f} s/step, {kimg * 1e3 / sum(r["steps"] for r in results):.1f} images/step{extra}')
+    sides = patch.default_patch_sizes(32)
+    probs = patch.patch_probabilities(len(sides), 0.5)
+    images = {side: batch * (32 // side) for side in sides}
+    print(f'(the default schedule averages {sum(p * images[s] for p, s in zip(probs, sides)):.1f} images per patch-mode step; '
+          'a short run draws more or fewer small patches, so "by the schedule" weights the median loop step of each size '
+          'by its probability instead)')
     for variant in variants:
-        print(f'patch speed-up over full images, {name[variant]}: {rate[("full",) + variant] / rate[("patch",) + variant]:.2f}x')
+        patch_medians = [median_step_seconds(runs[('patch',) + variant], images[side]) for side in sides]
+        full_median = median_step_seconds(runs[('full',) + variant], images[sides[-1]])
+        if None in patch_medians or full_median is None:
+            by_schedule = 'n/a (a size was never drawn)'
+        else:
+            patch_rate = sum(p * images[s] for p, s in zip(probs, sides)) / sum(p * t for p, t in zip(probs, patch_medians))
+            by_schedule = f'{patch_rate / (images[sides[-1]] / full_median):.2f}x'
+        print(f'patch speed-up over full images, {name[variant]}: {rate[("full",) + variant] / rate[("patch",) + variant]:.2f}x, '
+              f'by the schedule {by_schedule}')
     for variant in variants[1:]:
         for mode in ('patch', 'full'):
             print(f'{name[variant]} speed-up over fp32, {mode}: {rate[mode, "fp32", False] / rate[(mode,) + variant]:.2f}x')

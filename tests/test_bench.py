@@ -263,3 +263,13 @@ def test_train_speed_times_the_network_the_training_command_builds(tmp_path, nam
     opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
     c, _desc = train.build_config(opts, 1)
     assert train.network_parameters(c) == expected
+
+
+def test_train_speed_schedule_ratio():
+    """Per-step times that scale with pixels give the compute ratio 60.8 / (32 · 0.7) = 2.714 of the
+    default schedule (8x8: 0.2 of the steps, 128 images; 16x16: 0.3, 64; 32x32: 0.5, 32); steps
+    that all cost the same give the images ratio 60.8 / 32."""
+    speed = load_bench('train_speed')
+    images = {8: 128, 16: 64, 32: 32}
+    assert speed.schedule_ratio({8: 0.25, 16: 0.5, 32: 1.0}, images) == pytest.approx(60.8 / (32 * 0.7))
+    assert speed.schedule_ratio({8: 3.0, 16: 3.0, 32: 3.0}, images) == pytest.approx(60.8 / 32)
