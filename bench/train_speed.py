@@ -277,19 +277,24 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
     print(f'(the default schedule averages {sum(p * images[s] for p, s in zip(probs, sides)):.1f} images per patch-mode step; '
           'a short run draws more or fewer small patches, so "by the schedule" weights the median loop step of each size '
           'by its probability instead)')
+    scheduled = {}  # (mode, dtype, compiled) → s/kimg from median loop steps weighted by the schedule
     for variant in variants:
         patch_medians = [median_step_seconds(runs[('patch',) + variant], images[side]) for side in sides]
         full_median = median_step_seconds(runs[('full',) + variant], images[sides[-1]])
-        if None in patch_medians or full_median is None:
-            by_schedule = 'n/a (a size was never drawn)'
-        else:
-            patch_rate = sum(p * images[s] for p, s in zip(probs, sides)) / sum(p * t for p, t in zip(probs, patch_medians))
-            by_schedule = f'{patch_rate / (images[sides[-1]] / full_median):.2f}x'
-        print(f'patch speed-up over full images, {name[variant]}: {rate[("full",) + variant] / rate[("patch",) + variant]:.2f}x, '
-              f'by the schedule {by_schedule}')
+        if None not in patch_medians and full_median is not None:
+            scheduled['patch', *variant] = sum(p * t for p, t in zip(probs, patch_medians)) / sum(p * images[s] for p, s in zip(probs, sides)) * 1e3
+            scheduled['full', *variant] = full_median / images[sides[-1]] * 1e3
+
+    def ratio(slow, fast):
+        plain = f'{rate[slow] / rate[fast]:.2f}x'
+        return plain + (f', by the schedule {scheduled[slow] / scheduled[fast]:.2f}x' if slow in scheduled and fast in scheduled
+                        else ', by the schedule n/a (a size was never drawn)')
+
+    for variant in variants:
+        print(f'patch speed-up over full images, {name[variant]}: {ratio(("full",) + variant, ("patch",) + variant)}')
     for variant in variants[1:]:
         for mode in ('patch', 'full'):
-            print(f'{name[variant]} speed-up over fp32, {mode}: {rate[mode, "fp32", False] / rate[(mode,) + variant]:.2f}x')
+            print(f'{name[variant]} speed-up over fp32, {mode}: {ratio((mode, "fp32", False), (mode,) + variant)}')
 
 
 @click.command()
