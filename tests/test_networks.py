@@ -417,3 +417,37 @@ def test_bf16_body_on_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
         assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
     else:
         assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_dropout_keeps_1_minus_p_scales_to_the_same_mean_and_repeats_with_the_seed(dtype):
+    p = 0.13
+    x = torch.full([64, 32, 16, 16], 1.5, dtype=dtype, requires_grad=True)
+    torch.manual_seed(5)
+    out = networks.dropout(x, p, training=True)
+    keep = round((1 - p) * 65536)
+    kept = out != 0
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1.5 * 65536 / keep))  # the scale, exact in fp32 and bf16's rounding
+    assert abs(kept.float().mean().item() - (1 - p)) < 4 * math.sqrt(p * (1 - p) / x.numel())
+    assert abs(out.float().mean().item() / 1.5 - 1) < 4 * math.sqrt(p / (1 - p) / x.numel()) + (0.004 if dtype == torch.bfloat16 else 0)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach() / 1.5)  # the gradient is the same mask and scale
+    torch.manual_seed(5)
+    assert torch.equal(networks.dropout(x, p, training=True), out)
+    assert not torch.equal(networks.dropout(x, p, training=True), out)
+    # every element's mask is independent: no correlation between the four elements of one draw
+    masks = torch.stack([networks.dropout(torch.ones(4096), 0.5, True) != 0 for _ in range(16)]).float().reshape(-1, 4)
+    corr = torch.corrcoef(masks.T)
+    assert (corr - torch.eye(4)).abs().max() < 0.05
+    assert networks.dropout(x, p, training=False) is x and networks.dropout(x, 0, training=True) is x
+
+
+def test_network_with_dropout_traces_as_one_graph():
+    """--compile=1 with dropout: the CPU's cheaper dropout mask must not break the graph (it steps
+    aside for `F.dropout` while torch.compile traces)."""
+    torch._dynamo.reset()
+    net = make_tiny_net(resolution=16, channels=1, dropout=0.2, use_coords=True).train()
+    explained = torch._dynamo.explain(net)(torch.randn(2, 1, 16, 16), torch.rand(2) * 5)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()

@@ -192,7 +192,7 @@ class UNetBlock(torch.nn.Module):
             x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
         else:
             x = F.silu(self.norm1(x.add_(params)))
-        x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
+        x = self.conv1(dropout(x, self.dropout, self.training))
         x = x.add_(self.skip(residual) if self.skip is not None else residual)
         x = x * self.skip_scale
 
@@ -234,6 +234,22 @@ class FourierEmbedding(torch.nn.Module):
     def forward(self, x):
         x = torch.outer(x.to(self.freqs.dtype), (2 * np.pi * self.freqs))
         return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+def dropout(x, p, training):
+    """`F.dropout` with a cheaper mask on the CPU, where drawing one random number per element
+    dominates its cost: 16 bits per element from one 64-bit draw per four elements (4-6x less
+    time). An element is kept with probability k/65536 (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by
+    65536/k, so the expected output is exactly x, as with `F.dropout`. On CUDA and under
+    torch.compile (whose generated kernels draw fast) it is `F.dropout`."""
+    if not training or p == 0 or x.device.type != 'cpu' or torch.compiler.is_compiling():
+        return F.dropout(x, p=p, training=training)
+    keep = round((1 - p) * 65536)
+    if keep in (0, 65536):  # p within 2⁻¹⁷ of 1 or 0
+        return x * (keep / 65536)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
+    bits = words.view(torch.int16)[:x.numel()].view(x.shape)
+    return x.mul(65536 / keep).mul_(bits < keep - 32768)
 
 
 def _label_dropout_mask(labels, p, training):
