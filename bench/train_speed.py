@@ -140,15 +140,20 @@ def count_flops(fn):
     return counter.get_total_flops()
 
 
-def schedule_ratio(seconds_by_side, images_by_side, real_p=0.5):
-    """Patch/full speed ratio that per-step times give under the default schedule: images per second
-    of the random mix of sides (`real_p` full images) over images per second of full-image steps;
-    the loop's ratio without the noise of which sizes a short run happened to draw."""
+def scheduled_seconds_per_image(seconds_by_side, images_by_side, real_p=0.5):
+    """Seconds per image of the default schedule's random mix of sides (`real_p` full images),
+    from the seconds of one step at each side: expected seconds over expected images per step."""
     from training import patch
     sides = sorted(seconds_by_side)
     probs = patch.patch_probabilities(len(sides), real_p)
-    mix = sum(p * images_by_side[s] for p, s in zip(probs, sides)) / sum(p * seconds_by_side[s] for p, s in zip(probs, sides))
-    return mix / (images_by_side[sides[-1]] / seconds_by_side[sides[-1]])
+    return sum(p * seconds_by_side[s] for p, s in zip(probs, sides)) / sum(p * images_by_side[s] for p, s in zip(probs, sides))
+
+
+def schedule_ratio(seconds_by_side, images_by_side, real_p=0.5):
+    """Patch/full speed ratio that per-step times give under the default schedule; the loop's
+    ratio without the noise of which sizes a short run happened to draw."""
+    full = max(seconds_by_side)
+    return seconds_by_side[full] / images_by_side[full] / scheduled_seconds_per_image(seconds_by_side, images_by_side, real_p)
 
 
 def measure_steps(configs, batch, device, repeats, probes, dtypes):
@@ -282,7 +287,7 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
         patch_medians = [median_step_seconds(runs[('patch',) + variant], images[side]) for side in sides]
         full_median = median_step_seconds(runs[('full',) + variant], images[sides[-1]])
         if None not in patch_medians and full_median is not None:
-            scheduled['patch', *variant] = sum(p * t for p, t in zip(probs, patch_medians)) / sum(p * images[s] for p, s in zip(probs, sides)) * 1e3
+            scheduled['patch', *variant] = scheduled_seconds_per_image(dict(zip(sides, patch_medians)), images) * 1e3
             scheduled['full', *variant] = full_median / images[sides[-1]] * 1e3
 
     def ratio(slow, fast):
