@@ -156,17 +156,22 @@ def schedule_ratio(seconds_by_side, images_by_side, real_p=0.5):
     return seconds_by_side[full] / images_by_side[full] / scheduled_seconds_per_image(seconds_by_side, images_by_side, real_p)
 
 
+def side_images(batch):
+    """Images per step at each side of the default schedule of 32x32 images: R/s times `batch`."""
+    from training import patch
+    return {side: batch * (32 // side) for side in patch.default_patch_sizes(32)}
+
+
 def measure_steps(configs, batch, device, repeats, probes, dtypes):
     """Prints seconds per step and GFLOP/s for each configuration, patch side and dtype, and the
     patch/full ratio those steps give under the default schedule."""
-    from training import patch, training_loop
+    from training import training_loop
     print(f'\nsteps: median of {repeats} optimizer steps, batch {batch} image slots (R/s times the images at side s)')
     print(f'{"config":<8s} {"params":>10s} {"side":>4s} {"images":>6s} {"GFLOP":>7s} ' +
           ' '.join(f'{d + " s":>8s} {d + " %probe":>10s}' for d in dtypes) + ('  bf16 speed-up' if len(dtypes) == 2 else ''))
     for name, config in configs.items():
-        by_side, images_by_side = {dtype: {} for dtype in dtypes}, {}
-        for side in patch.default_patch_sizes(32):
-            images = images_by_side[side] = batch * (32 // side)
+        by_side, images_by_side = {dtype: {} for dtype in dtypes}, side_images(batch)
+        for side, images in images_by_side.items():
             row, seconds = [], {}
             for dtype in dtypes:
                 net = build_net(config, dtype == 'bf16', device)
@@ -276,9 +281,9 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
         extra = f', peak GPU memory {gpu:.2f} GB' if gpu is not None else f', peak RSS {max(r["peak_rss_gb"] for r in results):.2f} GB'
         print(f'{mode:>5s} {name[dtype, compiled]:<13s}: {seconds / kimg:7.2f} s/kimg ({kimg / seconds:.3f} kimg/s), '
               f'{seconds / sum(r["steps"] for r in results):.3f} s/step, {kimg * 1e3 / sum(r["steps"] for r in results):.1f} images/step{extra}')
-    sides = patch.default_patch_sizes(32)
+    images = side_images(batch)
+    sides = list(images)
     probs = patch.patch_probabilities(len(sides), 0.5)
-    images = {side: batch * (32 // side) for side in sides}
     print(f'(the default schedule averages {sum(p * images[s] for p, s in zip(probs, sides)):.1f} images per patch-mode step; '
           'a short run draws more or fewer small patches, so "by the schedule" weights the median loop step of each size '
           'by its probability instead)')

@@ -256,7 +256,6 @@ def test_dry_run_writes_nothing(digits, tmp_path):
     assert 'Dry run' in result.output and not outdir.exists()
 
 
-
 @pytest.mark.parametrize('native', [True, False])
 def test_bf16_on_a_cpu_without_native_bf16_says_so_and_trains_in_fp32(monkeypatch, digits, tmp_path, native):
     from torch_utils import misc
@@ -266,6 +265,7 @@ def test_bf16_on_a_cpu_without_native_bf16_says_so_and_trains_in_fp32(monkeypatc
     notices = [line for line in result.output.splitlines() if line.startswith('--bf16:')]
     assert notices == ([] if native else ['--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); training in fp32'])
     assert f'Mixed-precision:         {"bf16" if native else "off"}' in result.output
+
 
 @pytest.mark.parametrize('precond,patch', [('vp', '0'), ('ve', '1'), ('edm', '0')])
 def test_each_preconditioning_trains_with_and_without_patches(precond, patch, digits, tmp_path):

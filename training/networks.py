@@ -239,9 +239,10 @@ class FourierEmbedding(torch.nn.Module):
 def dropout(x, p, training):
     """`F.dropout` with a cheaper mask on the CPU, where drawing one random number per element
     dominates its cost: 16 bits per element from one 64-bit draw per four elements (the mask in a
-    fifth of the time, dropout forward and backward ~3x faster). An element is kept with probability k/65536 (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by
-    65536/k, so the expected output is exactly x, as with `F.dropout`. On CUDA and under
-    torch.compile (whose generated kernels draw fast) it is `F.dropout`."""
+    fifth of the time, dropout forward and backward ~3x faster). An element is kept with
+    probability k/65536 (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by 65536/k, so the expected output
+    is exactly x, as with `F.dropout`. On CUDA and under torch.compile (whose generated kernels
+    draw fast) it is `F.dropout`."""
     if not training or p == 0 or x.device.type != 'cpu' or torch.compiler.is_compiling():
         return F.dropout(x, p=p, training=training)
     keep = round((1 - p) * 65536)
