@@ -419,6 +419,36 @@ def test_bf16_body_on_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
         assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize('arch', ARCHS)
+def test_activations_stay_in_one_memory_layout_through_attention(arch):
+    """No operation of the forward or backward pass turns NCHW activations into channels-last ones.
+    Attention's output once came back channels-last, and every later layer followed it: group
+    norm's channels-last kernels are several times slower (the bench network's bf16 step, 1.15x)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    def channels_last(t):
+        return (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[2] * t.shape[3] > 1
+                and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last))
+
+    class LayoutWatch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.changed = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if any(map(channels_last, tree_flatten(out)[0])) and not any(map(channels_last, tree_flatten((args, kwargs))[0])):
+                self.changed.append(str(func))
+            return out
+
+    net = make_tiny_net(arch, resolution=16, channels=3, use_coords=True, attn_resolutions=[16, 8]).train()
+    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    with LayoutWatch() as watch:
+        net(x, torch.tensor([0.1, 1.0, 5.0, 40.0])).square().sum().backward()
+    assert watch.changed == []
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_dropout_keeps_1_minus_p_scales_to_the_same_mean_and_repeats_with_the_seed(dtype):
     p = 0.13

@@ -135,10 +135,11 @@ def attention(qkv):
     qkv: (batch·heads, channels, 3, positions). Returns (batch·heads, channels, positions).
     Queries, keys and values are laid out as contiguous (N, 1, positions, channels) tensors, the
     layout in which `scaled_dot_product_attention` takes its fused kernels (on the CPU several
-    times faster than the strided views, which fall back to the unfused path)."""
+    times faster than the strided views, which fall back to the unfused path). The result is
+    contiguous: a channels-last view would carry its layout into every later layer."""
     q, k, v = qkv.float().permute(2, 0, 3, 1).contiguous().unsqueeze(2).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v)
-    return out.squeeze(1).transpose(1, 2).to(qkv.dtype)
+    return out.squeeze(1).to(qkv.dtype).transpose(1, 2).contiguous()
 
 
 @persistence.persistent_class
