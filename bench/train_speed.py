@@ -25,7 +25,8 @@ Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks
 16, 3 channels); `demo` is scripts/demo.sh's network without its class labels ([1,2,2,2], 1 block,
 no attention, 1 channel); `small` the demo's until 2026-11-24 ([1,2,2], 1 block, no attention);
 `cifar` EDM's CIFAR-10 DDPM++ (128 channels, [2,2,2], 4 blocks, attention at 16, 3 channels);
-NAME:blocks:attn adds others of 32 channels on [1,2,2], e.g. `b2:2:none`.
+NAME:blocks:attn adds others of 32 channels on [1,2,2], e.g. `b2:2:none`; a suffix @WIDTH sets
+the base channel count of any of them, e.g. `bench@64` (where bf16 starts to pay, docs/benchmarks.md).
 """
 
 import json
@@ -62,16 +63,22 @@ def cpu_description():
 
 
 def parse_configs(text):
-    """'bench,demo,b3:3:none' → {name: dict(cbase, blocks, attn, channels, dropout, cres)}."""
+    """'bench,demo@64,b3:3:none' → {name: dict(cbase, blocks, attn, channels, dropout, cres)}."""
     configs = {}
     for item in text.split(','):
-        name, *rest = item.split(':')
+        spec, _, width = item.partition('@')
+        name, *rest = spec.split(':')
         if rest:
-            configs[name] = dict(cbase=32, blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
+            config = dict(cbase=32, blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
         elif name in CONFIGS:
-            configs[name] = CONFIGS[name]
+            config = CONFIGS[name]
         else:
-            raise click.BadParameter(f'unknown configuration "{name}" (known: {", ".join(CONFIGS)}, or NAME:blocks:attn)')
+            raise click.BadParameter(f'unknown configuration "{name}" (known: {", ".join(CONFIGS)}, or NAME:blocks:attn, with @WIDTH)')
+        if width:
+            if not width.isdigit() or int(width) < 1:
+                raise click.BadParameter(f'"{item}": the width after @ must be a positive whole number')
+            config = dict(config, cbase=int(width))
+        configs[name + (f'@{width}' if width else '')] = config
     return configs
 
 
@@ -187,6 +194,11 @@ def measure_steps(configs, batch, device, repeats, probes, dtypes):
         ratios = ', '.join(f'{dtype} {schedule_ratio(by_side[dtype], images_by_side):.2f}x' for dtype in dtypes)
         print(f'{name:<8s} patch/full by the default schedule (real_p 0.5; compute ratio '
               f'{schedule_ratio({s: s * s * images_by_side[s] for s in images_by_side}, images_by_side):.2f}): {ratios}', flush=True)
+        if len(dtypes) == 2:
+            patches = scheduled_seconds_per_image(by_side['fp32'], images_by_side) / scheduled_seconds_per_image(by_side['bf16'], images_by_side)
+            full = max(images_by_side)
+            print(f'{name:<8s} bf16 speed-up by the default schedule: patches {patches:.2f}x, '
+                  f'full images {by_side["fp32"][full] / by_side["bf16"][full]:.2f}x', flush=True)
 
 
 def make_dataset(path, channels):

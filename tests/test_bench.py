@@ -248,7 +248,8 @@ def test_sample_grids_are_put_side_by_side(quality, tmp_path):
     assert (both[:, :8] == 0).all() and (both[:, 8:12] == 255).all() and (both[:, 12:] == 200).all()
 
 
-@pytest.mark.parametrize('name,expected', [('demo', 1_737_089), ('bench', 2_741_923), ('cifar', 55_735_043)])
+@pytest.mark.parametrize('name,expected', [('demo', 1_737_089), ('bench', 2_741_923), ('cifar', 55_735_043),
+                                           ('bench@64', 10_927_427)])
 def test_train_speed_times_the_network_the_training_command_builds(tmp_path, name, expected):
     """bench/train_speed.py's step network and its `train.py` loop options build the same network:
     SPEC's counts (CIFAR-10 DDPM++: 55,733,891, less the 1,152 of the augmentation map, plus 2,304
@@ -263,6 +264,18 @@ def test_train_speed_times_the_network_the_training_command_builds(tmp_path, nam
     opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
     c, _desc = train.build_config(opts, 1)
     assert train.network_parameters(c) == expected
+
+
+def test_train_speed_width_suffix():
+    """`NAME@WIDTH` is the configuration with another base channel count; a bad width is one
+    clear error."""
+    import click
+    speed = load_bench('train_speed')
+    configs = speed.parse_configs('bench@64,b2:2:none@16')
+    assert configs['bench@64'] == dict(speed.CONFIGS['bench'], cbase=64)
+    assert configs['b2@16']['cbase'] == 16 and configs['b2@16']['blocks'] == 2
+    with pytest.raises(click.BadParameter, match='width after @'):
+        speed.parse_configs('bench@wide')
 
 
 def test_train_speed_schedule_ratio():
