@@ -128,6 +128,30 @@ def test_conditional_network_with_class_cfg_and_ablation(snapshots, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['000000.png', '000001.png']
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_bf16_samples_close_to_fp32_where_native_and_fp32_with_a_notice_elsewhere(snapshots, tmp_path, monkeypatch, native):
+    from torch_utils import misc
+    monkeypatch.setattr(misc, '_cpu_has_bf16', [native])
+    args = ['--network', snapshots['rgb'], '--seeds', '0-3', '--steps', 4]
+    assert run(*args, '--outdir', tmp_path / 'fp32').exit_code == 0
+    res = run(*args, '--outdir', tmp_path / 'bf16', '--bf16', 1)
+    assert res.exit_code == 0, res.output
+    ref, out = read_pngs(tmp_path / 'fp32'), read_pngs(tmp_path / 'bf16')
+    assert sorted(out) == sorted(ref)
+    diff = np.concatenate([np.abs(out[name][1] - ref[name][1]).ravel() for name in ref])
+    if native:
+        assert 0 < diff.mean() < 3 and diff.max() < 64  # pixel levels of 255: rounding, not other images
+        assert 'no native bfloat16' not in res.output
+    else:
+        assert diff.max() == 0
+        assert '--bf16: this CPU has no native bfloat16 arithmetic' in res.output
+
+
+def test_bf16_needs_one_of_our_networks():
+    with pytest.raises(dnnlib.util.UserError, match='--bf16: needs one of this project'):
+        generate.use_bf16(torch.nn.Identity(), True, torch.device('cpu'))
+
+
 def _random_binary(path):
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
 
