@@ -420,10 +420,12 @@ def test_bf16_body_on_cpu_only_where_the_cpu_computes_it(monkeypatch, native):
 
 
 @pytest.mark.parametrize('arch', ARCHS)
-def test_activations_stay_in_one_memory_layout_through_attention(arch):
-    """No operation of the forward or backward pass turns NCHW activations into channels-last ones.
-    Attention's output once came back channels-last, and every later layer followed it: group
-    norm's channels-last kernels are several times slower (the bench network's bf16 step, 1.15x)."""
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'channels_last'])
+def test_activations_stay_in_one_memory_layout_through_attention(arch, layout):
+    """The body runs NCHW whatever the input's layout, and no operation of the forward or backward
+    pass turns NCHW activations into channels-last ones. Attention's output once came back
+    channels-last, and every later layer followed it: group norm's channels-last kernels are
+    several times slower (the bench network's bf16 step, 1.15x)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -442,11 +444,16 @@ def test_activations_stay_in_one_memory_layout_through_attention(arch):
                 self.changed.append(str(func))
             return out
 
-    net = make_tiny_net(arch, resolution=16, channels=3, use_coords=True, attn_resolutions=[16, 8]).train()
-    x = torch.randn(4, 3, 16, 16, requires_grad=True)
+    net = make_tiny_net(arch, resolution=16, channels=3, attn_resolutions=[16, 8]).train()
+    norm_inputs = []
+    for module in net.modules():
+        if isinstance(module, networks.GroupNorm):
+            module.register_forward_pre_hook(lambda _module, args: norm_inputs.append(args[0].is_contiguous()))
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=layout).requires_grad_(True)
     with LayoutWatch() as watch:
         net(x, torch.tensor([0.1, 1.0, 5.0, 40.0])).square().sum().backward()
     assert watch.changed == []
+    assert norm_inputs and all(norm_inputs)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])

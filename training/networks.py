@@ -545,7 +545,7 @@ class _Precond(torch.nn.Module):
         labels = self.prepare_labels(class_labels, x.shape[0], x.device)
         dtype = self.body_dtype(x, force_fp32)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
-        inp = self.model_input(c_in * x, coords).to(dtype)
+        inp = self.model_input(c_in * x, coords).to(dtype, memory_format=torch.contiguous_format)  # NCHW: see `attention`
         F_x = self.model(inp, c_noise.flatten(), class_labels=labels, **model_kwargs)
         return c_skip * x + c_out * self.split_output(F_x).to(torch.float32)
 
