@@ -267,6 +267,18 @@ def test_bf16_on_a_cpu_without_native_bf16_says_so_and_trains_in_fp32(monkeypatc
     assert f'Mixed-precision:         {"bf16" if native else "off"}' in result.output
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_fp32_on_a_cpu_with_native_bf16_suggests_bf16(monkeypatch, digits, tmp_path, native):
+    from torch_utils import misc
+    monkeypatch.setattr(misc, '_cpu_has_bf16', [native])
+    args = ['--outdir', str(tmp_path / 'runs'), '--data', digits, '--batch=8', '--cbase=8', '-n']
+    hint = 'This CPU computes bfloat16 natively'
+    result = invoke_train(args)
+    assert result.exit_code == 0, result.output
+    assert (hint in result.output) == native
+    assert hint not in invoke_train(args + ['--bf16=1']).output
+
+
 @pytest.mark.parametrize('precond,patch', [('vp', '0'), ('ve', '1'), ('edm', '0')])
 def test_each_preconditioning_trains_with_and_without_patches(precond, patch, digits, tmp_path):
     outdir = tmp_path / 'runs'
