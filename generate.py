@@ -122,8 +122,9 @@ def use_bf16(net, bf16, device):
     if not hasattr(net, 'use_bf16'):
         raise UserError('--bf16: needs one of this project\'s networks; convert EDM\'s or the original release\'s '
                         'pickle first with convert_network.py')
-    if device.type == 'cpu' and not misc.cpu_has_bf16():
-        distributed.print0('--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); sampling in fp32')
+    notice = misc.bf16_fallback_notice(device, 'sampling')
+    if notice:
+        distributed.print0(notice)
         return
     net.use_bf16 = True
 

@@ -332,8 +332,9 @@ def main(**kwargs):
     dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
-    if opts.bf16 and device.type == 'cpu' and not misc.cpu_has_bf16():
-        dist.print0('--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); training in fp32')
+    notice = misc.bf16_fallback_notice(device, 'training') if opts.bf16 else None
+    if notice:
+        dist.print0(notice)
         opts.bf16 = False
     if opts.compile_net:
         training_loop.check_compile_support(device)

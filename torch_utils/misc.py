@@ -216,3 +216,11 @@ def cpu_has_bf16():
         limit = os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', '')).strip().upper()
         _cpu_has_bf16.append(native and limit not in _ONEDNN_ISAS_WITHOUT_BF16)
     return _cpu_has_bf16[0]
+
+
+def bf16_fallback_notice(device, doing):
+    """The one line that `--bf16` prints where `device` is a CPU without native bfloat16 and
+    `doing` ('training', 'sampling') therefore stays in fp32; None where bf16 is native."""
+    if device.type == 'cpu' and not cpu_has_bf16():
+        return f'--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); {doing} in fp32'
+    return None
