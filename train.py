@@ -263,7 +263,7 @@ def build_config(opts, world_size):
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
 @click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-pixel mean x full-image pixels, or per-image pixel sum (original)',
               type=click.Choice(patch_lib.LOSS_NORMS), default=patch_lib.LOSS_NORMS[0])
-@click.option('--patch-sizes', 'patch_sizes', help='Patch sides or HxW sizes [default: R/4,R/2,R, rectangles H/k x W/k; latents R/2,R]', metavar='LIST', type=str, default=None)
+@click.option('--patch-sizes', 'patch_sizes', help='Patch sides or WxH sizes [default: R/4,R/2,R, rectangles W/k x H/k; latents R/2,R]', metavar='LIST', type=str, default=None)
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
               type=click.IntRange(min=0), default=0)

@@ -1,5 +1,5 @@
-"""Patches of rectangles: aspect-keeping (H/k x W/k) against squares of the shorter side's
-fractions, on the two-digit numbers (32x64). Trains each for the same number of images with
+"""Patches of rectangles: aspect-keeping (W/k x H/k) against squares of the shorter side's
+fractions, on the two-digit numbers (64x32: 64 wide, 32 high). Trains each for the same number of images with
 train.py, then scores the EMA network by its EDM loss on held-out full images (fixed seeds, so
 both networks see the same noise) and reports the training speed.
 
@@ -24,7 +24,7 @@ import shapes  # noqa: E402
 from torch_utils.misc import BatchRNG  # noqa: E402
 from training.loss import EDMLoss  # noqa: E402
 
-SCHEMES = {'aspect': '8x16,16x32', 'squares': '8x8,16x16'}
+SCHEMES = {'aspect': '16x8,32x16', 'squares': '8x8,16x16'}
 
 
 def held_out_loss(net, images, labels, seed=1000):

@@ -345,9 +345,21 @@ def test_patch_sizes_of_rectangles():
     assert patch.parse_patch_sizes(None, (32, 64), 2, latent=True) == [(16, 32), (32, 64)]
     assert patch.parse_patch_sizes('8x8,16x16', (32, 64), 2) == [(8, 8), (16, 16), (32, 64)]
     assert patch.parse_patch_sizes('8,16x16', 32, 2) == [8, 16, 32]
-    for text, message in (('8x128', 'does not fit'), ('6x6', 'down-sampling factor'), ('4x', 'HxW')):
+    for text, message in (('8x128', 'does not fit'), ('6x6', 'down-sampling factor'), ('4x', 'WxH')):
         with pytest.raises(UserError, match=message):
             patch.parse_patch_sizes(text, (32, 64), 4)
+
+
+def test_patch_sizes_are_written_width_first_like_every_size_on_the_command_line():
+    """`--patch-sizes=32x8` on 64-wide, 32-high images is a strip 32 wide and 8 high, as
+    `dataset_tool.py --resolution=64x32` and `generate.py --image_size=64x32` read their sizes;
+    messages and stat names write sizes the same way."""
+    assert patch.parse_patch_sizes('32x8', (32, 64), 4) == [(8, 32), (32, 64)]
+    assert patch.parse_patch_size('64x32') == (32, 64)
+    assert patch.shape_name((32, 64)) == '64x32' and patch.shape_name(16) == '16'
+    assert [patch.shape_name(s) for s in patch.default_patch_sizes((32, 64))] == ['16x8', '32x16', '64x32']
+    with pytest.raises(UserError, match=r'8x64 \(WxH\) does not fit in the 64x32 images'):
+        patch.parse_patch_sizes('8x64', (32, 64), 4)
 
 
 def test_batch_mul_of_rectangles_is_computed_from_pixels():

@@ -17,14 +17,15 @@ from conftest import load_bench
 from test_training import TINY, invoke_train, read_stats, run_dir_of
 
 def train_with_patches(outdir, data, sizes, options):
-    """Trains a tiny network with patches; checks the patch shapes (HxW) it reported and the
+    """Trains a tiny network with patches; checks the patch shapes (WxH, as printed) it reported and the
     losses, and returns the run folder and its last snapshot's name."""
     result = invoke_train(['--outdir', str(outdir), '--data', data, '--tick=0.001', '--snap=1000', '--dump=1000',
                            '--seed=2', '--device=cpu'] + TINY + options)
     assert result.exit_code == 0, result.output
     run_dir = run_dir_of(outdir)
     stats = read_stats(run_dir)
-    assert {k for s in stats for k in s['loss_by_patch']} <= sizes
+    reported = {k for s in stats for k in s['loss_by_patch']}
+    assert reported and reported <= sizes, reported
     assert all(np.isfinite(s['loss']) for s in stats)
     return run_dir, sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
 
@@ -50,7 +51,7 @@ def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tm
     assert result.exit_code == 0, result.output
     assert '64x32, 1 channel, ' in result.output
 
-    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'8x16', '16x32', '32x64'}, ['--cond=1', '--batch=4', '--duration=0.00004'])
+    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'16x8', '32x16', '64x32'}, ['--cond=1', '--batch=4', '--duration=0.00004'])
     with open(os.path.join(run_dir, snapshot), 'rb') as f:
         net = pickle.load(f)['ema']
     assert net.img_resolution == (32, 64) and net.label_dim == labels.max() + 1
@@ -77,8 +78,8 @@ def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
     dataset = ArrayFolderDataset(data)
     assert dataset.resolution == (16, 256) and np.allclose(dataset[3][0], signals[3], atol=1e-6)
 
-    # --cres=1,1,1: attention at 4x64, not 8x128: the 64-image grids cost less
-    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'4x64', '8x128', '16x256'},
+    # --cres=1,1,1: attention at the 64-wide level, not the 128-wide one: the 64-image grids cost less
+    run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'64x4', '128x8', '256x16'},
                                            ['--batch=2', '--duration=0.00001', '--cres=1,1,1'])
     grid = tmp_path / 'grid.png'
     result = CliRunner().invoke(generate.main, ['--network', os.path.join(run_dir, snapshot), '--grid', str(grid),

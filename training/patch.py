@@ -36,9 +36,10 @@ def as_resolution(height, width):
 
 
 def shape_name(resolution):
-    """'32' for a square side, '32x64' (H x W) for a rectangle: used in messages and stat names."""
+    """'32' for a square side, '64x32' (width x height, as sizes are written on the command line)
+    for a rectangle: used in messages and stat names."""
     height, width = image_hw(resolution)
-    return f'{height}' if height == width else f'{height}x{width}'
+    return f'{height}' if height == width else f'{width}x{height}'
 
 
 def check_divisible(resolution, factor, what):
@@ -46,7 +47,7 @@ def check_divisible(resolution, factor, what):
     down-sampling factor."""
     height, width = image_hw(resolution)
     if height % factor != 0 or width % factor != 0:
-        raise UserError(f'{what}: {height}x{width} (HxW) is not divisible by the network\'s down-sampling factor {factor} on both sides')
+        raise UserError(f'{what}: {width}x{height} (WxH) is not divisible by the network\'s down-sampling factor {factor} on both sides')
 
 
 def index_to_coord(index, resolution):
@@ -138,7 +139,7 @@ def patch_probabilities(num_sizes, real_p):
 
 
 def parse_patch_sizes(text, resolution, down_factor, latent=False):
-    """Validates `--patch-sizes` (comma-separated sides or HxW entries, or None for the default)
+    """Validates `--patch-sizes` (comma-separated sides or WxH entries, or None for the default)
     against the image and the network's down-sampling factor; returns the sizes ordered by pixel
     count, always ending with the full image: sides (ints) for square images and square patches,
     else (h, w) pairs."""
@@ -148,16 +149,16 @@ def parse_patch_sizes(text, resolution, down_factor, latent=False):
         try:
             sizes = [parse_patch_size(s) for s in (text.split(',') if isinstance(text, str) else text)]
         except ValueError:
-            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of sides or HxW sizes') from None
+            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of sides or WxH sizes') from None
     height, width = image_hw(resolution)
     pairs = sorted(set(image_hw(s) for s in sizes) | {(height, width)}, key=lambda hw: (hw[0] * hw[1], hw))
     for ph, pw in pairs:
-        name = f'{ph}' if ph == pw else f'{ph}x{pw}'
+        name = shape_name((ph, pw))
         if height == width and ph == pw:
             if ph <= 0 or ph > height or height % ph != 0:
                 raise UserError(f'--patch-sizes: {ph} does not divide the image side {height}')
         elif not (0 < ph <= height and 0 < pw <= width):
-            raise UserError(f'--patch-sizes: {name} (HxW) does not fit in the {height}x{width} images')
+            raise UserError(f'--patch-sizes: {name} (WxH) does not fit in the {width}x{height} images')
         if ph % down_factor != 0 or pw % down_factor != 0:
             raise UserError(f'--patch-sizes: {name} is not divisible by the network\'s down-sampling factor {down_factor}')
     if all(ph == pw for ph, pw in pairs):
@@ -166,8 +167,8 @@ def parse_patch_sizes(text, resolution, down_factor, latent=False):
 
 
 def parse_patch_size(entry):
-    """'16' → 16 and '16x32' (HxW) → (16, 32), as in `--patch-sizes` and the names of the per-size
-    loss stats; ValueError for anything else."""
+    """'16' → 16 and '32x16' (WxH, width first) → (16, 32) as (H, W), as in `--patch-sizes` and the
+    names of the per-size loss stats; ValueError for anything else."""
     if isinstance(entry, (int, np.integer)):
         return int(entry)
     parts = str(entry).strip().lower().split('x')
@@ -175,7 +176,7 @@ def parse_patch_size(entry):
         return int(parts[0])
     if len(parts) != 2:
         raise ValueError(entry)
-    return int(parts[0]), int(parts[1])
+    return int(parts[1]), int(parts[0])
 
 
 def check_schedule_options(real_p, real_p_end=None, progressive=False):

@@ -272,7 +272,7 @@ def check_sampling_options(net, class_idx=None, canvas=None, cfg_scale=None):
         factor = getattr(net, 'down_factor', 1)
         if min(patch.image_hw(canvas.image_size) + patch.image_hw(canvas.resolution)) <= 0:
             raise UserError(f'--image_size/--resolution: must be positive (got {patch.shape_name(canvas.image_size)}, '
-                            f'{patch.shape_name(canvas.resolution)} as HxW)')
+                            f'{patch.shape_name(canvas.resolution)})')
         patch.check_divisible(canvas.image_size, factor, '--image_size')
         uses_coords = getattr(net, 'use_coords', False)
         same_image = patch.image_hw(canvas.resolution) == patch.image_hw(net.img_resolution)
