@@ -480,9 +480,32 @@ def test_dropout_keeps_1_minus_p_scales_to_the_same_mean_and_repeats_with_the_se
     assert networks.dropout(x, p, training=False) is x and networks.dropout(x, 0, training=True) is x
 
 
+def test_compiled_dropout_draws_a_mask_per_call_and_backpropagates_through_it():
+    """Under torch.compile the cheaper mask is still drawn per call (two layers with the same input
+    get different masks: the draw is not merged), keeps 1 − p of the elements, and the backward
+    pass multiplies by the mask of the forward pass, not a fresh one."""
+    torch._dynamo.reset()
+
+    def two_layers(x, w):
+        hidden = torch.sin(x) * w
+        return networks.dropout(hidden, 0.3, True), networks.dropout(hidden, 0.3, True)
+
+    x = torch.randn(8, 16, 8, 8, requires_grad=True)
+    w = torch.randn(1, 16, 1, 1)
+    first, second = torch.compile(two_layers)(x, w)
+    grad_out = torch.randn_like(first)
+    (first * grad_out).sum().backward()
+    kept = first != 0
+    assert not torch.equal(kept, second != 0)
+    assert abs(kept.float().mean().item() - 0.7) < 0.03
+    scale = 65536 / round(0.7 * 65536)
+    assert torch.allclose(x.grad, grad_out * kept * scale * torch.cos(x) * w, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
 def test_network_with_dropout_traces_as_one_graph():
-    """--compile=1 with dropout: the CPU's cheaper dropout mask must not break the graph (it steps
-    aside for `F.dropout` while torch.compile traces)."""
+    """--compile=1 with dropout: the CPU's cheaper dropout mask must not break the graph (its draw
+    is a custom operator, `misc.draw_keep_mask_`)."""
     torch._dynamo.reset()
     net = make_tiny_net(resolution=16, channels=1, dropout=0.2, use_coords=True).train()
     explained = torch._dynamo.explain(net)(torch.randn(2, 1, 16, 16), torch.rand(2) * 5)
