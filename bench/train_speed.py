@@ -16,9 +16,13 @@ networks. Then two measurements:
   --compile=1 also compiled (train.py --compile=1), timed after a first run that compiles. A short
   run draws more or fewer small patches than the schedule's average, so the patch/full ratio is
   also given "by the schedule": the median loop step of each size weighted by its probability.
+- `split` (only with --only=split): where a step's time goes, from the torch profiler:
+  convolutions, layout copies and the rest, per side and dtype, and the bf16 speed-up of patches
+  the schedule would give if everything but the convolutions cost in bf16 what it does in fp32.
 
     python bench/train_speed.py                              # both, CPU, 2 threads
     python bench/train_speed.py --only=steps --configs=demo,bench
+    python bench/train_speed.py --only=split --configs=bench
     python bench/train_speed.py --device=cuda --only=loop    # kimg/s and peak GPU memory
 
 Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks, attention at
@@ -201,6 +205,55 @@ def measure_steps(configs, batch, device, repeats, probes, dtypes):
                   f'full images {by_side["fp32"][full] / by_side["bf16"][full]:.2f}x', flush=True)
 
 
+CONV_OPS = ('aten::convolution_backward', 'aten::mkldnn_convolution', 'aten::_convolution')
+
+
+def profile_split(step, repeats):
+    """(step, convolutions, layout copies) in ms of self time per optimizer step, from the torch
+    profiler over `repeats` steps after three untimed ones."""
+    from torch.profiler import profile, ProfilerActivity
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    events = prof.key_averages()
+    per_step = lambda keep: sum(e.self_cpu_time_total for e in events if keep(e.key)) / repeats / 1e3
+    return per_step(lambda key: True), per_step(lambda key: key in CONV_OPS), per_step(lambda key: key == 'aten::copy_')
+
+
+def split_ceiling(fp32_by_side, bf16_by_side, images_by_side):
+    """bf16 speed-up of patch training by the default schedule, as measured and if everything but
+    the convolutions cost in bf16 what it costs in fp32; each argument maps side → (step ms,
+    convolution ms, ...)."""
+    measured = scheduled_seconds_per_image({s: v[0] for s, v in fp32_by_side.items()}, images_by_side) / \
+        scheduled_seconds_per_image({s: v[0] for s, v in bf16_by_side.items()}, images_by_side)
+    rest_at_fp32 = {s: bf16_by_side[s][1] + fp32_by_side[s][0] - fp32_by_side[s][1] for s in fp32_by_side}
+    ceiling = scheduled_seconds_per_image({s: v[0] for s, v in fp32_by_side.items()}, images_by_side) / \
+        scheduled_seconds_per_image(rest_at_fp32, images_by_side)
+    return measured, ceiling
+
+
+def measure_split(configs, batch, device, repeats, dtypes):
+    """Prints, per configuration, side and dtype, where a step's time goes: convolutions, layout
+    copies and the rest; with bf16, what its speed-up would be with the rest at fp32's cost."""
+    from training import training_loop
+    print(f'\nsplit: self time per optimizer step (torch profiler, mean of {repeats}), batch {batch} image slots')
+    for name, config in configs.items():
+        images_by_side, by_dtype = side_images(batch), {dtype: {} for dtype in dtypes}
+        for side, images in images_by_side.items():
+            for dtype in dtypes:
+                net = build_net(config, dtype == 'bf16', device)
+                optimizer = training_loop.build_optimizer(net, dict(class_name='torch.optim.Adam', lr=1e-4))
+                total, conv, copy = by_dtype[dtype][side] = profile_split(step_fn(net, optimizer, side, images, device), repeats)
+                print(f'{name:<8s} side {side:>3d} {dtype}: step {total:7.1f} ms, convolutions {conv:7.1f}, '
+                      f'copies {copy:6.1f}, rest {total - conv - copy:7.1f}', flush=True)
+        if len(dtypes) == 2:
+            measured, ceiling = split_ceiling(by_dtype['fp32'], by_dtype['bf16'], images_by_side)
+            print(f'{name:<8s} bf16 speed-up of patches by the default schedule: {measured:.2f}x; with everything but '
+                  f'the convolutions at its fp32 cost: {ceiling:.2f}x', flush=True)
+
+
 def make_dataset(path, channels):
     """32x32 digits from the bundled MNIST sample (2,000 images are plenty for timing)."""
     cmd = [sys.executable, os.path.join(ROOT, 'dataset_tool.py'), 'convert', f'--source={ROOT}/data/mnist-10k-28x28.npz',
@@ -320,8 +373,8 @@ def measure_loop(config_name, config, batch, threads, device, repeats, kimg_patc
 
 
 @click.command()
-@click.option('--only', type=click.Choice(['steps', 'loop']), help='Run one of the two measurements')
-@click.option('--configs', default='bench,demo', show_default=True, help='Configurations for `steps`')
+@click.option('--only', type=click.Choice(['steps', 'loop', 'split']), help='Run one measurement (`split` runs only when named)')
+@click.option('--configs', default='bench,demo', show_default=True, help='Configurations for `steps` and `split`')
 @click.option('--loop-config', default='bench', show_default=True, help='Configuration for `loop`')
 @click.option('--batch', type=int, default=32, show_default=True, help='Image slots per step')
 @click.option('--threads', type=int, default=2, show_default=True)
@@ -357,9 +410,14 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
     if bf16:
         probes['bf16'] = conv_probe(torch.bfloat16, dev)
     print('probe (64-ch 3x3 conv, 32x32, batch 32, fwd+bwd): ' + ', '.join(f'{d} {g:.0f} GFLOP/s' for d, g in probes.items()))
+    if only != 'loop' and dev.type == 'cpu':
+        misc.keep_freed_memory()  # as the training loop does
+    if only == 'split':
+        if dev.type != 'cpu':
+            raise click.UsageError('--only=split: the split is of CPU time; use --device=cpu')
+        measure_split(parse_configs(configs), batch, dev, step_repeats, dtypes)
+        return
     if only != 'loop':
-        if dev.type == 'cpu':
-            misc.keep_freed_memory()  # as the training loop does
         measure_steps(parse_configs(configs), batch, dev, step_repeats, probes, dtypes)
     if only != 'steps':
         name, config = next(iter(parse_configs(loop_config).items()))

@@ -278,6 +278,19 @@ def test_train_speed_width_suffix():
         speed.parse_configs('bench@wide')
 
 
+def test_train_speed_split_of_a_step_and_its_bf16_ceiling():
+    """`--only=split`: the profiler's self time of a convolution step counts as convolution; the
+    ceiling prices everything but the convolutions at fp32's cost (here 20 + 40 ms against 100)."""
+    speed = load_bench('train_speed')
+    x, w = torch.randn(4, 8, 16, 16, requires_grad=True), torch.randn(8, 8, 3, 3, requires_grad=True)
+    total, conv, copy = speed.profile_split(lambda: torch.nn.functional.conv2d(x, w, padding=1).square().sum().backward(), 2)
+    assert 0 < conv < total and 0 <= copy < total
+    fp32 = {8: (100.0, 60.0), 16: (100.0, 60.0), 32: (100.0, 60.0)}
+    bf16 = {8: (70.0, 20.0), 16: (70.0, 20.0), 32: (70.0, 20.0)}
+    measured, ceiling = speed.split_ceiling(fp32, bf16, {8: 128, 16: 64, 32: 32})
+    assert measured == pytest.approx(100 / 70) and ceiling == pytest.approx(100 / 60)
+
+
 def test_train_speed_schedule_ratio():
     """Per-step times that scale with pixels give the compute ratio 60.8 / (32 · 0.7) = 2.714 of the
     default schedule (8x8: 0.2 of the steps, 128 images; 16x16: 0.3, 64; 32x32: 0.5, 32); steps
