@@ -171,7 +171,7 @@ def draw_keep_mask_(out: torch.Tensor, keep: int) -> None:
     """Fills the CPU tensor `out` with 1 where a 16-bit random draw is below `keep` (of 65536), else
     0; four draws come from one 64-bit random word (`training.networks.dropout`). A custom
     operator, so that torch.compile calls it as it is instead of breaking the graph at the in-place
-    `random_` or lowering the mask to its own per-element generator (4x the cost of the whole
+    `random_` or lowering the mask to its own per-element generator (3x the cost of the whole
     dropout on the CPU); as it writes into `out`, two calls are never merged into one draw."""
     words = torch.empty((out.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
     out.copy_(words.view(torch.int16)[:out.numel()].view(out.shape) < keep - 32768)

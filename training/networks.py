@@ -241,7 +241,7 @@ def dropout(x, p, training):
     """`F.dropout` with a cheaper mask on the CPU, where drawing one random number per element
     dominates its cost: 16 bits per element from one 64-bit draw per four elements
     (`misc.draw_keep_mask_`; the mask in a fifth of the time, dropout forward and backward ~3x
-    faster, and under torch.compile ~4x cheaper than Inductor's own draw). An element is kept with
+    faster, and under torch.compile ~3x cheaper than Inductor's own draw). An element is kept with
     probability k/65536 (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by 65536/k, so the expected output
     is exactly x, as with `F.dropout`. The mask is a 0/1 tensor of x's dtype, so the backward pass
     multiplies by it without converting it again. On CUDA it is `F.dropout`."""
