@@ -166,7 +166,6 @@ def nan_to_num_(tensor):
     return torch.nan_to_num(tensor, nan=0.0, posinf=1e5, neginf=-1e5, out=tensor)
 
 
-@torch.library.custom_op('patch_diffusion::draw_keep_mask_', mutates_args=('out',), device_types='cpu')
 def draw_keep_mask_(out: torch.Tensor, keep: int) -> None:
     """Fills the CPU tensor `out` with 1 where a 16-bit random draw is below `keep` (of 65536), else
     0; four draws come from one 64-bit random word (`training.networks.dropout`). A custom
@@ -175,6 +174,11 @@ def draw_keep_mask_(out: torch.Tensor, keep: int) -> None:
     dropout on the CPU); as it writes into `out`, two calls are never merged into one draw."""
     words = torch.empty((out.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
     out.copy_(words.view(torch.int16)[:out.numel()].view(out.shape) < keep - 32768)
+
+
+if hasattr(torch.library, 'custom_op'):  # PyTorch 2.4+; before, a plain function (compiling breaks the graph there)
+    draw_keep_mask_ = torch.library.custom_op('patch_diffusion::draw_keep_mask_', draw_keep_mask_,
+                                              mutates_args=('out',), device_types='cpu')
 
 
 @functools.lru_cache(maxsize=None)
