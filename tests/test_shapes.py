@@ -26,6 +26,7 @@ def train_with_patches(outdir, data, sizes, options):
     stats = read_stats(run_dir)
     reported = {k for s in stats for k in s['loss_by_patch']}
     assert reported and reported <= sizes, reported
+    assert 'Patch sizes (WxH): ' in result.output and all(f'{name} (p=' in result.output for name in sizes)
     assert all(np.isfinite(s['loss']) for s in stats)
     return run_dir, sorted(n for n in os.listdir(run_dir) if n.startswith('network-snapshot-') and n.endswith('.pkl'))[-1]
 

@@ -413,8 +413,10 @@ def training_loop(
     schedule = None
     if patch_kwargs is not None:
         schedule = patch_lib.PatchSchedule(net_resolution, seed=seed, **patch_kwargs)
-        dist.print0('Patch sizes:', ', '.join(f'{patch_lib.shape_name(s)} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
-                                              for s, p in zip(schedule.patch_sizes, schedule.probs)))
+        rectangles = any(not isinstance(s, int) for s in schedule.patch_sizes)
+        dist.print0(f'Patch sizes{" (WxH)" if rectangles else ""}:',
+                    ', '.join(f'{patch_lib.shape_name(s)} (p={p:.3f}, x{schedule.batch_mul(s)} images)'
+                              for s, p in zip(schedule.patch_sizes, schedule.probs)))
         if schedule.real_p_end is not None:
             dist.print0(f'Full-image probability moves from {schedule.real_p} to {schedule.real_p_end} over training')
 
