@@ -1,7 +1,7 @@
 """Patches of rectangles: aspect-keeping (W/k x H/k) against squares of the shorter side's
-fractions, on the two-digit numbers (64x32: 64 wide, 32 high). Trains each for the same number of images with
-train.py, then scores the EMA network by its EDM loss on held-out full images (fixed seeds, so
-both networks see the same noise) and reports the training speed.
+fractions, on the two-digit numbers (64x32: 64 wide, 32 high). Trains each for the same number of
+images with train.py, then scores the EMA network by its EDM loss on held-out full images (fixed
+seeds, so both networks see the same noise) and reports the training speed.
 
     python bench/rect_patches.py --outdir=rect-runs --kimg=4
 """

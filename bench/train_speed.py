@@ -226,12 +226,10 @@ def split_ceiling(fp32_by_side, bf16_by_side, images_by_side):
     """bf16 speed-up of patch training by the default schedule, as measured and if everything but
     the convolutions cost in bf16 what it costs in fp32; each argument maps side → (step ms,
     convolution ms, ...)."""
-    measured = scheduled_seconds_per_image({s: v[0] for s, v in fp32_by_side.items()}, images_by_side) / \
-        scheduled_seconds_per_image({s: v[0] for s, v in bf16_by_side.items()}, images_by_side)
+    fp32 = scheduled_seconds_per_image({s: v[0] for s, v in fp32_by_side.items()}, images_by_side)
+    bf16 = scheduled_seconds_per_image({s: v[0] for s, v in bf16_by_side.items()}, images_by_side)
     rest_at_fp32 = {s: bf16_by_side[s][1] + fp32_by_side[s][0] - fp32_by_side[s][1] for s in fp32_by_side}
-    ceiling = scheduled_seconds_per_image({s: v[0] for s, v in fp32_by_side.items()}, images_by_side) / \
-        scheduled_seconds_per_image(rest_at_fp32, images_by_side)
-    return measured, ceiling
+    return fp32 / bf16, fp32 / scheduled_seconds_per_image(rest_at_fp32, images_by_side)
 
 
 def measure_split(configs, batch, device, repeats, dtypes):
@@ -395,6 +393,8 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
     from torch_utils import misc
     torch.set_num_threads(threads)
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if only == 'split' and dev.type != 'cpu':
+        raise click.UsageError('--only=split: the split is of CPU time; use --device=cpu')
     model, flags = cpu_description()
     bf16 = want_bf16 and (misc.cpu_has_bf16() if dev.type == 'cpu' else True)
     print(f'CPU: {model}; flags: {" ".join(flags) or "none of " + ", ".join(CPU_FLAGS)}; {threads} threads; torch {torch.__version__}')
@@ -413,8 +413,6 @@ def main(only, configs, loop_config, batch, threads, device, repeats, step_repea
     if only != 'loop' and dev.type == 'cpu':
         misc.keep_freed_memory()  # as the training loop does
     if only == 'split':
-        if dev.type != 'cpu':
-            raise click.UsageError('--only=split: the split is of CPU time; use --device=cpu')
         measure_split(parse_configs(configs), batch, dev, step_repeats, dtypes)
         return
     if only != 'loop':
