@@ -198,6 +198,42 @@ class UserError(_UserErrorBase):
         return self.message
 
 
+class FieldError(UserError):
+    """A bad value of a named argument of library code: the message names the argument as a
+    Python caller wrote it (`field`, e.g. 'real_p' or 'dataset_kwargs.path'); a script re-raises it
+    under its own option name with `option_errors`."""
+
+    def __init__(self, field, detail):
+        super().__init__(f'{field}: {detail}')
+        self.field, self.detail = field, detail
+
+
+class option_errors:
+    """Context manager for a click script: a FieldError inside is raised again as a UserError that
+    names the option. The option is `names[field]` if given, else the option of `command` whose
+    parameter is called `field` (its last dotted part), else the field itself."""
+
+    def __init__(self, command=None, names=None):
+        self.command, self.names = command, dict(names or {})
+
+    def option_name(self, field):
+        if field in self.names:
+            return self.names[field]
+        last = field.rsplit('.', 1)[-1]
+        for param in getattr(self.command, 'params', []):
+            if param.name in (field, last) and getattr(param, 'opts', None):
+                return param.opts[0]
+        return field
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if isinstance(err, FieldError):
+            raise UserError(f'{self.option_name(err.field)}: {err.detail}') from None
+        return False
+
+
 def check_finite_options(command, values, infinite_ok=()):
     """Raises UserError for a float option of the click `command` whose value in `values` (a dict
     by parameter name) is NaN, or infinite unless named in `infinite_ok`: click's ranges let NaN

@@ -258,3 +258,23 @@ def test_cpu_has_bf16_follows_flags_and_onednn_isa_limit(monkeypatch, flags, lim
     assert misc.cpu_has_bf16() is expected
     monkeypatch.setattr(misc, 'cpu_info', lambda: ('changed', set()))
     assert misc.cpu_has_bf16() is expected  # read once per process
+
+
+def test_field_error_is_renamed_to_the_scripts_option():
+    import click
+    from dnnlib.util import FieldError, UserError, option_errors
+
+    @click.command()
+    @click.option('--real-p', 'real_p', type=float)
+    def command(real_p):
+        pass
+
+    with pytest.raises(UserError) as info:
+        with option_errors(command):
+            raise FieldError('patch_kwargs.real_p', '2 is not in [0, 1]')
+    assert str(info.value) == '--real-p: 2 is not in [0, 1]' and not isinstance(info.value, FieldError)
+    with pytest.raises(UserError, match='^--data: missing$'):
+        with option_errors(command, names={'dataset_kwargs.path': '--data'}):
+            raise FieldError('dataset_kwargs.path', 'missing')
+    with pytest.raises(FieldError, match='^lr: negative$'):
+        raise FieldError('lr', 'negative')
