@@ -370,3 +370,81 @@ def test_batch_mul_of_rectangles_is_computed_from_pixels():
     assert [squares.batch_mul(s) for s in squares.patch_sizes] == [5, 2, 1]  # floor(sqrt(32)), floor(sqrt(8))
     square = patch.PatchSchedule(32, [8, 16, 32])
     assert [square.batch_mul(s) for s in square.patch_sizes] == [4, 2, 1]
+
+
+def _blank_with_square(n=3, side=16, square=4):
+    """Images at -1 (background) with one bright square each at a different place."""
+    images = -torch.ones(n, 1, side, side)
+    for i in range(n):
+        images[i, :, 2 * i:2 * i + square, 3 * i:3 * i + square] = 1
+    return images
+
+
+def test_content_crop_probs_favour_content_and_sum_to_one():
+    images = _blank_with_square()
+    probs = patch.content_crop_probs(images, 4, uniform_share=0.5)
+    positions = 13 * 13
+    assert probs.shape == (3, positions)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+    # Positions whose crop is one flat colour get exactly the uniform share, all others more.
+    pool = torch.nn.functional.max_pool2d
+    flat = (pool(images, 4, stride=1) == -pool(-images, 4, stride=1)).flatten(1)
+    torch.testing.assert_close(probs[flat], torch.full_like(probs[flat], 0.5 / positions))
+    assert (probs[~flat] > 0.5 / positions).all()
+    # An image without any structure falls back to uniform.
+    torch.testing.assert_close(patch.content_crop_probs(torch.zeros(1, 3, 8, 8), 4), torch.full((1, 25), 1 / 25))
+
+
+def test_content_crops_are_importance_weighted_to_the_uniform_objective():
+    images = _blank_with_square(n=2)
+    probs = patch.content_crop_probs(images, (4, 8))
+    positions = probs.shape[1]
+    # Exact: sum_k q_k * w_k * L_k equals the uniform mean of any per-position quantity L.
+    values = torch.randn(2, positions)
+    torch.testing.assert_close((probs * (1 / (positions * probs)) * values).sum(1), values.mean(1))
+    # Drawn: crops, coordinates and weights agree with the positions they came from.
+    rng = BatchRNG([11, 12], rows_per_seed=1)
+    patches, coords, weights = patch.extract_content_patches(images, (4, 8), rng)
+    assert patches.shape == (2, 1, 4, 8) and coords.shape == (2, 2, 4, 8) and weights.shape == (2, 1, 1, 1)
+    for i in range(2):
+        col = int(round((coords[i, 0, 0, 0].item() + 1) / 2 * 15))
+        row = int(round((coords[i, 1, 0, 0].item() + 1) / 2 * 15))
+        torch.testing.assert_close(patches[i], images[i, :, row:row + 4, col:col + 8])
+        q = probs[i, row * (16 - 8 + 1) + col]
+        torch.testing.assert_close(weights[i].reshape(()), 1 / (positions * q))
+    assert (weights <= 2 + 1e-6).all()
+    # The same seeds draw the same crops.
+    again = patch.extract_content_patches(images, (4, 8), BatchRNG([11, 12], rows_per_seed=1))
+    torch.testing.assert_close(again[0], patches)
+
+
+def test_content_sampler_draws_background_less_often():
+    images = _blank_with_square(n=1).expand(4000, -1, -1, -1)
+    _patches, coords, weights = patch.extract_content_patches(images, 4, BatchRNG(list(range(4000)), 1))
+    uniform, _ = patch.extract_patches(images, 4, BatchRNG(list(range(4000)), 1))
+    content, _, _ = patch.extract_content_patches(images, 4, BatchRNG(list(range(4000)), 1))
+    assert (content.amax(dim=(1, 2, 3)) > 0).float().mean() > 2 * (uniform.amax(dim=(1, 2, 3)) > 0).float().mean()
+    # Weighted, the share of crops touching the square estimates the uniform share without bias.
+    touches = (content.amax(dim=(1, 2, 3)) > 0).float()
+    exact = (torch.nn.functional.max_pool2d(images[:1], 4, stride=1) > 0).float().mean()
+    assert abs((weights.flatten() * touches).mean() - exact) < 0.02
+
+
+def test_loss_with_content_crops_and_bad_sampler_name():
+    from dnnlib.util import FieldError
+    from training import loss as loss_lib
+
+    with pytest.raises(FieldError, match='crop_sampler'):
+        loss_lib.EDMLoss(crop_sampler='edges')
+    loss_fn = loss_lib.EDMLoss(crop_sampler='content')
+    calls = []
+
+    def net(x, sigma, labels, coords=None, augment_labels=None):
+        calls.append(coords)
+        return torch.zeros_like(x)
+
+    images = _blank_with_square(n=2)
+    out = loss_fn(net, images, patch_size=8, rng=BatchRNG([1, 2], 1))
+    assert out.shape == (2, 1, 8, 8) and calls[0].shape == (2, 2, 8, 8)
+    uniform = loss_lib.EDMLoss()(net, images, patch_size=8, rng=BatchRNG([1, 2], 1))
+    assert uniform.shape == out.shape

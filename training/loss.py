@@ -10,26 +10,41 @@ depend on which rank or accumulation round computed it.
 
 import torch
 
+from dnnlib.util import FieldError
 from torch_utils import persistence
 from training import patch, schedules
 
 
+CROP_SAMPLERS = ('uniform', 'content')  # the first is the default
+
+
 class DenoisingLoss:
     """Base class: subclasses define `sample_sigma(n, rng, device)` (shape (n, 1, 1, 1)) and
-    `weight(sigma)`."""
+    `weight(sigma)`. `crop_sampler='content'` draws patch positions by `patch.content_crop_probs`
+    and weights each crop's loss by its importance weight, so the objective stays the uniform one."""
+
+    crop_sampler = CROP_SAMPLERS[0]
 
     def __call__(self, net, images, labels=None, augment_pipe=None, patch_size=None, rng=None):
         if augment_pipe is not None:
             y, augment_labels = augment_pipe(images, rng=rng)
         else:
             y, augment_labels = images, None
-        coords = None
-        if patch_size is not None:
+        coords, crop_weight = None, None
+        if patch_size is not None and self.crop_sampler == 'content':
+            y, coords, crop_weight = patch.extract_content_patches(y, patch_size, rng)
+        elif patch_size is not None:
             y, coords = patch.extract_patches(y, patch_size, rng)
         sigma = self.sample_sigma(y.shape[0], rng, y.device)
         noise = (rng.randn_like(y) if rng is not None else torch.randn_like(y)) * sigma
         denoised = net(y + noise, sigma, labels, coords=coords, augment_labels=augment_labels)
-        return self.weight(sigma) * (denoised - y) ** 2
+        loss = self.weight(sigma) * (denoised - y) ** 2
+        return loss if crop_weight is None else crop_weight * loss
+
+    def _set_crop_sampler(self, crop_sampler):
+        if crop_sampler not in CROP_SAMPLERS:
+            raise FieldError('crop_sampler', f'"{crop_sampler}" is not one of {", ".join(CROP_SAMPLERS)}')
+        self.crop_sampler = crop_sampler
 
     @staticmethod
     def _uniform(n, rng, device):
@@ -46,7 +61,8 @@ class DenoisingLoss:
 class VPLoss(DenoisingLoss):
     """VP: t ~ U(ε_t, 1), σ(t) = √(exp(½β_d t² + β_min t) − 1), λ(σ) = 1/σ²."""
 
-    def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5):
+    def __init__(self, beta_d=19.9, beta_min=0.1, epsilon_t=1e-5, crop_sampler=CROP_SAMPLERS[0]):
+        self._set_crop_sampler(crop_sampler)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.epsilon_t = epsilon_t
@@ -66,7 +82,8 @@ class VPLoss(DenoisingLoss):
 class VELoss(DenoisingLoss):
     """VE: σ = σ_min·(σ_max/σ_min)^u with u ~ U(0, 1), λ(σ) = 1/σ²."""
 
-    def __init__(self, sigma_min=0.02, sigma_max=100):
+    def __init__(self, sigma_min=0.02, sigma_max=100, crop_sampler=CROP_SAMPLERS[0]):
+        self._set_crop_sampler(crop_sampler)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
 
@@ -82,7 +99,8 @@ class VELoss(DenoisingLoss):
 class EDMLoss(DenoisingLoss):
     """EDM: ln σ ~ N(P_mean, P_std²), λ(σ) = (σ² + σ_d²)/(σ·σ_d)²."""
 
-    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
+    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5, crop_sampler=CROP_SAMPLERS[0]):
+        self._set_crop_sampler(crop_sampler)
         self.P_mean = P_mean
         self.P_std = P_std
         self.sigma_data = sigma_data

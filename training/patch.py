@@ -89,7 +89,16 @@ def extract_patches(images, patch_size, rng=None):
     ph, pw = image_hw(patch_size)
     if ph > height or pw > width:
         raise ValueError(f'patch size {ph}x{pw} exceeds the image size {height}x{width}')
-    offsets = _patch_offsets(n, height - ph + 1, width - pw + 1, rng, images.device).to(images.device)
+    offsets = _patch_offsets(n, height - ph + 1, width - pw + 1, rng, images.device)
+    return crop_at(images, offsets, (ph, pw))
+
+
+def crop_at(images, offsets, patch_size):
+    """Crops of size `patch_size` at the (N, 2) top-left (row, col) `offsets`, with their
+    coordinate channels: (patches, coords (N, 2, h, w))."""
+    n, _c, height, width = images.shape
+    ph, pw = image_hw(patch_size)
+    offsets = offsets.to(images.device)
     rows = offsets[:, 0].reshape(n, 1, 1) + torch.arange(ph, device=images.device).reshape(1, ph, 1)
     cols = offsets[:, 1].reshape(n, 1, 1) + torch.arange(pw, device=images.device).reshape(1, 1, pw)
     flat_index = (rows * width + cols).reshape(n, 1, ph * pw)
@@ -97,6 +106,41 @@ def extract_patches(images, patch_size, rng=None):
     xs = index_to_coord(cols.expand(n, ph, pw).to(torch.float32), width)
     ys = index_to_coord(rows.expand(n, ph, pw).to(torch.float32), height)
     return patches, torch.stack([xs, ys], dim=1)
+
+
+def content_crop_probs(images, patch_size, uniform_share=0.5):
+    """(N, positions) probability of each crop position (row-major top-left corners): `uniform_share`
+    spread evenly, the rest in proportion to the crop's pixel standard deviation, so flat
+    background crops are drawn less often and the importance weight 1/(positions·q) stays at most
+    1/uniform_share."""
+    ph, pw = image_hw(patch_size)
+    x = images.detach().to(torch.float32)
+    mean = torch.nn.functional.avg_pool2d(x, (ph, pw), stride=1)
+    var = (torch.nn.functional.avg_pool2d(x * x, (ph, pw), stride=1) - mean * mean).clamp_min(0).sum(dim=1)
+    std = var.sqrt().flatten(1)
+    positions = std.shape[1]
+    total = std.sum(dim=1, keepdim=True)
+    content = torch.where(total > 0, std / total.clamp_min(torch.finfo(torch.float32).tiny), 1 / positions)
+    return uniform_share / positions + (1 - uniform_share) * content
+
+
+def extract_content_patches(images, patch_size, rng=None, uniform_share=0.5):
+    """Like `extract_patches`, with crop positions drawn from `content_crop_probs`; also returns
+    each crop's importance weight 1/(positions·q) of shape (N, 1, 1, 1), which makes the weighted
+    loss an unbiased estimate of the uniform-crop loss."""
+    n, _c, height, width = images.shape
+    ph, pw = image_hw(patch_size)
+    if ph > height or pw > width:
+        raise ValueError(f'patch size {ph}x{pw} exceeds the image size {height}x{width}')
+    probs = content_crop_probs(images, (ph, pw), uniform_share)
+    u = (rng.rand(1) if rng is not None else torch.rand(n, 1)).to(probs.device, torch.float32)
+    cdf = probs.cumsum(dim=1)
+    index = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp_max(probs.shape[1] - 1)
+    cols = width - pw + 1
+    offsets = torch.cat([index // cols, index % cols], dim=1)
+    weights = 1 / (probs.shape[1] * probs.gather(1, index))
+    patches, coords = crop_at(images, offsets, (ph, pw))
+    return patches, coords, weights.reshape(n, 1, 1, 1).to(images.dtype)
 
 
 def _patch_offsets(n, row_choices, col_choices, rng, device):
