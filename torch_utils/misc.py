@@ -170,8 +170,8 @@ def draw_keep_mask_(out: torch.Tensor, keep: int) -> None:
     """Fills the CPU tensor `out` with 1 where a 16-bit random draw is below `keep` (of 65536), else
     0; four draws come from one 64-bit random word (`training.networks.dropout`). A custom
     operator, so that torch.compile calls it as it is instead of breaking the graph at the in-place
-    `random_` or lowering the mask to its own per-element generator (3x the cost of the whole
-    dropout on the CPU); as it writes into `out`, two calls are never merged into one draw."""
+    `random_` or lowering the mask to its own per-element generator (the costly draw this
+    function replaces); as it writes into `out`, two calls are never merged into one draw."""
     words = torch.empty((out.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)
     out.copy_(words.view(torch.int16)[:out.numel()].view(out.shape) < keep - 32768)
 
@@ -203,7 +203,7 @@ def keep_freed_memory():
     """Makes glibc's malloc keep freed blocks of any size for reuse instead of handing them back to
     the kernel. PyTorch's CPU allocator is plain malloc, so by default every activation above the
     mmap threshold is mapped afresh each step and pays a page fault per 4 KiB on first touch
-    (~17,000 per step for the demo network on full images, ~5% of the step). The process then keeps
+    (docs/benchmarks.md measures the cost). The process then keeps
     its peak memory until it exits. Returns False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(None)

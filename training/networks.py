@@ -134,8 +134,8 @@ def attention(qkv):
 
     qkv: (batch·heads, channels, 3, positions). Returns (batch·heads, channels, positions).
     Queries, keys and values are laid out as contiguous (N, 1, positions, channels) tensors, the
-    layout in which `scaled_dot_product_attention` takes its fused kernels (on the CPU several
-    times faster than the strided views, which fall back to the unfused path). The result is
+    layout in which `scaled_dot_product_attention` takes its fused kernels (strided views fall back
+    to the unfused path). The result is
     contiguous: a channels-last view would carry its layout into every later layer."""
     q, k, v = qkv.float().permute(2, 0, 3, 1).contiguous().unsqueeze(2).unbind(0)
     out = F.scaled_dot_product_attention(q, k, v)
@@ -240,10 +240,10 @@ class FourierEmbedding(torch.nn.Module):
 def dropout(x, p, training):
     """`F.dropout` with a cheaper mask on the CPU, where drawing one random number per element
     dominates its cost: 16 bits per element from one 64-bit draw per four elements
-    (`misc.draw_keep_mask_`; the mask in a fifth of the time, dropout forward and backward ~3x
-    faster, and under torch.compile ~3x cheaper than Inductor's own draw). An element is kept with
-    probability k/65536 (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by 65536/k, so the expected output
-    is exactly x, as with `F.dropout`. The mask is a 0/1 tensor of x's dtype, so the backward pass
+    (`misc.draw_keep_mask_`, also under torch.compile, whose own per-element draw is the costly
+    one; figures in docs/benchmarks.md). An element is kept with probability k/65536
+    (|k/65536 − (1−p)| ≤ 2⁻¹⁷) and scaled by 65536/k, so the expected output is exactly x, as
+    with `F.dropout`. The mask is a 0/1 tensor of x's dtype, so the backward pass
     multiplies by it without converting it again. On CUDA it is `F.dropout`."""
     if not training or p == 0 or x.device.type != 'cpu':
         return F.dropout(x, p=p, training=training)
