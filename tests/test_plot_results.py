@@ -1,0 +1,44 @@
+"""bench/plot_results.py: the documentation's figures are redrawn from docs/plots.json."""
+
+import json
+
+import PIL.Image
+import pytest
+from click.testing import CliRunner
+
+from conftest import load_bench
+
+pytest.importorskip('matplotlib')
+plot_results = load_bench('plot_results')
+
+
+def run(*args):
+    return CliRunner().invoke(plot_results.main, list(args))
+
+
+def test_docs_figures_json_names_only_drawable_series():
+    with open(plot_results.DEFAULT_JSON, encoding='utf-8') as f:
+        figures = json.load(f)
+    for name, spec in figures.items():
+        assert name.endswith('.png') and spec['title'] and spec['panels'], name
+        for panel in spec['panels']:
+            for series in panel['series']:
+                assert series['method'] in plot_results.COLOURS, (name, series['label'])
+                assert all(len(point) == 2 for point in series['points']), (name, series['label'])
+
+
+def test_a_figure_is_drawn_from_the_json_points(tmp_path):
+    spec = {'one.png': {'title': 't', 'panels': [{'xlabel': 'x', 'ylabel': 'y', 'logx': True, 'series': [
+        {'label': 'patch', 'method': 'patch', 'points': [[10, 3.0], [100, 2.0]]},
+        {'label': 'full', 'method': 'full', 'points': [[10, 2.5], [100, 1.5]]}]}]}}
+    (tmp_path / 'plots.json').write_text(json.dumps(spec))
+    result = run(f'--json={tmp_path / "plots.json"}', f'--outdir={tmp_path}', '--only=one.png')
+    assert result.exit_code == 0, result.output
+    assert PIL.Image.open(tmp_path / 'one.png').size[0] > 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['one.png', 'plots.json']
+
+
+def test_unknown_figure_is_a_one_line_error(tmp_path):
+    result = run(f'--outdir={tmp_path}', '--only=nope.png')
+    assert result.exit_code == 1 and '--only: "nope.png" is none of method.png' in result.output
+    assert list(tmp_path.iterdir()) == []
