@@ -1,6 +1,9 @@
 """bench/plot_results.py: the documentation's figures are redrawn from docs/plots.json."""
 
+import glob
 import json
+import os
+import re
 
 import PIL.Image
 import pytest
@@ -8,7 +11,6 @@ from click.testing import CliRunner
 
 from conftest import load_bench
 
-pytest.importorskip('matplotlib')
 plot_results = load_bench('plot_results')
 
 
@@ -28,6 +30,7 @@ def test_docs_figures_json_names_only_drawable_series():
 
 
 def test_a_figure_is_drawn_from_the_json_points(tmp_path):
+    pytest.importorskip('matplotlib')
     spec = {'one.png': {'title': 't', 'panels': [{'xlabel': 'x', 'ylabel': 'y', 'logx': True, 'series': [
         {'label': 'patch', 'method': 'patch', 'points': [[10, 3.0], [100, 2.0]]},
         {'label': 'full', 'method': 'full', 'points': [[10, 2.5], [100, 1.5]]}]}]}}
@@ -39,6 +42,20 @@ def test_a_figure_is_drawn_from_the_json_points(tmp_path):
 
 
 def test_unknown_figure_is_a_one_line_error(tmp_path):
+    pytest.importorskip('matplotlib')
     result = run(f'--outdir={tmp_path}', '--only=nope.png')
     assert result.exit_code == 1 and '--only: "nope.png" is none of method.png' in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_figure_the_docs_show_exists_and_every_figure_is_shown():
+    root = os.path.dirname(plot_results.DEFAULT_JSON)
+    pages = [os.path.join(os.path.dirname(root), 'README.md')] + glob.glob(os.path.join(root, '*.md'))
+    named = set()
+    for page in pages:
+        with open(page, encoding='utf-8') as f:
+            for target in re.findall(r'\]\(([^)\s#]+\.png)\)', f.read()):
+                named.add(os.path.normpath(os.path.join(os.path.dirname(page), target)))
+    on_disk = set(glob.glob(os.path.join(root, '*.png')))
+    assert sorted(named - on_disk) == [], 'named by a page but missing'
+    assert sorted(on_disk - named) == [], 'in docs/ but shown by no page'
