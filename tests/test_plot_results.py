@@ -42,7 +42,6 @@ def test_a_figure_is_drawn_from_the_json_points(tmp_path):
 
 
 def test_unknown_figure_is_a_one_line_error(tmp_path):
-    pytest.importorskip('matplotlib')
     result = run(f'--outdir={tmp_path}', '--only=nope.png')
     assert result.exit_code == 1 and '--only: "nope.png" is none of method.png' in result.output
     assert list(tmp_path.iterdir()) == []
