@@ -17,7 +17,7 @@ from torch_utils import distributed as dist
 from torch_utils import misc
 from training import checkpoints
 from training import dataset as dataset_lib
-from training import encoders
+from training import encoders, live_log, phema, train_metrics
 from training import patch as patch_lib
 from training import training_loop
 
@@ -144,6 +144,24 @@ def network_parameters(c):
     return misc.count_parameters(net)
 
 
+EVALUATION_OPTIONS = dict(std='--ema-std', stds='--ema-std', num='--metrics-num', kind='--logger')
+
+
+def evaluation_options(opts, c):
+    """`phema_kwargs`, `metrics_kwargs` and `logger_kwargs` of the training loop, each set only when
+    asked for, so that a run without them has the same training options as before."""
+    with dnnlib.util.option_errors(main, names=EVALUATION_OPTIONS):
+        if opts.ema_std is not None:
+            c.phema_kwargs = dnnlib.EasyDict(stds=phema.parse_stds(opts.ema_std))
+        if opts.metrics is not None:
+            train_metrics.check_data(c.dataset_kwargs)
+            c.metrics_kwargs = dnnlib.EasyDict(metrics=train_metrics.parse_metrics(opts.metrics), num=opts.metrics_num,
+                                               every=opts.metrics_every)
+        if opts.logger != 'none':
+            live_log.check_kind(opts.logger)
+            c.logger_kwargs = dnnlib.EasyDict(kind=opts.logger)
+
+
 def build_config(opts, world_size):
     """Turns the command-line options into the keyword arguments of `training_loop`, validating
     everything that can be checked before any file is written."""
@@ -247,6 +265,7 @@ def build_config(opts, world_size):
     desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}{latents}-gpus{world_size}-batch{opts.batch}-{dtype}'
     if opts.desc is not None:
         desc += f'-{opts.desc}'
+    evaluation_options(opts, c)
     return c, desc
 
 
@@ -310,6 +329,12 @@ def build_config(opts, world_size):
 @click.option('--tick', help='How often to print progress', metavar='KIMG', type=click.FloatRange(min=0, min_open=True), default=50)
 @click.option('--snap', help='How often to save snapshots', metavar='TICKS', type=click.IntRange(min=1), default=50)
 @click.option('--dump', help='How often to dump state', metavar='TICKS', type=click.IntRange(min=1), default=500)
+@click.option('--ema-std', 'ema_std', help='Also track post-hoc EMA profiles of these relative widths, e.g. 0.050,0.100 (reconstruct_phema.py)',
+              metavar='LIST', type=str)
+@click.option('--metrics', help='Score the EMA networks while training: fid, kid or fid,kid', metavar='LIST', type=str)
+@click.option('--metrics-num', 'metrics_num', help='Images generated for each score', metavar='INT', type=click.IntRange(min=2), default=1000)
+@click.option('--metrics-every', 'metrics_every', help='How often to score', metavar='TICKS', type=click.IntRange(min=1), default=50)
+@click.option('--logger', help='Also write the stats and sample grids live', type=click.Choice(live_log.KINDS), default='none')
 @click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
@@ -387,7 +412,8 @@ def main(**kwargs):
     dist.barrier()
 
     try:
-        training_loop.training_loop(**c, device=device)
+        with dnnlib.util.option_errors(main, names=EVALUATION_OPTIONS):
+            training_loop.training_loop(**c, device=device)
     finally:
         if logger is not None:
             logger.close()

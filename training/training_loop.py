@@ -23,8 +23,9 @@ import dnnlib
 from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc, png, training_stats
-from training import checkpoints
+from training import checkpoints, live_log, train_metrics
 from training import patch as patch_lib
+from training import phema as phema_lib
 
 # ----------------------------------------------------------------------------------------------
 # Files of a run.
@@ -223,9 +224,9 @@ def sanitize_gradients(net):
             misc.nan_to_num_(param.grad)
 
 
-def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, encoder=None):
-    """`network-snapshot-<kimg>.pkl`: the EMA network (eval, CPU) and what generate.py needs, and
-    the same network as `.safetensors` (weights and constructor arguments; loading runs no code)."""
+def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, encoder=None, name=None):
+    """`network-snapshot-<kimg>.pkl` (or `name`): the EMA network (eval, CPU) and what generate.py needs,
+    and the same network as `.safetensors` (weights and constructor arguments; loading runs no code)."""
     data = dict(ema=ema, loss_fn=loss_fn, augment_pipe=augment_pipe, dataset_kwargs=dict(dataset_kwargs))
     if encoder is not None:
         data['encoder'] = encoder
@@ -234,7 +235,7 @@ def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, enc
             value = copy.deepcopy(value).eval().requires_grad_(False)
             misc.check_ddp_consistency(value)
             data[key] = value.cpu()
-    path = os.path.join(run_dir, snapshot_name(kimg))
+    path = os.path.join(run_dir, name or snapshot_name(kimg))
     if dist.get_rank() == 0:
         with atomic_write(path, 'wb') as f:
             pickle.dump(data, f)
@@ -256,6 +257,7 @@ def format_tick_line(fields):
     parts.append(f'loss {fields["loss"]:<8.4f}')
     for size, value in sorted(fields.get('loss_by_patch', {}).items(), key=lambda kv: _size_order(kv[0])):
         parts.append(f'loss@{size} {value:<8.4f}')
+    parts.extend(f'{name} {value:<8.4g}' for name, value in fields.get('metrics', {}).items())
     return ' '.join(parts)
 
 
@@ -377,11 +379,16 @@ def training_loop(
     device=torch.device('cpu'),
     step_callback=None,
     time_limit_min=None,
+    phema_kwargs=None,
+    metrics_kwargs=None,
+    logger_kwargs=None,
 ):
     """Trains a denoiser with the final options of train.py's `build_config` (`training_options.json`),
     which it trusts. `patch_kwargs`, PatchSchedule's arguments, switches patches on (the network then
     needs `use_coords=True`); `step_callback(info)` after every step (step, nimg, net, ema, seconds)
-    ends training when it returns true, for benchmarks and notebooks."""
+    ends training when it returns true, for benchmarks and notebooks. `phema_kwargs` (PowerEMA's
+    `stds`) tracks post-hoc EMA profiles, `metrics_kwargs` (TickMetrics's) scores the EMA networks
+    at ticks, `logger_kwargs` (live_log.open_logger's) mirrors the stats to TensorBoard or wandb."""
     start_time = time.time()
     torch.manual_seed(misc.seed_to_int(seed, 1))  # the same initial weights on every rank
     np.random.seed(misc.seed_to_int(seed, 2, dist.get_rank()) % (1 << 32))
@@ -426,6 +433,7 @@ def training_loop(
     optimizer = build_optimizer(net, optimizer_kwargs)
     augment_pipe = dnnlib.construct_class_by_name(**augment_kwargs) if augment_kwargs is not None else None
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    phema = phema_lib.PowerEMA(net, **phema_kwargs) if phema_kwargs else None
     torch.manual_seed(misc.seed_to_int(seed, 5, dist.get_rank()))  # dropout differs between ranks
 
     nimg, step, cur_tick, start_block, stats_records = 0, 0, 0, 0, []
@@ -442,6 +450,8 @@ def training_loop(
             net.load_state_dict(state['net'])
             ema.load_state_dict(state['ema'])
             load_optimizer_state(optimizer, state['optimizer_state'])
+            if phema is not None:
+                phema.load_state_dict(state.get('phema'))
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f'--resume: "{resume_state}" does not fit this network ({str(err).strip().splitlines()[0]})') from None
         nimg, step, cur_tick, start_block = state['nimg'], state['step'], state['tick'], state['blocks_consumed']
@@ -459,6 +469,8 @@ def training_loop(
     data_iter, first_block = build_data_loader(dataset, batch_gpu, seed, start_block, data_loader_kwargs)
     rank_blocks_taken = 0
     blocks_consumed = start_block
+    scorer = train_metrics.TickMetrics(dataset_kwargs, device=device, encoder=encoder, **metrics_kwargs) if metrics_kwargs else None
+    live = live_log.open_logger(run_dir, resume_nimg=nimg if resume_state else None, **logger_kwargs) if logger_kwargs else None
     if dist.get_rank() == 0:
         write_stats(run_dir, stats_records)
         if sample_grid and resume_state is None:
@@ -515,6 +527,8 @@ def training_loop(
         blocks_consumed += rounds * batch_mul * world
         step += 1
         update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio)
+        if phema is not None:
+            phema.update(net, step)
 
         done = nimg >= total_kimg * 1000
         if step_callback is not None:
@@ -538,6 +552,8 @@ def training_loop(
             timestamp=time.time())
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
+        if scorer is not None and scorer.due(cur_tick, done):
+            fields['metrics'] = scorer.score(run_dir, ema, phema, stats_records + [fields])
         dist.print0(format_tick_line(fields))
         stats_records.append(fields)
 
@@ -548,10 +564,14 @@ def training_loop(
 
         if snapshot_ticks is not None and (done or cur_tick % snapshot_ticks == 0):
             save_snapshot(run_dir, nimg // 1000, ema, loss_fn, augment_pipe, dataset_kwargs, encoder)
+            if phema is not None and dist.get_rank() == 0:
+                phema.save(run_dir, nimg // 1000, step, nimg)
             if sample_grid and dist.get_rank() == 0:
                 save_sample_grid(run_dir, nimg // 1000, ema, device, encoder)
             if dist.get_rank() == 0:
                 write_loss_plot(run_dir, stats_records)
+        if live is not None:
+            live.log(fields, os.path.join(run_dir, f'samples-{int(nimg // 1000):06d}.png'))
 
         if state_dump_ticks is not None and (done or (cur_tick % state_dump_ticks == 0 and cur_tick != 0)):
             rng_states = dist.all_gather_object(_rng_state(device))
@@ -560,6 +580,8 @@ def training_loop(
                              nimg=nimg, step=step, tick=cur_tick + 1, blocks_consumed=blocks_consumed,
                              rng_states=rng_states, stats=json.loads(json.dumps(stats_records)),
                              network_kwargs=json.loads(json.dumps(network_kwargs)), batch_size=batch_size)
+                if phema is not None:
+                    state['phema'] = phema.state_dict(step)
                 with atomic_write(os.path.join(run_dir, state_name(nimg // 1000)), 'wb') as f:
                     torch.save(state, f)
         dist.barrier()
@@ -571,5 +593,7 @@ def training_loop(
         if done:
             break
 
+    if live is not None:
+        live.close()
     dist.print0()
     dist.print0('Exiting...')
