@@ -147,9 +147,10 @@ def test_resume_continues_exactly(digits, tmp_path):
 
 def test_ddp_two_processes_match_one(digits, tmp_path):
     """Two gloo processes with one accumulation round each compute the same steps as one process
-    with two rounds over the same global batch (same blocks, same per-block randomness)."""
+    with two rounds over the same global batch (same blocks, same per-block randomness), and track
+    the same post-hoc EMA profile."""
     common = ['--data', digits, '--batch=8', '--batch-gpu=4', '--tick=0.0001', '--snap=1000', '--dump=1000',
-              '--seed=11', '--dropout=0', '--duration=0.00006', '--patch-sizes=8'] + TINY
+              '--seed=11', '--dropout=0', '--duration=0.00006', '--patch-sizes=8', '--ema-std=0.1'] + TINY
     one = tmp_path / 'one'
     run_train(['--outdir', str(one)] + common, nproc=1)
     two = tmp_path / 'two'
@@ -164,9 +165,10 @@ def test_ddp_two_processes_match_one(digits, tmp_path):
 
     def final(run_dir):
         states = sorted(n for n in os.listdir(run_dir) if n.startswith('training-state-'))
-        return _state_tensors(os.path.join(run_dir, states[-1]))['net']
+        state = _state_tensors(os.path.join(run_dir, states[-1]))
+        return dict(state['net'], **{f'phema.{name}': t for name, t in state['phema']['averages'][0].items()})
 
-    w1, w2 = final(one_dir), final(two_dir)
+    w1, w2 = final(one_dir), final(two_dir)  # the weights and the post-hoc EMA profile
     for name in w1:
         a, b = w1[name], w2[name]
         if name.endswith('qkv.bias'):
