@@ -1,7 +1,6 @@
 """Reconstruct post-hoc EMA networks of any width and end time from the profiles that a run saved
 with its snapshots (train.py --ema-std): Karras et al. 2024, section 3."""
 
-import copy
 import os
 import pickle
 
@@ -104,10 +103,7 @@ def main(indir, outdir, outstd, outkimg):
     template = load_template(indir, end_kimg)
     os.makedirs(outdir, exist_ok=True)
     for std, params, residual in results:
-        net = copy.deepcopy(template['ema'])
-        with torch.no_grad():
-            for name, param in net.named_parameters():
-                param.copy_(params[name].to(param.dtype))
+        net = phema.network_with(template['ema'], params)
         name = output_name(end_kimg, std)
         training_loop.save_snapshot(outdir, end_kimg, net, template.get('loss_fn'), template.get('augment_pipe'),
                                     template.get('dataset_kwargs', {}), template.get('encoder'), name=name)

@@ -4,6 +4,7 @@ and any other profile reconstructed afterwards as a least-squares combination of
 A profile of exponent γ ending at step t weights the weights θ_τ by p_t(τ) = (γ+1) τ^γ / t^(γ+1);
 its width is given as the relative standard deviation σ_rel. Time counts optimizer steps."""
 
+import copy
 import glob
 import os
 import re
@@ -111,18 +112,22 @@ class PowerEMA:
 
     def network(self, index, template):
         """A copy of `template` (the classic EMA: same buffers) with the parameters of profile `index`."""
-        import copy
-        net = copy.deepcopy(template)
-        with torch.no_grad():
-            for name, param in net.named_parameters():
-                param.copy_(self.averages[index][name])
-        return net
+        return network_with(template, self.averages[index])
 
     def save(self, run_dir, kimg, step, nimg):
         """Writes `phema-<kimg>.pt` beside the snapshot of the same kimg (atomically)."""
         state = dict(self.state_dict(step), nimg=int(nimg))
         with atomic_write(os.path.join(run_dir, phema_name(kimg)), 'wb') as f:
             torch.save(state, f)
+
+
+def network_with(template, params):
+    """A copy of the network `template` with the parameters `params` (name → tensor)."""
+    net = copy.deepcopy(template)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            param.copy_(params[name].to(param.dtype))
+    return net
 
 
 def phema_name(kimg):

@@ -1,0 +1,97 @@
+"""FID against kimg of the demo network under EMA widths chosen after training (post-hoc EMA).
+
+Trains the CPU demo's network (scripts/demo.sh, without bf16 and guidance) on the bundled MNIST
+digits with `--ema-std=0.050,0.100` and a snapshot every tick, then at every snapshot
+reconstructs each width of `--widths` from the saved profiles (reconstruct_phema.py's function)
+and scores it with FID-N against the data set (the reference statistics train.py --metrics
+caches). Writes `phema-demo.json` in the run folder and the plot `--plot`, titled with the CPU.
+
+    python bench/phema_demo.py --outdir=runs-phema --minutes=1 --num=128 --plot=docs/phema-demo.png
+    python bench/phema_demo.py --run=runs-phema/00000-... --num=512     # score an existing run again
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import click
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import dnnlib  # noqa: E402
+import reconstruct_phema  # noqa: E402
+from dnnlib import plot  # noqa: E402
+from dnnlib.util import UserError  # noqa: E402
+from torch_utils import misc  # noqa: E402
+from training import phema, train_metrics  # noqa: E402
+
+DATA = os.path.join(ROOT, 'datasets', 'mnist-32x32.zip')
+DEMO = ['--cbase=32', '--cres=1,2,2,2', '--blocks=1', '--attn=none', '--cond=1', '--label-dropout=0.1', '--batch=32',
+        '--lr=2e-3', '--lr-decay=20', '--dropout=0', '--lr-rampup=2', '--loss-norm=mean', '--P_mean=0', '--seed=0']
+
+
+def make_data(path):
+    """The demo's data set (the bundled digits at 32x32), built once."""
+    if not os.path.isfile(path):
+        subprocess.run([sys.executable, os.path.join(ROOT, 'dataset_tool.py'), 'convert', '--source',
+                        os.path.join(ROOT, 'data', 'mnist-10k-28x28.npz'), f'--dest={path}', '--resolution=32x32'], check=True)
+    return path
+
+
+def train(outdir, data, minutes, tick_kimg, device):
+    """Runs train.py with two tracked profiles and returns the run folder."""
+    subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--desc=phema',
+                    f'--time-limit={minutes}', '--duration=100', f'--tick={tick_kimg}', '--snap=1', '--dump=1000',
+                    '--ema-std=0.050,0.100', f'--device={device}', *DEMO], check=True, cwd=ROOT)
+    return sorted(glob.glob(os.path.join(outdir, '*-phema')))[-1]
+
+
+def score_run(run_dir, widths, num, device):
+    """{width: [(kimg, FID)]} for every snapshot after kimg 0 that has profiles saved with it."""
+    with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
+        dataset_kwargs = json.load(f)['dataset_kwargs']
+    scorer = train_metrics.TickMetrics(dataset_kwargs, metrics=['fid'], num=num, device=device)
+    curves = {f'{w:.3f}': [] for w in widths}
+    for kimg in [k for k in phema.list_saved(run_dir) if k > 0]:  # kimg 0: the first step's weights
+        _end, results = reconstruct_phema.reconstruct(run_dir, widths, outkimg=kimg)
+        template = reconstruct_phema.load_template(run_dir, kimg)['ema'].to(device)
+        for width, params, residual in results:
+            fid = scorer.scores(scorer.features(phema.network_with(template, params)))['fid']
+            curves[f'{width:.3f}'].append((kimg, fid))
+            print(f'kimg {kimg:4d}  EMA width {width:.3f}  FID-{num} {fid:8.2f}  (profile fit residual {residual:.1e})', flush=True)
+    return curves
+
+
+@click.command()
+@click.option('--outdir', help='Where the training run goes', metavar='DIR', type=str)
+@click.option('--run', 'run_dir', help='Score this run folder instead of training one', metavar='DIR', type=str)
+@click.option('--data', help='Data set (built from the bundled digits when missing)', metavar='ZIP', type=str, default=DATA, show_default=True)
+@click.option('--minutes', help='Training time', metavar='MIN', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--tick', 'tick_kimg', help='kimg per tick (a snapshot each)', metavar='KIMG', type=click.FloatRange(min=1), default=2, show_default=True)
+@click.option('--widths', help='EMA widths to reconstruct', metavar='LIST', type=str, default='0.030,0.150', show_default=True)
+@click.option('--num', help='Generated images per FID', metavar='INT', type=click.IntRange(min=2), default=128, show_default=True)
+@click.option('--plot', 'plot_path', help='Where to draw FID against kimg  [default: RUN/phema-demo.png]', metavar='PNG', type=str)
+@click.option('--device', help='Device', metavar='STR', type=str, default='cpu', show_default=True)
+def main(outdir, run_dir, data, minutes, tick_kimg, widths, num, plot_path, device):
+    """FID against kimg for EMA widths reconstructed after training."""
+    if (outdir is None) == (run_dir is None):
+        raise UserError('--outdir or --run: give exactly one')
+    with dnnlib.util.option_errors(main, names=dict(std='--widths', stds='--widths')):
+        width_list = phema.parse_stds(widths)
+    if run_dir is None:
+        run_dir = train(outdir, make_data(data), minutes, tick_kimg, device)
+    curves = score_run(run_dir, width_list, num, device)
+    cpu = misc.cpu_info()[0] or 'unknown CPU'
+    with open(os.path.join(run_dir, 'phema-demo.json'), 'w', encoding='utf-8') as f:
+        json.dump(dict(cpu=cpu, num=num, fid=curves), f, indent=2)
+    plot_path = plot_path or os.path.join(run_dir, 'phema-demo.png')
+    plot.line_plot(plot_path, {f'EMA width {w}': points for w, points in curves.items()}, xlabel='kimg',
+                   ylabel=f'FID-{num}', title=f'Post-hoc EMA widths of the demo network ({cpu})')
+    print(f'Wrote {plot_path}')
+
+
+if __name__ == '__main__':
+    main()
