@@ -334,7 +334,8 @@ def build_config(opts, world_size):
 @click.option('--metrics', help='Score the EMA networks while training: fid, kid or fid,kid', metavar='LIST', type=str)
 @click.option('--metrics-num', 'metrics_num', help='Images generated for each score', metavar='INT', type=click.IntRange(min=2), default=1000)
 @click.option('--metrics-every', 'metrics_every', help='How often to score', metavar='TICKS', type=click.IntRange(min=1), default=50)
-@click.option('--logger', help='Also write the stats and sample grids live', type=click.Choice(live_log.KINDS), default='none')
+@click.option('--logger', help='Also write the stats and sample grids live: none, tensorboard or wandb', metavar='KIND',
+              type=click.Choice(live_log.KINDS), default='none')
 @click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)

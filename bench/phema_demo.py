@@ -3,8 +3,8 @@
 Trains the CPU demo's network (scripts/demo.sh, without bf16 and guidance) on the bundled MNIST
 digits with `--ema-std=0.050,0.100` and a snapshot every tick, then at every snapshot
 reconstructs each width of `--widths` from the saved profiles (reconstruct_phema.py's function)
-and scores it with FID-N against the data set (the reference statistics train.py --metrics
-caches). Writes `phema-demo.json` in the run folder and the plot `--plot`, titled with the CPU.
+and scores it with FID-N against N random training images (as the demo's `fid.py ref --num`;
+cached beside the data set like train.py --metrics's reference). Writes `phema-demo.json` in the run folder and the plot `--plot`, titled with the CPU.
 
     python bench/phema_demo.py --outdir=runs-phema --minutes=1 --num=128 --plot=docs/phema-demo.png
     python bench/phema_demo.py --run=runs-phema/00000-... --num=512     # score an existing run again
@@ -53,7 +53,7 @@ def score_run(run_dir, widths, num, device):
     """{width: [(kimg, FID)]} for every snapshot after kimg 0 that has profiles saved with it."""
     with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
         dataset_kwargs = json.load(f)['dataset_kwargs']
-    scorer = train_metrics.TickMetrics(dataset_kwargs, metrics=['fid'], num=num, device=device)
+    scorer = train_metrics.TickMetrics(dataset_kwargs, metrics=['fid'], num=num, device=device, ref_num=num)
     curves = {f'{w:.3f}': [] for w in widths}
     for kimg in [k for k in phema.list_saved(run_dir) if k > 0]:  # kimg 0: the first step's weights
         _end, results = reconstruct_phema.reconstruct(run_dir, widths, outkimg=kimg)

@@ -19,6 +19,7 @@ HELP_COMMANDS = {
     'dataset_tool': [['dataset_tool.py']],
     'fid': [['fid.py'], ['fid.py', 'ref'], ['fid.py', 'calc'], ['fid.py', 'kid']],
     'convert_network': [['convert_network.py']],
+    'reconstruct_phema': [['reconstruct_phema.py']],
 }
 
 

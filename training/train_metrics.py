@@ -30,9 +30,10 @@ def check_data(dataset_kwargs):
         raise FieldError('metrics', f'"{dataset_kwargs["path"]}" holds arrays or latents, not images; FID/KID need images')
 
 
-def ref_path(data_path):
-    """Where the reference statistics of a data set are cached: beside it, never inside a folder."""
-    return os.path.normpath(data_path) + '.fid-ref.npz'
+def ref_path(data_path, ref_num=None):
+    """Where the reference statistics of a data set (or of a subset of `ref_num` images) are
+    cached: beside it, never inside a folder."""
+    return os.path.normpath(data_path) + ('.fid-ref.npz' if ref_num is None else f'.fid-ref-{ref_num}.npz')
 
 
 def ref_key(data_path, detector, with_features):
@@ -72,25 +73,26 @@ class TickMetrics:
     computes the scores and every rank returns them."""
 
     def __init__(self, dataset_kwargs, metrics=('fid',), num=1000, every=1, detector=None, batch=64, device=None,
-                 encoder=None):
+                 encoder=None, ref_num=None):
         check_data(dataset_kwargs)
         if num < 2:
             raise FieldError('num', f'{num}: at least 2 images are needed for a covariance')
         self.metrics, self.num, self.every, self.batch = list(metrics), int(num), int(every), int(batch)
         self.device, self.encoder = device, encoder
         self.detector = metrics_lib.load_detector(detector, device=device)
-        self.ref = self.reference(dataset_kwargs['path'])
+        self.ref = self.reference(dataset_kwargs['path'], ref_num)
 
-    def reference(self, data_path):
-        """(mu, sigma, features) of the data set on rank 0 (None elsewhere), from the cache or computed."""
-        path, key = ref_path(data_path), ref_key(data_path, self.detector, 'kid' in self.metrics)
+    def reference(self, data_path, ref_num=None):
+        """(mu, sigma, features) of the data set's images (all, or a random `ref_num`, as `fid.py ref
+        --num`) on rank 0 (None elsewhere), from the cache or computed."""
+        path, key = ref_path(data_path, ref_num), ref_key(data_path, self.detector, 'kid' in self.metrics)
         cached = load_cached(path, key) if dist.get_rank() == 0 else None
         if dist.broadcast_object(cached is not None):
             dist.print0(f'Reference statistics: {path}')
             return cached
         dist.print0(f'Computing reference statistics of "{data_path}" for {", ".join(self.metrics)} (cached as {path})...')
-        mu, sigma, feats = metrics_lib.calculate_inception_stats(data_path, detector=self.detector, num_workers=0,
-                                                                 return_features=True, verbose=False)
+        mu, sigma, feats = metrics_lib.calculate_inception_stats(data_path, num_expected=ref_num, detector=self.detector,
+                                                                 num_workers=0, return_features=True, verbose=False)
         if 'kid' in self.metrics:
             feats = feats[metrics_lib.select_indices(len(feats), min(len(feats), REF_FEATURES))]
         else:
