@@ -16,12 +16,12 @@ REF_FEATURES = 5000  # per-image features kept in the cache for KID (its subsets
 
 
 def parse_metrics(text):
-    """'fid,kid' → ['fid', 'kid'], checked."""
+    """'kid,fid' → ['fid', 'kid'], checked, in the order of METRICS (the first one is plotted in metrics.png)."""
     names = [name.strip().lower() for name in str(text).split(',') if name.strip()]
     unknown = [name for name in names if name not in METRICS]
     if not names or unknown:
         raise FieldError('metrics', f'"{text}" is not a list of {", ".join(METRICS)}')
-    return list(dict.fromkeys(names))
+    return [name for name in METRICS if name in names]
 
 
 def check_data(dataset_kwargs):
