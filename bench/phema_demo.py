@@ -51,7 +51,10 @@ def train(outdir, data, minutes, tick_kimg, device):
 
 def score_run(run_dir, widths, num, device):
     """{width: [(kimg, FID)]} for every snapshot after kimg 0 that has profiles saved with it."""
-    with open(os.path.join(run_dir, 'training_options.json'), encoding='utf-8') as f:
+    options = os.path.join(run_dir, 'training_options.json')
+    if not os.path.isfile(options):
+        raise UserError(f'--run: "{run_dir}" is not a train.py run folder (no training_options.json)')
+    with open(options, encoding='utf-8') as f:
         dataset_kwargs = json.load(f)['dataset_kwargs']
     scorer = train_metrics.TickMetrics(dataset_kwargs, metrics=['fid'], num=num, device=device, ref_num=num)
     curves = {f'{w:.3f}': [] for w in widths}
