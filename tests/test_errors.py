@@ -278,10 +278,6 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
     assert not os.path.exists(files.evil_marker)
 
 
-def test_readme_counts_the_cases():
-    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as fp:
-        assert f'{len(CASES)} cases' in fp.read()
-
 # ----------------------------------------------------------------------------------------------
 # Training states hold data only.
 
