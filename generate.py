@@ -97,10 +97,8 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
             raise UserError(f'--embed_fq: the network takes {net.coord_channels} coordinate channels, '
                             f'not {channels} (--embed_fq={embed_fq})')
         net.pos_embed = embed_fq
-    if mask_pos:
-        if not isinstance(net, checkpoints.ForeignNetwork) or not net.use_coords:
-            raise UserError('--mask_pos: only applies to coordinate networks of the original Patch Diffusion release')
-        net.mask_pos = True
+    if mask_pos and not checkpoints.mask_coordinates(net):
+        raise UserError('--mask_pos: only applies to networks that take coordinates')
     if on_latents and decoder is None:
         decoder = encoders.StabilityVAEEncoder(vae_name=encoders.check_vae_name(vae or encoders.DEFAULT_VAE))
     elif vae is not None:
@@ -109,7 +107,7 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
         decoder.vae_name = encoders.check_vae_name(vae)
     if decoder is not None and net.img_channels != encoders.LATENT_CHANNELS:
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
-    if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and isinstance(net, checkpoints.ForeignNetwork):
+    if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and checkpoints.is_foreign(net):
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel latents; decode them with --on_latents=1')
     return decoder
 
@@ -255,9 +253,10 @@ def image_path(outdir, seed, subdirs):
 @click.option('--mask_pos', help='Feed zeros for the coordinates (original release\'s networks)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--bf16', help='Network body in bfloat16 on CUDA (fp16 networks stay fp16) and on CPUs that compute it natively (AVX512-BF16, AMX)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
+@click.option('--trust-pickle', 'trust_pickle', help='Unpickle --network fully, running code it carries (only for files you trust)', is_flag=True)
 def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_steps, sigma_min, sigma_max, rho,
          S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, grid_path,
-         resolution, image_size, x_start, y_start, on_latents, vae, embed_fq, mask_pos, bf16, device):
+         resolution, image_size, x_start, y_start, on_latents, vae, embed_fq, mask_pos, bf16, device, trust_pickle):
     """Sample images from a trained network with EDM's samplers (Karras et al. 2022), whether
     it was trained on full images or on patches with coordinates (Wang et al. 2023). Takes this
     project's snapshots, EDM's published pickles and the original Patch Diffusion release's.
@@ -284,7 +283,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     if grid_path is not None:
         check_grid_dest(grid_path)
     dev = distributed.init(device)
-    net, decoder = checkpoints.load_network(network_url)
+    net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
+    checkpoints.check_file_vae(decoder, network_url, vae)
     decoder = configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos)
     use_bf16(net, bf16, dev)
     canvas = build_canvas(net, resolution, image_size, x_start, y_start)
@@ -298,7 +298,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
         decoder.init(dev)
     rank, world = distributed.get_rank(), distributed.get_world_size()
     my_seeds = seed_list[rank::world]
-    distributed.print0(f'Generating {len(seed_list)} images from "{checkpoints.network_source(network_url)}" on {world} process(es)...')
+    distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')
     kept = []
     for batch_seeds, images in iter_lazily(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
                                            canvas=canvas, decoder=decoder, **sampler_kwargs):

@@ -251,9 +251,12 @@ def build_config(opts, world_size):
     if opts.transfer is not None:
         if opts.resume is not None:
             raise UserError('--transfer and --resume: choose one')
-        checkpoints.check_network_file(opts.transfer, '--transfer')
+        checkpoints.check_network_file(opts.transfer, '--transfer', trust=opts.trust_pickle)
         c.resume_pkl = opts.transfer
+        c.trust_pickle = opts.trust_pickle
         c.ema_rampup_ratio = None  # as in EDM: the EMA starts from the pretrained weights
+    elif opts.trust_pickle:
+        raise UserError('--trust-pickle: applies only to --transfer')
     if opts.resume is not None:
         c.resume_state = training_loop.find_resume_state(opts.resume)
         training_loop.check_resume_state(c.resume_state, c.network_kwargs, c.batch_size)
@@ -338,6 +341,7 @@ def build_config(opts, world_size):
               type=click.Choice(live_log.KINDS), default='none')
 @click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
+@click.option('--trust-pickle', 'trust_pickle', help='Unpickle --transfer fully, running code it carries (only for files you trust)', is_flag=True)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
 @click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
 def main(**kwargs):

@@ -196,17 +196,34 @@ def test_foreign_networks_need_the_adapter_and_compute_the_same_through_it(pickl
         raw = pickle.load(f)['ema']
     with pytest.raises(AttributeError):
         raw(x, 1.5)  # what the sampler passes: EDM's forward needs a tensor
-    net, _ = checkpoints.load_network(pickles['edm'])
+    net, _ = checkpoints.load_network(pickles['edm'], trust=True)
     assert isinstance(net, checkpoints.ForeignNetwork) and not net.use_coords
     assert (net.img_resolution, net.img_channels, net.label_dim, net.down_factor) == (16, 3, 0, 2)
     assert torch.equal(net(x, 1.5), raw(x, torch.full([2], 1.5)))
 
-    patch_net, _ = checkpoints.load_network(pickles['patch_fq'])
+    patch_net, _ = checkpoints.load_network(pickles['patch_fq'], trust=True)
     assert patch_net.use_coords and patch_net.img_channels == 3 and patch_net.pos_embed == 2
     coords = patch.coord_grid(32, 16, 16, y_start=8, x_start=4).expand(2, -1, -1, -1)
     want = patch_net.net(x, torch.full([2], 0.7), x_pos=patch.coord_features(coords, 2))
     assert torch.equal(patch_net(x, 0.7, coords=coords), want)
     assert not torch.equal(patch_net(x, 0.7), want)  # default: the full-image grid
+
+
+@pytest.mark.parametrize('kind', ['edm', 'vp_cond', 'patch', 'patch_fq', 'latent'])
+def test_foreign_pickles_are_rebuilt_onto_our_classes_and_compute_what_they_computed(pickles, kind):
+    """Without --trust-pickle the pickle's module source never runs: the network is one of
+    training/networks.py with the pickled weights, computing what the pickled code computes."""
+    executed = set(persistence._modules_by_src)
+    ours, _ = checkpoints.load_network(pickles[kind])
+    assert set(persistence._modules_by_src) == executed
+    assert type(ours).__module__ == 'training.networks' and checkpoints.is_foreign(ours)
+    trusted, _ = checkpoints.load_network(pickles[kind], trust=True)
+    side, channels = ours.img_resolution, ours.img_channels
+    assert (channels, ours.label_dim, ours.use_coords, ours.pos_embed) == (trusted.img_channels, trusted.label_dim, trusted.use_coords, trusted.pos_embed)
+    x, sigma = torch.randn(2, channels, side, side), torch.tensor([0.2, 20.0])
+    labels = torch.eye(ours.label_dim)[[1, 4]] if ours.label_dim else None
+    coords = patch.coord_grid(2 * side, side, side, y_start=3, x_start=side).expand(2, -1, -1, -1)
+    torch.testing.assert_close(ours(x, sigma, labels, coords=coords), trusted(x, sigma, labels, coords=coords), rtol=0, atol=1e-5)
 
 
 def test_our_networks_are_not_wrapped(tmp_path):
@@ -401,17 +418,39 @@ def test_convert_to_safetensors_and_load_without_unpickling(pickles, tmp_path, m
     torch.testing.assert_close(loaded(x, sigma, coords=coords), pickled(x, sigma, coords=coords), rtol=0, atol=1e-5)
 
 
-def test_safetensors_beside_a_pickle_is_preferred_and_the_pickle_is_announced(pickles, tmp_path):
+def test_pickle_and_safetensors_sample_alike_and_each_loads_itself(pickles, tmp_path):
     path = tmp_path / 'edm.pkl'
     path.write_bytes(open(pickles['edm'], 'rb').read())
     res = run_generate(['--network', path, '--outdir', tmp_path / 'a', '--seeds', '0', '--steps', 1])
-    assert res.exit_code == 0 and 'runs code when loaded' in res.output, res.output
+    assert res.exit_code == 0 and 'runs code' not in res.output, res.output
     CliRunner().invoke(convert_network.main, ['--network', str(path)], catch_exceptions=False)
-    assert os.path.isfile(tmp_path / 'edm.safetensors')
-    res = run_generate(['--network', path, '--outdir', tmp_path / 'b', '--seeds', '0', '--steps', 1])
-    assert res.exit_code == 0 and 'runs code' not in res.output and 'edm.safetensors' in res.output, res.output
+    res = run_generate(['--network', tmp_path / 'edm.safetensors', '--outdir', tmp_path / 'b', '--seeds', '0', '--steps', 1])
+    assert res.exit_code == 0 and 'edm.safetensors' in res.output, res.output
     diff = np.abs(read_png(tmp_path / 'a' / '000000.png')[1] - read_png(tmp_path / 'b' / '000000.png')[1])
     assert diff.max() <= 1
+    net = _wake_up(networks.EDMPrecond(img_resolution=16, img_channels=3, **UNET), seed=5)
+    checkpoints.save_safetensors(str(tmp_path / 'edm.safetensors'), net)  # another network beside the pickle
+    loaded, _ = checkpoints.load_network(str(path))
+    assert not torch.equal(loaded.model.enc['16x16_conv'].weight, net.model.enc['16x16_conv'].weight)
+
+
+def test_snapshot_pair_interrupted_between_its_two_writes_is_refused(tmp_path):
+    """save_snapshot_pair writes one id into both files; a .safetensors left from an earlier save
+    beside a newer .pkl is refused, and the .pkl itself loads the newer network."""
+    old = _wake_up(networks.EDMPrecond(img_resolution=16, img_channels=3, **UNET), seed=1)
+    new = _wake_up(networks.EDMPrecond(img_resolution=16, img_channels=3, **UNET), seed=2)
+    path = str(tmp_path / 'network-snapshot-000010.pkl')
+    checkpoints.save_snapshot_pair(path, dict(ema=old, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
+    loaded, _ = checkpoints.load_network(checkpoints.safetensors_path(path))
+    assert torch.equal(loaded.model.enc['16x16_conv'].weight, old.model.enc['16x16_conv'].weight)
+    stale = open(checkpoints.safetensors_path(path), 'rb').read()
+    checkpoints.save_snapshot_pair(path, dict(ema=new, loss_fn=None, augment_pipe=None, dataset_kwargs={}))
+    with open(checkpoints.safetensors_path(path), 'wb') as f:  # as a kill between the two writes leaves it
+        f.write(stale)
+    with pytest.raises(UserError, match='different saves.*load .*network-snapshot-000010.pkl'):
+        checkpoints.load_network(checkpoints.safetensors_path(path))
+    loaded, _ = checkpoints.load_network(path)
+    assert torch.equal(loaded.model.enc['16x16_conv'].weight, new.model.enc['16x16_conv'].weight)
 
 
 def test_latent_snapshot_keeps_its_decoder_in_safetensors(tmp_path, vae_dir):

@@ -7,8 +7,15 @@ older version of `training/networks.py` loads with exactly the code that wrote i
 package (`torch_utils.persistence`) on the path. The record layout (`type`, `version`,
 `module_src`, `class_name`, `state`, loaded by `_reconstruct_persistent_obj`) is the one EDM's
 snapshots use, so EDM's published pickles load too.
+
+`restricted_loads` reads the same pickles without running anything from them: it knows a short
+list of globals (tensor and storage rebuilding, a few containers), turns every persistent record
+into a `PersistentRecord` (class name and state; the module source is never executed), and
+refuses everything else with `RefusedPickle`. `training.checkpoints` rebuilds the networks from
+those records onto this project's classes.
 """
 
+import collections
 import copy
 import hashlib
 import inspect
@@ -17,6 +24,8 @@ import pickle
 import sys
 import types
 import uuid
+
+import torch
 
 import dnnlib
 
@@ -156,3 +165,145 @@ def _check_pickleable(obj):
             return
         pickle.dump(value, io.BytesIO())
     walk(obj[1] if len(obj) > 1 else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading pickles without running their code.
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle needs something `restricted_loads` does not allow (`what`: a global's dotted name
+    or an operation), which could run code."""
+
+    def __init__(self, what):
+        super().__init__(what)
+        self.what = what
+
+
+class PersistentRecord:
+    """What a persistent object's pickle record says, read without executing its module source:
+    the class name, the instance state (a dict whose sub-objects are records too), and the module
+    source as text (hashed, never run)."""
+
+    def __init__(self, meta):
+        if not isinstance(meta, dict) or not isinstance(meta.get('class_name'), str) or not isinstance(meta.get('state'), dict):
+            raise RefusedPickle('a persistent record without class_name and state')
+        self.class_name = meta['class_name']
+        self.state = meta['state']
+        self.version = meta.get('version')
+        src = meta.get('module_src')
+        self.module_hash = hashlib.sha1(src.encode('utf-8')).hexdigest() if isinstance(src, str) else None
+
+    @property
+    def init_args(self):
+        return list(self.state.get('_init_args', ()))
+
+    @property
+    def init_kwargs(self):
+        return dict(self.state.get('_init_kwargs', {}))
+
+    def __repr__(self):
+        return f'<persistent record of {self.class_name}>'
+
+
+class ModuleRecord:
+    """A `torch.nn` container (ModuleDict, ModuleList, Sequential) read as its plain state."""
+
+    def __init__(self, *_args):
+        self.state = {}
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise RefusedPickle('a torch.nn container with a non-dict state')
+        self.state = state
+
+
+def _storage_from_bytes(data):
+    """A tensor storage that `torch.save` wrote into a pickle (how tensors pickle), read with
+    `weights_only=True`, which holds no code."""
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _reconstructor(cls, base, state):
+    """copyreg's protocol-0/1 object builder, for the allowed containers only."""
+    if cls is not ModuleRecord or base is not object:
+        raise RefusedPickle(f'copyreg._reconstructor of {getattr(cls, "__name__", cls)}')
+    return ModuleRecord()
+
+
+def _record(meta):
+    return PersistentRecord(meta)
+
+
+_ALLOWED_GLOBALS = {
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _record,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset,
+    ('copyreg', '_reconstructor'): _reconstructor,
+    ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+    ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
+    ('torch.storage', '_load_from_bytes'): _storage_from_bytes,
+    ('torch', 'Size'): torch.Size,
+    ('torch.nn.modules.container', 'ModuleDict'): ModuleRecord,
+    ('torch.nn.modules.container', 'ModuleList'): ModuleRecord,
+    ('torch.nn.modules.container', 'Sequential'): ModuleRecord,
+    ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
+    ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
+}
+_NUMPY_SCALARS = {'scalar', 'dtype'}  # numpy scalars in constructor arguments: (numpy[._core|.core].multiarray.)scalar, numpy.dtype
+_BUILD_TARGETS = (ModuleRecord, collections.OrderedDict, dnnlib.EasyDict, torch.Tensor)
+
+
+def _numpy_global(module, name):
+    import numpy as np
+    if module == 'numpy' and name == 'dtype':
+        return np.dtype
+    if module in ('numpy.core.multiarray', 'numpy._core.multiarray') and name == 'scalar':
+        return _numpy_scalar
+    return None
+
+
+def _numpy_scalar(dtype, data=None):
+    """numpy's scalar rebuilder for plain (non-object) dtypes."""
+    import numpy as np
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise RefusedPickle('numpy scalar of an object dtype')
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: its BUILD can be checked
+    """An unpickler that resolves only `_ALLOWED_GLOBALS` (persistent records become
+    `PersistentRecord`s), applies BUILD only to the objects it made itself, and refuses
+    persistent ids, so no code from the file or its imports runs."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module, name):
+        found = _ALLOWED_GLOBALS.get((module, name))
+        if found is None and module == 'torch' and isinstance(getattr(torch, name, None), torch.dtype):
+            found = getattr(torch, name)
+        if found is None and module.split('.')[0] == 'numpy' and name in _NUMPY_SCALARS:
+            found = _numpy_global(module, name)
+        if found is None:
+            raise RefusedPickle(f'{module}.{name}')
+        return found
+
+    def persistent_load(self, pid):
+        raise RefusedPickle('a persistent id')
+
+    def load_build(self):
+        import numpy as np
+        target = self.stack[-2]  # BUILD pops the state, then sets it on the object below it
+        if not isinstance(target, _BUILD_TARGETS + (np.dtype,)):
+            raise RefusedPickle(f'setting the state of a {type(target).__name__}')
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def restricted_loads(data):
+    """The object pickled in `data` (bytes), with persistent objects as `PersistentRecord`s; raises
+    `RefusedPickle` for anything that could run code, `pickle.UnpicklingError` (or the error of the
+    damaged opcode) for a broken pickle."""
+    return RestrictedUnpickler(io.BytesIO(data)).load()

@@ -10,29 +10,37 @@ Accepted files, told apart by what they hold:
   as JSON metadata), rebuilt from this project's own classes without unpickling anything.
 Foreign networks are wrapped in `ForeignNetwork`, so the samplers see one interface.
 
-Unpickling runs code from the file. A pickle that would import anything is announced with one
-line unless it lies in a train.py run folder (next to `training_options.json`), and a
-`.safetensors` file beside a pickle is read instead of it.
+Pickles are read by `persistence.restricted_loads`, which runs nothing from the file: the
+networks are rebuilt from their class names, constructor arguments and weights onto the classes
+of `training/networks.py` (EDM's and the original release's included), after their planned
+shapes were checked against the file's tensors. Only `trust=True` (`--trust-pickle`) unpickles
+fully, which runs the code a pickle carries. A file never names a VAE to download: hub ids come
+only from `--vae`.
 """
 
 import inspect
 import json
+import math
 import os
 import pickle
 import pickletools
 import re
+import secrets
 import struct
 
 import torch
 
 import dnnlib
 from dnnlib.util import UserError, atomic_write
-from torch_utils import distributed as dist
-from training import patch
+from torch_utils import persistence
+from torch_utils.persistence import ModuleRecord, PersistentRecord
+from training import encoders, patch
 
 NETWORK_CLASSES = ('EDMPrecond', 'VPPrecond', 'VEPrecond', 'iDDPMPrecond')  # in training.networks
 ENCODER_CLASS = 'training.encoders.StabilityVAEEncoder'
 METADATA_KEY = 'patch_diffusion_network'
+SNAPSHOT_ID_KEY = 'snapshot_id'  # one random id in the .pkl and the .safetensors of one snapshot
+TRUST_HINT = 'pass --trust-pickle to unpickle it fully, which runs code from the file, only if you trust it'
 # Pickle opcodes that import or call something: a pickle without them holds only plain data.
 _CODE_OPCODES = {'GLOBAL', 'STACK_GLOBAL', 'INST', 'OBJ', 'REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'BUILD',
                  'EXT1', 'EXT2', 'EXT4', 'PERSID', 'BINPERSID'}
@@ -92,9 +100,33 @@ def is_ours(net):
     return 'coords' in inspect.signature(net.forward).parameters
 
 
+def is_foreign(net):
+    """True for a network of EDM or of the original release: wrapped in `ForeignNetwork`, or
+    rebuilt onto our class from such a pickle."""
+    return isinstance(net, ForeignNetwork) or getattr(net, 'foreign', False)
+
+
 def for_sampling(net):
     """`net` itself if it is one of ours, else wrapped in `ForeignNetwork`."""
     return net if is_ours(net) else ForeignNetwork(net)
+
+
+def mask_coordinates(net):
+    """Feeds zeros in place of the coordinate channels from now on (the original release's
+    `--mask_pos`), for its networks run as ours or behind `ForeignNetwork`; False for a network
+    without coordinates."""
+    if not getattr(net, 'use_coords', False):
+        return False
+    if isinstance(net, ForeignNetwork):
+        net.mask_pos = True
+        return True
+    channels = net.coord_channels
+
+    def zero_coordinates(_module, args):
+        x = args[0]
+        return (torch.cat([x[:, :-channels], torch.zeros_like(x[:, -channels:])], dim=1), *args[1:])
+    net.model.register_forward_pre_hook(zero_coordinates)
+    return True
 
 
 def unwrap(net):
@@ -149,31 +181,296 @@ def read_pickle(url, option):
     return data
 
 
-def in_run_folder(url):
-    """True for a local file in a folder that train.py made (it holds `training_options.json`)."""
-    if re.match(r'^[a-z][a-z0-9+.-]*://', url):
-        return False
-    return os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(url)), 'training_options.json'))
-
-
-def unpickle_network(url, option):
-    """(network, decoder or None) from a pickle, announcing first that a file from outside a run
-    folder runs code when loaded."""
-    data = read_pickle(url, option)
-    if not in_run_folder(url):
-        dist.print0(f'{option}: "{url}" is a pickle, which runs code when loaded; load only files you trust '
-                    f'(a .safetensors file does not; see convert_network.py)')
+def _restricted_object(data, url, option):
+    """The object in the pickle `data` read by the restricted unpickler; a global or operation it
+    does not allow is a one-line UserError naming the file and the global."""
     try:
-        obj = pickle.loads(data)
+        return persistence.restricted_loads(data)
+    except persistence.RefusedPickle as err:
+        raise UserError(f'{option}: "{url}" needs {err.what} to load, which could run code from the file; {TRUST_HINT}') from None
+    except Exception as err:  # damaged opcodes surface as many error types
+        raise UserError(f'{option}: "{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+
+
+def load_snapshot(url, option, trust=False):
+    """The dict of a network pickle with its networks, decoder, loss and augmentation rebuilt onto
+    this project's classes (restricted unpickling), or as pickled with `trust`."""
+    data = read_pickle(url, option)
+    if trust:
+        return _trusted_object(data, url, option)
+    obj = _restricted_object(data, url, option)
+    if not isinstance(obj, dict):
+        raise UserError(f'{option}: "{url}" is a pickle of a {type(obj).__name__}, not a network snapshot (a dict with an "ema" network)')
+    where = f'{option}: "{url}"'
+    return {key: rebuild(value, key, where) for key, value in obj.items()}
+
+
+def _trusted_object(data, url, option):
+    try:
+        return pickle.loads(data)
     except Exception as err:  # foreign code can fail in any way while unpickling
-        raise UserError(f'{option}: "{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')) from None
+        raise UserError(f'{option}: "{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+
+
+def unpickle_network(url, option, trust=False):
+    """(network, decoder or None) from a pickle: rebuilt onto this project's classes without
+    running code from the file, or, with `trust`, unpickled fully (EDM's and the original
+    release's networks then run their own code)."""
+    data = read_pickle(url, option)
+    where = f'{option}: "{url}"'
+    obj = _trusted_object(data, url, option) if trust else _restricted_object(data, url, option)
     net = obj.get('ema') if isinstance(obj, dict) else None
+    if not trust:
+        if not isinstance(net, PersistentRecord):
+            raise UserError(f'{where} is a pickle but not a network snapshot (no "ema" network in it)')
+        net = rebuild_network(net, where)
+        decoder = rebuild_decoder(obj.get('encoder'), where)
+        return net, decoder
     if not isinstance(net, torch.nn.Module) or not all(hasattr(net, a) for a in ('img_resolution', 'img_channels', 'label_dim')):
-        raise UserError(f'{option}: "{url}" is a pickle but not a network snapshot (no "ema" network in it)')
+        raise UserError(f'{where} is a pickle but not a network snapshot (no "ema" network in it)')
     decoder = obj.get('encoder')
     if decoder is not None and not hasattr(decoder, 'decode'):
         raise UserError(f'{option}: the "encoder" in "{url}" has no decode() method')
     return net, decoder
+
+
+def snapshot_id_of_pickle(url):
+    """The `SNAPSHOT_ID_KEY` of a local pickle (restricted unpickling), None without one or when the
+    file cannot be read."""
+    try:
+        with open(url, 'rb') as f:
+            obj = persistence.restricted_loads(f.read())
+    except Exception:  # an unreadable sibling has no id to compare
+        return None
+    value = obj.get(SNAPSHOT_ID_KEY) if isinstance(obj, dict) else None
+    return value if isinstance(value, str) else None
+
+# ----------------------------------------------------------------------------------------------
+# Rebuilding pickled objects onto this project's classes.
+
+
+def _counterpart(name, args, kwargs, release, img_channels=None, out_channels=None):
+    """(class path in training.networks, init_args, init_kwargs) of our class computing what the
+    network class `name` (ours, EDM's, or with `release` the original release's) computes. The
+    original release counts the coordinate channels in `img_channels`, the data in `out_channels`."""
+    args, kwargs = list(args), dict(kwargs)
+    if release:
+        name = name.removeprefix('Patch_')
+        img_channels = kwargs.get('img_channels', img_channels)
+        out_channels = kwargs.get('out_channels', out_channels)
+        if not isinstance(img_channels, int) or not isinstance(out_channels, int) or args:
+            raise UserError(f'the {name} network of the original release records no img_channels/out_channels')
+        coord_channels = img_channels - out_channels
+        kwargs.update(img_channels=out_channels, use_coords=True, pos_embed=coord_channels // 4 if coord_channels != 2 else 0)
+        kwargs.pop('out_channels', None)
+    if name not in NETWORK_CLASSES:
+        raise UserError(f'the network class {name} has no counterpart in training/networks.py ({", ".join(NETWORK_CLASSES)})')
+    return f'training.networks.{name}', args, kwargs
+
+
+def record_tensors(record):
+    """{state_dict name: tensor} of a pickled module record (parameters and persistent buffers of
+    it and its sub-modules), like `state_dict()` of the module it describes."""
+    out, seen = {}, set()
+
+    def walk(node, prefix):
+        if id(node) in seen:
+            raise ValueError('a module that contains itself')
+        seen.add(id(node))
+        state = node.state
+        skip = state.get('_non_persistent_buffers_set') or set()
+        for kind in ('_parameters', '_buffers'):
+            for key, value in (state.get(kind) or {}).items():
+                if value is None or (kind == '_buffers' and key in skip):
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    raise ValueError(f'{prefix}{key} is a {type(value).__name__}, not a tensor')
+                out[prefix + key] = value
+        for key, sub in (state.get('_modules') or {}).items():
+            if sub is None:
+                continue
+            if not isinstance(sub, (PersistentRecord, ModuleRecord)):
+                raise ValueError(f'{prefix}{key} is a {type(sub).__name__}, not a module')
+            walk(sub, f'{prefix}{key}.')
+    walk(record, '')
+    return out
+
+
+def rebuild_network(record, where):
+    """Our network computing what the pickled network `record` computes, with its weights."""
+    name = record.class_name
+    init_kwargs = record.state.get('_init_kwargs')
+    if not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs):
+        raise UserError(f'{where}: the {name} network records no constructor arguments, so it cannot be rebuilt; {TRUST_HINT}')
+    try:
+        tensors = record_tensors(record)
+    except ValueError as err:
+        raise UserError(f'{where}: the {name} network is malformed ({err})') from None
+    try:
+        class_path, args, kwargs = _counterpart(name, record.init_args, init_kwargs, name.startswith('Patch_'),
+                                                record.state.get('img_channels'), record.state.get('out_channels'))
+    except UserError as err:
+        raise UserError(f'{where}: {err.message}; {TRUST_HINT}') from None
+    net = build_network(class_path, args, kwargs, tensors, where)
+    net.foreign = 'coord_channels' not in record.state  # EDM's or the original release's, not ours
+    return net
+
+
+def rebuild_decoder(record, where):
+    """The latent decoder (`StabilityVAEEncoder`) of a pickled snapshot from its settings, or None."""
+    if record is None:
+        return None
+    if not isinstance(record, PersistentRecord) or record.class_name != ENCODER_CLASS.rsplit('.', 1)[1]:
+        raise UserError(f'{where}: the "encoder" is not a {ENCODER_CLASS} and cannot be rebuilt; {TRUST_HINT}')
+    settings = {key: record.state.get(key) for key in _ENCODER_FIELDS if key in record.state}
+    return make_decoder(dict(settings, class_name=ENCODER_CLASS), where)
+
+
+_ENCODER_FIELDS = ('vae_name', 'latent_norm', 'scale', 'channel_mean', 'channel_std')
+_OTHER_CLASSES = {'EDMLoss': 'training.loss.EDMLoss', 'VPLoss': 'training.loss.VPLoss', 'VELoss': 'training.loss.VELoss',
+                  'AugmentPipe': 'training.augment.AugmentPipe'}
+
+
+def rebuild(value, key, where):
+    """A value of a pickled snapshot dict with its records rebuilt: networks and the decoder as
+    above, the loss and the augmentation pipe of this project from their constructor arguments."""
+    if key == 'ema' and isinstance(value, PersistentRecord):
+        return rebuild_network(value, where)
+    if key == 'encoder':
+        return rebuild_decoder(value, where)
+    if isinstance(value, PersistentRecord):
+        class_path = _OTHER_CLASSES.get(value.class_name)
+        if class_path is None:
+            raise UserError(f'{where}: "{key}" is a {value.class_name}, which has no counterpart in this project; {TRUST_HINT}')
+        try:
+            return dnnlib.util.construct_class_by_name(*value.init_args, class_name=class_path, **value.init_kwargs)
+        except Exception as err:  # arguments that do not fit the class
+            raise UserError(f'{where}: "{key}" cannot be rebuilt as {class_path} ({type(err).__name__}: {err})'[:400]) from None
+    if isinstance(value, ModuleRecord) or _holds_records(value):
+        raise UserError(f'{where}: "{key}" holds objects that cannot be rebuilt; {TRUST_HINT}')
+    return value
+
+
+def _holds_records(value, depth=0):
+    if isinstance(value, (PersistentRecord, ModuleRecord)):
+        return True
+    if depth > 20:
+        return False
+    if isinstance(value, dict):
+        return any(_holds_records(v, depth + 1) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_records(v, depth + 1) for v in value)
+    return False
+
+# ----------------------------------------------------------------------------------------------
+# Building a network only after its size was checked.
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def planned_shapes(cls, args, kwargs, max_elements, max_modules):
+    """{state_dict name: shape} of `cls(*args, **kwargs)` built on the meta device (no memory),
+    abandoned with `_OverBudget` as soon as it would hold more than `max_elements` numbers or
+    `max_modules` modules."""
+    counts = dict(elements=0, modules=0)
+
+    def count(kind, amount, limit):
+        counts[kind] += amount
+        if counts[kind] > limit:
+            raise _OverBudget(f'more than {limit:,} {"numbers" if kind == "elements" else kind}')
+
+    from torch.nn.modules import module as module_lib
+    handles = [module_lib.register_module_parameter_registration_hook(lambda _m, _n, p: count('elements', p.numel() if p is not None else 0, max_elements)),
+               module_lib.register_module_buffer_registration_hook(lambda _m, _n, b: count('elements', b.numel() if b is not None else 0, max_elements)),
+               module_lib.register_module_module_registration_hook(lambda _m, _n, _s: count('modules', 1, max_modules))]
+    net = cls.__new__(cls)
+    try:
+        with torch.device('meta'):
+            try:
+                cls.__init__(net, *args, **kwargs)
+            except RuntimeError as err:  # VP and iDDPM read their σ range from tensors made after their layers
+                if 'meta' not in str(err) or not hasattr(net, 'model'):
+                    raise
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: tuple(t.shape) for name, t in net.state_dict().items()}
+
+
+def build_network(class_path, args, kwargs, tensors, where):
+    """`class_path(*args, **kwargs)` with the weights `tensors`, built only once a copy on the meta
+    device showed that it holds exactly those tensors' names and shapes (so arguments asking for a
+    huge network never allocate it); every mismatch is a one-line UserError."""
+    cls = dnnlib.util.get_obj_by_name(class_path)
+    file_elements = sum(t.numel() for t in tensors.values())
+    try:
+        shapes = planned_shapes(cls, args, kwargs, max_elements=2 * file_elements + 2**20, max_modules=4 * len(tensors) + 64)
+    except _OverBudget as err:
+        raise UserError(f'{where}: the constructor arguments of {class_path} ask for a network far larger than the weights '
+                        f'in the file ({err}; the file holds {file_elements:,})') from None
+    except Exception as err:  # arguments the class rejects (TypeError, AssertionError, ValueError, ...)
+        raise UserError(f'{where}: the constructor arguments do not fit {class_path} ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+    got = {name: tuple(t.shape) for name, t in tensors.items()}
+    if shapes != got:
+        missing, extra = sorted(set(shapes) - set(got)), sorted(set(got) - set(shapes))
+        wrong = [n for n in sorted(set(shapes) & set(got)) if shapes[n] != got[n]]
+        detail = (f'"{wrong[0]}" has shape {got[wrong[0]]} in the file, {shapes[wrong[0]]} in the network' if wrong else
+                  f'{len(missing)} tensors missing (e.g. "{missing[0]}")' if missing else f'{len(extra)} unexpected tensors (e.g. "{extra[0]}")')
+        raise UserError(f'{where}: the weights do not fit {class_path}: {detail}')
+    for name, tensor in tensors.items():
+        if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+            raise UserError(f'{where}: the weight "{name}" holds NaN or infinite values')
+    net = cls(*args, **kwargs)
+    net.load_state_dict(tensors)
+    return net.eval().requires_grad_(False)
+
+
+def make_decoder(settings, where):
+    """A `StabilityVAEEncoder` from the settings a file records, each checked first."""
+    if not isinstance(settings, dict) or settings.get('class_name') != ENCODER_CLASS:
+        raise UserError(f'{where} names an unknown latent decoder')
+    settings = {k: v for k, v in settings.items() if k != 'class_name'}
+    unknown = sorted(set(settings) - set(_ENCODER_FIELDS))
+    if unknown:
+        raise UserError(f'{where}: the latent decoder has unknown settings {", ".join(map(str, unknown))}')
+    name = settings.get('vae_name')
+    if not isinstance(name, str) or not name or len(name) > 4096 or '\0' in name:
+        raise UserError(f'{where}: the latent decoder names no VAE')
+    if settings.get('latent_norm', 'scale') not in ('scale', 'channel'):
+        raise UserError(f'{where}: the latent decoder\'s latent_norm is not scale or channel')
+    scale = settings.get('scale', encoders.SD_SCALE)
+    if not _finite_number(scale) or scale <= 0:
+        raise UserError(f'{where}: the latent decoder\'s scale is not a positive number')
+    for key in ('channel_mean', 'channel_std'):
+        values = settings.get(key)
+        if values is not None and (not isinstance(values, list) or len(values) != encoders.LATENT_CHANNELS
+                                   or not all(_finite_number(v) for v in values) or key == 'channel_std' and min(values) <= 0):
+            raise UserError(f'{where}: the latent decoder\'s {key} is not {encoders.LATENT_CHANNELS} finite numbers'
+                            f'{" above zero" if key == "channel_std" else ""}')
+    if settings.get('latent_norm') == 'channel' and (settings.get('channel_mean') is None or settings.get('channel_std') is None):
+        raise UserError(f'{where}: the latent decoder normalises per channel but records no channel_mean/channel_std')
+    return encoders.StabilityVAEEncoder(**settings)
+
+
+def _finite_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_file_vae(decoder, url, vae):
+    """A VAE named by a network file is used only if it is a local folder; a hub id in a file needs
+    `--vae` on the command line, so that a file never makes the program download anything."""
+    if decoder is None or vae is not None:
+        return
+    name = decoder.vae_name
+    if not encoders.is_local_vae(name):
+        raise UserError(f'--network: "{url}" names the VAE "{name}", a hub id; pass --vae={name} to download it '
+                        f'(or --vae=FOLDER for a local copy)')
+    try:
+        decoder.vae_name = encoders.vae_folder(name)
+    except UserError:
+        raise UserError(f'--network: "{url}" names the VAE folder "{name}", which holds no VAE here; pass --vae=FOLDER or a hub id') from None
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.
@@ -184,13 +481,6 @@ def safetensors_path(url):
     return re.sub(r'\.pkl$', '', url) + '.safetensors'
 
 
-def network_source(url):
-    """The file `load_network(url)` reads: the `.safetensors` file beside a local pickle if there is one."""
-    if url.endswith('.pkl') and os.path.isfile(safetensors_path(url)):
-        return safetensors_path(url)
-    return url
-
-
 def describe(net):
     """(class name in training.networks, init_args, init_kwargs) of one of our classes that
     computes what `net` (ours, EDM's or the original release's, possibly adapted) computes."""
@@ -199,30 +489,36 @@ def describe(net):
     kwargs = getattr(net, 'init_kwargs', None)
     if kwargs is None:
         raise UserError(f'the {name} network records no constructor arguments, so it cannot be rebuilt')
-    args, kwargs = list(getattr(net, 'init_args', [])), dict(kwargs)
-    if 'x_pos' in inspect.signature(net.forward).parameters:  # the original release
-        name = name.removeprefix('Patch_')
-        coord_channels = net.img_channels - net.out_channels
-        kwargs.update(img_channels=net.out_channels, use_coords=True, pos_embed=coord_channels // 4 if coord_channels != 2 else 0)
-        kwargs.pop('out_channels', None)
-    if name not in NETWORK_CLASSES:
-        raise UserError(f'the network class {name} has no counterpart in training/networks.py ({", ".join(NETWORK_CLASSES)})')
-    return f'training.networks.{name}', args, kwargs
+    release = 'x_pos' in inspect.signature(net.forward).parameters
+    return _counterpart(name, getattr(net, 'init_args', []), kwargs, release,
+                        getattr(net, 'img_channels', None), getattr(net, 'out_channels', None))
 
 
-def save_safetensors(path, net, encoder=None):
+def save_safetensors(path, net, encoder=None, snapshot_id=None):
     """Writes the weights of `net` and, as JSON metadata, its class and constructor arguments
-    (and the latent decoder's settings), atomically."""
+    (and the latent decoder's settings, and the id of the snapshot pair), atomically."""
     from safetensors.torch import save
     class_name, args, kwargs = describe(net)
     meta = dict(class_name=class_name, init_args=args, init_kwargs=kwargs)
     if encoder is not None:
         meta['encoder'] = dict(class_name=ENCODER_CLASS, vae_name=encoder.vae_name, latent_norm=encoder.latent_norm,
                                scale=encoder.scale, channel_mean=encoder.channel_mean, channel_std=encoder.channel_std)
+    if snapshot_id is not None:
+        meta[SNAPSHOT_ID_KEY] = snapshot_id
     tensors = {name: t.detach().cpu().contiguous() for name, t in unwrap(net).state_dict().items()}
     blob = save(tensors, metadata={METADATA_KEY: json.dumps(meta)})
     with atomic_write(path, 'wb') as f:
         f.write(blob)
+
+
+def save_snapshot_pair(path, data):
+    """Writes the snapshot dict `data` as the pickle `path` and its EMA network as the
+    `.safetensors` beside it, both carrying one new random id: a kill between the two writes
+    leaves a pair whose ids differ, which `load_safetensors` refuses instead of serving old weights."""
+    snapshot_id = secrets.token_hex(16)
+    with atomic_write(path, 'wb') as f:
+        pickle.dump(dict(data, **{SNAPSHOT_ID_KEY: snapshot_id}), f)
+    save_safetensors(safetensors_path(path), data['ema'], data.get('encoder'), snapshot_id=snapshot_id)
 
 
 def _read_safetensors_metadata(data):
@@ -234,55 +530,73 @@ def _read_safetensors_metadata(data):
     return json.loads(header.get('__metadata__', {}).get(METADATA_KEY, 'null'))
 
 
+def is_our_safetensors(path):
+    """True for a local `.safetensors` file whose header holds this project's network metadata
+    (only the header is read)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(8)
+            (length,) = struct.unpack('<Q', head)
+            if length > 100 * 2**20:
+                return False
+            header = json.loads(f.read(length))
+        return isinstance(json.loads(header['__metadata__'][METADATA_KEY]), dict)
+    except Exception:  # anything unreadable is not ours
+        return False
+
+
 def load_safetensors(url, option):
     """(network, decoder or None) rebuilt from this project's classes and the weights of a
-    `.safetensors` file written by `save_safetensors`; nothing is unpickled."""
+    `.safetensors` file written by `save_safetensors`; nothing is unpickled. A file of a snapshot
+    pair whose pickle beside it carries another id (an interrupted save) is refused."""
     from safetensors.torch import load
     data = read_bytes(url, option)
     try:
         meta = _read_safetensors_metadata(data)
         tensors = load(data)
     except Exception as err:  # safetensors, struct and json report damage differently
-        raise UserError(f'{option}: "{url}" is not a readable .safetensors file ({type(err).__name__}: {err})'.replace('\n', ' ')) from None
+        raise UserError(f'{option}: "{url}" is not a readable .safetensors file ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
     if not isinstance(meta, dict) or meta.get('class_name') not in [f'training.networks.{n}' for n in NETWORK_CLASSES]:
         raise UserError(f'{option}: "{url}" does not describe a network of this project (no "{METADATA_KEY}" metadata '
                         f'naming one of {", ".join(NETWORK_CLASSES)}); convert pickles with convert_network.py')
-    try:
-        net = dnnlib.util.construct_class_by_name(*meta.get('init_args', []), class_name=meta['class_name'], **meta['init_kwargs'])
-        net.load_state_dict(tensors)
-    except Exception as err:  # wrong arguments or weights for the class
-        raise UserError(f'{option}: "{url}": the weights do not fit {meta["class_name"]} ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
-    decoder = None
-    if meta.get('encoder') is not None:
-        settings = dict(meta['encoder'])
-        if settings.pop('class_name') != ENCODER_CLASS:
-            raise UserError(f'{option}: "{url}" names an unknown latent decoder')
-        decoder = dnnlib.util.construct_class_by_name(class_name=ENCODER_CLASS, **settings)
-    return net.eval().requires_grad_(False), decoder
+    where = f'{option}: "{url}"'
+    args, kwargs = meta.get('init_args', []), meta.get('init_kwargs')
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise UserError(f'{where}: the metadata holds no constructor arguments (init_args a list, init_kwargs a dict)')
+    _check_pair(url, meta, where)
+    net = build_network(meta['class_name'], args, kwargs, tensors, where)
+    decoder = make_decoder(meta['encoder'], f'{where}: the "encoder" entry') if meta.get('encoder') is not None else None
+    return net, decoder
+
+
+def _check_pair(url, meta, where):
+    """Refuses a snapshot's `.safetensors` whose `.pkl` beside it was written by another save."""
+    pickle_path = re.sub(r'\.safetensors$', '', url) + '.pkl'
+    if SNAPSHOT_ID_KEY not in meta or re.match(r'^[a-z][a-z0-9+.-]*://', url) or not os.path.isfile(pickle_path):
+        return
+    if snapshot_id_of_pickle(pickle_path) != meta[SNAPSHOT_ID_KEY]:
+        raise UserError(f'{where} and "{pickle_path}" beside it come from different saves (one was interrupted); '
+                        f'load "{pickle_path}" instead')
 
 # ----------------------------------------------------------------------------------------------
 # Entry points.
 
 
-def load_network(url, option='--network'):
+def load_network(url, option='--network', trust=False):
     """(network with this project's sampling interface, latent decoder or None) from any file
-    the module docstring lists. Every problem with the file is a one-line UserError naming `option`."""
-    source = network_source(url)
-    if source.endswith('.safetensors'):
-        net, decoder = load_safetensors(source, option)
+    the module docstring lists; a pickle runs code from the file only with `trust`. Every problem
+    with the file is a one-line UserError naming `option`."""
+    if url.endswith('.safetensors'):
+        net, decoder = load_safetensors(url, option)
     else:
-        net, decoder = unpickle_network(source, option)
+        net, decoder = unpickle_network(url, option, trust)
     return for_sampling(net), decoder
 
 
-def check_network_file(url, option):
-    """Validates a network file without loading its network (no code runs): for command lines
-    that load it later."""
-    source = network_source(url)
-    if source.endswith('.safetensors'):
-        load_safetensors(source, option)
-    else:
-        read_pickle(source, option)
+def check_network_file(url, option, trust=False):
+    """Validates a network file for command lines that load it later: loads it (no code runs
+    from the file unless `trust`)."""
+    load_network(url, option, trust)
 
 
 def transfer_weights(source, net, option='--transfer'):

@@ -237,9 +237,7 @@ def save_snapshot(run_dir, kimg, ema, loss_fn, augment_pipe, dataset_kwargs, enc
             data[key] = value.cpu()
     path = os.path.join(run_dir, name or snapshot_name(kimg))
     if dist.get_rank() == 0:
-        with atomic_write(path, 'wb') as f:
-            pickle.dump(data, f)
-        checkpoints.save_safetensors(checkpoints.safetensors_path(path), data['ema'], data.get('encoder'))
+        checkpoints.save_snapshot_pair(path, data)
     return path
 
 
@@ -372,6 +370,7 @@ def training_loop(
     state_dump_ticks=500,
     sample_grid=True,
     resume_pkl=None,
+    trust_pickle=False,
     resume_state=None,
     cudnn_benchmark=True,
     compile_network=False,
@@ -439,7 +438,7 @@ def training_loop(
     nimg, step, cur_tick, start_block, stats_records = 0, 0, 0, 0, []
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        source, _decoder = checkpoints.load_network(resume_pkl, option='--transfer')
+        source, _decoder = checkpoints.load_network(resume_pkl, option='--transfer', trust=trust_pickle)
         checkpoints.transfer_weights(source, net)
         checkpoints.transfer_weights(source, ema)
         del source
