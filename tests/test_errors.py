@@ -388,3 +388,205 @@ def test_detector_pickle_given_by_the_user_is_announced(tmp_path, capsys):
     assert 'runs the code stored in it' in capsys.readouterr().err
     metrics._load_network_file(str(path), given=False)
     assert capsys.readouterr().err == ''
+
+# ----------------------------------------------------------------------------------------------
+# Network files run no code and name no download: pickles are rebuilt onto our classes.
+
+
+class EvilRecord:
+    """A network in EDM's persistence format whose module source creates the folder `path` when
+    executed (what every EDM pickle's loader used to do with the source it carries)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from torch_utils import persistence
+        src = f'import os\nos.mkdir({self.path!r})\nclass EDMPrecond:\n    pass\n'
+        return persistence._reconstruct_persistent_obj, (dict(type='class', version=6, module_src=src, class_name='EDMPrecond',
+                                                              state=dict(_init_args=[], _init_kwargs={})),)
+
+
+def one_error_line(result):
+    """The one `Error:` line of a script that failed cleanly (exit 1, no traceback)."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.startswith('Error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.output, result.output
+    return lines[0]
+
+
+def load_command(script, path, tmp_path, files, trust=False):
+    import convert_network
+    extra = ['--trust-pickle'] if trust else []
+    if script == 'generate':
+        return generate.main, ['--network', path, '--outdir', str(tmp_path / 'out'), '--device=cpu'] + extra
+    if script == 'train':
+        return train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + ['--transfer', path, '-n'] + extra
+    return convert_network.main, ['--network', path, '--dest', str(tmp_path / 'out.safetensors')] + extra
+
+
+@pytest.mark.parametrize('payload', ['reduce', 'module-source'])
+@pytest.mark.parametrize('place', ['alone', 'beside-training-options', 'symlinked-into-run'])
+@pytest.mark.parametrize('script', ['generate', 'train', 'convert'])
+def test_malicious_pickle_is_refused_without_running_and_runs_only_when_trusted(files, tmp_path, payload, place, script):
+    marker = str(tmp_path / 'code-ran')
+    folder = tmp_path / 'downloads'
+    folder.mkdir()
+    path = folder / 'network-snapshot-000100.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(dict(ema=Evil(marker) if payload == 'reduce' else EvilRecord(marker)), fp)
+    if place == 'beside-training-options':
+        (folder / 'training_options.json').write_text('{}')
+    if place == 'symlinked-into-run':
+        link = os.path.join(files.run, f'network-snapshot-{abs(hash(str(tmp_path))) % 10**6:06d}.pkl')
+        os.symlink(path, link)
+        path = link
+    try:
+        command, args = load_command(script, str(path), tmp_path, files)
+        line = one_error_line(CliRunner().invoke(command, args))
+        assert str(path) in line and '--trust-pickle' in line, line
+        assert 'posix.mkdir' in line or payload != 'reduce', line
+        assert not os.path.exists(marker)
+        command, args = load_command(script, str(path), tmp_path, files, trust=True)
+        CliRunner().invoke(command, args)
+        assert os.path.isdir(marker)  # what --trust-pickle means
+    finally:
+        if place == 'symlinked-into-run':
+            os.unlink(path)
+
+
+def test_our_snapshot_loads_whole_through_the_restricted_unpickler(files):
+    """Every value of a train.py snapshot (network, loss, augmentation, data set options, id) is
+    rebuilt without running code from the file."""
+    from torch_utils import persistence
+    from training import checkpoints
+    (snapshot,) = [os.path.join(files.run, n) for n in os.listdir(files.run) if n.startswith('network-snapshot-') and n.endswith('.pkl')]
+    executed = set(persistence._modules_by_src)
+    data = checkpoints.load_snapshot(snapshot, '--network')
+    assert set(persistence._modules_by_src) == executed
+    with open(snapshot, 'rb') as fp:
+        full = pickle.load(fp)
+    assert set(data) == set(full) and data['snapshot_id'] == full['snapshot_id']
+    assert type(data['ema']).__module__ == 'training.networks' and type(data['loss_fn']).__module__ == 'training.loss'
+    assert data['loss_fn'].init_kwargs == full['loss_fn'].init_kwargs and data['dataset_kwargs'] == full['dataset_kwargs']
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor([0.5, 5.0])
+    assert torch.equal(data['ema'](x, sigma), full['ema'](x, sigma))
+
+
+def write_network_safetensors(path, meta_changes=None, tensors=None, encoder=None):
+    """A .safetensors network file whose metadata (our format) is changed by `meta_changes`."""
+    from safetensors.torch import save
+    from training import checkpoints
+    net = sampling_net(use_coords=False)
+    class_name, args, kwargs = checkpoints.describe(net)
+    meta = dict(class_name=class_name, init_args=args, init_kwargs=kwargs)
+    if encoder is not None:
+        meta['encoder'] = encoder
+    for key, value in (meta_changes or {}).items():
+        meta[key] = value
+    weights = {k: v.contiguous() for k, v in net.state_dict().items()} if tensors is None else tensors
+    with open(path, 'wb') as fp:
+        fp.write(save(weights, metadata={checkpoints.METADATA_KEY: json.dumps(meta)}))
+    return str(path)
+
+
+def latent_safetensors(path, **encoder):
+    from safetensors.torch import save
+    from training import checkpoints, encoders, networks
+    net = networks.EDMPrecond(img_resolution=8, img_channels=4, model_type='SongUNet', model_channels=8, channel_mult=[1, 2],
+                              num_blocks=1, attn_resolutions=[4], dropout=0)
+    class_name, args, kwargs = checkpoints.describe(net)
+    settings = dict(class_name=checkpoints.ENCODER_CLASS, vae_name=encoders.DEFAULT_VAE, latent_norm='scale', scale=0.18215,
+                    channel_mean=None, channel_std=None)
+    settings.update(encoder)
+    meta = dict(class_name=class_name, init_args=args, init_kwargs=kwargs, encoder=settings)
+    with open(path, 'wb') as fp:
+        fp.write(save({k: v.contiguous() for k, v in net.state_dict().items()}, metadata={checkpoints.METADATA_KEY: json.dumps(meta)}))
+    return str(path)
+
+
+def test_hub_id_in_a_file_never_downloads(tmp_path, monkeypatch):
+    from training import encoders
+    path = latent_safetensors(tmp_path / 'latent.safetensors', vae_name='someone/their-vae')
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f'a download was attempted: {args}')
+    open_url = dnnlib.util.open_url
+    monkeypatch.setattr(encoders, 'load_vae', no_download)
+    monkeypatch.setattr(dnnlib.util, 'open_url', lambda url, *a, **k: no_download(url) if '://' in url else open_url(url, *a, **k))
+    line = one_error_line(CliRunner().invoke(generate.main, ['--network', path, '--outdir', str(tmp_path / 'out'), '--device=cpu']))
+    assert line.startswith('Error: --network') and 'latent.safetensors' in line and '--vae=someone/their-vae' in line, line
+    assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('change,words', [
+    (dict(init_kwargs_update=dict(model_channels=8000)), ['far larger than the weights']),
+    (dict(init_kwargs_update=dict(num_blocks=10**7)), ['far larger than the weights', 'modules']),
+    (dict(init_kwargs_update=dict(model_channels=12)), ['do not fit', 'shape']),
+    (dict(init_kwargs_update=dict(model_type='Bogus')), ['constructor arguments do not fit']),
+    (dict(init_kwargs='nonsense'), ['no constructor arguments']),
+    (dict(encoder='x'), ['unknown latent decoder']),
+    (dict(encoder=dict(class_name='training.encoders.StabilityVAEEncoder', vae_name=5)), ['names no VAE']),
+    (dict(encoder=dict(class_name='training.encoders.StabilityVAEEncoder', vae_name='v', channel_std=[0, 1, 1, 1],
+                       channel_mean=[0] * 4, latent_norm='channel')), ['channel_std']),
+    (dict(encoder=dict(class_name='training.encoders.StabilityVAEEncoder', vae_name='v', shell='rm')), ['unknown settings', 'shell']),
+])
+def test_malformed_safetensors_metadata_is_one_line_before_any_network_is_built(tmp_path, change, words):
+    from torch.nn.modules import module as module_lib
+    from training import checkpoints
+    change = dict(change)
+    update = change.pop('init_kwargs_update', None)
+    if update is not None:
+        kwargs = checkpoints.describe(sampling_net(use_coords=False))[2]
+        change['init_kwargs'] = dict(kwargs, **update)
+    path = write_network_safetensors(tmp_path / 'net.safetensors', change)
+    real = []  # parameters allocated in memory (not on the meta device): none may be
+    handle = module_lib.register_module_parameter_registration_hook(
+        lambda _m, name, p: real.append(name) if p is not None and p.device.type != 'meta' else None)
+    try:
+        result = CliRunner().invoke(generate.main, ['--network', path, '--outdir', str(tmp_path / 'out'), '--device=cpu'])
+    finally:
+        handle.remove()
+    line = one_error_line(result)
+    assert line.startswith('Error: --network') and 'net.safetensors' in line, line
+    for word in words:
+        assert word in line, line
+    assert real == [] and not os.path.exists(tmp_path / 'out')
+
+
+def test_stale_snapshot_pair_is_refused_in_one_line(tmp_path):
+    from training import checkpoints
+    path = str(tmp_path / 'network-snapshot-000004.pkl')
+    checkpoints.save_snapshot_pair(path, dict(ema=sampling_net(seed=1)))
+    stale = open(checkpoints.safetensors_path(path), 'rb').read()
+    checkpoints.save_snapshot_pair(path, dict(ema=sampling_net(seed=2)))
+    with open(checkpoints.safetensors_path(path), 'wb') as fp:
+        fp.write(stale)
+    line = one_error_line(CliRunner().invoke(generate.main, ['--network', checkpoints.safetensors_path(path), '--outdir',
+                                                             str(tmp_path / 'out'), '--device=cpu']))
+    assert 'different saves' in line and 'network-snapshot-000004.pkl' in line, line
+    assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('dest', ['readme', 'input', 'pickle-name', 'foreign-safetensors'])
+def test_convert_network_replaces_only_what_it_wrote(files, tmp_path, dest):
+    import convert_network
+    source = tmp_path / 'net.pkl'
+    source.write_bytes(open(files.net, 'rb').read())
+    ours = tmp_path / 'ours.safetensors'
+    assert CliRunner().invoke(convert_network.main, ['--network', str(source), '--dest', str(ours)]).exit_code == 0
+    target = {'readme': tmp_path / 'README.md', 'input': ours, 'pickle-name': source,
+              'foreign-safetensors': tmp_path / 'other.safetensors'}[dest]
+    network = str(ours) if dest == 'input' else str(source)
+    if dest == 'readme':
+        target.write_text('# my notes\n')
+    if dest == 'foreign-safetensors':
+        from safetensors.torch import save_file
+        save_file({'w': torch.zeros(3)}, str(target))
+    before = disk_state(tmp_path)
+    line = one_error_line(CliRunner().invoke(convert_network.main, ['--network', network, '--dest', str(target)]))
+    assert line.startswith(f'Error: --dest={target}'), line
+    assert disk_state(tmp_path) == before
+    again = CliRunner().invoke(convert_network.main, ['--network', str(source), '--dest', str(ours)])
+    assert again.exit_code == 0, again.output  # its own earlier output is replaced

@@ -311,7 +311,10 @@ def rebuild_network(record, where):
                                                 record.state.get('img_channels'), record.state.get('out_channels'))
     except UserError as err:
         raise UserError(f'{where}: {err.message}; {TRUST_HINT}') from None
-    net = build_network(class_path, args, kwargs, tensors, where)
+    try:
+        net = build_network(class_path, args, kwargs, tensors, where)
+    except UserError as err:
+        raise UserError(f'{err.message}; {TRUST_HINT}') from None
     net.foreign = 'coord_channels' not in record.state  # EDM's or the original release's, not ours
     return net
 
@@ -563,10 +566,9 @@ def load_safetensors(url, option):
     args, kwargs = meta.get('init_args', []), meta.get('init_kwargs')
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise UserError(f'{where}: the metadata holds no constructor arguments (init_args a list, init_kwargs a dict)')
-    _check_pair(url, meta, where)
-    net = build_network(meta['class_name'], args, kwargs, tensors, where)
     decoder = make_decoder(meta['encoder'], f'{where}: the "encoder" entry') if meta.get('encoder') is not None else None
-    return net, decoder
+    _check_pair(url, meta, where)
+    return build_network(meta['class_name'], args, kwargs, tensors, where), decoder
 
 
 def _check_pair(url, meta, where):
