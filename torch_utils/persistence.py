@@ -221,7 +221,7 @@ class ModuleRecord:
 def _storage_from_bytes(data):
     """A tensor storage that `torch.save` wrote into a pickle (how tensors pickle), read with
     `weights_only=True`, which holds no code."""
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), weights_only=True, map_location='cpu')
 
 
 def _reconstructor(cls, base, state):

@@ -176,15 +176,17 @@ class Detector:
         return feats.to(torch.float32)
 
 
-def _load_network_file(path, given):
+def _load_network_file(path, given, trust_pickle=False):
     """Loads a TorchScript or pickle file and returns the module; UserError for anything else.
-    Before unpickling a file the user `given`, says that this runs the code stored in it."""
+    A pickle the user `given` (not EDM's detector that this program downloads) is unpickled, which
+    runs the code stored in it, only with `trust_pickle`."""
     try:
         return torch.jit.load(path, map_location='cpu')
     except Exception:  # not a TorchScript archive; try pickle next
         pass
-    if given:
-        print_info(f'{path}: loading a pickled detector, which runs the code stored in it; use only files you trust')
+    if given and not trust_pickle:
+        raise UserError(f'--detector: "{path}" is not a TorchScript file; as a pickle it would run the code stored in it: '
+                        f'pass --trust-pickle to load it, only if you trust it')
     try:
         with open(path, 'rb') as f:
             net = pickle.load(f)
@@ -214,7 +216,7 @@ def _resolve_detector_file(spec):
     return spec
 
 
-def load_detector(spec=None, device=None):
+def load_detector(spec=None, device=None, trust_pickle=False):
     """Loads the Inception-v3 network: `spec` a URL or file, or None for fid-helper's weights or
     EDM's URL. Rank 0 resolves and downloads first and shares the outcome: no races, no hangs."""
     device = torch.device(device) if device is not None else dist.pick_device()
@@ -227,7 +229,7 @@ def load_detector(spec=None, device=None):
     path, error = dist.broadcast_object((path, error))
     if error is not None:
         raise UserError(error)
-    net = _load_network_file(path, given=spec is not None)
+    net = _load_network_file(path, given=spec not in (None, EDM_DETECTOR_URL), trust_pickle=trust_pickle)
     if hasattr(net, 'eval'):
         net = net.eval()
     if hasattr(net, 'to'):
@@ -284,13 +286,13 @@ def stats_from_features(features):
 
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, detector=None, device=None,
-                              num_workers=2, return_features=False, verbose=True):
+                              num_workers=2, return_features=False, verbose=True, trust_pickle=False):
     """Mean and covariance (float64) of the Inception features of an image set, and its features
     (float32, image order) when asked; ranks take strided shares and sum in float64."""
     dataset = ImageFiles(image_path)  # list and check the files before the slow detector load
     indices = select_indices(len(dataset), num_expected, seed, what=image_path)
     if not isinstance(detector, Detector):
-        detector = load_detector(detector, device=device)
+        detector = load_detector(detector, device=device, trust_pickle=trust_pickle)
     if verbose:
         print_info(f'Computing Inception features of {len(indices)} images from "{image_path}" with {detector.source} ...')
     rank, world = dist.get_rank(), dist.get_world_size()
