@@ -223,7 +223,20 @@ def test_foreign_pickles_are_rebuilt_onto_our_classes_and_compute_what_they_comp
     x, sigma = torch.randn(2, channels, side, side), torch.tensor([0.2, 20.0])
     labels = torch.eye(ours.label_dim)[[1, 4]] if ours.label_dim else None
     coords = patch.coord_grid(2 * side, side, side, y_start=3, x_start=side).expand(2, -1, -1, -1)
-    torch.testing.assert_close(ours(x, sigma, labels, coords=coords), trusted(x, sigma, labels, coords=coords), rtol=0, atol=1e-5)
+    assert torch.equal(ours(x, sigma, labels, coords=coords), trusted(x, sigma, labels, coords=coords))
+    if ours.use_coords:  # --mask_pos: zeros for the coordinate channels, both ways
+        assert checkpoints.mask_coordinates(ours) and checkpoints.mask_coordinates(trusted)
+        masked = ours(x, sigma, labels, coords=coords)
+        assert torch.equal(masked, trusted(x, sigma, labels, coords=coords))
+        assert torch.equal(masked, ours(x, sigma, labels, coords=torch.rand_like(coords)))
+
+
+@pytest.mark.parametrize('kind,extra', [('edm_cond', ['--class=3']), ('patch', ['--image_size=24', '--resolution=32'])])
+def test_restricted_and_trusted_loading_sample_identically(pickles, tmp_path, kind, extra):
+    for name, trust in (('restricted', []), ('trusted', ['--trust-pickle'])):
+        res = run_generate(['--network', pickles[kind], '--outdir', tmp_path / name, '--seeds', '4', '--steps', 2, *extra, *trust])
+        assert res.exit_code == 0, res.output
+    assert np.array_equal(read_png(tmp_path / 'restricted' / '000004.png')[1], read_png(tmp_path / 'trusted' / '000004.png')[1])
 
 
 def test_our_networks_are_not_wrapped(tmp_path):

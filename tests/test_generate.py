@@ -29,7 +29,6 @@ def write_snapshot(path, net):
 @pytest.fixture(scope='module')
 def snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp('snapshots')
-    (root / 'training_options.json').write_text('{}')  # a run folder: its pickles load without a notice
     return dict(rgb=write_snapshot(root / 'rgb.pkl', tiny_net()),
                 grey=write_snapshot(root / 'grey.pkl', tiny_net(img_channels=1)),
                 cond=write_snapshot(root / 'cond.pkl', tiny_net(label_dim=3)))

@@ -8,14 +8,14 @@ Accepted files, told apart by what they hold:
   `img_channels` and the data channels in `out_channels`;
 - `.safetensors` files (`save_safetensors`: weights plus the class name and constructor arguments
   as JSON metadata), rebuilt from this project's own classes without unpickling anything.
-Foreign networks are wrapped in `ForeignNetwork`, so the samplers see one interface.
 
 Pickles are read by `persistence.restricted_loads`, which runs nothing from the file: the
 networks are rebuilt from their class names, constructor arguments and weights onto the classes
 of `training/networks.py` (EDM's and the original release's included), after their planned
 shapes were checked against the file's tensors. Only `trust=True` (`--trust-pickle`) unpickles
-fully, which runs the code a pickle carries. A file never names a VAE to download: hub ids come
-only from `--vae`.
+fully, which runs the code a pickle carries; foreign networks loaded that way are wrapped in
+`ForeignNetwork`, so the samplers see one interface. A file never names a VAE to download: hub
+ids come only from `--vae`.
 """
 
 import inspect
@@ -304,8 +304,8 @@ def rebuild_network(record, where):
         raise UserError(f'{where}: the {name} network records no constructor arguments, so it cannot be rebuilt; {TRUST_HINT}')
     try:
         tensors = record_tensors(record)
-    except ValueError as err:
-        raise UserError(f'{where}: the {name} network is malformed ({err})') from None
+    except (ValueError, RecursionError) as err:
+        raise UserError(f'{where}: the {name} network is malformed ({err or "nested too deeply"})') from None
     try:
         class_path, args, kwargs = _counterpart(name, record.init_args, init_kwargs, name.startswith('Patch_'),
                                                 record.state.get('img_channels'), record.state.get('out_channels'))
