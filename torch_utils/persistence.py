@@ -182,17 +182,13 @@ class RefusedPickle(pickle.UnpicklingError):
 
 class PersistentRecord:
     """What a persistent object's pickle record says, read without executing its module source:
-    the class name, the instance state (a dict whose sub-objects are records too), and the module
-    source as text (hashed, never run)."""
+    the class name and the instance state (a dict whose sub-objects are records too)."""
 
     def __init__(self, meta):
         if not isinstance(meta, dict) or not isinstance(meta.get('class_name'), str) or not isinstance(meta.get('state'), dict):
             raise RefusedPickle('a persistent record without class_name and state')
         self.class_name = meta['class_name']
         self.state = meta['state']
-        self.version = meta.get('version')
-        src = meta.get('module_src')
-        self.module_hash = hashlib.sha1(src.encode('utf-8')).hexdigest() if isinstance(src, str) else None
 
     @property
     def init_args(self):
@@ -251,8 +247,8 @@ _ALLOWED_GLOBALS = {
     ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
     ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
 }
-_NUMPY_SCALARS = {'scalar', 'dtype'}  # numpy scalars in constructor arguments: (numpy[._core|.core].multiarray.)scalar, numpy.dtype
-_BUILD_TARGETS = (ModuleRecord, collections.OrderedDict, dnnlib.EasyDict, torch.Tensor)
+_NUMPY_SCALARS = {'scalar', 'dtype'}  # numpy numbers in constructor arguments
+_BUILD_TARGETS = (ModuleRecord, collections.OrderedDict, dnnlib.EasyDict)
 
 
 def _numpy_global(module, name):
