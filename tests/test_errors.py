@@ -600,3 +600,13 @@ def test_convert_network_replaces_only_what_it_wrote(files, tmp_path, dest):
     assert disk_state(tmp_path) == before
     again = CliRunner().invoke(convert_network.main, ['--network', str(source), '--dest', str(ours)])
     assert again.exit_code == 0, again.output  # its own earlier output is replaced
+
+
+def test_pickle_asking_for_a_huge_network_is_refused_before_building_it(tmp_path):
+    net = sampling_net(use_coords=False)
+    net._init_kwargs['model_channels'] = 8000  # what the pickle records as constructor arguments
+    path = tmp_path / 'huge.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(dict(ema=net), fp)
+    line = one_error_line(CliRunner().invoke(generate.main, ['--network', str(path), '--outdir', str(tmp_path / 'out'), '--device=cpu']))
+    assert line.startswith('Error: --network') and 'huge.pkl' in line and 'far larger than the weights' in line, line
