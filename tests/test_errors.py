@@ -532,7 +532,8 @@ def test_hub_id_in_a_file_never_downloads(tmp_path, monkeypatch, vae_name, words
 
 @pytest.mark.parametrize('change,words', [
     (dict(init_kwargs_update=dict(model_channels=8000)), ['far larger than the weights']),
-    (dict(init_kwargs_update=dict(num_blocks=10**7)), ['far larger than the weights', 'modules']),
+    (dict(init_kwargs_update=dict(num_blocks=3000)), ['far larger than the weights', 'modules']),
+    (dict(init_kwargs_update=dict(num_blocks=10**9)), ['num_blocks=1000000000', 'larger than']),
     (dict(init_kwargs_update=dict(model_channels=12)), ['do not fit', 'shape']),
     (dict(init_kwargs_update=dict(model_type='Bogus')), ['constructor arguments do not fit']),
     (dict(init_kwargs='nonsense'), ['no constructor arguments']),

@@ -408,6 +408,10 @@ def build_network(class_path, args, kwargs, tensors, where):
     huge network never allocate it); every mismatch is a one-line UserError."""
     cls = dnnlib.util.get_obj_by_name(class_path)
     file_elements = sum(t.numel() for t in tensors.values())
+    for name, value in _integers(dict(enumerate(args)) | kwargs):
+        if abs(value) > max(file_elements, 2**16):  # a count (σ levels, blocks, channels) beyond the file's weights
+            raise UserError(f'{where}: the constructor argument {name}={value} of {class_path} is larger than the '
+                            f'{file_elements:,} numbers the file holds')
     try:
         shapes = planned_shapes(cls, args, kwargs, max_elements=2 * file_elements + 2**20, max_modules=4 * len(tensors) + 64)
     except _OverBudget as err:
@@ -428,6 +432,18 @@ def build_network(class_path, args, kwargs, tensors, where):
     net = cls(*args, **kwargs)
     net.load_state_dict(tensors)
     return net.eval().requires_grad_(False)
+
+
+def _integers(value, name='', depth=0):
+    """(dotted name, integer) of every integer in nested dicts and lists of constructor arguments."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        yield name, value
+    elif isinstance(value, dict) and depth < 8:
+        for key, item in value.items():
+            yield from _integers(item, f'{name}.{key}' if name else str(key), depth + 1)
+    elif isinstance(value, (list, tuple)) and depth < 8:
+        for index, item in enumerate(value):
+            yield from _integers(item, f'{name}[{index}]', depth + 1)
 
 
 def make_decoder(settings, where):
