@@ -250,7 +250,7 @@ def image_path(outdir, seed, subdirs):
 @click.option('--on_latents', help='Decode latents with the Stable Diffusion VAE (original release\'s latent models)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--vae', help='VAE for --on_latents: hub id or local folder  [default: stabilityai/sd-vae-ft-ema]', metavar='ID|DIR', type=str)
 @click.option('--embed_fq', help='Coordinates as sin/cos features at F frequencies  [default: from the network]', metavar='F', type=click.IntRange(min=0))
-@click.option('--mask_pos', help='Feed zeros for the coordinates (original release\'s networks)', metavar='BOOL', type=bool, default=False, show_default=True)
+@click.option('--mask_pos', help='Feed zeros for the coordinates (the original release\'s option; any coordinate network)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--bf16', help='Network body in bfloat16 on CUDA (fp16 networks stay fp16) and on CPUs that compute it natively (AVX512-BF16, AMX)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
 @click.option('--trust-pickle', 'trust_pickle', help='Unpickle --network fully, running code it carries (only for files you trust)', is_flag=True)
