@@ -2,7 +2,6 @@
 with its snapshots (train.py --ema-std): Karras et al. 2024, section 3."""
 
 import os
-import pickle
 
 import click
 import numpy as np
@@ -69,12 +68,13 @@ def reconstruct(indir, outstd, outkimg=None):
     return end_kimg, [(std, params, residual) for std, params, (_w, residual) in zip(outstd, sums, solved)]
 
 
-def load_template(indir, kimg):
-    """The run's snapshot dict at `kimg` (network, loss, augmentation, data-set options, encoder)."""
+def load_template(indir, kimg, trust_pickle=False):
+    """The run's snapshot dict at `kimg` (network, loss, augmentation, data-set options, encoder),
+    rebuilt without running code from the file unless `trust_pickle`."""
     path = os.path.join(indir, training_loop.snapshot_name(kimg))
     if not os.path.isfile(path):
         raise UserError(f'--indir: "{path}" is missing; the profiles at kimg {kimg} need the snapshot saved with them')
-    return pickle.loads(checkpoints.read_pickle(path, '--indir'))
+    return checkpoints.load_snapshot(path, '--indir', trust=trust_pickle)
 
 
 @click.command(context_settings=dict(show_default=True, max_content_width=100))
@@ -82,7 +82,8 @@ def load_template(indir, kimg):
 @click.option('--outdir', help='Where to write the reconstructed snapshots', metavar='DIR', type=str, required=True)
 @click.option('--outstd', help='Relative EMA widths to reconstruct, e.g. 0.030,0.060', metavar='LIST', type=str, required=True)
 @click.option('--outkimg', help='End the profiles at this snapshot  [default: the latest]', metavar='KIMG', type=click.IntRange(min=0))
-def main(indir, outdir, outstd, outkimg):
+@click.option('--trust-pickle', 'trust_pickle', help='Unpickle the run\'s snapshot fully, running code it carries (only for files you trust)', is_flag=True)
+def main(indir, outdir, outstd, outkimg, trust_pickle):
     """Reconstruct EMA networks of other widths from a run's saved EMA profiles.
 
     \b
@@ -100,7 +101,7 @@ def main(indir, outdir, outstd, outkimg):
     with dnnlib.util.option_errors(main, names=dict(std='--outstd', stds='--outstd')):
         stds = phema.parse_stds(outstd)
     end_kimg, results = reconstruct(indir, stds, outkimg)
-    template = load_template(indir, end_kimg)
+    template = load_template(indir, end_kimg, trust_pickle)
     os.makedirs(outdir, exist_ok=True)
     for std, params, residual in results:
         net = phema.network_with(template['ema'], params)

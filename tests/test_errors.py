@@ -611,3 +611,15 @@ def test_pickle_asking_for_a_huge_network_is_refused_before_building_it(tmp_path
         pickle.dump(dict(ema=net), fp)
     line = one_error_line(CliRunner().invoke(generate.main, ['--network', str(path), '--outdir', str(tmp_path / 'out'), '--device=cpu']))
     assert line.startswith('Error: --network') and 'huge.pkl' in line and 'far larger than the weights' in line, line
+
+
+def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path):
+    import reconstruct_phema
+    marker = str(tmp_path / 'code-ran')
+    with open(tmp_path / training_loop.snapshot_name(7), 'wb') as fp:
+        pickle.dump(dict(ema=Evil(marker)), fp)
+    with pytest.raises(dnnlib.util.UserError, match='--indir: .*posix.mkdir.*--trust-pickle'):
+        reconstruct_phema.load_template(str(tmp_path), 7)
+    assert not os.path.exists(marker)
+    reconstruct_phema.load_template(str(tmp_path), 7, trust_pickle=True)
+    assert os.path.isdir(marker)
