@@ -300,12 +300,13 @@ def rebuild_network(record, where):
     """Our network computing what the pickled network `record` computes, with its weights."""
     name = record.class_name
     init_kwargs = record.state.get('_init_kwargs')
-    if not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs):
+    if (not isinstance(init_kwargs, dict) or not all(isinstance(k, str) for k in init_kwargs)
+            or not isinstance(record.state.get('_init_args', ()), (list, tuple))):
         raise UserError(f'{where}: the {name} network records no constructor arguments, so it cannot be rebuilt; {TRUST_HINT}')
     try:
         tensors = record_tensors(record)
-    except (ValueError, RecursionError) as err:
-        raise UserError(f'{where}: the {name} network is malformed ({err or "nested too deeply"})') from None
+    except Exception as err:  # whatever a crafted state holds where modules and tensors belong
+        raise UserError(f'{where}: the {name} network is malformed ({type(err).__name__}: {err})'[:400]) from None
     try:
         class_path, args, kwargs = _counterpart(name, record.init_args, init_kwargs, name.startswith('Patch_'),
                                                 record.state.get('img_channels'), record.state.get('out_channels'))
