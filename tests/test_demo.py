@@ -35,7 +35,7 @@ def test_demo_network_is_the_one_the_readme_describes(digits, tmp_path):
     result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, *cpu_array('TRAIN'), '-n'])
     assert result.exit_code == 0, result.output
     assert re.search(r'Network parameters: +1,737,441\n', result.output) and re.search(r'Class-conditional: +True', result.output)
-    assert '1.7M parameters' in open(os.path.join(ROOT, 'README.md')).read()
+    assert '1.7M-parameter' in open(os.path.join(ROOT, 'README.md')).read()
 
 
 def test_demo_options_train_and_sample_with_guidance(digits, tmp_path):
