@@ -19,6 +19,7 @@ from training import checkpoints
 from training import dataset as dataset_lib
 from training import encoders, live_log, phema, train_metrics
 from training import patch as patch_lib
+from training import run_dir as run_dir_lib
 from training import training_loop
 
 ARCHITECTURES = {
@@ -80,13 +81,6 @@ class IntList(click.ParamType):
             return parse_int_list(value)
         except ValueError:
             self.fail(f'"{value}" is not a comma-separated list of integers', param, ctx)
-
-
-def next_run_dir(outdir, desc):
-    """`<outdir>/<id:05d>-<desc>`, id one more than the largest existing id."""
-    ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
-           if (m := re.match(r'^(\d+)-', name)) and os.path.isdir(os.path.join(outdir, name))]
-    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
 
 
 def dataset_options(data, use_labels, xflip, cache):
@@ -258,8 +252,7 @@ def build_config(opts, world_size):
     elif opts.trust_pickle:
         raise UserError('--trust-pickle: applies only to --transfer')
     if opts.resume is not None:
-        c.resume_state = training_loop.find_resume_state(opts.resume)
-        training_loop.check_resume_state(c.resume_state, c.network_kwargs, c.batch_size)
+        c.resume_state = run_dir_lib.pick_resume_state(opts.resume, c)
 
     cond = 'cond' if opts.cond else 'uncond'
     precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
@@ -378,7 +371,8 @@ def main(**kwargs):
     if opts.nosubdir:
         c.run_dir = opts.outdir
     else:
-        c.run_dir = dist.broadcast_object(next_run_dir(opts.outdir, desc) if dist.get_rank() == 0 else None)
+        run_dir_lib.check_desc(desc, opts.outdir)
+        c.run_dir = dist.broadcast_object(run_dir_lib.claim_run_dir(opts.outdir, desc, opts.dry_run) if dist.get_rank() == 0 else None)
 
     dist.print0()
     dist.print0('Training options:')

@@ -1,5 +1,6 @@
 """Generic helpers that EDM users know from `dnnlib.util`, written for this project."""
 
+import errno
 import hashlib
 import importlib
 import io
@@ -8,8 +9,10 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -54,15 +57,29 @@ class Logger:
         if not text:
             return
         if self.file is not None:
-            self.file.write(text)
+            self._to_file(self.file.write, text)
         self.stdout.write(text)
         if self.should_flush:
             self.flush()
 
     def flush(self):
         if self.file is not None:
-            self.file.flush()
+            self._to_file(self.file.flush)
         self.stdout.flush()
+
+    def _to_file(self, method, *args):
+        """Calls a write method of the log file; when the disk is full the log stops (the console
+        goes on) and the one-line error of `raise_if_disk_full` is raised."""
+        try:
+            method(*args)
+        except OSError as exc:
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError:
+                pass
+            raise_if_disk_full(exc, file.name)
+            raise
 
     def isatty(self):
         return False
@@ -250,6 +267,7 @@ def check_output_dir(path, option):
     full = os.path.abspath(path)
     if os.path.exists(full) and not os.path.isdir(full):
         raise UserError(f'{option}={path}: is a file, not a folder')
+    check_name_lengths(full, option, reserve=0)
     _check_writable_ancestor(full, option)
 
 
@@ -259,7 +277,39 @@ def check_output_file(path, option):
     full = os.path.abspath(path)
     if os.path.isdir(full):
         raise UserError(f'{option}={path}: is a folder; give a file name')
+    check_name_lengths(full, option)
     _check_writable_ancestor(os.path.dirname(full), option)
+
+
+# What a temporary name adds to the final one: `.` + `.<pid>.<8 hex digits>.tmp` (pids up to 10 digits).
+TEMP_NAME_EXTRA = 1 + 1 + 10 + 1 + 8 + 4
+
+
+def max_name_bytes(folder):
+    """The longest file name (in bytes) that the file system of `folder` (or its nearest existing
+    ancestor) takes; 255 where it does not say."""
+    while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, 'PC_NAME_MAX')
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_name_lengths(path, option, reserve=TEMP_NAME_EXTRA):
+    """Raises UserError when a part of `path` is longer than the file system allows; the last part
+    must leave `reserve` bytes for the temporary name it is written through. Checked before any
+    slow work, so that a long name fails at once and not when the first file is written."""
+    full = os.path.abspath(path)
+    limit = max_name_bytes(os.path.dirname(full))
+    parts = full.split(os.sep)
+    for index, part in enumerate(parts):
+        extra = reserve if index == len(parts) - 1 else 0
+        size = len(os.fsencode(part))
+        if size + extra > limit:
+            room = f' (written through a temporary name {extra} bytes longer)' if extra else ''
+            raise UserError(f'{option}: the name "{part[:40]}..." is {size} bytes long{room}; '
+                            f'this file system takes at most {limit} bytes per name')
 
 
 def _check_writable_ancestor(folder, option):
@@ -363,12 +413,44 @@ class atomic_write:
         self.file = open(self.tmp_path, self.mode.replace('w', 'x'), **self.open_kwargs)
         return self.file
 
-    def __exit__(self, exc_type, _exc, _tb):
+    def __exit__(self, exc_type, exc, _tb):
         try:
-            self.file.close()
-            if exc_type is None:
-                os.replace(self.tmp_path, self.path)
+            with disk_full_errors(self.path):
+                try:
+                    self.file.close()
+                finally:
+                    if exc is not None:
+                        raise_if_disk_full(exc, self.path)
+                if exc_type is None:
+                    os.replace(self.tmp_path, self.path)
         finally:
             if os.path.lexists(self.tmp_path):
                 os.unlink(self.tmp_path)
+        return False
+
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
+
+
+def raise_if_disk_full(exc, path):
+    """Raises the one-line UserError of a full disk (or exhausted quota) when `exc` is that
+    OSError while writing `path`; returns otherwise."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        what = 'the disk quota is used up' if exc.errno != errno.ENOSPC else 'no space left on the device'
+        raise UserError(f'{path}: {what}; free some space and run again (nothing was written under this name)') from None
+
+
+class disk_full_errors:
+    """Context manager: an OSError for a full disk inside becomes `raise_if_disk_full`'s UserError
+    naming `path`; other errors pass unchanged."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, _kind, exc, _tb):
+        if exc is not None:
+            raise_if_disk_full(exc, self.path)
         return False

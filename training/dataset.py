@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 
 from dnnlib.util import UserError
-from training import patch
+from training import file_limits, patch
 
 # Transparent pixels are composited on white: most sources with an alpha channel are icons and
 # emoji drawn for a light page (the bundled emoji set was made the same way).
@@ -389,10 +389,11 @@ class StoredFiles:
         return sorted(n for n in self.zipfile().namelist() if not n.endswith('/'))
 
     def open(self, name):
-        """Opens member `name` for binary reading."""
+        """Opens member `name` for binary reading; UserError for one that must not be read
+        (`file_limits.check_stored_member`)."""
         if self.type == 'dir':
-            return open(os.path.join(self.path, *name.split('/')), 'rb')
-        return self.zipfile().open(name, 'r')
+            return open(file_limits.check_stored_member(self, name), 'rb')
+        return self.zipfile().open(file_limits.check_stored_member(self, name), 'r')
 
     def read(self, name):
         """All bytes of member `name`."""

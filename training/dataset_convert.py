@@ -19,6 +19,7 @@ import shutil
 import sys
 import tarfile
 import zipfile
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib.util import UserError
+from training import file_limits
 from training.dataset import MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
 
 TRANSFORMS = ('center-crop', 'center-crop-wide')
@@ -136,6 +138,8 @@ def _open_stored(path, max_images):
     def read(name):
         try:
             return files.read(name)
+        except UserError as err:
+            raise BadImage(err.message) from None
         except (zipfile.BadZipFile, OSError) as err:
             raise BadImage(f'{display(name)}: unreadable file or damaged zip member ({err})') from None
     return _file_source(path, names, read, labels, max_images, display)
@@ -156,13 +160,18 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+_CIFAR_BATCH_BYTES = 1 << 28  # a data_batch_N pickle holds 10,000 32x32 images: about 30 MB
+
+
 def _open_cifar10(path, max_images):
     """`cifar-10-python.tar.gz`: the 50,000 training images of data_batch_1..5 with labels."""
     images, labels = [], []
     try:
         with tarfile.open(path, 'r:gz') as tar:
             for batch in range(1, 6):
-                member = tar.extractfile(f'cifar-10-batches-py/data_batch_{batch}')
+                info = tar.getmember(f'cifar-10-batches-py/data_batch_{batch}')
+                file_limits.check_file_size(info.size, _CIFAR_BATCH_BYTES, f'{path}: {info.name}')
+                member = tar.extractfile(info)
                 if member is None:
                     raise KeyError(f'data_batch_{batch}')
                 data = _NumpyOnlyUnpickler(member, encoding='bytes').load()
@@ -175,19 +184,31 @@ def _open_cifar10(path, max_images):
 
 
 def _read_idx(path):
-    """Reads an IDX file (MNIST's format, gzip'd or not) into a numpy array."""
+    """Reads an IDX file (MNIST's format, gzip'd or not) into a numpy array. The shape comes from
+    the header first: images beyond the pixel limit and arrays larger than the free memory are
+    refused, and no more than the declared bytes are ever inflated."""
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: '>i2', 0x0C: '>i4', 0x0D: '>f4', 0x0E: '>f8'}
     opener = gzip.open if path.endswith('.gz') else open
+    file_limits.check_regular_file(path)
     try:
         with opener(path, 'rb') as f:
-            data = f.read()
-        if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in dtypes:
-            raise ValueError('bad magic number')
-        ndim = data[3]
-        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
-        arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
-        return arr.reshape(shape)
-    except (OSError, EOFError, ValueError) as err:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in dtypes:
+                raise ValueError('bad magic number')
+            dims = f.read(4 * magic[3])
+            if len(dims) != 4 * magic[3]:
+                raise ValueError('header cut short')
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], 'big') for i in range(magic[3]))
+            dtype = np.dtype(dtypes[magic[2]])
+            if len(shape) == 3 and shape[1] * shape[2] > MAX_IMAGE_PIXELS:
+                raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
+            nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            file_limits.check_memory(nbytes, f'{path} (an IDX array of shape {shape})')
+            data = f.read(nbytes)
+        if len(data) != nbytes:
+            raise ValueError(f'{len(data):,} bytes of data where the header declares {nbytes:,}')
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
         raise UserError(f'{path}: not a readable IDX file ({err})') from None
 
 
@@ -215,7 +236,9 @@ def _open_npz(path, max_images):
         with np.load(path, allow_pickle=False) as npz:
             if 'images' not in npz.files:
                 raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
-            shape = _npz_shape(npz, 'images')
+            shape = _npz_shape(npz, 'images', path)
+            if 'labels' in npz.files:
+                _npz_shape(npz, 'labels', path)
             if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
                 raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
             images = npz['images']
@@ -232,12 +255,23 @@ def _open_npz(path, max_images):
     return _array_source(path, images, labels, max_images)
 
 
-def _npz_shape(npz, key):
-    """Shape of array `key` of an open npz, read from its header without loading the array."""
-    with npz.zip.open(key + '.npy') as f:
+def _npz_shape(npz, key, path):
+    """Shape of array `key` of an open npz, read from its header without loading the array;
+    UserError when the array would not fit in the free memory."""
+    info = npz.zip.getinfo(key + '.npy')
+    file_limits.check_zip_member(info, f'{path}: {info.filename}')
+    with npz.zip.open(info) as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return read_header(f)[0]
+        shape, _fortran, dtype = read_header(f)
+    _check_array_memory(path, key, shape, dtype)
+    return shape
+
+
+def _check_array_memory(path, key, shape, dtype):
+    """UserError when array `key` of `path`, (shape, dtype) by its header, would not fit in memory."""
+    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    file_limits.check_memory(nbytes, f'{path}: "{key}" ({dtype} {tuple(shape)})')
 
 
 def read_arrays(path):
@@ -246,14 +280,18 @@ def read_arrays(path):
     the channel axis (the last one when equal), so (N,C,H,W) and (N,H,W,C) both work."""
     try:
         if path.lower().endswith('.npy'):
+            file_limits.check_regular_file(path)
             images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
             _check_array_shape(path, images.shape)
+            _check_array_memory(path, 'images', images.shape, images.dtype)
             images = np.asarray(images)
         else:
             with np.load(path, allow_pickle=False) as npz:
                 if 'images' not in npz.files:
                     raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
-                _check_array_shape(path, _npz_shape(npz, 'images'))  # before a compressed array unpacks
+                _check_array_shape(path, _npz_shape(npz, 'images', path))  # before a compressed array unpacks
+                if 'labels' in npz.files:
+                    _npz_shape(npz, 'labels', path)
                 images = npz['images']
                 labels = npz['labels'] if 'labels' in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
@@ -375,6 +413,7 @@ def open_source(source, max_images=None):
         return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_stored(source, max_images)
     if not os.path.exists(source):
         raise UserError(f'--source={source}: no such file or folder')
+    file_limits.check_regular_file(source, f'--source={source}')
     if base == 'cifar-10-python.tar.gz':
         return _open_cifar10(source, max_images)
     if re.search(r'-images-idx3-ubyte(\.gz)?$', base):
@@ -502,29 +541,74 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
 # Output: a zip or folder written under a temporary name and renamed when complete.
 
 def _is_replaceable_dataset(path):
-    """True when `path` holds only a data set as this tool writes it (dataset.json and NNNNN/
-    image or latent files, as a zip or a folder): --overwrite may replace those, never another
-    file or an arbitrary folder such as '.'."""
+    """True when `path` holds only a data set as this tool writes it, judged by contents at every
+    depth: a dataset.json that is a JSON object with "labels", and otherwise only
+    NNNNN/imgNNNNNNNN.png or .npy files that begin as PNGs and npy arrays do (as a zip, or a folder
+    without links or other files). --overwrite may replace those, never a folder holding anything
+    else, such as '12345/thesis.tex' or '.'."""
+    if os.path.islink(path):
+        return False
     if os.path.isfile(path):
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-        except (zipfile.BadZipFile, OSError):
+                members = {info.filename: info for info in z.infolist()}
+                if not ('dataset.json' in members and all(_is_dataset_member(n) for n in members)):
+                    return False
+                return all(_has_member_contents(name, lambda name=name: _zip_head(z, members[name]))
+                           for name in members if not name.endswith('/'))
+        except (zipfile.BadZipFile, OSError, UserError):
             return False
-        return 'dataset.json' in names and all(_is_dataset_member(n) for n in names)
     if not os.path.isdir(path):
         return False
-    for entry in os.listdir(path):
-        full = os.path.join(path, entry)
-        if entry == 'dataset.json' and os.path.isfile(full):
-            continue
-        if not (re.fullmatch(r'\d{5}', entry) and os.path.isdir(full)):
+    names = []
+    for root, dirs, files in os.walk(path):
+        for entry in dirs + files:
+            full = os.path.join(root, entry)
+            if os.path.islink(full) or not (os.path.isdir(full) or os.path.isfile(full)):
+                return False
+        names += [os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/') for f in files]
+        names += [os.path.relpath(os.path.join(root, d), path).replace(os.sep, '/') + '/' for d in dirs]
+    if not names:
+        return True
+    if 'dataset.json' not in names or not all(_is_dataset_member(n) for n in names):
+        return False
+    return all(_has_member_contents(n, lambda n=n: _file_head(os.path.join(path, *n.split('/')), n)) for n in names
+               if not n.endswith('/'))
+
+
+_JSON_HEAD = 1 << 20  # dataset.json is parsed whole only up to this size; larger ones are judged by their start
+
+
+def _zip_head(z, info):
+    """The first bytes of a zip member (all of a small dataset.json), to recognise what it is."""
+    file_limits.check_zip_member(info, info.filename)
+    with z.open(info) as f:
+        return f.read(_JSON_HEAD if info.filename == 'dataset.json' else 8)
+
+
+def _file_head(full, name):
+    """The first bytes of a file of a data-set folder (all of a small dataset.json)."""
+    with open(full, 'rb') as f:
+        return f.read(_JSON_HEAD if name == 'dataset.json' else 8)
+
+
+def _has_member_contents(name, read_head):
+    """True when member `name` begins as this tool writes it: a JSON object with "labels" for
+    dataset.json, a PNG signature or the npy magic for images and arrays."""
+    head = read_head()
+    if name == 'dataset.json':
+        if len(head) >= _JSON_HEAD:
+            return head.lstrip().startswith(b'{"labels"')
+        try:
+            meta = json.loads(head)
+        except ValueError:
             return False
-    return True
+        return isinstance(meta, dict) and 'labels' in meta
+    return head.startswith(b'\x89PNG\r\n\x1a\n' if name.endswith('.png') else b'\x93NUMPY')
 
 
 def _is_dataset_member(name):
-    """True for the members this tool writes into a zip."""
+    """True for the members (and folders) this tool writes."""
     return name == 'dataset.json' or re.fullmatch(r'\d{5}/(img\d{8}\.(png|npy))?', name) is not None
 
 

@@ -15,6 +15,7 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
+from training import file_limits
 from training.dataset import StoredFiles, decode_image, image_names, is_hidden
 
 EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
@@ -405,40 +406,88 @@ def compute_kid(feats_a, feats_b, num_subsets=100, max_subset_size=1000, seed=0)
 # Files.
 
 
-def _open_npz(path):
-    """Opens an npz from a path or URL; UserError when it cannot be read."""
+def _open_npz(path, keys, limits):
+    """Reads arrays `keys` (those present) of an npz from a path or URL, checking each header
+    first: a member's shape must pass `limits[key](shape)` (which raises UserError) before it
+    is loaded, and no other member is read at all; UserError when the file cannot be read."""
     try:
         if re.match(r'^https?://', path):
             path = dnnlib.util.open_url(path, return_filename=True, verbose=(dist.get_rank() == 0))
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise UserError(f'{path}: no such file')
-        return dict(np.load(path, allow_pickle=False))
+        file_limits.check_regular_file(path)
+        with np.load(path, allow_pickle=False) as npz:
+            found = {}
+            for key in keys:
+                if key in npz.files:
+                    limits[key](_member_shape(npz, key, path))
+                    found[key] = npz[key]
+            return found, list(npz.files)
     except UserError:
         raise
     except Exception as err:
         raise UserError(f'{path}: cannot read as an npz file ({type(err).__name__}: {err})') from None
 
 
+def _member_shape(npz, key, path):
+    """Shape of array `key` of an open npz, from its header (nothing else is read)."""
+    info = npz.zip.getinfo(key + '.npy')
+    file_limits.check_zip_member(info, f'{path}: {info.filename}')
+    with npz.zip.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[0]
+
+
+def _feature_shape(path, key, dims):
+    """A check for `_open_npz`: array `key` must have `dims` dimensions of FEATURE_DIM (None: any)."""
+    def check(shape):
+        if len(shape) != len(dims) or any(d is not None and s != d for s, d in zip(shape, dims)):
+            wanted = '(' + ', '.join('N' if d is None else str(d) for d in dims) + (',)' if len(dims) == 1 else ')')
+            raise UserError(f'{path}: "{key}" has shape {tuple(shape)}, expected {wanted} for {FEATURE_DIM}-dimensional '
+                            f'Inception features')
+        file_limits.check_memory(int(np.prod(shape, dtype=object)) * 8, f'{path}: "{key}" {tuple(shape)}')
+    return check
+
+
+def check_stats(path, mu, sigma):
+    """Raises UserError unless `mu` and `sigma` are statistics FID can use: finite, and `sigma` a
+    symmetric positive semi-definite matrix (up to rounding); a damaged or hand-made file would
+    otherwise give a negative or NaN FID."""
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f'{path}: mu or sigma holds NaN or infinite values')
+    scale = max(float(np.abs(sigma).max()), 1e-300)
+    if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
+        raise UserError(f'{path}: sigma is not symmetric, so it is not a covariance matrix')
+    lowest = float(np.linalg.eigvalsh(sigma)[0])
+    if lowest < -1e-6 * scale * sigma.shape[0]:
+        raise UserError(f'{path}: sigma has a negative eigenvalue ({lowest:.3g}), so it is not a covariance matrix')
+
+
 def load_stats(path):
-    """Loads `mu` and `sigma` from a reference npz (path or URL), e.g. EDM's published files."""
-    data = _open_npz(path)
+    """Loads `mu` and `sigma` from a reference npz (path or URL), e.g. EDM's published files, and
+    validates them (shape of 2048-dimensional features, finite, symmetric positive semi-definite)
+    before any features are computed; other members of the file are not read."""
+    limits = dict(mu=_feature_shape(path, 'mu', [FEATURE_DIM]), sigma=_feature_shape(path, 'sigma', [FEATURE_DIM, FEATURE_DIM]))
+    data, names = _open_npz(path, ('mu', 'sigma'), limits)
     missing = [k for k in ('mu', 'sigma') if k not in data]
     if missing:
-        raise UserError(f'{path}: reference file lacks {" and ".join(repr(k) for k in missing)} (found: {", ".join(sorted(data)) or "nothing"})')
+        raise UserError(f'{path}: reference file lacks {" and ".join(repr(k) for k in missing)} (found: {", ".join(sorted(names)) or "nothing"})')
+    if data['mu'].dtype.kind not in 'iuf' or data['sigma'].dtype.kind not in 'iuf':
+        raise UserError(f'{path}: mu and sigma must be real numbers; got {data["mu"].dtype} and {data["sigma"].dtype}')
     mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-    if mu.ndim != 1 or sigma.shape != mu.shape * 2:
-        raise UserError(f'{path}: mu {mu.shape} and sigma {sigma.shape} do not match')
+    check_stats(path, mu, sigma)
     return mu, sigma
 
 
 def load_features(path):
     """Loads the per-image `features` of an npz written by `fid.py ref --save-features`."""
-    data = _open_npz(path)
+    data, _names = _open_npz(path, ('features',), dict(features=_feature_shape(path, 'features', [None, FEATURE_DIM])))
     if 'features' not in data:
         raise UserError(f'{path}: holds no \'features\' array; KID needs per-image features (write them with fid.py ref --save-features)')
     feats = data['features']
-    if feats.ndim != 2:
-        raise UserError(f'{path}: features have shape {feats.shape}, expected (N, D)')
+    if feats.dtype.kind not in 'iuf' or not np.isfinite(feats).all():
+        raise UserError(f'{path}: features must be finite real numbers')
     return feats.astype(np.float32)
 
 

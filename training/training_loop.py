@@ -82,7 +82,7 @@ RESUMABLE_CHANGES = ('use_fp16', 'use_bf16')
 def check_resume_state(path, network_kwargs, batch_size):
     """Loads the state at `path` and raises UserError naming every network option and the batch
     size that differ from this run's, before a run folder is made for a resume that cannot work.
-    The precision flags may change: they do not change the weights."""
+    The precision flags may change: they do not change the weights. Returns the loaded state."""
     state = load_state(path)
     stored = dict(state.get('network_kwargs') or {})
     wanted = json.loads(json.dumps(network_kwargs))
@@ -92,6 +92,7 @@ def check_resume_state(path, network_kwargs, batch_size):
         differ.append(f'--batch {state["batch_size"]} (now {batch_size})')
     if differ:
         raise UserError(f'--resume: "{path}" was trained with other options: {", ".join(differ)}')
+    return state
 
 
 def _rng_state(device):

@@ -1,0 +1,158 @@
+"""Run folders of train.py: claimed atomically under a safe name, and resumed from the newest
+training state that loads and fits, so that neither a start race nor a killed writer costs a run."""
+
+import contextlib
+import glob
+import os
+import re
+
+import torch
+
+import dnnlib
+from dnnlib.util import UserError
+from torch_utils import distributed as dist
+
+_RUN_ID = re.compile(r'^(\d+)-')
+_LOCK_NAME = '.run-ids.lock'
+
+
+def check_desc(desc, outdir):
+    """Raises UserError unless the run-folder description `desc` is one plain name that fits the
+    file system of `outdir`: no path separators, no '..', no control characters, so that the run
+    stays inside --outdir."""
+    if desc in ('', '.', '..') or any(sep and sep in desc for sep in ('/', '\\', os.sep, os.altsep)) or \
+            any(ord(ch) < 32 or ord(ch) == 127 for ch in desc):
+        raise UserError(f'--desc={desc!r}: must be a plain name, without "/", "\\", ".." or control characters '
+                        f'(it becomes part of the run folder\'s name inside --outdir)')
+    dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), '--desc', reserve=0)
+
+
+def next_run_id(outdir):
+    """One more than the largest id of the run folders `<id>-<desc>` in `outdir` (0 if none)."""
+    ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
+           if (m := _RUN_ID.match(name)) and os.path.isdir(os.path.join(outdir, name))]
+    return max(ids, default=-1) + 1
+
+
+@contextlib.contextmanager
+def _id_lock(outdir):
+    """Holds an exclusive lock on `outdir`'s run ids where the platform has `fcntl`, so that two
+    runs started at once with different descriptions still get different ids."""
+    try:
+        import fcntl
+    except ImportError:  # the mkdir below still keeps two runs out of one folder
+        yield
+        return
+    with open(os.path.join(outdir, _LOCK_NAME), 'a') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def claim_run_dir(outdir, desc, dry_run=False):
+    """Makes and returns the new run folder `<outdir>/<id:05d>-<desc>`, the id one more than the
+    largest there. `os.mkdir` either creates the folder or fails, so two runs started at the same
+    moment never share one: the loser takes the next id. With `dry_run` only the name is returned."""
+    check_desc(desc, outdir)
+    if dry_run:
+        return os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}')
+    os.makedirs(outdir, exist_ok=True)
+    with _id_lock(outdir):
+        while True:
+            path = os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}')
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                continue
+
+# ----------------------------------------------------------------------------------------------
+# Resuming.
+
+
+def check_state_fits(path, state, net):
+    """Raises UserError naming what in the loaded training `state` does not fit `net` (built on
+    the meta device, so this costs no memory) or this machine's random-number generators: found
+    before a run folder is made instead of in the first seconds of training."""
+    wanted = {name: tuple(t.shape) for name, t in net.state_dict().items()}
+    for key in ('net', 'ema'):
+        stored = state.get(key)
+        if not isinstance(stored, dict):
+            raise UserError(f'--resume: "{path}" holds no "{key}" weights')
+        have = {name: tuple(t.shape) for name, t in stored.items() if isinstance(t, torch.Tensor)}
+        missing, extra = sorted(set(wanted) - set(have)), sorted(set(have) - set(wanted))
+        if missing or extra:
+            raise UserError(f'--resume: "{path}" does not fit this network ("{key}" lacks {len(missing)} and has '
+                            f'{len(extra)} unexpected tensors, e.g. {(missing + extra)[0]})')
+        shapes = [name for name in wanted if have[name] != wanted[name]]
+        if shapes:
+            raise UserError(f'--resume: "{path}" does not fit this network ("{key}" {shapes[0]} has shape '
+                            f'{have[shapes[0]]}, the network {wanted[shapes[0]]})')
+    for key in ('nimg', 'step', 'tick', 'blocks_consumed'):
+        if not isinstance(state.get(key), int) or state[key] < 0:
+            raise UserError(f'--resume: "{path}" has no valid "{key}" count')
+    if not isinstance(state.get('optimizer_state'), dict):
+        raise UserError(f'--resume: "{path}" holds no optimizer state')
+    rng_size = torch.get_rng_state().numel()
+    for rng in state.get('rng_states') or []:
+        if not isinstance(rng, dict) or not isinstance(rng.get('torch'), torch.Tensor) or rng['torch'].numel() != rng_size \
+                or not isinstance(rng.get('numpy_key'), torch.Tensor) or rng['numpy_key'].numel() != 624:
+            raise UserError(f'--resume: "{path}" holds random-number states of another size than this PyTorch\'s '
+                            f'({rng_size} bytes); it cannot continue the same random streams')
+
+
+def _meta_network(c):
+    """The network train.py's options `c` build, on the meta device (shapes only)."""
+    from training import training_loop
+    dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
+    try:
+        resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+        with torch.device('meta'):
+            return dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
+                                                  label_dim=dataset.label_dim)
+    finally:
+        if hasattr(dataset, 'close'):
+            dataset.close()
+
+
+def state_files(folder):
+    """The training-state files of a run folder, newest (largest kimg) first."""
+    def kimg(path):
+        match = re.search(r'-(\d+)\.pt$', os.path.basename(path))
+        return int(match.group(1)) if match else -1
+    return sorted(glob.glob(os.path.join(glob.escape(folder), 'training-state-*.pt')), key=kimg, reverse=True)
+
+
+def pick_resume_state(path, c):
+    """The training state for `--resume=path` that loads and fits train.py's options `c`: `path`
+    itself, or in a run folder the newest such state, passing over (with one line each) states
+    that a killed or full-disk writer left unreadable. Temporary files that killed writers left in
+    the folder are removed. Raises UserError saying why nothing can be resumed."""
+    from training import training_loop
+    if not os.path.isdir(path):
+        candidates = [training_loop.find_resume_state(path)]
+    else:
+        dnnlib.util.remove_stale_temps(path)
+        candidates = state_files(path)
+        if not candidates:
+            snapshots = glob.glob(os.path.join(glob.escape(path), 'network-snapshot-*.pkl'))
+            hint = (f'; --transfer={sorted(snapshots)[-1]} starts a new run from its latest weights' if snapshots
+                    else '; start it again without --resume')
+            raise UserError(f'--resume: run folder "{path}" holds no training state: the run stopped before its first '
+                            f'one was written (one every --dump ticks, and at the end){hint}')
+    net = _meta_network(c)
+    reasons = []
+    for candidate in candidates:
+        try:
+            state = training_loop.check_resume_state(candidate, c.network_kwargs, c.batch_size)
+            check_state_fits(candidate, state, net)
+            return candidate
+        except UserError as err:
+            if len(candidates) == 1:
+                raise
+            reasons.append(err.message)
+            dist.print0(f'Passing over {err.message.removeprefix("--resume: ")}')
+    raise UserError(f'--resume: no training state in "{path}" loads and fits this run; the newest: '
+                    f'{reasons[0].removeprefix("--resume: ")}')
