@@ -21,11 +21,15 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed, misc, png
-from training import checkpoints, encoders, patch, sampler
+from training import checkpoints, encoders, file_limits, patch, sampler
 from training.dataset import MAX_IMAGE_PIXELS, probe_png_header
 
 
 MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
+MAX_SIGMA = 1e19  # sigma^2 stays finite in float32
+MAX_S_NOISE = 2.0
+MAX_CANVAS_OFFSET = 2**24
+SAMPLER_TENSORS = 8  # image-sized tensors the sampler keeps per image (x, denoised, slopes, noise, ...)
 
 
 class SeedList(collections.abc.Sequence):
@@ -134,6 +138,11 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
         raise UserError(f'--sigma_min: must be positive (got {sigma_min})')
     if sigma_min is not None and sigma_max is not None and sigma_max <= sigma_min:
         raise UserError(f'--sigma_max: {sigma_max} must exceed --sigma_min {sigma_min}')
+    for name, value in (('--sigma_min', sigma_min), ('--sigma_max', sigma_max)):
+        if value is not None and value > MAX_SIGMA:
+            raise UserError(f'{name}={value:g}: at most {MAX_SIGMA:g}, or its square overflows float32 and every image is garbage')
+    if not 0 <= S_noise <= MAX_S_NOISE:
+        raise UserError(f'--S_noise={S_noise:g}: must be between 0 and {MAX_S_NOISE:g} (the scale of the re-injected noise; EDM uses 1 to 1.007)')
     kwargs = dict(num_steps=steps, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, cfg_scale=cfg)
     if sigma_min is not None:
         kwargs['sigma_min'] = sigma_min
@@ -164,6 +173,9 @@ class CanvasSize(click.ParamType):
 
 def build_canvas(net, resolution, image_size, x_start, y_start):
     """A `sampler.Canvas` when any canvas option is given (missing ones from the network), else None."""
+    for name, value in (('--x_start', x_start), ('--y_start', y_start)):
+        if abs(value) > MAX_CANVAS_OFFSET:
+            raise UserError(f'{name}={value}: must lie within ±{MAX_CANVAS_OFFSET:,} (2^24: beyond, float32 coordinates lose whole pixels)')
     if resolution is None and image_size is None and x_start == 0 and y_start == 0:
         return None
     resolution = net.img_resolution if resolution is None else resolution
@@ -183,6 +195,16 @@ def check_image_pixels(net, decoder, canvas, grid_count):
     if grid_count is not None and grid_count * height * width > MAX_IMAGE_PIXELS:
         raise UserError(f'--grid: {grid_count} images of {width}x{height} exceed the limit of {MAX_IMAGE_PIXELS:,} pixels '
                         f'for one PNG; use --outdir or fewer --seeds')
+
+
+def check_sampling_memory(net, canvas, batch, device):
+    """Raises UserError when one batch of `batch` images cannot fit on `device`: the sampler's
+    image-sized tensors plus the output of the network's first convolution (a lower bound of its
+    activations), before anything is allocated."""
+    height, width = patch.image_hw(canvas.image_size if canvas is not None else net.img_resolution)
+    per_pixel = SAMPLER_TENSORS * net.img_channels + 2 * file_limits.full_resolution_channels(net)
+    file_limits.check_memory(4 * batch * per_pixel * height * width,
+                             f'--batch/--image_size: batches of {batch} images of {width}x{height}', device)
 
 
 def check_grid_dest(path):
@@ -289,6 +311,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     use_bf16(net, bf16, dev)
     canvas = build_canvas(net, resolution, image_size, x_start, y_start)
     check_image_pixels(net, decoder, canvas, len(seed_list) if grid_path is not None else None)
+    check_sampling_memory(net, canvas, min(max_batch_size, len(seed_list)), dev)
     sampler_kwargs = build_sampler_kwargs(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
                                           solver, disc, schedule, scaling, cfg)
     sampler.check_sampling_options(net, class_idx, canvas, cfg)

@@ -16,6 +16,7 @@ from dnnlib.util import UserError, atomic_write
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import checkpoints
+from training import compile_cache
 from training import dataset as dataset_lib
 from training import encoders, live_log, phema, train_metrics
 from training import patch as patch_lib
@@ -332,7 +333,7 @@ def build_config(opts, world_size):
 @click.option('--metrics-every', 'metrics_every', help='How often to score', metavar='TICKS', type=click.IntRange(min=1), default=50)
 @click.option('--logger', help='Also write the stats and sample grids live: none, tensorboard or wandb', metavar='KIND',
               type=click.Choice(live_log.KINDS), default='none')
-@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=int)
+@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=click.IntRange(min=0))
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--trust-pickle', 'trust_pickle', help='Unpickle --transfer fully, running code it carries (only for files you trust)', is_flag=True)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
@@ -361,7 +362,9 @@ def main(**kwargs):
         opts.bf16 = False
     if opts.compile_net:
         training_loop.check_compile_support(device)
+        compile_cache.repair(dist.print0)
     c, desc = build_config(opts, dist.get_world_size())
+    run_dir_lib.check_training_memory(c, device)
 
     seed = opts.seed
     if seed is None:

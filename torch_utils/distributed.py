@@ -31,6 +31,8 @@ def pick_device(name=None):
         dev = torch.device(name)
     except RuntimeError:
         raise UserError(f'--device={name}: not a device name (cpu, cuda, cuda:1, mps)') from None
+    if dev.type == 'meta':
+        raise UserError(f'--device={name}: holds shapes only and computes nothing; use cpu, cuda or mps')
     if dev.type != 'cuda':
         return dev
     if not torch.cuda.is_available():

@@ -15,6 +15,7 @@ subsets, flipping, caching and labels.
 
 import io
 import json
+import math
 import os
 import struct
 import warnings
@@ -34,6 +35,8 @@ ALPHA_BACKGROUND = 255
 # Images with more pixels are refused wherever images are decoded (data sets, dataset_tool.py,
 # fid.py): one 8192x8192 RGB image is 200 MB decoded, and a few bytes of PNG can claim far more.
 MAX_IMAGE_PIXELS = 8192 * 8192
+MAX_CLASSES = 1 << 20  # class labels (and float label lengths) below this
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
@@ -132,10 +135,15 @@ def _json_label(path, name, label):
     if isinstance(label, int) and not isinstance(label, bool):
         if label < 0:
             raise UserError(f'{path}: dataset.json label of {name} is {label}; class labels must be 0 or more')
+        if label >= MAX_CLASSES:
+            raise UserError(f'{path}: dataset.json label of {name} is {label}; class labels must be less than {MAX_CLASSES:,} '
+                            f'(a one-hot vector of that length goes with every image)')
         return label
     if isinstance(label, float):
-        return [label]
+        label = [label]
     if isinstance(label, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in label) or len(label) > MAX_CLASSES:
+            raise UserError(f'{path}: dataset.json label of {name} must be finite float32 numbers, at most {MAX_CLASSES:,} of them')
         return [float(v) for v in label]
     raise UserError(f'{path}: dataset.json label of {name} is {label!r}; expected an int or a list of numbers')
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from training import file_limits
-from training.dataset import MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
+from training.dataset import FLOAT32_MAX, MAX_CLASSES, MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
 
 TRANSFORMS = ('center-crop', 'center-crop-wide')
 
@@ -250,9 +250,20 @@ def _open_npz(path, max_images):
     if labels is not None:
         if labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2:
             raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
-        if labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
-            raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
+    _check_label_values(path, labels)
     return _array_source(path, images, labels, max_images)
+
+
+def _check_label_values(path, labels):
+    """UserError for class labels below 0 or from MAX_CLASSES on, and float labels that are not
+    finite in float32 (what training reads them as)."""
+    if labels is None or not labels.size:
+        return
+    if labels.dtype.kind in 'iu' and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise UserError(f'{path}: "labels" holds {bad}; class labels must be 0 or more and less than {MAX_CLASSES:,}')
+    if labels.dtype.kind == 'f' and not (np.isfinite(labels).all() and np.abs(labels).max() <= FLOAT32_MAX):
+        raise UserError(f'{path}: "labels" holds NaN, infinite or float32-overflowing values')
 
 
 def _npz_shape(npz, key, path):
@@ -300,8 +311,7 @@ def read_arrays(path):
         raise UserError(f'{path}: images must be numbers; got {images.dtype}')
     if labels is not None and (labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2):
         raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
-    if labels is not None and labels.dtype.kind == 'i' and labels.size and labels.min() < 0:
-        raise UserError(f'{path}: "labels" holds {labels.min()}; class labels must be 0 or more')
+    _check_label_values(path, labels)
     if images.ndim == 3:
         return images[:, :, :, np.newaxis], labels
     return (images.transpose(0, 2, 3, 1) if images.shape[1] < images.shape[3] else images), labels

@@ -79,12 +79,30 @@ def available_memory():
     return free
 
 
-def check_memory(nbytes, what):
-    """Raises UserError when `what` needs `nbytes` of memory and this machine has less free, so
-    that the program stops with a message instead of being killed silently."""
-    free = available_memory()
+def free_memory(device=None):
+    """Bytes free for new tensors on `device` (a torch device; None or CPU: main memory); None
+    where it cannot be known."""
+    if device is not None and getattr(device, 'type', device) == 'cuda':
+        import torch
+        return torch.cuda.mem_get_info(device)[0]
+    if device is not None and getattr(device, 'type', device) != 'cpu':
+        return None
+    return available_memory()
+
+
+def check_memory(nbytes, what, device=None):
+    """Raises UserError when `what` needs `nbytes` of memory and `device` (None: main memory) has
+    less free, so that the program stops with a message instead of being killed silently."""
+    free = free_memory(device)
     if free is not None and nbytes > free:
-        raise UserError(f'{what}: needs about {_gib(nbytes)} of memory, but {_gib(free)} are free')
+        where = '' if device is None or getattr(device, 'type', device) == 'cpu' else f' on {device}'
+        raise UserError(f'{what}: needs at least {_gib(nbytes)} of memory{where}, but {_gib(free)} are free')
+
+
+def full_resolution_channels(net):
+    """Output channels of the first convolution of `net` (its input layer, at full resolution):
+    with the batch and image size a lower bound of the memory its activations take."""
+    return next((p.shape[0] for p in net.parameters() if p.ndim == 4), 1)
 
 
 def _gib(nbytes):

@@ -3,6 +3,7 @@ training state that loads and fits, so that neither a start race nor a killed wr
 
 import contextlib
 import glob
+import json
 import os
 import re
 
@@ -11,6 +12,8 @@ import torch
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
+from training import file_limits
+from training import patch as patch_lib
 
 _RUN_ID = re.compile(r'^(\d+)-')
 _LOCK_NAME = '.run-ids.lock'
@@ -103,18 +106,42 @@ def check_state_fits(path, state, net):
                             f'({rng_size} bytes); it cannot continue the same random streams')
 
 
-def _meta_network(c):
-    """The network train.py's options `c` build, on the meta device (shapes only)."""
+_meta_networks = {}  # options => (network on the meta device, its input resolution)
+
+
+def meta_network(c):
+    """The network train.py's options `c` build, on the meta device (shapes only, no memory), and
+    its input resolution; the data set is opened once per set of options."""
     from training import training_loop
-    dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
-    try:
-        resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
-        with torch.device('meta'):
-            return dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
-                                                  label_dim=dataset.label_dim)
-    finally:
-        if hasattr(dataset, 'close'):
-            dataset.close()
+    key = json.dumps([c.dataset_kwargs, c.encoder_kwargs, c.network_kwargs], sort_keys=True, default=str)
+    if key not in _meta_networks:
+        dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
+        try:
+            resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+            with torch.device('meta'):
+                net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
+                                                     label_dim=dataset.label_dim)
+        except (RuntimeError, OverflowError, ValueError, TypeError) as err:  # sizes beyond int64, or beyond any memory
+            raise UserError(f'--cbase/--cres: the network cannot be built ({str(err).strip().splitlines()[0][:200]})') from None
+        finally:
+            if hasattr(dataset, 'close'):
+                dataset.close()
+        _meta_networks[key] = net, resolution
+    return _meta_networks[key]
+
+
+def check_training_memory(c, device):
+    """Raises UserError when training with options `c` cannot fit on `device`: the weights, their
+    EMA copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
+    first convolution for one round of full images (a lower bound of the activations)."""
+    from torch_utils import misc
+    net, resolution = meta_network(c)
+    height, width = patch_lib.image_hw(resolution)
+    batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
+    weights = 20 * misc.count_parameters(net)
+    activations = 2 * 4 * batch_gpu * file_limits.full_resolution_channels(net) * height * width
+    file_limits.check_memory(weights + activations, f'--cbase/--cres/--batch: {misc.count_parameters(net):,} parameters '
+                             f'and batches of {batch_gpu} images of {width}x{height}', device)
 
 
 def state_files(folder):
@@ -142,7 +169,7 @@ def pick_resume_state(path, c):
                     else '; start it again without --resume')
             raise UserError(f'--resume: run folder "{path}" holds no training state: the run stopped before its first '
                             f'one was written (one every --dump ticks, and at the end){hint}')
-    net = _meta_network(c)
+    net = meta_network(c)[0]
     reasons = []
     for candidate in candidates:
         try:
