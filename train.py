@@ -414,7 +414,7 @@ def main(**kwargs):
     dist.barrier()
 
     try:
-        with dnnlib.util.option_errors(main, names=EVALUATION_OPTIONS):
+        with dnnlib.util.option_errors(main, names=EVALUATION_OPTIONS), dnnlib.util.disk_full_errors(c.run_dir):
             training_loop.training_loop(**c, device=device)
     finally:
         if logger is not None:

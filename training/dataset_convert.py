@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import sys
 import tarfile
 import zipfile
@@ -237,12 +238,10 @@ def _open_npz(path, max_images):
             if 'images' not in npz.files:
                 raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
             shape = _npz_shape(npz, 'images', path)
-            if 'labels' in npz.files:
-                _npz_shape(npz, 'labels', path)
             if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
                 raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
-            images = npz['images']
-            labels = npz['labels'] if 'labels' in npz.files else None
+            images = _npz_array(npz, 'images', path)
+            labels = _npz_array(npz, 'labels', path) if 'labels' in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f'{path}: not a readable .npz file ({err})') from None
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
@@ -266,17 +265,42 @@ def _check_label_values(path, labels):
         raise UserError(f'{path}: "labels" holds NaN, infinite or float32-overflowing values')
 
 
-def _npz_shape(npz, key, path):
-    """Shape of array `key` of an open npz, read from its header without loading the array;
-    UserError when the array would not fit in the free memory."""
+def _npz_header(npz, key, path):
+    """(shape, fortran order, dtype, byte offset of the data in the .npz file or None when the
+    member is compressed) of array `key` of an open npz, from its headers alone."""
     info = npz.zip.getinfo(key + '.npy')
     file_limits.check_zip_member(info, f'{path}: {info.filename}')
     with npz.zip.open(info) as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _fortran, dtype = read_header(f)
+        shape, fortran, dtype = read_header(f)
+        header_size = f.tell()
+    offset = None
+    if info.compress_type == zipfile.ZIP_STORED:
+        with open(path, 'rb') as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+        if len(local) == 30 and local[:4] == b'PK\x03\x04':
+            name_len, extra_len = struct.unpack('<HH', local[26:30])
+            offset = info.header_offset + 30 + name_len + extra_len + header_size
+    return shape, fortran, dtype, offset
+
+
+def _npz_shape(npz, key, path):
+    """Shape of array `key` of an open npz, read from its header without loading the array."""
+    return _npz_header(npz, key, path)[0]
+
+
+def _npz_array(npz, key, path):
+    """Array `key` of an open npz. Stored uncompressed (np.savez) it is memory-mapped from the file,
+    so that even a set larger than the memory converts with the usual peak; compressed, it is
+    loaded after its size (from the header) was checked against the free memory."""
+    shape, _fortran, dtype, offset = _npz_header(npz, key, path)
+    if offset is not None and not dtype.hasobject and all(shape):
+        order = 'F' if _fortran else 'C'
+        return np.memmap(path, dtype=dtype, mode='r', offset=offset, shape=shape, order=order)
     _check_array_memory(path, key, shape, dtype)
-    return shape
+    return npz[key]
 
 
 def _check_array_memory(path, key, shape, dtype):
@@ -294,17 +318,14 @@ def read_arrays(path):
             file_limits.check_regular_file(path)
             images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
             _check_array_shape(path, images.shape)
-            _check_array_memory(path, 'images', images.shape, images.dtype)
             images = np.asarray(images)
         else:
             with np.load(path, allow_pickle=False) as npz:
                 if 'images' not in npz.files:
                     raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
                 _check_array_shape(path, _npz_shape(npz, 'images', path))  # before a compressed array unpacks
-                if 'labels' in npz.files:
-                    _npz_shape(npz, 'labels', path)
-                images = npz['images']
-                labels = npz['labels'] if 'labels' in npz.files else None
+                images = _npz_array(npz, 'images', path)
+                labels = _npz_array(npz, 'labels', path) if 'labels' in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f'{path}: not a readable numpy file ({err})') from None
     if images.dtype.kind not in 'uif':
@@ -717,14 +738,19 @@ class DatasetWriter:
         labels = self.labels if self.labels and all(has) else None
         self.add_file('dataset.json', json.dumps({'labels': labels, **self.meta}).encode('utf-8'))
 
-    def __exit__(self, exc_type, _exc, _tb):
+    def __exit__(self, exc_type, exc, _tb):
         try:
-            if exc_type is None:
-                self._write_labels()
-            if self._zip is not None:
-                self._zip.close()
-            if exc_type is None:
-                self._commit()
+            with dnnlib.util.disk_full_errors(self.dest):
+                try:
+                    if exc_type is None:
+                        self._write_labels()
+                    if self._zip is not None:
+                        self._zip.close()
+                finally:
+                    if exc is not None:
+                        dnnlib.util.raise_if_disk_full(exc, self.dest)
+                if exc_type is None:
+                    self._commit()
         finally:
             if self._tmp is not None and os.path.lexists(self._tmp):
                 shutil.rmtree(self._tmp) if os.path.isdir(self._tmp) else os.remove(self._tmp)
