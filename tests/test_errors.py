@@ -4,13 +4,18 @@ changed on disk. Also: training states never unpickle code, atomic writes clean 
 lazy, and large images are bounded. Everything runs in-process through click's runner."""
 
 import collections
+import errno
+import gzip
 import hashlib
 import io
 import json
 import os
 import pickle
+import re
+import shutil
 import struct
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -27,8 +32,10 @@ import fid
 import generate
 import train
 from conftest import sampling_net
+from training import compile_cache
 from training import dataset as dataset_lib
 from training import metrics
+from training import run_dir
 from training import training_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -415,11 +422,7 @@ class EvilRecord:
 
 def one_error_line(result):
     """The one `Error:` line of a script that failed cleanly (exit 1, no traceback)."""
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.startswith('Error:')]
-    assert len(lines) == 1 and 'Traceback' not in result.output, result.output
-    return lines[0]
+    return one_line(result)
 
 
 def load_command(script, path, tmp_path, files, trust=False):
@@ -623,3 +626,306 @@ def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path)
     assert not os.path.exists(marker)
     reconstruct_phema.load_template(str(tmp_path), 7, trust_pickle=True)
     assert os.path.isdir(marker)
+
+# ----------------------------------------------------------------------------------------------
+# Nothing lost, bounded, one line always: special files, bombs, reference statistics, full
+# disks, long names, run folders, resume and the compile cache.
+
+
+def one_line(result, *words, code=1):
+    """Asserts that a click run ended with exit `code` and one `Error:` line holding `words`."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.startswith('Error:')]
+    assert len(lines) == 1 and 'Traceback' not in result.output, result.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def npz_claiming(path, key, shape, compressed=True, dtype='|u1'):
+    """An .npz whose member `key` declares `shape` in its header but holds a few bytes only."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, dict(descr=dtype, fortran_order=False, shape=shape))
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as z:
+        z.writestr(key + '.npy', header.getvalue() + b'\0' * 64)
+    return str(path)
+
+
+def patch_central_directory(path, name, offset, fmt, value):
+    """Overwrites a field (at `offset` of the central-directory entry of member `name`) of a zip."""
+    data = bytearray(open(path, 'rb').read())
+    entry = data.index(b'PK\x01\x02')
+    while data[entry + 46:entry + 46 + len(name)] != name.encode():
+        entry = data.index(b'PK\x01\x02', entry + 4)
+    struct.pack_into(fmt, data, entry + offset, value)
+    open(path, 'wb').write(bytes(data))
+
+
+@pytest.fixture(scope='module')
+def special(tmp_path_factory):
+    """Named pipes and device links, kept out of the folders `disk_state` reads."""
+    root = tmp_path_factory.mktemp('special')
+    os.mkfifo(root / 'pipe.npz')
+    os.mkfifo(root / 'pipe-ref.npz')
+    os.symlink('/dev/zero', root / 'zero.npz')
+    os.makedirs(root / 'piped-images')
+    for i, img in enumerate(digit_images(2)):
+        (root / 'piped-images' / f'{i}.png').write_bytes(png_bytes(img))
+    os.mkfifo(root / 'piped-images' / 'z.png')
+    os.makedirs(root / 'piped-json')
+    (root / 'piped-json' / '0.png').write_bytes(png_bytes(digit_images(1)[0]))
+    os.mkfifo(root / 'piped-json' / 'dataset.json')
+    return root
+
+
+def test_special_files_are_refused_without_being_opened(special, files, tmp_path):
+    runner = CliRunner()
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/pipe.npz', f'--dest={tmp_path}/d.zip']), 'pipe.npz', 'named pipe')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/zero.npz', f'--dest={tmp_path}/d.zip']), 'zero.npz', 'device')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/piped-images', f'--dest={tmp_path}/d.zip']), 'z.png', 'named pipe')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/piped-json', f'--dest={tmp_path}/d.zip']), 'dataset.json', 'named pipe')
+    one_line(runner.invoke(fid.main, ['calc', f'--images={files.digits}', f'--ref={special}/pipe-ref.npz', f'--detector={files.det}']),
+             'pipe-ref.npz', 'named pipe')
+    with pytest.raises(dnnlib.util.UserError, match='named pipe'):
+        dataset_lib.ImageFolderDataset(str(special / 'piped-images'))
+    assert os.listdir(tmp_path) == []
+
+
+def test_headers_are_sized_before_anything_is_read(files, tmp_path):
+    runner = CliRunner()
+    huge = npz_claiming(tmp_path / 'huge.npz', 'images', (10**9, 1000, 1000))  # 10^15 bytes from 1 kB
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={huge}', f'--dest={tmp_path}/d.zip']), 'huge.npz', 'needs at least', 'free')
+    lying = npz_claiming(tmp_path / 'lying.npz', 'images', (10**6, 64, 64), compressed=False)  # mapped, not loaded
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={lying}', f'--dest={tmp_path}/d.zip']), 'lying.npz', 'not a readable')
+    idx = tmp_path / 'huge-images-idx3-ubyte.gz'
+    with gzip.open(idx, 'wb') as fp:  # 4 billion 28x28 images declared, a few bytes given
+        fp.write(b'\0\0\x08\x03' + struct.pack('>III', 4 * 10**9, 28, 28) + b'\0' * 100)
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={idx}', f'--dest={tmp_path}/d.zip']), 'idx3-ubyte.gz', 'needs at least')
+    wide = tmp_path / 'wide-images-idx3-ubyte.gz'
+    with gzip.open(wide, 'wb') as fp:
+        fp.write(b'\0\0\x08\x03' + struct.pack('>III', 1, 10000, 10000))
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={wide}', f'--dest={tmp_path}/d.zip']), '10000x10000', 'limit')
+    short = tmp_path / 'short-images-idx3-ubyte.gz'
+    with gzip.open(short, 'wb') as fp:  # the declared 2 images, then 10 MB that are never inflated into memory
+        fp.write(b'\0\0\x08\x03' + struct.pack('>III', 2, 28, 28) + b'\7' * (2 * 28 * 28) + b'\0' * 10**7)
+    result = runner.invoke(dataset_tool.cli, [f'--source={short}', f'--dest={tmp_path}/short.zip'])
+    assert result.exit_code == 0 and len(dataset_lib.ImageFolderDataset(str(tmp_path / 'short.zip'))) == 2, result.output
+    os.remove(tmp_path / 'short.zip')
+
+    bomb = tmp_path / 'bomb.zip'  # a PNG member whose central directory declares 3 GiB
+    write_zip(bomb, image_members(digit_images(2)))
+    patch_central_directory(bomb, '00000/img00000001.png', 24, '<I', 3 << 30)
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={bomb}', f'--dest={tmp_path}/d.zip']), 'img00000001.png', 'bytes')
+    for offset, fmt, value, words in ((8, '<H', 1, 'encrypted'), (10, '<H', 9, 'Deflate64')):
+        odd = tmp_path / f'odd{value}.zip'
+        write_zip(odd, image_members(digit_images(2)))
+        patch_central_directory(odd, '00000/img00000001.png', offset, fmt, value)
+        one_line(runner.invoke(dataset_tool.cli, [f'--source={odd}', f'--dest={tmp_path}/d.zip']), 'img00000001.png', words)
+        one_line(runner.invoke(train.main, [a.format(tmp=tmp_path, digits=odd) for a in TRAIN] + ['-n']), 'img00000001.png', words)
+        one_line(runner.invoke(fid.main, ['ref', f'--data={odd}', f'--dest={tmp_path}/r.npz', f'--detector={files.det}',
+                                          '--workers=0']), 'img00000001.png', words)
+    assert sorted(os.listdir(tmp_path)) == sorted(['huge.npz', 'lying.npz', idx.name, wide.name, short.name, 'bomb.zip',
+                                                   'odd1.zip', 'odd9.zip'])
+
+
+def test_labels_that_would_be_garbage_or_huge_are_refused(tmp_path):
+    runner = CliRunner()
+    images = np.stack(digit_images(2))
+    for name, labels, words in (('nan', np.array([0.5, np.nan]), 'NaN'), ('huge', np.array([0, 2**40]), 'less than'),
+                                ('overflow', np.array([1e300, 0]), 'float32')):
+        np.savez(tmp_path / f'{name}.npz', images=images, labels=labels)
+        one_line(runner.invoke(dataset_tool.cli, [f'--source={tmp_path}/{name}.npz', f'--dest={tmp_path}/d.zip']), f'{name}.npz', words)
+    for name, label, words in (('json-huge', 2**40, 'less than'), ('json-nan', float('nan'), 'finite')):
+        members = image_members(digit_images(2))
+        path = write_zip(tmp_path / f'{name}.zip', members, [[n, label] for n in members])
+        with pytest.raises(dnnlib.util.UserError, match=words):
+            dataset_lib.ImageFolderDataset(path, use_labels=True).get_label(0)
+    assert not os.path.exists(tmp_path / 'd.zip')
+
+
+def test_reference_statistics_are_validated_before_the_features(files, tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((64, 2048)) * 0.1
+    good = base.T @ base / 63
+    cases = dict(nan=(np.zeros(2048), np.where(np.eye(2048) > 0, np.nan, good), 'NaN'),
+                 negative=(np.zeros(2048), -np.eye(2048), 'negative eigenvalue'),
+                 skewed=(np.zeros(2048), good + np.triu(np.ones((2048, 2048)), 1), 'not symmetric'),
+                 small=(np.zeros(64), np.eye(64), 'expected (2048,)'))
+    for name, (mu, sigma, words) in cases.items():
+        path = str(tmp_path / f'{name}.npz')
+        np.savez(path, mu=mu, sigma=sigma)
+        with pytest.raises(dnnlib.util.UserError, match=re.escape(words)):
+            metrics.load_stats(path)
+    # The CLI reports it before the detector (here a missing file) is even looked at.
+    one_line(CliRunner().invoke(fid.main, ['calc', f'--images={files.digits}', f'--ref={tmp_path}/negative.npz',
+                                           f'--detector={tmp_path}/no-such-detector.pt']), 'negative.npz', 'negative eigenvalue')
+    extra = npz_claiming(tmp_path / 'extra.npz', 'junk', (10**9, 10**6))  # a member that is never read
+    with zipfile.ZipFile(extra, 'a') as z:
+        for key, value in (('mu', np.zeros(2048)), ('sigma', good)):
+            buf = io.BytesIO()
+            np.save(buf, value)
+            z.writestr(key + '.npy', buf.getvalue())
+    mu, sigma = metrics.load_stats(extra)
+    assert mu.shape == (2048,) and np.array_equal(sigma, good)
+
+
+def test_overwrite_judges_a_destination_by_its_contents(files, tmp_path):
+    runner = CliRunner()
+    dest = tmp_path / 'd'
+    assert runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    os.makedirs(dest / '12345')
+    (dest / '12345' / 'thesis.tex').write_text('four years of work')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite']), '--dest', 'not a data set')
+    assert (dest / '12345' / 'thesis.tex').read_text() == 'four years of work'
+    os.remove(dest / '12345' / 'thesis.tex')
+    (dest / '12345' / 'img00000000.png').write_text('a PNG by name only')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite']), '--dest', 'not a data set')
+    shutil.rmtree(dest / '12345')
+    os.symlink(files.notes, dest / '00000' / 'img00000099.png')
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite']), '--dest', 'not a data set')
+    os.remove(dest / '00000' / 'img00000099.png')
+    result = runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}', '--overwrite', '--max-images=2'])
+    assert result.exit_code == 0, result.output  # what the tool wrote is still replaced
+    assert len(dataset_lib.ImageFolderDataset(str(dest))) == 2
+    fake = tmp_path / 'fake.zip'
+    write_zip(fake, {'00000/img00000000.png': b'not a png'})
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={fake}', '--overwrite']), '--dest', 'not a data set')
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(files, tmp_path, monkeypatch):
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    with pytest.raises(dnnlib.util.UserError, match='no space left on the device'):
+        with dnnlib.util.atomic_write(tmp_path / 'a.bin', 'wb') as fp:
+            full(fp)
+    assert os.listdir(tmp_path) == []
+    log = dnnlib.util.Logger(file_name=str(tmp_path / 'log.txt'))
+    try:
+        monkeypatch.setattr(log, 'file', mock_file(full))
+        with pytest.raises(dnnlib.util.UserError, match='log.txt: no space left'):
+            log.write('a line\n')
+        log.write('the console goes on\n')
+    finally:
+        log.close()
+    runner = CliRunner()
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset_tool.DatasetWriter, 'add_file', full)
+        one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={tmp_path}/d.zip']), 'd.zip', 'no space left')
+    with monkeypatch.context() as patch:
+        patch.setattr(np, 'savez', full)
+        one_line(runner.invoke(fid.main, ['ref', f'--data={files.digits}', f'--dest={tmp_path}/r.npz', f'--detector={files.det}',
+                                          '--workers=0']), 'r.npz', 'no space left')
+    with monkeypatch.context() as patch:
+        patch.setattr(PIL.Image.Image, 'save', full)
+        one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--outdir={tmp_path}/out', '--seeds=0',
+                                                              '--steps=2', '--device=cpu']), '000000.png', 'no space left')
+    with monkeypatch.context() as patch:
+        patch.setattr(training_loop, 'append_stats', full)
+        one_line(runner.invoke(train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + TINY_RUN), 'no space left')
+    leftovers = [os.path.join(r, n) for r, _d, names in os.walk(tmp_path) for n in names if n.endswith('.tmp')]
+    assert leftovers == [] and not os.path.exists(tmp_path / 'd.zip') and not os.path.exists(tmp_path / 'r.npz')
+
+
+def mock_file(write):
+    """A stand-in for an open file whose writes and flushes call `write`."""
+    return type('Full', (), dict(name='log.txt', write=lambda self, *a: write(), flush=lambda self: write(),
+                                 close=lambda self: None))()
+
+
+def test_names_too_long_for_the_file_system_fail_first(files, tmp_path):
+    runner = CliRunner()
+    long = 'x' * 240
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={tmp_path}/{long}.zip']), '--dest', 'bytes')
+    one_line(runner.invoke(fid.main, ['ref', f'--data={files.digits}', f'--dest={tmp_path}/{long}.npz', f'--detector={files.det}']),
+             '--dest', 'bytes')
+    one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--grid={tmp_path}/{long}.png', '--device=cpu']), '--grid', 'bytes')
+    one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--outdir={tmp_path}/{"y" * 300}', '--device=cpu']), '--outdir', 'bytes')
+    one_line(runner.invoke(train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + [f'--desc={long}', '-n']),
+             '--desc', 'bytes')
+    assert os.listdir(tmp_path) == []
+
+
+OPTION_CASES = [  # (script, arguments, exit code, words)
+    ('train', TRAIN + ['--desc=../escape', '-n'], 1, ['--desc', 'plain name']),
+    ('train', TRAIN + ['--device=meta', '-n'], 1, ['--device=meta']),
+    ('train', TRAIN + ['--cbase=100000000000000000000000', '-n'], 1, ['--cbase', 'cannot be built']),
+    ('train', TRAIN + ['--cbase=1000000', '-n'], 1, ['--cbase', 'needs at least']),
+    ('train', TRAIN + ['--seed=-1', '-n'], 2, ['--seed']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--sigma_max=1e39'], 1, ['--sigma_max', 'float32']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--S_noise=-1e30', '--S_churn=40'], 1, ['--S_noise', 'between 0']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--x_start=100000000000000000000'], 1, ['--x_start', '2^24']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--image_size=8000', '--batch=64'], 1, ['--batch/--image_size', 'needs at least']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--device=meta'], 1, ['--device=meta']),
+    ('fid', ['calc', '--images={digits}', '--ref={stats}', '--device=meta', '--detector={det}'], 1, ['--device=meta']),
+]
+
+
+@pytest.mark.parametrize('script, args, code, words', OPTION_CASES, ids=[f'{c[0]}-{c[1][-2]}' for c in OPTION_CASES])
+def test_option_values_beyond_what_works_are_refused(script, args, code, words, files, tmp_path):
+    args = [a.format(tmp=tmp_path, **files) for a in args]
+    one_line(CliRunner().invoke(SCRIPTS[script], args), *words, code=code)
+    assert not os.path.exists(tmp_path / 'runs') and not os.path.exists(tmp_path / 'out')
+
+
+def test_racing_runs_claim_distinct_folders(tmp_path):
+    barrier = threading.Barrier(8)
+    claimed = []
+
+    def claim(desc):
+        barrier.wait()
+        claimed.append(run_dir.claim_run_dir(str(tmp_path), desc))
+    threads = [threading.Thread(target=claim, args=('same' if i % 2 else f'desc{i}',)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = sorted(int(os.path.basename(path)[:5]) for path in claimed)
+    assert ids == list(range(8)) and len(set(claimed)) == 8
+    assert run_dir.claim_run_dir(str(tmp_path), 'dry', dry_run=True).endswith('00008-dry')
+    assert not os.path.exists(tmp_path / '00008-dry')
+
+
+def test_resume_falls_back_past_states_that_do_not_load_or_fit(files, tmp_path):
+    runner = CliRunner()
+    run = tmp_path / 'run'
+    os.makedirs(run)
+    shutil.copy(files.state, run / 'training-state-000000.pt')
+    state = torch.load(files.state, weights_only=True)
+    bad_rng = dict(state, rng_states=[dict(state['rng_states'][0], torch=torch.zeros(16, dtype=torch.uint8))])
+    torch.save(bad_rng, run / 'training-state-000001.pt')
+    missing = dict(state, net={k: v for i, (k, v) in enumerate(state['net'].items()) if i})
+    torch.save(missing, run / 'training-state-000002.pt')
+    (run / 'training-state-000003.pt').write_bytes(open(files.state, 'rb').read()[:1000])  # killed while written
+    stale = run / f'.training-state-000004.pt.{2**22 + 12345}.abcd1234.tmp'
+    stale.write_bytes(b'half a state')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(stale, (old, old))
+    train_args = [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN]
+    result = runner.invoke(train.main, train_args + [f'--resume={run}', '-n'])
+    assert result.exit_code == 0, result.output
+    assert result.output.count('Passing over') == 3 and '"resume_state":' in result.output
+    assert f'{run}/training-state-000000.pt' in result.output.split('"resume_state":')[1].splitlines()[0]
+    assert not stale.exists()
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000001.pt', '-n']), '--resume', 'random-number')
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000002.pt', '-n']), '--resume', 'does not fit')
+    os.remove(run / 'training-state-000000.pt')
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}']), '--resume', 'no training state', 'loads and fits')
+    empty = tmp_path / 'killed-early'
+    os.makedirs(empty)
+    (empty / 'training_options.json').write_text('{}')
+    one_line(runner.invoke(train.main, train_args + [f'--resume={empty}']), '--resume', 'before its first')
+    assert not os.path.exists(tmp_path / 'runs')
+
+
+def test_truncated_compiled_kernels_are_removed_from_the_cache(tmp_path):
+    import _ctypes
+    library = open(os.path.realpath(_ctypes.__file__), 'rb').read()
+    os.makedirs(tmp_path / 'ab')
+    (tmp_path / 'ab' / 'intact.so').write_bytes(library)
+    (tmp_path / 'ab' / 'cut.so').write_bytes(library[:len(library) * 2 // 3])  # a compile killed while writing
+    (tmp_path / 'ab' / 'empty.so').write_bytes(b'')
+    (tmp_path / 'ab' / 'kernel.py').write_text('# not a library')
+    removed = compile_cache.remove_broken_entries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == ['cut.so', 'empty.so']
+    assert sorted(os.listdir(tmp_path / 'ab')) == ['intact.so', 'kernel.py']

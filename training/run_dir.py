@@ -16,7 +16,6 @@ from training import file_limits
 from training import patch as patch_lib
 
 _RUN_ID = re.compile(r'^(\d+)-')
-_LOCK_NAME = '.run-ids.lock'
 
 
 def check_desc(desc, outdir):
@@ -39,19 +38,19 @@ def next_run_id(outdir):
 
 @contextlib.contextmanager
 def _id_lock(outdir):
-    """Holds an exclusive lock on `outdir`'s run ids where the platform has `fcntl`, so that two
-    runs started at once with different descriptions still get different ids."""
+    """Holds an exclusive lock on the folder `outdir` itself where the platform has `fcntl`, so
+    that two runs started at once with different descriptions still get different ids."""
     try:
         import fcntl
     except ImportError:  # the mkdir below still keeps two runs out of one folder
         yield
         return
-    with open(os.path.join(outdir, _LOCK_NAME), 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(outdir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def claim_run_dir(outdir, desc, dry_run=False):
