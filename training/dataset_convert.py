@@ -678,6 +678,7 @@ class DatasetWriter:
             dnnlib.util.check_output_file(self.dest, '--dest')
         else:
             dnnlib.util.check_output_dir(self.dest, '--dest')
+            dnnlib.util.check_name_lengths(self.dest, '--dest')  # written as a temporary folder first
         _restore_moved_aside(self.dest)
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)

@@ -8,6 +8,7 @@ import os
 import re
 
 import torch
+from torch.utils._device import _device_constructors  # the factories `with torch.device(...)` redirects
 
 import dnnlib
 from dnnlib.util import UserError
@@ -108,6 +109,23 @@ def check_state_fits(path, state, net):
 _meta_networks = {}  # options => (network on the meta device, its input resolution)
 
 
+class _MetaWeights(torch.overrides.TorchFunctionMode):
+    """Creates the tensors that factories make from sizes (weights, buffers) on the meta device,
+    and those made from data (constants such as a preconditioner's sigma_min) as usual, so that
+    a network is built at no memory cost and its constructor can still compute with constants."""
+
+    _FROM_DATA = {torch.as_tensor, torch.asarray, torch.tensor, torch.scalar_tensor}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _SIZED_FACTORIES and kwargs.get('device') is None:
+            kwargs['device'] = 'meta'
+        return func(*args, **kwargs)
+
+
+_SIZED_FACTORIES = {f for f in _device_constructors() if f not in _MetaWeights._FROM_DATA}
+
+
 def meta_network(c):
     """The network train.py's options `c` build, on the meta device (shapes only, no memory), and
     its input resolution; the data set is opened once per set of options."""
@@ -117,7 +135,7 @@ def meta_network(c):
         dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
         try:
             resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
-            with torch.device('meta'):
+            with _MetaWeights():
                 net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                                      label_dim=dataset.label_dim)
         except (RuntimeError, OverflowError, ValueError, TypeError) as err:  # sizes beyond int64, or beyond any memory
@@ -154,7 +172,7 @@ def state_files(folder):
 def pick_resume_state(path, c):
     """The training state for `--resume=path` that loads and fits train.py's options `c`: `path`
     itself, or in a run folder the newest such state, passing over (with one line each) states
-    that a killed or full-disk writer left unreadable. Temporary files that killed writers left in
+    that a killed or full-disk writer left unreadable; one that holds code is refused outright. Temporary files that killed writers left in
     the folder are removed. Raises UserError saying why nothing can be resumed."""
     from training import training_loop
     if not os.path.isdir(path):
@@ -176,7 +194,7 @@ def pick_resume_state(path, c):
             check_state_fits(candidate, state, net)
             return candidate
         except UserError as err:
-            if len(candidates) == 1:
+            if len(candidates) == 1 or 'could run code' in err.message:  # a planted file is no damage to pass over
                 raise
             reasons.append(err.message)
             dist.print0(f'Passing over {err.message.removeprefix("--resume: ")}')
