@@ -54,7 +54,7 @@ def main():
 @click.option('--data', 'dataset_path', help='Image folder or zip', metavar='PATH', type=str, required=True)
 @click.option('--dest', 'dest_path', help='Destination .npz file', metavar='NPZ', type=str, required=True)
 @click.option('--num', 'num_expected', help='Use a random subset of this many images [default: all]', metavar='INT', type=click.IntRange(min=2), default=None)
-@click.option('--seed', help='Random seed for choosing the subset', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seed', help='Random seed for choosing the subset', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option('--save-features', help='Also store per-image features (for kid --ref)', is_flag=True)
 @common_options
 def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, trust_pickle, num_workers):
@@ -74,7 +74,7 @@ def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_si
 @click.option('--images', 'image_path', help='Image folder or zip', metavar='PATH', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference statistics .npz (path or URL)', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', 'num_expected', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @common_options
 def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, device, trust_pickle, num_workers):
     """Calculate FID of an image set against reference statistics."""
@@ -94,7 +94,7 @@ def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, dev
 @click.option('--num', 'num_expected', help='Use a random subset of this many images [default: all]', metavar='INT', type=click.IntRange(min=2), default=None)
 @click.option('--subsets', 'num_subsets', help='Number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
 @click.option('--subset-size', 'max_subset_size', help='Images per subset (at most those available)', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=int, default=0, show_default=True)
+@click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @common_options
 def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, max_batch_size, detector, device, trust_pickle,
         num_workers):

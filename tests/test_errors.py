@@ -856,6 +856,7 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
     ('generate', GENERATE + ['--outdir={tmp}/out', '--image_size=8000', '--batch=64'], 1, ['--batch/--image_size', 'needs at least']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--device=meta'], 1, ['--device=meta']),
     ('fid', ['calc', '--images={digits}', '--ref={stats}', '--device=meta', '--detector={det}'], 1, ['--device=meta']),
+    ('fid', ['kid', '--images={digits}', '--ref={digits}', '--num=4', '--detector={det}', '--seed=-1'], 2, ['--seed']),
 ]
 
 
