@@ -9,10 +9,8 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -437,7 +435,7 @@ def raise_if_disk_full(exc, path):
     OSError while writing `path`; returns otherwise."""
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
         what = 'the disk quota is used up' if exc.errno != errno.ENOSPC else 'no space left on the device'
-        raise UserError(f'{path}: {what}; free some space and run again (nothing was written under this name)') from None
+        raise UserError(f'{path}: {what} (files being written are left out); free some space and run again') from None
 
 
 class disk_full_errors:

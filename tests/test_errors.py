@@ -883,6 +883,8 @@ def test_racing_runs_claim_distinct_folders(tmp_path):
     assert ids == list(range(8)) and len(set(claimed)) == 8
     assert run_dir.claim_run_dir(str(tmp_path), 'dry', dry_run=True).endswith('00008-dry')
     assert not os.path.exists(tmp_path / '00008-dry')
+    (tmp_path / '00008-file').write_text('a file, not a run')
+    assert run_dir.claim_run_dir(str(tmp_path), 'file').endswith('00009-file')
 
 
 def test_resume_falls_back_past_states_that_do_not_load_or_fit(files, tmp_path):

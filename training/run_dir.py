@@ -13,8 +13,10 @@ from torch.utils._device import _device_constructors  # the factories `with torc
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
+from torch_utils import misc
 from training import file_limits
 from training import patch as patch_lib
+from training import training_loop
 
 _RUN_ID = re.compile(r'^(\d+)-')
 
@@ -63,13 +65,14 @@ def claim_run_dir(outdir, desc, dry_run=False):
         return os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}')
     os.makedirs(outdir, exist_ok=True)
     with _id_lock(outdir):
+        run_id = next_run_id(outdir)
         while True:
-            path = os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}')
+            path = os.path.join(outdir, f'{run_id:05d}-{desc}')
             try:
                 os.mkdir(path)
                 return path
-            except FileExistsError:
-                continue
+            except FileExistsError:  # taken meanwhile, or a file of that name: the next id
+                run_id = max(run_id + 1, next_run_id(outdir))
 
 # ----------------------------------------------------------------------------------------------
 # Resuming.
@@ -129,7 +132,6 @@ _SIZED_FACTORIES = {f for f in _device_constructors() if f not in _MetaWeights._
 def meta_network(c):
     """The network train.py's options `c` build, on the meta device (shapes only, no memory), and
     its input resolution; the data set is opened once per set of options."""
-    from training import training_loop
     key = json.dumps([c.dataset_kwargs, c.encoder_kwargs, c.network_kwargs], sort_keys=True, default=str)
     if key not in _meta_networks:
         dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
@@ -151,7 +153,6 @@ def check_training_memory(c, device):
     """Raises UserError when training with options `c` cannot fit on `device`: the weights, their
     EMA copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
     first convolution for one round of full images (a lower bound of the activations)."""
-    from torch_utils import misc
     net, resolution = meta_network(c)
     height, width = patch_lib.image_hw(resolution)
     batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
@@ -172,9 +173,9 @@ def state_files(folder):
 def pick_resume_state(path, c):
     """The training state for `--resume=path` that loads and fits train.py's options `c`: `path`
     itself, or in a run folder the newest such state, passing over (with one line each) states
-    that a killed or full-disk writer left unreadable; one that holds code is refused outright. Temporary files that killed writers left in
-    the folder are removed. Raises UserError saying why nothing can be resumed."""
-    from training import training_loop
+    that a killed or full-disk writer left unreadable; one that holds code is refused outright.
+    Temporary files that killed writers left in the folder are removed. Raises UserError saying
+    why nothing can be resumed."""
     if not os.path.isdir(path):
         candidates = [training_loop.find_resume_state(path)]
     else:
