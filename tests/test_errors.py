@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
 TRAIN = ['--outdir={tmp}/runs', '--data={digits}', '--batch=8', '--cbase=8', '--cres=1,2', '--workers=0']
 GENERATE = ['--network={net}', '--device=cpu']
-TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.001', '--seed=1']
+TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.000001', '--seed=1']
 
 # ----------------------------------------------------------------------------------------------
 # Fixture files.

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.01']
+TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.00001']
 
 
 def make_zip(path, count=64, size=16, labels=True, channels=1, indices=None):
