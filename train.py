@@ -314,24 +314,6 @@ LOOP_FIELDS = {
 PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed')
 
 
-class AliasOption(click.Option):
-    """An option whose first name is shown (in --help and in errors); its further names, EDM's
-    and the original release's spellings, are accepted but not listed."""
-
-    def _shown(self, method, ctx):
-        names, self.opts = self.opts, self.opts[:1]
-        try:
-            return method(ctx)
-        finally:
-            self.opts = names
-
-    def get_help_record(self, ctx):
-        return self._shown(super().get_help_record, ctx)
-
-    def get_error_hint(self, ctx):
-        return self._shown(super().get_error_hint, ctx)
-
-
 class HiddenChoice(click.Choice):
     """A choice that also accepts unlisted values (the original release's --precond=pedm)."""
 
@@ -439,9 +421,9 @@ def print_options(opts):
               type=HiddenChoice(['edm', 'vp', 've'], hidden=['pedm']), default='edm')
 @click.option('--patch', help='Train on patches with coordinate channels (0 = EDM\'s network on full images)', metavar='BOOL',
               type=bool, default=True)
-@click.option('--real-p', '--real_p', 'real_p', cls=AliasOption, help='Probability of a full-image step (patches)', metavar='FLOAT',
+@click.option('--real-p', '--real_p', 'real_p', cls=dnnlib.util.AliasOption, help='Probability of a full-image step (patches)', metavar='FLOAT',
               type=click.FloatRange(min=0, max=1), default=patch_lib.REAL_P)
-@click.option('--real-p-end', '--real_p-end', 'real_p_end', cls=AliasOption,
+@click.option('--real-p-end', '--real_p-end', 'real_p_end', cls=dnnlib.util.AliasOption,
               help='Full-image probability at the end, moved to linearly from --real-p  [default: constant]',
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
 @click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-pixel mean x full-image pixels, or per-image pixel sum (original)',
@@ -450,7 +432,7 @@ def print_options(opts):
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
               type=click.IntRange(min=0), default=0)
-@click.option('--latents', '--train_on_latents', 'train_on_latents', cls=AliasOption,
+@click.option('--latents', '--train_on_latents', 'train_on_latents', cls=dnnlib.util.AliasOption,
               help='Train on Stable Diffusion VAE latents (implied by a data set of latents)', metavar='BOOL', type=bool, default=False)
 @click.option('--vae', help='VAE for latents: hub id or local folder  [default: stabilityai/sd-vae-ft-ema, or the data set\'s]',
               metavar='ID|DIR', type=str)
@@ -473,10 +455,10 @@ def print_options(opts):
               type=click.FloatRange(min=0, max=1), default=0)
 @click.option('--augment', help='Augment probability (EDM\'s recipes: 0.12 or 0.15)', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0)
 @click.option('--xflip', help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False)
-@click.option('--p-mean', '--P_mean', 'P_mean', cls=AliasOption, help='Mean of ln(sigma) in training (EDM)', metavar='FLOAT', type=float, default=-1.2)
-@click.option('--p-std', '--P_std', 'P_std', cls=AliasOption, help='Std of ln(sigma) in training (EDM)', metavar='FLOAT',
+@click.option('--p-mean', '--P_mean', 'P_mean', cls=dnnlib.util.AliasOption, help='Mean of ln(sigma) in training (EDM)', metavar='FLOAT', type=float, default=-1.2)
+@click.option('--p-std', '--P_std', 'P_std', cls=dnnlib.util.AliasOption, help='Std of ln(sigma) in training (EDM)', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True), default=1.2)
-@click.option('--sigma-data', '--sigma_data', 'sigma_data', cls=AliasOption, help='Data standard deviation (EDM)', metavar='FLOAT',
+@click.option('--sigma-data', '--sigma_data', 'sigma_data', cls=dnnlib.util.AliasOption, help='Data standard deviation (EDM)', metavar='FLOAT',
               type=click.FloatRange(min=0, min_open=True), default=0.5)
 @click.option('--precision', help='Network body precision (fp16: CUDA; bf16: CUDA, CPUs with AVX512-BF16 or AMX)',
               type=click.Choice(['fp32', 'fp16', 'bf16']), default='fp32')
