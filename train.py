@@ -421,7 +421,7 @@ def print_options(opts):
               type=HiddenChoice(['edm', 'vp', 've'], hidden=['pedm']), default='edm')
 @click.option('--patch', help='Train on patches with coordinate channels (0 = EDM\'s network on full images)', metavar='BOOL',
               type=bool, default=True)
-@click.option('--real-p', '--real_p', 'real_p', cls=dnnlib.util.AliasOption, help='Probability of a full-image step (patches)', metavar='FLOAT',
+@click.option('--real-p', '--real_p', 'real_p', cls=dnnlib.util.AliasOption, help='Probability of a full-image step (1: full images only, with the coordinate channels)', metavar='FLOAT',
               type=click.FloatRange(min=0, max=1), default=patch_lib.REAL_P)
 @click.option('--real-p-end', '--real_p-end', 'real_p_end', cls=dnnlib.util.AliasOption,
               help='Full-image probability at the end, moved to linearly from --real-p  [default: constant]',
