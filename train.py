@@ -302,13 +302,16 @@ def build_config(opts, world_size):
 # Options: presets, hidden aliases (EDM's and the original release's spellings) and the
 # combinations that contradict each other, resolved once when the command line is parsed.
 
-# The training loop's and the networks' argument names that are not an option's parameter name.
+# The arguments of `training_loop` (dotted for the keyword dictionaries) whose name is not the
+# parameter name of the option that sets them: a FieldError about one names that option.
 LOOP_FIELDS = {
-    'path': '--data', 'use_labels': '--cond', 'vae_name': '--vae', 'model_channels': '--cbase', 'channel_mult': '--cres',
-    'num_blocks': '--blocks', 'attn_resolutions': '--attn', 'total_kimg': '--duration', 'ema_halflife_kimg': '--ema',
-    'lr_rampup_kimg': '--lr-rampup', 'lr_decay_kimg': '--lr-decay', 'batch_size': '--batch', 'loss_scaling': '--ls',
-    'cudnn_benchmark': '--bench', 'compile_network': '--compile', 'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit',
-    'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump', 'resume_pkl': '--transfer', 'resume_state': '--resume',
+    'dataset_kwargs.path': '--data', 'dataset_kwargs.use_labels': '--cond', 'encoder_kwargs.vae_name': '--vae',
+    'network_kwargs.model_channels': '--cbase', 'network_kwargs.channel_mult': '--cres',
+    'network_kwargs.num_blocks': '--blocks', 'network_kwargs.attn_resolutions': '--attn',
+    'total_kimg': '--duration', 'ema_halflife_kimg': '--ema', 'lr_rampup_kimg': '--lr-rampup', 'lr_decay_kimg': '--lr-decay',
+    'batch_size': '--batch', 'loss_scaling': '--ls', 'cudnn_benchmark': '--bench', 'compile_network': '--compile',
+    'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit', 'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump',
+    'resume_pkl': '--transfer', 'resume_state': '--resume',
 }
 
 PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed')

@@ -544,3 +544,17 @@ def test_edm_and_original_release_commands_parse(command):
     assert params['patch']
     assert params['precision'] == ('fp16' if '--fp16=1' in command else 'bf16' if '--bf16=1' in command else 'fp32')
     assert params['train_on_latents'] == ('--train_on_latents=1' in command)
+
+
+@pytest.mark.parametrize('field,flag', [('lr_rampup_kimg', '--lr-rampup'), ('dataset_kwargs.path', '--data'),
+                                        ('loss_kwargs.P_mean', '--p-mean'), ('real_p', '--real-p')])
+def test_a_field_error_of_library_code_names_the_option(field, flag, monkeypatch, tmp_path):
+    """train.py re-raises a FieldError under the option that sets the field."""
+    import dnnlib
+    import train
+
+    def bad_config(opts, world_size):
+        raise dnnlib.util.FieldError(field, 'is wrong')
+    monkeypatch.setattr(train, 'build_config', bad_config)
+    result = invoke_train(['--outdir', str(tmp_path / 'runs'), '--data', 'unused', '-n'])
+    assert_user_error(result, f'{flag}: is wrong')
