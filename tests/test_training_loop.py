@@ -116,7 +116,7 @@ def test_patch_kwargs_are_the_final_schedule_arguments(digits):
     c = loop_config(digits, '--patch-sizes=4', '--loss-norm=mean')
     schedule = PatchSchedule(8, seed=0, **c.patch_kwargs)
     assert schedule.patch_sizes == [4, 8] and schedule.loss_weight(4) == 4 and c.network_kwargs.use_coords
-    assert loop_config(digits, '--precond=edm').patch_kwargs is None
+    assert loop_config(digits, '--patch=0').patch_kwargs is None
 
 
 def test_lr_decay_follows_the_inverse_square_root_of_the_images_seen(digits, tmp_path):
