@@ -20,7 +20,7 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
 else
     # CPU: a small fast class-conditional network, bf16 where the CPU computes it natively,
     # trained for 8 minutes at most, sampled with classifier-free guidance (docs/results.md).
-    # CPUs without native bf16 (AVX2 only, e.g. AMD EPYC) train and sample ~1.7x slower: 7 minutes
+    # CPUs without native bf16 (AVX2 only, e.g. AMD EPYC) train and sample slower: 7 minutes
     # there keep the whole command within 15.
     PRESET=demo-cpu
     "$PY" -c "import sys; from torch_utils import misc; sys.exit(0 if misc.cpu_has_bf16() else 1)" || DEMO_MINUTES=${DEMO_MINUTES:-7}
