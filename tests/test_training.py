@@ -558,3 +558,13 @@ def test_a_field_error_of_library_code_names_the_option(field, flag, monkeypatch
     monkeypatch.setattr(train, 'build_config', bad_config)
     result = invoke_train(['--outdir', str(tmp_path / 'runs'), '--data', 'unused', '-n'])
     assert_user_error(result, f'{flag}: is wrong')
+
+
+def test_build_config_leaves_its_options_as_they_are(digits32):
+    import copy
+    import dnnlib
+    import train
+    opts = dnnlib.EasyDict(resolve('--preset=demo-cpu', '--bf16=1'), data=digits32)
+    before = copy.deepcopy(opts)
+    train.build_config(opts, 1)
+    assert opts == before
