@@ -2,7 +2,8 @@
 
 Runs as one process (`python train.py ...`) or as N processes
 (`torchrun --standalone --nproc_per_node=N train.py ...`), on CPUs (gloo) or GPUs (nccl).
-Options and defaults are EDM's, plus the patch options of Patch Diffusion."""
+Options are EDM's, plus the patch options of Patch Diffusion and named presets
+(`training/presets.py`); EDM's and the original release's spellings are accepted, hidden."""
 
 import json
 import os
@@ -20,6 +21,7 @@ from training import compile_cache
 from training import dataset as dataset_lib
 from training import encoders, live_log, phema, train_metrics
 from training import patch as patch_lib
+from training import presets
 from training import run_dir as run_dir_lib
 from training import training_loop
 
@@ -157,26 +159,8 @@ def evaluation_options(opts, c):
             c.logger_kwargs = dnnlib.EasyDict(kind=opts.logger)
 
 
-def build_config(opts, world_size):
-    """Turns the command-line options into the keyword arguments of `training_loop`, validating
-    everything that can be checked before any file is written."""
-    c = dnnlib.EasyDict()
-    dnnlib.util.check_finite_options(main, opts)  # --duration=nan would train forever
-    if opts.precond == 'pedm' and opts.patch is False:
-        raise UserError('--patch=0: --precond=pedm means patches; use --precond=edm for plain EDM')
-    if opts.precond in (None, 'pedm'):  # the original release's default: EDM with patches
-        opts.precond, opts.patch = 'edm', opts.patch is not False
-    opts.patch = bool(opts.patch)  # --precond=edm|vp|ve: plain EDM unless --patch=1
-    patch_lib.check_schedule_options(opts.real_p, opts.real_p_end, opts.progressive)
-    if opts.fp16 and opts.bf16:
-        raise UserError('--fp16 and --bf16: choose one')
-
-    c.dataset_kwargs, dataset = dataset_options(opts.data, opts.cond, opts.xflip, opts.cache)
-    dataset_name = dataset.name
-    c.encoder_kwargs = encoder_options(opts, dataset)
-    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2,
-                                           persistent_workers=opts.workers > 0)
-
+def architecture(opts):
+    """The U-Net's keyword arguments: `--arch`'s, with `--cbase`, `--cres`, `--blocks`, `--attn`."""
     arch = dict(ARCHITECTURES[opts.arch])
     if opts.cbase is not None:
         arch['model_channels'] = opts.cbase
@@ -188,94 +172,256 @@ def build_config(opts, world_size):
         arch['num_blocks'] = opts.blocks
     if opts.attn is not None:
         arch['attn_resolutions'] = opts.attn
-    precond_class, loss_class = PRECONDITIONINGS[opts.precond]
-    c.network_kwargs = dnnlib.EasyDict(class_name=precond_class, **arch, dropout=opts.dropout, use_fp16=opts.fp16)
-    if opts.bf16:
-        c.network_kwargs.use_bf16 = True
-    if opts.label_dropout:
-        c.network_kwargs.label_dropout = opts.label_dropout
-    c.loss_kwargs = dnnlib.EasyDict(class_name=loss_class)
-    if opts.precond == 'edm':
-        c.loss_kwargs.update(P_mean=opts.P_mean, P_std=opts.P_std, sigma_data=opts.sigma_data)
-        c.network_kwargs.sigma_data = opts.sigma_data
+    return arch
 
+
+def check_network_shape(opts, arch, resolution, latent):
+    """The network halves the image len(channel_mult) - 1 times: every side must divide."""
     down_factor = 2 ** (len(arch['channel_mult']) - 1)
-    resolution, _channels = training_loop.network_shape(dataset, c.encoder_kwargs)
     height, width = patch_lib.image_hw(resolution)
     if height % down_factor != 0 or width % down_factor != 0:
         word, size = ('side', f'{height}') if height == width else ('size', f'{width}x{height}')
-        side = f'latent {word} {size} (image {word} / 8)' if c.encoder_kwargs is not None else f'resolution {size}'
+        side = f'latent {word} {size} (image {word} / 8)' if latent else f'resolution {size}'
         raise UserError(f'--data: {side} is not divisible by the network\'s down-sampling factor '
                         f'{down_factor} (--arch={opts.arch}, channel_mult={arch["channel_mult"]})')
+    return down_factor
 
-    c.patch_kwargs = patch_options(opts, resolution, down_factor, latent=c.encoder_kwargs is not None)
-    if c.patch_kwargs is not None:  # patches need the coordinate channels
-        c.network_kwargs.use_coords = True
+
+def augment_options(opts):
+    """`augment_kwargs` of the training loop: EDM's pipeline at probability `--augment`, or None."""
+    if not opts.augment:
+        return None
+    return dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=opts.augment, xflip=1e8, yflip=1,
+                           scale=1, rotate_frac=1, aniso=1, translate_frac=1)
+
+
+def network_options(opts, arch, patch_kwargs, augment_kwargs):
+    """`network_kwargs`: the preconditioning class of `--precond` around the U-Net, with coordinate
+    channels when training on patches and augmentation labels when augmenting."""
+    precond_class, _loss_class = PRECONDITIONINGS[opts.precond]
+    kwargs = dnnlib.EasyDict(class_name=precond_class, **arch, dropout=opts.dropout, use_fp16=opts.precision == 'fp16')
+    if opts.precision == 'bf16':
+        kwargs.use_bf16 = True
+    if opts.label_dropout:
+        kwargs.label_dropout = opts.label_dropout
+    if opts.precond == 'edm':
+        kwargs.sigma_data = opts.sigma_data
+    if patch_kwargs is not None:  # patches need the coordinate channels
+        kwargs.use_coords = True
         if opts.pos_embed:
-            c.network_kwargs.pos_embed = opts.pos_embed
+            kwargs.pos_embed = opts.pos_embed
+    if augment_kwargs is not None:
+        kwargs.augment_dim = dnnlib.construct_class_by_name(**augment_kwargs).label_dim
+    return kwargs
 
-    augment = opts.augment if opts.augment is not None else (0.0 if opts.patch else 0.12)
-    c.augment_kwargs = None
-    if augment:
-        c.augment_kwargs = dnnlib.EasyDict(class_name='training.augment.AugmentPipe', p=augment, xflip=1e8, yflip=1,
-                                           scale=1, rotate_frac=1, aniso=1, translate_frac=1)
-        pipe = dnnlib.construct_class_by_name(**c.augment_kwargs)
-        c.network_kwargs.augment_dim = pipe.label_dim
 
-    c.optimizer_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8)
-    c.total_kimg = opts.duration * 1000
-    c.ema_halflife_kimg = opts.ema * 1000
-    c.lr_rampup_kimg = opts.lr_rampup
-    c.lr_decay_kimg = opts.lr_decay
-    c.batch_size = opts.batch
-    c.batch_gpu = opts.batch_gpu
+def loss_options(opts):
+    """`loss_kwargs`: the loss of `--precond`, with EDM's σ distribution for edm."""
+    _precond_class, loss_class = PRECONDITIONINGS[opts.precond]
+    kwargs = dnnlib.EasyDict(class_name=loss_class)
+    if opts.precond == 'edm':
+        kwargs.update(P_mean=opts.P_mean, P_std=opts.P_std, sigma_data=opts.sigma_data)
+    return kwargs
+
+
+def schedule_options(opts, world_size):
+    """Optimizer, batch and the image-count schedule (durations in Mimg → the loop's kimg)."""
     if opts.batch_gpu is not None and opts.batch % (opts.batch_gpu * world_size) != 0:
         raise UserError(f'--batch={opts.batch} is not divisible by --batch-gpu={opts.batch_gpu} times {world_size} processes')
     if opts.batch % world_size != 0:
         raise UserError(f'--batch={opts.batch} is not divisible by the number of processes ({world_size})')
-    c.loss_scaling = opts.ls
-    c.cudnn_benchmark = opts.bench
-    c.compile_network = opts.compile_net
-    c.deterministic = opts.deterministic
-    c.kimg_per_tick = opts.tick
-    if opts.time_limit is not None:
-        c.time_limit_min = opts.time_limit
-    c.snapshot_ticks = opts.snap
-    c.state_dump_ticks = opts.dump
+    return dict(optimizer_kwargs=dnnlib.EasyDict(class_name='torch.optim.Adam', lr=opts.lr, betas=[0.9, 0.999], eps=1e-8),
+                total_kimg=opts.duration * 1000, ema_halflife_kimg=opts.ema * 1000,
+                lr_rampup_kimg=opts.lr_rampup * 1000, lr_decay_kimg=opts.lr_decay * 1000,
+                batch_size=opts.batch, batch_gpu=opts.batch_gpu, loss_scaling=opts.ls)
 
+
+def run_options(opts):
+    """Speed switches, the reporting and saving cadence, and where the weights start from."""
+    c = dict(cudnn_benchmark=opts.bench, compile_network=opts.compile_net, deterministic=opts.deterministic,
+             kimg_per_tick=opts.tick)
+    if opts.time_limit is not None:
+        c['time_limit_min'] = opts.time_limit
+    c.update(snapshot_ticks=opts.snap, state_dump_ticks=opts.dump)
     if opts.transfer is not None:
         if opts.resume is not None:
             raise UserError('--transfer and --resume: choose one')
         checkpoints.check_network_file(opts.transfer, '--transfer', trust=opts.trust_pickle)
-        c.resume_pkl = opts.transfer
-        c.trust_pickle = opts.trust_pickle
-        c.ema_rampup_ratio = None  # as in EDM: the EMA starts from the pretrained weights
+        c.update(resume_pkl=opts.transfer, trust_pickle=opts.trust_pickle,
+                 ema_rampup_ratio=None)  # as in EDM: the EMA starts from the pretrained weights
     elif opts.trust_pickle:
         raise UserError('--trust-pickle: applies only to --transfer')
-    if opts.resume is not None:
-        c.resume_state = run_dir_lib.pick_resume_state(opts.resume, c)
+    return c
 
+
+def run_description(opts, dataset_name, latent, world_size):
+    """The run folder's name after its id, EDM's pattern: data, labels, network, process count, batch, precision."""
     cond = 'cond' if opts.cond else 'uncond'
     precond_name = 'pedm' if opts.patch and opts.precond == 'edm' else opts.precond + ('-patch' if opts.patch else '')
-    dtype = 'fp16' if opts.fp16 else 'bf16' if opts.bf16 else 'fp32'
-    latents = '-latents' if c.encoder_kwargs is not None else ''
-    desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}{latents}-gpus{world_size}-batch{opts.batch}-{dtype}'
-    if opts.desc is not None:
-        desc += f'-{opts.desc}'
+    latents = '-latents' if latent else ''
+    desc = f'{dataset_name:s}-{cond}-{opts.arch}-{precond_name}{latents}-gpus{world_size}-batch{opts.batch}-{opts.precision}'
+    return desc if opts.desc is None else f'{desc}-{opts.desc}'
+
+
+def build_config(opts, world_size):
+    """Turns the resolved options (`main.make_context(...).params`) into the keyword arguments of
+    `training_loop`, validating everything that can be checked before any file is written; `opts`
+    is left as it is."""
+    opts = dnnlib.EasyDict(opts)
+    dnnlib.util.check_finite_options(main, opts)  # --duration=nan would train forever
+    patch_lib.check_schedule_options(opts.real_p, opts.real_p_end, opts.progressive)
+    c = dnnlib.EasyDict()
+    c.dataset_kwargs, dataset = dataset_options(opts.data, opts.cond, opts.xflip, opts.cache)
+    c.encoder_kwargs = encoder_options(opts, dataset)
+    latent = c.encoder_kwargs is not None
+    c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2,
+                                           persistent_workers=opts.workers > 0)
+    arch = architecture(opts)
+    resolution, _channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+    down_factor = check_network_shape(opts, arch, resolution, latent)
+    patch_kwargs = patch_options(opts, resolution, down_factor, latent)
+    augment_kwargs = augment_options(opts)
+    c.network_kwargs = network_options(opts, arch, patch_kwargs, augment_kwargs)
+    c.loss_kwargs = loss_options(opts)
+    c.patch_kwargs, c.augment_kwargs = patch_kwargs, augment_kwargs
+    c.update(schedule_options(opts, world_size))
+    c.update(run_options(opts))
+    if opts.resume is not None:
+        c.resume_state = run_dir_lib.pick_resume_state(opts.resume, c)
     evaluation_options(opts, c)
-    return c, desc
+    return c, run_description(opts, dataset.name, latent, world_size)
 
 
-@click.command(context_settings=dict(show_default=True, max_content_width=100))
+# ----------------------------------------------------------------------------------------------
+# Options: presets, hidden aliases (EDM's and the original release's spellings) and the
+# combinations that contradict each other, resolved once when the command line is parsed.
+
+# The arguments of `training_loop` (dotted for the keyword dictionaries) whose name is not the
+# parameter name of the option that sets them: a FieldError about one names that option.
+LOOP_FIELDS = {
+    'dataset_kwargs.path': '--data', 'dataset_kwargs.use_labels': '--cond', 'encoder_kwargs.vae_name': '--vae',
+    'network_kwargs.model_channels': '--cbase', 'network_kwargs.channel_mult': '--cres',
+    'network_kwargs.num_blocks': '--blocks', 'network_kwargs.attn_resolutions': '--attn',
+    'total_kimg': '--duration', 'ema_halflife_kimg': '--ema', 'lr_rampup_kimg': '--lr-rampup', 'lr_decay_kimg': '--lr-decay',
+    'batch_size': '--batch', 'loss_scaling': '--ls', 'cudnn_benchmark': '--bench', 'compile_network': '--compile',
+    'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit', 'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump',
+    'resume_pkl': '--transfer', 'resume_state': '--resume',
+}
+
+PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed')
+
+
+class HiddenChoice(click.Choice):
+    """A choice that also accepts unlisted values (the original release's --precond=pedm)."""
+
+    def __init__(self, choices, hidden):
+        super().__init__(choices)
+        self.hidden = tuple(hidden)
+
+    def convert(self, value, param, ctx):
+        return value if value in self.hidden else super().convert(value, param, ctx)
+
+
+def option_flag(name):
+    """The shown command-line name of the parameter `name`, e.g. real_p → --real-p."""
+    (param,) = [p for p in main.params if p.name == name]
+    return param.opts[0]
+
+
+def flag_value(value):
+    """An option value as it is written on the command line."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, list):
+        return ','.join(map(str, value)) if value else 'none'
+    return str(value)
+
+
+def apply_preset(ctx, params, given):
+    """Fills the options not given on the command line from `--preset`; returns their names."""
+    if params['preset'] is None:
+        return []
+    by_flag = {opt: p for p in main.params for opt in p.opts}
+    filled = []
+    for key, value in presets.PRESETS[params['preset']].options.items():
+        param = by_flag[f'--{key}']
+        if param.name not in given:
+            params[param.name] = param.type_cast_value(ctx, value)
+            filled.append(param.name)
+    return filled
+
+
+def resolve_precision(params, given):
+    """Merges the hidden --fp16=BOOL and --bf16=BOOL (EDM's and this project's old switches)
+    into --precision; a contradiction between them is refused."""
+    fp16, bf16 = params.pop('fp16'), params.pop('bf16')
+    if fp16 and bf16:
+        raise UserError('--fp16=1 and --bf16=1: choose one (--precision=fp16|bf16)')
+    for name, on in (('fp16', fp16), ('bf16', bf16)):
+        if on is None:
+            continue
+        if 'precision' in given and (params['precision'] == name) != on:
+            raise UserError(f'--{name}={int(on)} and --precision={params["precision"]}: choose one')
+        if on:
+            params['precision'] = name
+        elif params['precision'] == name:
+            params['precision'] = 'fp32'
+
+
+def resolve_options(ctx):
+    """The options `main` runs with: the preset under the explicit options, the hidden aliases
+    merged, and patch-only options refused where patches are off. Adds `preset_options`, the
+    names of the options that came from the preset."""
+    params = dict(ctx.params)
+    given = {name for name in params if ctx.get_parameter_source(name) not in
+             (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    params['preset_options'] = tuple(apply_preset(ctx, params, given))
+    if params['precond'] == 'pedm':  # the original release's name for EDM with patches
+        if 'patch' in given and not params['patch']:
+            raise UserError('--precond=pedm: means EDM with patches, not with --patch=0 (plain EDM: --precond=edm --patch=0)')
+        params.update(precond='edm', patch=True)
+    resolve_precision(params, given)
+    if not params['patch']:
+        for name in PATCH_ONLY:
+            if name in given:
+                raise UserError(f'{option_flag(name)}: only applies to patches, not with --patch=0')
+    return params
+
+
+class TrainCommand(click.Command):
+    """train.py's command: `make_context(...).params` are the resolved options (`resolve_options`)."""
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        ctx.params = resolve_options(ctx)
+        return rest
+
+
+def print_options(opts):
+    """Every option's resolved value, the ones from the preset marked."""
+    dist.print0('Resolved options' + (f' (* from --preset={opts.preset}: {presets.PRESETS[opts.preset].summary})'
+                                      if opts.preset else '') + ':')
+    for param in main.params:
+        if param.name in opts and opts[param.name] is not None and param.name not in ('preset', 'dry_run'):
+            mark = '  *' if param.name in opts.preset_options else ''
+            dist.print0(f'  {param.opts[0]}={flag_value(opts[param.name])}{mark}')
+
+
+@click.command(cls=TrainCommand, context_settings=dict(show_default=True, max_content_width=100))
 @click.option('--outdir', help='Where to save the results', metavar='DIR', type=str, required=True)
 @click.option('--data', help='Path to the dataset (folder or zip)', metavar='ZIP|DIR', type=str, required=True)
+@click.option('--preset', help='Start from a named recipe; options given here override it (-n lists the result)',
+              type=click.Choice(list(presets.PRESETS)))
 @click.option('--cond', help='Train class-conditional model', metavar='BOOL', type=bool, default=False)
 @click.option('--arch', help='Network architecture', type=click.Choice(['ddpmpp', 'ncsnpp', 'adm']), default='ddpmpp')
-@click.option('--precond', help='Preconditioning & loss: edm|vp|ve as in EDM (full images unless --patch=1), pedm = edm with patches  [default: pedm]',
-              type=click.Choice(['vp', 've', 'edm', 'pedm']))
-@click.option('--patch', help='Train on patches with coordinate channels  [default: 1 for pedm, 0 for edm|vp|ve]', metavar='BOOL', type=bool)
-@click.option('--real_p', help='Probability of a full-image step', metavar='FLOAT', type=float, default=patch_lib.REAL_P)
-@click.option('--real_p-end', 'real_p_end', help='Full-image probability at the end, moved to linearly from --real_p  [default: constant]',
+@click.option('--precond', help='Preconditioning & loss (the original release\'s pedm: edm with --patch=1)',
+              type=HiddenChoice(['edm', 'vp', 've'], hidden=['pedm']), default='edm')
+@click.option('--patch', help='Train on patches with coordinate channels (0 = EDM\'s network on full images)', metavar='BOOL',
+              type=bool, default=True)
+@click.option('--real-p', '--real_p', 'real_p', cls=dnnlib.util.AliasOption, help='Probability of a full-image step (1: full images only, with the coordinate channels)', metavar='FLOAT',
+              type=click.FloatRange(min=0, max=1), default=patch_lib.REAL_P)
+@click.option('--real-p-end', '--real_p-end', 'real_p_end', cls=dnnlib.util.AliasOption,
+              help='Full-image probability at the end, moved to linearly from --real-p  [default: constant]',
               metavar='FLOAT', type=click.FloatRange(min=0, max=1))
 @click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-pixel mean x full-image pixels, or per-image pixel sum (original)',
               type=click.Choice(patch_lib.LOSS_NORMS), default=patch_lib.LOSS_NORMS[0])
@@ -283,8 +429,8 @@ def build_config(opts, world_size):
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
               type=click.IntRange(min=0), default=0)
-@click.option('--train_on_latents', help='Train on Stable Diffusion VAE latents (implied by a data set of latents)',
-              metavar='BOOL', type=bool, default=False)
+@click.option('--latents', '--train_on_latents', 'train_on_latents', cls=dnnlib.util.AliasOption,
+              help='Train on Stable Diffusion VAE latents (implied by a data set of latents)', metavar='BOOL', type=bool, default=False)
 @click.option('--vae', help='VAE for latents: hub id or local folder  [default: stabilityai/sd-vae-ft-ema, or the data set\'s]',
               metavar='ID|DIR', type=str)
 @click.option('--latent-norm', 'latent_norm', help='Latent normalisation: x0.18215, or per channel to std 0.5  [default: scale]',
@@ -297,20 +443,24 @@ def build_config(opts, world_size):
 @click.option('--blocks', help='Residual blocks per resolution  [default: 4, adm 3]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--attn', help='Resolutions with self-attention, or none  [default: 16, adm 32,16,8]', metavar='LIST', type=AttnList())
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
-@click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=click.FloatRange(min=0), default=10000)
-@click.option('--lr-decay', 'lr_decay', help='Inverse-square-root learning-rate decay after KIMG thousand images (0 = constant, as in EDM)',
-              metavar='KIMG', type=click.FloatRange(min=0), default=0)
+@click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='MIMG', type=click.FloatRange(min=0), default=10)
+@click.option('--lr-decay', 'lr_decay', help='Inverse-square-root learning-rate decay after MIMG million images (0 = constant, as in EDM)',
+              metavar='MIMG', type=click.FloatRange(min=0), default=0)
 @click.option('--ema', help='EMA half-life', metavar='MIMG', type=click.FloatRange(min=0), default=0.5)
 @click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0.13)
 @click.option('--label-dropout', 'label_dropout', help='Class-label dropout probability (for CFG)', metavar='FLOAT',
               type=click.FloatRange(min=0, max=1), default=0)
-@click.option('--augment', help='Augment probability  [default: 0.12, or 0 with patches]', metavar='FLOAT', type=click.FloatRange(min=0, max=1))
+@click.option('--augment', help='Augment probability (EDM\'s recipes: 0.12 or 0.15)', metavar='FLOAT', type=click.FloatRange(min=0, max=1), default=0)
 @click.option('--xflip', help='Enable dataset x-flips', metavar='BOOL', type=bool, default=False)
-@click.option('--P_mean', 'P_mean', help='Mean of ln(sigma) in training (EDM)', metavar='FLOAT', type=float, default=-1.2)
-@click.option('--P_std', 'P_std', help='Std of ln(sigma) in training (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1.2)
-@click.option('--sigma_data', 'sigma_data', help='Data standard deviation (EDM)', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=0.5)
-@click.option('--fp16', help='Enable mixed-precision training (CUDA)', metavar='BOOL', type=bool, default=False)
-@click.option('--bf16', help='Enable bfloat16 network body (CUDA; CPUs with AVX512-BF16 or AMX)', metavar='BOOL', type=bool, default=False)
+@click.option('--p-mean', '--P_mean', 'P_mean', cls=dnnlib.util.AliasOption, help='Mean of ln(sigma) in training (EDM)', metavar='FLOAT', type=float, default=-1.2)
+@click.option('--p-std', '--P_std', 'P_std', cls=dnnlib.util.AliasOption, help='Std of ln(sigma) in training (EDM)', metavar='FLOAT',
+              type=click.FloatRange(min=0, min_open=True), default=1.2)
+@click.option('--sigma-data', '--sigma_data', 'sigma_data', cls=dnnlib.util.AliasOption, help='Data standard deviation (EDM)', metavar='FLOAT',
+              type=click.FloatRange(min=0, min_open=True), default=0.5)
+@click.option('--precision', help='Network body precision (fp16: CUDA; bf16: CUDA, CPUs with AVX512-BF16 or AMX)',
+              type=click.Choice(['fp32', 'fp16', 'bf16']), default='fp32')
+@click.option('--fp16', help='EDM\'s switch for --precision=fp16', metavar='BOOL', type=bool, hidden=True)
+@click.option('--bf16', help='Old switch for --precision=bf16', metavar='BOOL', type=bool, hidden=True)
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
 @click.option('--compile', 'compile_net', help='Compile the network with torch.compile (each patch size compiles once, ~1 min on a CPU)',
               metavar='BOOL', type=bool, default=False)
@@ -337,29 +487,33 @@ def build_config(opts, world_size):
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--trust-pickle', 'trust_pickle', help='Unpickle --transfer fully, running code it carries (only for files you trust)', is_flag=True)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
-@click.option('-n', '--dry-run', help='Print training options and exit', is_flag=True)
+@click.option('-n', '--dry-run', help='Print the resolved options and the training options, and exit', is_flag=True)
 def main(**kwargs):
     """Train a diffusion model on patches (Patch Diffusion) or full images (EDM).
 
     \b
     Examples:
     \b
-    # Patch Diffusion on 32x32 digits, one CPU process
-    python train.py --outdir=runs --data=datasets/mnist-32x32.zip --cbase=32 --cres=1,2,2 \\
-        --batch=32 --duration=0.05 --lr-rampup=1 --tick=2 --snap=10
+    # The demo's network on 32x32 digits, one CPU process
+    python train.py --outdir=runs --data=datasets/mnist-32x32.zip --preset=demo-cpu
     \b
     # CelebA-64 as in the paper, 8 GPUs
     torchrun --standalone --nproc_per_node=8 train.py --outdir=runs \\
-        --data=datasets/celeba-64x64.zip --cres=1,2,2,2 --batch=256 --precond=pedm --real_p=0.5
+        --data=datasets/celeba-64x64.zip --preset=celeba64
     """
-    opts = dnnlib.EasyDict(kwargs)
+    with dnnlib.util.option_errors(main, names={**LOOP_FIELDS, **EVALUATION_OPTIONS}):
+        train(dnnlib.EasyDict(kwargs))
+
+
+def train(opts):
+    """Runs `main` with its resolved options."""
     dnnlib.util.check_output_dir(opts.outdir, '--outdir')
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
-    notice = misc.bf16_fallback_notice(device, 'training') if opts.bf16 else None
+    notice = misc.bf16_fallback_notice(device, 'training') if opts.precision == 'bf16' else None
     if notice:
         dist.print0(notice)
-        opts.bf16 = False
+        opts = dnnlib.EasyDict(opts, precision='fp32')
     if opts.compile_net:
         training_loop.check_compile_support(device)
         compile_cache.repair(dist.print0)
@@ -377,6 +531,9 @@ def main(**kwargs):
         run_dir_lib.check_desc(desc, opts.outdir)
         c.run_dir = dist.broadcast_object(run_dir_lib.claim_run_dir(opts.outdir, desc, opts.dry_run) if dist.get_rank() == 0 else None)
 
+    if opts.dry_run:
+        dist.print0()
+        print_options(opts)
     dist.print0()
     dist.print0('Training options:')
     dist.print0(json.dumps(c, indent=2))
@@ -384,6 +541,8 @@ def main(**kwargs):
     dist.print0(f'Output directory:        {c.run_dir}')
     dist.print0(f'Dataset path:            {c.dataset_kwargs.path}')
     dist.print0(f'Class-conditional:       {c.dataset_kwargs.use_labels}')
+    if opts.preset is not None:
+        dist.print0(f'Preset:                  {opts.preset}')
     dist.print0(f'Network architecture:    {opts.arch}')
     dist.print0(f'Preconditioning & loss:  {opts.precond}{" + patches" if opts.patch else ""}')
     if c.encoder_kwargs is not None:
@@ -391,12 +550,12 @@ def main(**kwargs):
     dist.print0(f'Device:                  {device}')
     dist.print0(f'Number of processes:     {dist.get_world_size()}')
     dist.print0(f'Batch size:              {c.batch_size}')
-    dist.print0(f'Mixed-precision:         {"fp16" if opts.fp16 else "bf16" if opts.bf16 else "off"}')
+    dist.print0(f'Mixed-precision:         {"off" if opts.precision == "fp32" else opts.precision}')
     dist.print0(f'Compiled network:        {"yes" if opts.compile_net else "no"}')
     dist.print0()
-    if not opts.bf16 and not opts.fp16 and device.type == 'cpu' and misc.cpu_has_bf16():
-        dist.print0('This CPU computes bfloat16 natively (AVX512-BF16 or AMX): --bf16=1 trains 1.4-2.9x faster, '
-                    'more the wider the network (docs/benchmarks.md)')
+    if opts.precision == 'fp32' and device.type == 'cpu' and misc.cpu_has_bf16():
+        dist.print0('This CPU computes bfloat16 natively (AVX512-BF16 or AMX): --precision=bf16 trains faster '
+                    '(docs/benchmarks.md)')
 
     if opts.dry_run:  # a real run builds the network once, in the loop, and prints its count there
         dist.print0(f'Network parameters:      {network_parameters(c):,}')
@@ -414,7 +573,7 @@ def main(**kwargs):
     dist.barrier()
 
     try:
-        with dnnlib.util.option_errors(main, names=EVALUATION_OPTIONS), dnnlib.util.disk_full_errors(c.run_dir):
+        with dnnlib.util.disk_full_errors(c.run_dir):
             training_loop.training_loop(**c, device=device)
     finally:
         if logger is not None:

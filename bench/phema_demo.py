@@ -29,8 +29,7 @@ from torch_utils import misc  # noqa: E402
 from training import phema, train_metrics  # noqa: E402
 
 DATA = os.path.join(ROOT, 'datasets', 'mnist-32x32.zip')
-DEMO = ['--cbase=32', '--cres=1,2,2,2', '--blocks=1', '--attn=none', '--cond=1', '--label-dropout=0.1', '--batch=32',
-        '--lr=2e-3', '--lr-decay=20', '--dropout=0', '--lr-rampup=2', '--loss-norm=mean', '--P_mean=0', '--seed=0']
+DEMO = ['--preset=demo-cpu', '--precision=fp32', '--seed=0']
 
 
 def make_data(path):

@@ -13,10 +13,10 @@ s/R of a full step. Training wall seconds are recorded too.
 Methods (--methods):
   patch, patch-0.25, patch-0.75   random patch sizes with real_p 0.5, 0.25, 0.75 (the paper's knob)
   progressive                     smallest patches first, full images last (real_p 0.5)
-  full                            full images only (--real_p=1): the same network, with coordinates
+  full                            full images only (--real-p=1): the same network, with coordinates
   edm                             plain EDM without coordinate channels (--patch=0)
   sum-loss                        real_p 0.5 with the original release's per-image sum loss (--loss-norm=sum)
-  rising                          real_p rising from 0 to 1 over training (--real_p-end=1)
+  rising                          real_p rising from 0 to 1 over training (--real-p-end=1)
 
 Each (method, seed) run trains in segments, one per evaluation point (--points, evenly spaced
 over --budget): a segment resumes from the previous segment's training state, stops when its
@@ -78,14 +78,14 @@ SOURCES = {
     'emoji': os.path.join(ROOT, 'data', 'noto-emoji-32x32.npz'),
 }
 METHODS = {
-    'patch': ('patch (real_p 0.5)', ['--real_p=0.5']),
-    'patch-0.25': ('patch (real_p 0.25)', ['--real_p=0.25']),
-    'patch-0.75': ('patch (real_p 0.75)', ['--real_p=0.75']),
-    'progressive': ('progressive (real_p 0.5)', ['--real_p=0.5', '--progressive=1']),
-    'full': ('full images (real_p 1)', ['--real_p=1']),
+    'patch': ('patch (real_p 0.5)', ['--real-p=0.5']),
+    'patch-0.25': ('patch (real_p 0.25)', ['--real-p=0.25']),
+    'patch-0.75': ('patch (real_p 0.75)', ['--real-p=0.75']),
+    'progressive': ('progressive (real_p 0.5)', ['--real-p=0.5', '--progressive=1']),
+    'full': ('full images (real_p 1)', ['--real-p=1']),
     'edm': ('plain EDM (--patch=0)', ['--patch=0']),
-    'sum-loss': ('patch, per-image sum loss', ['--real_p=0.5', '--loss-norm=sum']),
-    'rising': ('patch, real_p 0 -> 1', ['--real_p=0', '--real_p-end=1']),
+    'sum-loss': ('patch, per-image sum loss', ['--real-p=0.5', '--loss-norm=sum']),
+    'rising': ('patch, real_p 0 -> 1', ['--real-p=0', '--real-p-end=1']),
 }
 RUN_NAME = re.compile(r'^(?P<method>[\w.-]+)-seed(?P<seed>\d+)$')
 
@@ -194,11 +194,11 @@ def reference_stats(full, ref_num, cache, threads):
 
 def method_options(cfg, method):
     """train.py options of a method, without the machine-specific ones (--data, --device): the
-    bench network, no augmentation (so every method trains the same network), then
-    --train-options, the method's own options last."""
-    return [f'--cbase={cfg.cbase}', f'--cres={cfg.cres}', f'--batch={cfg.batch}', f'--lr={cfg.lr}',
-            f'--lr-rampup={cfg.lr_rampup}', f'--dropout={cfg.dropout}', '--augment=0', f'--tick={cfg.tick}',
-            '--arch=ddpmpp', '--workers=0'] + (cfg.get('train_options') or '').split() + METHODS[method][1]
+    bench preset with this study's network and schedule, no augmentation (so every method trains
+    the same network), then --train-options, the method's own options last."""
+    return ['--preset=bench', f'--cbase={cfg.cbase}', f'--cres={cfg.cres}', f'--batch={cfg.batch}', f'--lr={cfg.lr}',
+            f'--lr-rampup={cfg.lr_rampup / 1000}', f'--dropout={cfg.dropout}', '--augment=0', f'--tick={cfg.tick}',
+            '--workers=0'] + (cfg.get('train_options') or '').split() + METHODS[method][1]
 
 
 def loop_config(options, data, seed):
@@ -543,7 +543,7 @@ def parse_list(option, text, choices=None, kind=str):
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=float, default=1e-3)
 @click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='KIMG', type=float, default=0.5)
 @click.option('--dropout', help='Dropout probability', metavar='FLOAT', type=float, default=0.13)
-@click.option('--train-options', 'train_options', help='More train.py options for every method, e.g. "--blocks=1 --attn=none --bf16=1"',
+@click.option('--train-options', 'train_options', help='More train.py options for every method, e.g. "--blocks=1 --attn=none --precision=bf16"',
               metavar='STR', default='')
 @click.option('--tick', help='kimg per status line / stats.jsonl record', metavar='KIMG', type=float, default=0.5)
 @click.option('--steps', help='Sampling steps', metavar='INT', type=click.IntRange(min=1), default=18)

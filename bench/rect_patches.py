@@ -52,9 +52,9 @@ def main(outdir, kimg, count):
     test_images, test_labels = shapes.two_digit_numbers(256, seed=99)
     for name, sizes in SCHEMES.items():
         run = os.path.join(outdir, name)
-        subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--outdir', run, '--data', data, '--cond=1',
-                        '--batch=16', f'--duration={kimg / 1000}', f'--tick={kimg / 4}', '--snap=1000', '--dump=1000',
-                        '--cbase=16', '--cres=1,2,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.1', '--seed=0',
+        subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--outdir', run, '--data', data, '--preset=bench',
+                        '--cbase=16', '--cond=1', '--batch=16', f'--duration={kimg / 1000}', f'--tick={kimg / 4}', '--snap=1000',
+                        '--dump=1000', '--workers=0', '--lr=2e-3', '--lr-rampup=0.0001', '--seed=0',
                         f'--patch-sizes={sizes}', '--loss-norm=sum', '--device=cpu'], check=True, capture_output=True)
         run_dir = os.path.join(run, sorted(os.listdir(run))[-1])
         with open(os.path.join(run_dir, 'stats.jsonl')) as f:

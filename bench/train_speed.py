@@ -25,12 +25,14 @@ networks. Then two measurements:
     python bench/train_speed.py --only=split --configs=bench
     python bench/train_speed.py --device=cuda --only=loop    # kimg/s and peak GPU memory
 
-Configurations: `bench` is SPEC section 9 (DDPM++ 32 channels, [1,2,2], 4 blocks, attention at
-16, 3 channels); `demo` is scripts/demo.sh's network without its class labels ([1,2,2,2], 1 block,
-no attention, 1 channel); `small` the demo's until 2026-11-24 ([1,2,2], 1 block, no attention);
-`cifar` EDM's CIFAR-10 DDPM++ (128 channels, [2,2,2], 4 blocks, attention at 16, 3 channels);
-NAME:blocks:attn adds others of 32 channels on [1,2,2], e.g. `b2:2:none`; a suffix @WIDTH sets
-the base channel count of any of them, e.g. `bench@64` (where bf16 starts to pay, docs/benchmarks.md).
+Configurations are train.py presets with overrides (training/presets.py), timed on data with
+`channels` image channels: `bench` is the `bench` preset (SPEC section 9: DDPM++ 32 channels,
+[1,2,2], 4 blocks, attention at 16, 3 channels); `demo` is the `demo-cpu` preset's network without
+its class labels ([1,2,2,2], 1 block, no attention, 1 channel); `small` the demo's until 2026-11-24
+([1,2,2]); `cifar` the `cifar10` preset (EDM's CIFAR-10 DDPM++: 128 channels, [2,2,2], 4 blocks,
+attention at 16, 3 channels) without augmentation; NAME:blocks:attn adds others of 32 channels on
+[1,2,2], e.g. `b2:2:none`; a suffix @WIDTH sets the base channel count of any of them, e.g.
+`bench@64` (where bf16 starts to pay, docs/benchmarks.md).
 """
 
 import json
@@ -49,12 +51,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# name → train.py preset, the options that override it, and the image channels of the timing data
 CONFIGS = {
-    'bench': dict(cbase=32, blocks=4, attn='16', channels=3, dropout=0.13, cres=[1, 2, 2]),
-    'demo': dict(cbase=32, blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2, 2]),
-    'small': dict(cbase=32, blocks=1, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
-    'b2': dict(cbase=32, blocks=2, attn='none', channels=1, dropout=0, cres=[1, 2, 2]),
-    'cifar': dict(cbase=128, blocks=4, attn='16', channels=3, dropout=0.13, cres=[2, 2, 2]),
+    'bench': dict(preset='bench', channels=3),
+    'demo': dict(preset='demo-cpu', channels=1, cond=False, **{'label-dropout': 0}),
+    'small': dict(preset='demo-cpu', channels=1, cond=False, cres='1,2,2', **{'label-dropout': 0}),
+    'b2': dict(preset='bench', channels=1, blocks=2, attn='none', dropout=0),
+    'cifar': dict(preset='cifar10', channels=3, augment=0),
 }
 CPU_FLAGS = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
 
@@ -67,13 +70,13 @@ def cpu_description():
 
 
 def parse_configs(text):
-    """'bench,demo@64,b3:3:none' → {name: dict(cbase, blocks, attn, channels, dropout, cres)}."""
+    """'bench,demo@64,b3:3:none' → {name: dict(preset, channels, train.py options over the preset)}."""
     configs = {}
     for item in text.split(','):
         spec, _, width = item.partition('@')
         name, *rest = spec.split(':')
         if rest:
-            config = dict(cbase=32, blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none', channels=1, dropout=0, cres=[1, 2, 2])
+            config = dict(CONFIGS['b2'], blocks=int(rest[0]), attn=rest[1] if len(rest) > 1 else 'none')
         elif name in CONFIGS:
             config = CONFIGS[name]
         else:
@@ -116,14 +119,20 @@ def conv_probe(dtype, device, repeats=10):
     return flops / median_seconds(step, device, repeats) / 1e9
 
 
+def train_args(config):
+    """The train.py options of a configuration: its preset, then its overrides."""
+    return [f'--preset={config["preset"]}'] + [f'--{k}={v}' for k, v in config.items() if k not in ('preset', 'channels')]
+
+
 def build_net(config, use_bf16, device, resolution=32):
-    """The configuration's EDM-preconditioned DDPM++ with coordinate channels."""
-    from train import ARCHITECTURES, parse_attn
-    from training.networks import EDMPrecond
+    """The configuration's network as train.py builds it, with coordinate channels."""
+    import dnnlib
+    import train
+    args = ['--outdir=unused', '--data=unused', f'--precision={"bf16" if use_bf16 else "fp32"}'] + train_args(config)
+    opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
+    kwargs = train.network_options(opts, train.architecture(opts), patch_kwargs={}, augment_kwargs=None)
     torch.manual_seed(0)
-    arch = dict(ARCHITECTURES['ddpmpp'], model_channels=config['cbase'], channel_mult=config['cres'])
-    net = EDMPrecond(img_resolution=resolution, img_channels=config['channels'], use_coords=True, use_bf16=use_bf16,
-                     num_blocks=config['blocks'], attn_resolutions=parse_attn(config['attn']), dropout=config['dropout'], **arch)
+    net = dnnlib.construct_class_by_name(**kwargs, img_resolution=resolution, img_channels=config['channels'], label_dim=0)
     return net.train().to(device)
 
 
@@ -260,8 +269,8 @@ def make_dataset(path, channels):
 
 
 def loop_args(config, batch):
-    return ['--arch=ddpmpp', f'--cbase={config["cbase"]}', f'--cres={",".join(map(str, config["cres"]))}', f'--batch={batch}', '--workers=1', '--lr-rampup=10',
-            '--duration=1', f'--blocks={config["blocks"]}', f'--attn={config["attn"]}', f'--dropout={config["dropout"]}']
+    """train.py options of the timed loop: the configuration at `batch` image slots per step."""
+    return train_args(config) + [f'--batch={batch}', '--workers=1', '--lr-rampup=0.01', '--duration=1']
 
 
 def run_child(spec):
@@ -271,13 +280,14 @@ def run_child(spec):
     from torch_utils import distributed as dist
     from training import training_loop
     torch.set_num_threads(spec['threads'])
-    args = ['--outdir', 'unused', '--data', spec['data'], f'--real_p={spec["real_p"]}', f'--tick={spec["tick"]}',
-            f'--seed={spec["seed"]}', f'--bf16={int(spec["bf16"])}', f'--compile={int(spec["compile"])}'] + loop_args(spec['config'], spec['batch'])
+    args = ['--outdir', 'unused', '--data', spec['data'], f'--real-p={spec["real_p"]}', f'--tick={spec["tick"]}', f'--seed={spec["seed"]}',
+            f'--precision={"bf16" if spec["bf16"] else "fp32"}', f'--compile={int(spec["compile"])}'] + loop_args(spec['config'], spec['batch'])
     if spec['device']:
         args.append(f'--device={spec["device"]}')
     opts = dnnlib.EasyDict(train.main.make_context('train.py', args).params)
     device = dist.init(opts.device)
     c, _desc = train.build_config(opts, 1)
+    c.pop('time_limit_min', None)  # the demo preset's limit; the bench stops at its image count
     if spec['compile']:  # compiles every patch size in a first run; the timed run then reuses the graphs
         with tempfile.TemporaryDirectory() as run_dir:
             training_loop.training_loop(**dict(c, run_dir=run_dir, total_kimg=2 if spec['real_p'] < 1 else 0.2, snapshot_ticks=None,

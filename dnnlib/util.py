@@ -191,7 +191,7 @@ try:
     import click as _click
     _UserErrorBase = _click.ClickException
 except ImportError:  # dnnlib itself does not need click; the scripts do
-    _UserErrorBase = Exception
+    _click, _UserErrorBase = None, Exception
 
 
 class UserError(_UserErrorBase):
@@ -247,6 +247,25 @@ class option_errors:
         if isinstance(err, FieldError):
             raise UserError(f'{self.option_name(err.field)}: {err.detail}') from None
         return False
+
+
+if _click is not None:
+    class AliasOption(_click.Option):
+        """A click option whose first name is the one shown (in --help and in errors); its further
+        names, older spellings such as EDM's, are accepted but not listed."""
+
+        def _shown(self, method, ctx):
+            names, self.opts = self.opts, self.opts[:1]
+            try:
+                return method(ctx)
+            finally:
+                self.opts = names
+
+        def get_help_record(self, ctx):
+            return self._shown(super().get_help_record, ctx)
+
+        def get_error_hint(self, ctx):
+            return self._shown(super().get_error_hint, ctx)
 
 
 def check_finite_options(command, values, infinite_ok=()):

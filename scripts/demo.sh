@@ -10,25 +10,24 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then PY=.venv/bin/python; else PY=python; fi
 DATA=datasets/mnist-32x32.zip
 [ -f "$DATA" ] || "$PY" dataset_tool.py convert --source=data/mnist-10k-28x28.npz --dest="$DATA" --resolution=32x32
 
+# Training: the demo-cpu and demo-gpu presets (training/presets.py); DEMO_MINUTES and DEMO_MIMG
+# override their time limit and duration.
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     # GPU: a wider network, larger batches, ~10x more images.
-    TRAIN=(--cbase=64 --cres=1,2,2 --batch=128 --duration=${DEMO_MIMG:-1.0} --lr=1e-3 --dropout=0 --lr-rampup=20 --tick=20 --snap=25 --dump=50)
+    PRESET=demo-gpu
     GEN=()
     NUM=${DEMO_FID_NUM:-5000}
 else
-    # CPU: a small fast class-conditional network (four resolutions down to 4x4, one residual block
-    # each, no attention, 1.7M parameters), bf16 where the CPU computes it natively, noise levels
-    # centred higher than EDM's (--P_mean=0: whole digits before fine strokes), trained for
-    # ${DEMO_MINUTES:-8} minutes at most, sampled with classifier-free guidance (docs/results.md).
-    # CPUs without native bf16 (AVX2 only, e.g. AMD EPYC) train and sample ~1.7x slower: 7 minutes
+    # CPU: a small fast class-conditional network, bf16 where the CPU computes it natively,
+    # trained for 8 minutes at most, sampled with classifier-free guidance (docs/results.md).
+    # CPUs without native bf16 (AVX2 only, e.g. AMD EPYC) train and sample slower: 7 minutes
     # there keep the whole command within 15.
+    PRESET=demo-cpu
     "$PY" -c "import sys; from torch_utils import misc; sys.exit(0 if misc.cpu_has_bf16() else 1)" || DEMO_MINUTES=${DEMO_MINUTES:-7}
-    TRAIN=(--cbase=32 --cres=1,2,2,2 --blocks=1 --attn=none --cond=1 --label-dropout=0.1 --batch=32 --duration=${DEMO_MIMG:-0.4}
-           --time-limit=${DEMO_MINUTES:-8} --lr=2e-3 --lr-decay=20 --dropout=0 --lr-rampup=2 --loss-norm=mean --P_mean=0 --bf16=1
-           --tick=5 --snap=20 --dump=40)
     GEN=(--cfg=${DEMO_CFG:-2.5})
     NUM=${DEMO_FID_NUM:-256}
 fi
+TRAIN=(--preset=$PRESET ${DEMO_MINUTES:+--time-limit=$DEMO_MINUTES} ${DEMO_MIMG:+--duration=$DEMO_MIMG})
 
 "$PY" train.py --outdir=runs --desc=demo --data="$DATA" --seed=0 "${TRAIN[@]}"
 RUN=$(ls -d runs/*-demo | sort | tail -n 1)

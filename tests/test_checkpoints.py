@@ -387,10 +387,12 @@ def test_train_transfer_from_an_edm_pickle_keeps_the_pretrained_ema(digits, tmp_
     torch.testing.assert_close(ema(x, sigma), source(x, sigma), rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize('args,patches', [([], True), (['--precond=pedm'], True), (['--precond=edm'], False),
-                                          (['--precond=vp'], False), (['--precond=ve', '--patch=1'], True),
-                                          (['--patch=0'], False)])
-def test_precond_keeps_edms_meaning(digits, tmp_path, args, patches):
+@pytest.mark.parametrize('args,patches', [([], True), (['--precond=pedm'], True), (['--precond=edm'], True),
+                                          (['--precond=vp'], True), (['--precond=ve', '--patch=1'], True),
+                                          (['--patch=0'], False), (['--precond=vp', '--patch=0'], False)])
+def test_precond_and_patch_are_independent(digits, tmp_path, args, patches):
+    """--patch alone decides patches (default on, as in the original release); --precond=pedm is
+    edm with patches."""
     ctx = train.main.make_context('train.py', ['--outdir', str(tmp_path), '--data', digits] + args)
     c, _desc = train.build_config(dnnlib.EasyDict(ctx.params), 1)
     assert (c.patch_kwargs is not None) == patches
@@ -398,9 +400,8 @@ def test_precond_keeps_edms_meaning(digits, tmp_path, args, patches):
 
 
 def test_pedm_without_patches_is_an_error(digits, tmp_path):
-    ctx = train.main.make_context('train.py', ['--outdir', str(tmp_path), '--data', digits, '--precond=pedm', '--patch=0'])
-    with pytest.raises(UserError, match='--patch'):
-        train.build_config(dnnlib.EasyDict(ctx.params), 1)
+    with pytest.raises(UserError, match='--patch=0'):
+        train.main.make_context('train.py', ['--outdir', str(tmp_path), '--data', digits, '--precond=pedm', '--patch=0'])
 
 # ----------------------------------------------------------------------------------------------
 # safetensors: snapshots, conversion, loading without unpickling.

@@ -1,4 +1,4 @@
-"""scripts/demo.sh's CPU recipe stays runnable: its train.py options (read from the script) pass
+"""scripts/demo.sh's CPU recipe stays runnable: its train.py preset (read from the script) passes
 train.py's validation and build the network the README describes, and a snapshot trained with
 them for a few steps samples with its generate.py options (classifier-free guidance)."""
 
@@ -15,11 +15,19 @@ from test_training import ROOT, make_zip
 DEMO = os.path.join(ROOT, 'scripts', 'demo.sh')
 
 
+def cpu_branch():
+    return open(DEMO).read().split('\nelse\n', 1)[1].split('\nfi\n', 1)[0]
+
+
 def cpu_array(name):
     """The words of bash array `name` in the CPU branch of demo.sh, ${VAR:-default} as the default."""
-    text = open(DEMO).read().split('\nelse\n', 1)[1]
-    body = re.search(rf'^\s*{name}=\((.*?)\)', text, re.S | re.M).group(1)
+    body = re.search(rf'^\s*{name}=\((.*?)\)', cpu_branch(), re.S | re.M).group(1)
     return re.sub(r'\$\{\w+:-([^}]*)\}', r'\1', body).split()
+
+
+def cpu_train_options():
+    """The train.py options of demo.sh's CPU branch: its preset (the environment overrides unset)."""
+    return ['--preset=' + re.search(r'^\s*PRESET=(\S+)$', cpu_branch(), re.M).group(1)]
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +40,7 @@ def digits(tmp_path_factory):
 
 def test_demo_network_is_the_one_the_readme_describes(digits, tmp_path):
     import train
-    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, *cpu_array('TRAIN'), '-n'])
+    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, *cpu_train_options(), '-n'])
     assert result.exit_code == 0, result.output
     assert re.search(r'Network parameters: +1,737,441\n', result.output) and re.search(r'Class-conditional: +True', result.output)
     assert '1.7M-parameter' in open(os.path.join(ROOT, 'README.md')).read()
@@ -43,7 +51,7 @@ def test_demo_options_train_and_sample_with_guidance(digits, tmp_path):
     import generate
     import train
     from training import training_loop
-    options = [o for o in cpu_array('TRAIN') if not o.startswith(('--duration', '--time-limit', '--tick', '--snap', '--dump'))]
+    options = cpu_train_options()
     ctx = train.main.make_context('train.py', ['--outdir=unused', f'--data={digits}', *options, '--workers=0',
                                                '--duration=0.00016', '--tick=0.00016'])
     c, _desc = train.build_config(dnnlib.EasyDict(ctx.params), 1)

@@ -42,7 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
 TRAIN = ['--outdir={tmp}/runs', '--data={digits}', '--batch=8', '--cbase=8', '--cres=1,2', '--workers=0']
 GENERATE = ['--network={net}', '--device=cpu']
-TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.001', '--seed=1']
+TINY_RUN = ['--duration=0.00002', '--tick=1', '--snap=1000', '--dump=1000', '--lr-rampup=0.000001', '--seed=1']
 
 # ----------------------------------------------------------------------------------------------
 # Fixture files.
@@ -174,6 +174,11 @@ CASES = [
     Case('train-lr-nan', 'train', TRAIN + ['--lr=nan', '-n'], ['--lr', 'finite']),
     Case('train-cres-zero', 'train', TRAIN + ['--cres=0,0', '-n'], ['--cres=0,0']),
     Case('train-device-bogus', 'train', TRAIN + ['--device=bogus', '-n'], ['--device=bogus']),
+    Case('train-patch-option-without-patches', 'train', TRAIN + ['--patch=0', '--real_p=0.3', '-n'],
+         ['--real-p', 'only applies to patches']),
+    Case('train-fp16-and-bf16', 'train', TRAIN + ['--fp16=1', '--bf16=1', '-n'], ['--fp16=1 and --bf16=1', 'choose one']),
+    Case('train-precision-and-alias', 'train', TRAIN + ['--precision=fp16', '--bf16=1', '-n'], ['--bf16=1', '--precision=fp16']),
+    Case('train-pedm-without-patches', 'train', TRAIN + ['--precond=pedm', '--patch=0', '-n'], ['--precond=pedm', '--patch=0']),
     # train.py: data and resume file load before the run folder is made (no -n: nothing may exist).
     Case('train-data-bombs', 'train', TRAIN + TINY_RUN + ['--data={bombs}'], ['bombs.zip', '12000x12000', 'limit']),
     Case('train-resume-other-network', 'train', TRAIN + TINY_RUN + ['--cbase=16', '--resume={state}'],

@@ -220,7 +220,7 @@ def test_dataset_tool_errors(emoji_npz, vae_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------
 # train.py and generate.py end to end.
 
-TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr-rampup=0.01', '--batch=8', '--duration=0.00005',
+TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr-rampup=0.00001', '--batch=8', '--duration=0.00005',
         '--tick=0.01', '--snap=1', '--dump=100', '--seed=1', '--patch-sizes=4,8']
 
 

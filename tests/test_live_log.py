@@ -54,7 +54,7 @@ def test_tensorboard_events_hold_each_field_and_each_new_grid_once(tmp_path):
 
 
 def test_training_with_tensorboard_logs_stats_lines_and_grids(digits, tmp_path):
-    c = loop_config(digits, '--duration=0.000006', '--precond=edm', '--logger=tensorboard')
+    c = loop_config(digits, '--duration=0.000006', '--patch=0', '--logger=tensorboard')
     c.update(snapshot_ticks=2, sample_grid=True)
     training_loop.training_loop(**c, run_dir=str(tmp_path))
     scalars, images = read_events(tmp_path)
@@ -69,6 +69,6 @@ def test_training_with_tensorboard_logs_stats_lines_and_grids(digits, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec('wandb') is not None, reason='wandb is installed here')
 def test_wandb_missing_is_one_line(digits, tmp_path):
     import train
-    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--precond=edm', '--logger=wandb', '-n', *TINY])
+    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--patch=0', '--logger=wandb', '-n', *TINY])
     assert result.exit_code == 1
     assert result.output.strip() == 'Error: --logger: wandb is not installed (pip install wandb), or use tensorboard'

@@ -123,7 +123,7 @@ def run_loop(digits, run_dir, *options, stop_at=None, resume_state=None):
     """Trains 8 steps of batch 2 (one per tick, snapshot every 4 ticks, state at the end or at step
     `stop_at`); returns the parameters after the last step."""
     os.makedirs(run_dir, exist_ok=True)
-    c = loop_config(digits, '--duration=0.000016', '--precond=edm', *options)
+    c = loop_config(digits, '--duration=0.000016', '--patch=0', *options)
     c.update(snapshot_ticks=4, state_dump_ticks=1000)
     seen = {}
 
@@ -174,7 +174,7 @@ def test_profiles_leave_training_unchanged_and_resume_exactly(digits, tmp_path):
 def test_ema_std_errors_name_the_option(digits, tmp_path):
     import train
     for value, needle in (('abc', 'not a comma-separated list'), ('0.5', 'not a relative EMA width')):
-        result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--precond=edm', f'--ema-std={value}', '-n', *TINY])
+        result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--patch=0', f'--ema-std={value}', '-n', *TINY])
         assert result.exit_code == 1 and 'Error: --ema-std: ' in result.output and needle in result.output, result.output
     result = CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'o'), '--outstd=0.1'])
     assert result.exit_code == 1 and 'holds no phema-*.pt files' in result.output

@@ -33,7 +33,7 @@ def test_scores_at_ticks_match_an_independent_computation(digits, detector, tmp_
     """--metrics=fid,kid --metrics-num=6 --metrics-every=2 with --ema-std=0.1 on 4 ticks: ticks 2
     and 3 (the last) are scored, for the EMA and the profile; the EMA's FID and KID equal those of
     the tick's snapshot computed here from the same seeds against the data set's own features."""
-    c = loop_config(digits, '--duration=0.000008', '--precond=edm', '--metrics=fid,kid', '--metrics-num=6',
+    c = loop_config(digits, '--duration=0.000008', '--patch=0', '--metrics=fid,kid', '--metrics-num=6',
                     '--metrics-every=2', '--ema-std=0.1')
     c.metrics_kwargs.detector = detector
     c.update(snapshot_ticks=1)
@@ -79,6 +79,6 @@ def test_reference_statistics_are_cached_beside_the_data_and_reused(digits, dete
     (['--metrics=fid', '--metrics-num=1'], 'Error: Invalid value for \'--metrics-num\''),
 ])
 def test_bad_metrics_options_are_one_line(digits, tmp_path, options, needle):
-    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--precond=edm', '-n', *TINY, *options])
+    result = CliRunner().invoke(train.main, ['--outdir', str(tmp_path), '--data', digits, '--patch=0', '-n', *TINY, *options])
     assert result.exit_code != 0 and needle in result.output, result.output
     assert 'Traceback' not in result.output

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.01']
+TINY = ['--cbase=8', '--cres=1,2', '--workers=0', '--lr=2e-3', '--lr-rampup=0.00001']
 
 
 def make_zip(path, count=64, size=16, labels=True, channels=1, indices=None):
@@ -235,8 +236,8 @@ def test_bad_input_gives_one_line(case, digits, unlabelled, odd_size, tmp_path, 
         result = invoke_train(base[:-2] + ['--batch=10', '--batch-gpu=4', '--data', digits, '-n'])
         assert_user_error(result, '--batch=10', '--batch-gpu=4')
     elif case == 'real_p':
-        result = invoke_train(base + ['--data', digits, '--real_p=1.5'])
-        assert_user_error(result, '--real_p')
+        result = invoke_train(base + ['--data', digits, '--real-p=1.5'])
+        assert_user_error(result, '--real-p')
     elif case == 'cond':
         result = invoke_train(base + ['--data', unlabelled, '--cond=1'])
         assert_user_error(result, '--cond')
@@ -366,3 +367,204 @@ def test_time_limit_stops_at_a_tick_with_snapshot_and_state(digits, tmp_path):
     assert len(stats) == 1 and stats[0]['kimg'] < 1  # the first tick is past 6 ms: stop there, not after 10 Mimg
     names = os.listdir(run_dir)
     assert any(n.startswith('network-snapshot-') for n in names) and any(n.startswith('training-state-') for n in names)
+
+
+# ----------------------------------------------------------------------------------------------
+# Options: presets, hidden aliases, contradictions.
+
+
+def resolve(*args):
+    """train.py's resolved options for `args` (no data set is opened)."""
+    import train
+    return train.main.make_context('train.py', ['--outdir=unused', '--data=unused', *args]).params
+
+
+def config_of(data, *args):
+    import dnnlib
+    import train
+    return train.build_config(dnnlib.EasyDict(resolve(*args), data=data), 1)
+
+
+@pytest.fixture(scope='module')
+def digits32(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'digits32.zip', count=8, size=32)
+
+
+@pytest.fixture(scope='module')
+def digits64(tmp_path_factory):
+    return make_zip(tmp_path_factory.mktemp('data') / 'digits64.zip', count=4, size=64, channels=3)
+
+
+def test_every_preset_resolves_to_its_own_values():
+    """Each preset option lands in the resolved options under its parameter, converted as on the
+    command line, and is listed as coming from the preset."""
+    import train
+    from training import presets
+    by_flag = {opt: p for p in train.main.params for opt in p.opts}
+    for name, preset in presets.PRESETS.items():
+        params = resolve(f'--preset={name}')
+        for key, value in preset.options.items():
+            param = by_flag[f'--{key}']
+            assert param.name in params['preset_options'], (name, key)
+            assert params[param.name] == param.type_cast_value(None, value), (name, key)
+    latent = resolve('--preset=imagenet256-latent')
+    assert (latent['batch'], latent['ema'], latent['precision'], latent['ls'], latent['cond']) == (4096, 50, 'fp16', 100, True)
+    assert latent['train_on_latents'] and resolve('--preset=celeba64')['augment'] == 0
+
+
+@pytest.mark.parametrize('preset,data,parameters', [('demo-cpu', 'digits32', None), ('demo-gpu', 'digits32', None),
+                                                    ('bench', 'digits32', None), ('cifar10', 'digits32', None),
+                                                    ('celeba64', 'digits64', 61_806_723)])
+def test_preset_dry_run(preset, data, parameters, request, tmp_path):
+    """`--preset=NAME -n` on a data set of the preset's shape: the resolved options, the preset's
+    marked, and the network (SPEC's count for the CelebA recipe)."""
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', request.getfixturevalue(data), f'--preset={preset}', '-n'])
+    assert result.exit_code == 0, result.output
+    assert f'* from --preset={preset}' in result.output and '  --batch=' in result.output
+    if parameters is not None:
+        assert f'Network parameters:      {parameters:,}' in result.output
+    assert not outdir.exists()
+
+
+def test_explicit_options_override_the_preset(digits32):
+    params = resolve('--preset=celeba64', '--lr=1e-3', '--real_p=0.3', '--augment=0.2')
+    assert (params['lr'], params['real_p'], params['augment'], params['batch']) == (1e-3, 0.3, 0.2, 256)
+    assert not {'lr', 'real_p', 'augment'} & set(params['preset_options']) and 'batch' in params['preset_options']
+    assert resolve('--preset=lsun256-latent', '--fp16=0')['precision'] == 'fp32'
+    assert resolve('--preset=demo-cpu', '--precision=fp32')['precision'] == 'fp32'
+    result = invoke_train(['--outdir=unused', '--data', digits32, '--preset=demo-cpu', '--batch=8', '-n'])
+    assert '  --batch=8\n' in result.output and '  --cbase=32  *\n' in result.output
+
+
+def test_demo_and_bench_presets_train_what_their_flag_lists_trained(digits32):
+    """The presets replace scripts/demo.sh's and bench/train_speed.py's flag lists (learning-rate
+    schedule converted from kimg to Mimg): the same training-loop arguments."""
+    demo = ['--cbase=32', '--cres=1,2,2,2', '--blocks=1', '--attn=none', '--cond=1', '--label-dropout=0.1', '--batch=32',
+            '--duration=0.4', '--time-limit=8', '--lr=2e-3', '--lr-decay=0.02', '--dropout=0', '--lr-rampup=0.002',
+            '--loss-norm=mean', '--P_mean=0', '--bf16=1', '--tick=5', '--snap=20', '--dump=40']
+    assert config_of(digits32, *demo) == config_of(digits32, '--preset=demo-cpu')
+    gpu = ['--cbase=64', '--cres=1,2,2', '--batch=128', '--duration=1.0', '--lr=1e-3', '--dropout=0', '--lr-rampup=0.02',
+           '--tick=20', '--snap=25', '--dump=50']
+    assert config_of(digits32, *gpu) == config_of(digits32, '--preset=demo-gpu')
+    bench = ['--arch=ddpmpp', '--cbase=32', '--cres=1,2,2', '--batch=32', '--lr-rampup=0.01', '--duration=1', '--blocks=4',
+             '--attn=16', '--dropout=0.13', '--real_p=0.5']
+    assert config_of(digits32, *bench) == config_of(digits32, '--preset=bench')
+
+
+def test_hidden_aliases_resolve_as_the_new_names(digits32):
+    old = ['--real_p=0.3', '--real_p-end=0.9', '--P_mean=0.1', '--P_std=1.1', '--sigma_data=0.6', '--fp16=1',
+           '--precond=pedm']
+    new = ['--real-p=0.3', '--real-p-end=0.9', '--p-mean=0.1', '--p-std=1.1', '--sigma-data=0.6', '--precision=fp16',
+           '--precond=edm', '--patch=1']
+    assert config_of(digits32, *old) == config_of(digits32, *new)
+    assert resolve('--train_on_latents=1') == resolve('--latents=1')
+    assert resolve('--bf16=1') == resolve('--precision=bf16')
+    assert resolve('--fp16=0', '--bf16=0') == resolve()
+
+
+def test_help_lists_only_the_new_names():
+    import click
+    import train
+    text = train.main.get_help(click.Context(train.main))
+    for old in ('--real_p', '--P_mean', '--P_std', '--sigma_data', '--train_on_latents', '--fp16', '--bf16'):
+        assert old not in text, old
+    assert '[edm|vp|ve]' in text and '--real-p FLOAT' in text and '--lr-rampup MIMG' in text
+
+
+@pytest.mark.parametrize('option', ['--real-p=0.5', '--real_p=1', '--real-p-end=1', '--patch-sizes=8,16', '--progressive=0',
+                                    '--loss-norm=sum', '--pos-embed=2'])
+def test_patch_options_are_refused_without_patches(option, tmp_path):
+    outdir = tmp_path / 'runs'
+    result = invoke_train(['--outdir', str(outdir), '--data', 'unused', '--patch=0', option, '-n'])
+    name = option.split('=')[0].replace('_', '-')
+    assert_user_error(result, name, 'only applies to patches')
+    assert not outdir.exists()
+
+
+def test_a_presets_patch_options_do_not_stop_patch_0(digits32):
+    c, desc = config_of(digits32, '--preset=bench', '--patch=0')
+    assert c.patch_kwargs is None and 'use_coords' not in c.network_kwargs and '-edm-' in desc
+
+
+@pytest.mark.parametrize('args,needles', [
+    (['--fp16=1', '--bf16=1'], ['--fp16=1 and --bf16=1', 'choose one']),
+    (['--precision=bf16', '--fp16=1'], ['--fp16=1 and --precision=bf16']),
+    (['--precision=fp16', '--fp16=0'], ['--fp16=0 and --precision=fp16']),
+    (['--precision=fp32', '--bf16=1'], ['--bf16=1 and --precision=fp32']),
+    (['--precond=pedm', '--patch=0'], ['--precond=pedm', '--patch=0']),
+    (['--precision=fp8'], ['--precision']),
+    (['--precond=pedm2'], ['--precond']),
+    (['--preset=mnist'], ['--preset']),
+])
+def test_contradictions_are_one_line(args, needles, tmp_path):
+    outdir = tmp_path / 'runs'
+    assert_user_error(invoke_train(['--outdir', str(outdir), '--data', 'unused', *args, '-n']), *needles)
+    assert not outdir.exists()
+
+
+def test_an_alias_error_names_the_new_option(tmp_path):
+    result = invoke_train(['--outdir', str(tmp_path), '--data', 'unused', '--real_p=2', '-n'])
+    assert_user_error(result, "'--real-p'")
+    assert '--real_p' not in result.output
+
+
+# EDM's README (CIFAR-10, FFHQ, AFHQv2, ImageNet-64, transfer), the original Patch Diffusion
+# release's README (CelebA, FFHQ, latents) and this README before presets, verbatim after train.py.
+OLD_COMMANDS = [
+    '--outdir=training-runs --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp',
+    '--outdir=training-runs --data=datasets/cifar10-32x32.zip --cond=0 --arch=ncsnpp --precond=ve',
+    '--outdir=training-runs --data=datasets/cifar10-32x32.zip --cond=1 --arch=ddpmpp --precond=vp',
+    '--outdir=training-runs --data=datasets/ffhq-64x64.zip --cond=0 --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4 '
+    '--dropout=0.05 --augment=0.15',
+    '--outdir=training-runs --data=datasets/afhqv2-64x64.zip --cond=0 --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4 '
+    '--dropout=0.25 --augment=0.15',
+    '--outdir=training-runs --data=datasets/imagenet-64x64.zip --cond=1 --arch=adm --duration=2500 --batch=4096 --lr=1e-4 '
+    '--ema=50 --dropout=0.10 --augment=0 --fp16=1 --ls=100 --tick=200',
+    '--outdir=training-runs --data=datasets/ffhq-64x64.zip --cond=0 --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4 '
+    '--dropout=0.05 --augment=0.15 --transfer=edm-ffhq-64x64-uncond-vp.pkl --duration=2',
+    '--outdir=training-runs --data=datasets/celeba-64x64.zip --cond=0 --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4 '
+    '--dropout=0.05 --augment=0 --real_p=0.5',
+    '--outdir=training-runs --data=datasets/celeba-64x64.zip --arch=ddpmpp --cres=1,2,2,2 --batch=256 --lr=2e-4 '
+    '--dropout=0.05 --augment=0.15 --precond=pedm --real_p=0.5',
+    '--outdir=training-runs --data=datasets/lsun-256.zip --cond=0 --arch=adm --train_on_latents=1 --duration=200 '
+    '--batch-gpu=32 --batch=1024 --lr=1e-4 --ema=50 --dropout=0.10 --fp16=1 --ls=100 --augment=0 --real_p=0.5',
+    '--outdir=training-runs --data=datasets/imagenet-256.zip --cond=1 --arch=adm --train_on_latents=1 --duration=2500 '
+    '--batch-gpu=32 --batch=4096 --lr=1e-4 --ema=50 --dropout=0.10 --fp16=1 --ls=100 --augment=0 --real_p=0.5 --precond=pedm',
+    '--outdir=runs --data=d.zip --cbase=32 --cres=1,2,2 --batch=32 --duration=0.05 --lr-rampup=2 --P_mean=0 --bf16=1',
+]
+
+
+@pytest.mark.parametrize('command', OLD_COMMANDS)
+def test_edm_and_original_release_commands_parse(command):
+    import train
+    params = train.main.make_context('train.py', command.split()).params
+    given = re.search(r'--precond=(\w+)', command)
+    assert params['precond'] == {None: 'edm', 'pedm': 'edm'}.get(given and given.group(1), given and given.group(1))
+    assert params['patch']
+    assert params['precision'] == ('fp16' if '--fp16=1' in command else 'bf16' if '--bf16=1' in command else 'fp32')
+    assert params['train_on_latents'] == ('--train_on_latents=1' in command)
+
+
+@pytest.mark.parametrize('field,flag', [('lr_rampup_kimg', '--lr-rampup'), ('dataset_kwargs.path', '--data'),
+                                        ('loss_kwargs.P_mean', '--p-mean'), ('real_p', '--real-p')])
+def test_a_field_error_of_library_code_names_the_option(field, flag, monkeypatch, tmp_path):
+    """train.py re-raises a FieldError under the option that sets the field."""
+    import dnnlib
+    import train
+
+    def bad_config(opts, world_size):
+        raise dnnlib.util.FieldError(field, 'is wrong')
+    monkeypatch.setattr(train, 'build_config', bad_config)
+    result = invoke_train(['--outdir', str(tmp_path / 'runs'), '--data', 'unused', '-n'])
+    assert_user_error(result, f'{flag}: is wrong')
+
+
+def test_build_config_leaves_its_options_as_they_are(digits32):
+    import copy
+    import dnnlib
+    import train
+    opts = dnnlib.EasyDict(resolve('--preset=demo-cpu', '--bf16=1'), data=digits32)
+    before = copy.deepcopy(opts)
+    train.build_config(opts, 1)
+    assert opts == before

@@ -116,14 +116,14 @@ def test_patch_kwargs_are_the_final_schedule_arguments(digits):
     c = loop_config(digits, '--patch-sizes=4', '--loss-norm=mean')
     schedule = PatchSchedule(8, seed=0, **c.patch_kwargs)
     assert schedule.patch_sizes == [4, 8] and schedule.loss_weight(4) == 4 and c.network_kwargs.use_coords
-    assert loop_config(digits, '--precond=edm').patch_kwargs is None
+    assert loop_config(digits, '--patch=0').patch_kwargs is None
 
 
 def test_lr_decay_follows_the_inverse_square_root_of_the_images_seen(digits, tmp_path):
-    """--lr-decay=0.004 (4 images), batch 2, no warm-up: the rate of the step after n images is
+    """--lr-decay=0.000004 (4 images), batch 2, no warm-up: the rate of the step after n images is
     2e-3 / √(max(n / 4, 1)), logged per tick (one step per tick); 0 keeps it constant. Without a
     warm-up the very first step (n = 0) has the full rate too (EDM gave it 0)."""
-    c = loop_config(digits, '--duration=0.000012', '--real_p=1', '--lr-decay=0.004')
+    c = loop_config(digits, '--duration=0.000012', '--real_p=1', '--lr-decay=0.000004')
     run(c, tmp_path / 'decay')
     seen = [(round(r['kimg'] * 1000), r['lr']) for r in read_stats(tmp_path / 'decay')]
     assert [n for n, _ in seen] == [2, 4, 6, 8, 10, 12]
