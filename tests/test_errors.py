@@ -29,7 +29,7 @@ import train
 from conftest import sampling_net
 from training import dataset as dataset_lib
 from training import metrics
-from training import training_loop
+from training import run_files, training_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
@@ -288,12 +288,12 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
 
 
 def test_training_state_loads_without_unpickling_code(files):
-    state = training_loop.load_state(files.state)
+    state = training_state.load_state(files.state)
     assert state['batch_size'] == 8 and state['network_kwargs']['model_channels'] == 8
-    training_loop.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
+    training_state.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
     for path in (files.evil_state, os.path.join(files.evil_run, 'training-state-000099.pt')):
         with pytest.raises(dnnlib.util.UserError, match='not a readable training state|could run code'):
-            training_loop.load_state(path)
+            training_state.load_state(path)
     assert not os.path.exists(files.evil_marker)
 
 # ----------------------------------------------------------------------------------------------
@@ -621,7 +621,7 @@ def test_pickle_asking_for_a_huge_network_is_refused_before_building_it(tmp_path
 def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path):
     import reconstruct_phema
     marker = str(tmp_path / 'code-ran')
-    with open(tmp_path / training_loop.snapshot_name(7), 'wb') as fp:
+    with open(tmp_path / run_files.snapshot_name(7), 'wb') as fp:
         pickle.dump(dict(ema=Evil(marker)), fp)
     with pytest.raises(dnnlib.util.UserError, match='--indir: .*posix.mkdir.*--trust-pickle'):
         reconstruct_phema.load_template(str(tmp_path), 7)
