@@ -91,8 +91,9 @@ def _merge(intervals):
 
 
 def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
-    """Applies the original release's options to a loaded network; returns the latent decoder
-    (None for pixel networks). Choices the network cannot honour are UserErrors."""
+    """Applies the original release's options to a loaded network; returns the decoder of its
+    outputs (the snapshot's, the VAE of --on_latents, or pixels). Choices the network cannot
+    honour are UserErrors."""
     if embed_fq is not None:
         if not getattr(net, 'use_coords', False):
             raise UserError('--embed_fq: the network takes no coordinates')
@@ -113,7 +114,7 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
     if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and checkpoints.is_foreign(net):
         raise UserError(f'--on_latents: the network makes {net.img_channels}-channel latents; decode them with --on_latents=1')
-    return decoder
+    return decoder if decoder is not None else encoders.PIXELS
 
 
 def use_bf16(net, bf16, device):
@@ -187,7 +188,7 @@ def check_image_pixels(net, decoder, canvas, grid_count):
     """Raises UserError when one image (or the --grid of `grid_count` images) would exceed the
     pixel limit of the data sets, before any memory is allocated for it."""
     height, width = patch.image_hw(canvas.image_size if canvas is not None else net.img_resolution)
-    scale = encoders.DOWN_FACTOR if decoder is not None else 1
+    scale = getattr(decoder, 'down_factor', encoders.DOWN_FACTOR)  # VAE encoders pickled before it existed
     height, width = height * scale, width * scale
     option = '--image_size/--resolution' if canvas is not None else '--network'
     if height * width > MAX_IMAGE_PIXELS:
@@ -317,8 +318,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     sampler.check_sampling_options(net, class_idx, canvas, cfg)
 
     net = net.to(dev)
-    if decoder is not None:
-        decoder.init(dev)
+    decoder.init(dev)
     rank, world = distributed.get_rank(), distributed.get_world_size()
     my_seeds = seed_list[rank::world]
     distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')

@@ -9,7 +9,7 @@ import torch
 
 import dnnlib
 from dnnlib.util import UserError
-from training import checkpoints, phema, training_loop
+from training import checkpoints, phema, run_files
 
 
 def output_name(kimg, std):
@@ -71,7 +71,7 @@ def reconstruct(indir, outstd, outkimg=None):
 def load_template(indir, kimg, trust_pickle=False):
     """The run's snapshot dict at `kimg` (network, loss, augmentation, data-set options, encoder),
     rebuilt without running code from the file unless `trust_pickle`."""
-    path = os.path.join(indir, training_loop.snapshot_name(kimg))
+    path = os.path.join(indir, run_files.snapshot_name(kimg))
     if not os.path.isfile(path):
         raise UserError(f'--indir: "{path}" is missing; the profiles at kimg {kimg} need the snapshot saved with them')
     return checkpoints.load_snapshot(path, '--indir', trust=trust_pickle)
@@ -106,8 +106,8 @@ def main(indir, outdir, outstd, outkimg, trust_pickle):
     for std, params, residual in results:
         net = phema.network_with(template['ema'], params)
         name = output_name(end_kimg, std)
-        training_loop.save_snapshot(outdir, end_kimg, net, template.get('loss_fn'), template.get('augment_pipe'),
-                                    template.get('dataset_kwargs', {}), template.get('encoder'), name=name)
+        run_files.save_snapshot(outdir, end_kimg, net, template.get('loss_fn'), template.get('augment_pipe'),
+                                template.get('dataset_kwargs', {}), template.get('encoder'), name=name)
         print(f'{os.path.join(outdir, name)}: EMA width {std:.3f} (exponent {phema.std_to_exp(std):.2f}), '
               f'profile fit residual {residual:.1e}', flush=True)
 

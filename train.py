@@ -88,13 +88,11 @@ class IntList(click.ParamType):
 
 def dataset_options(data, use_labels, xflip, cache):
     """Data-set kwargs for `training.dataset`, opening the data set once to validate it. A data
-    set of precomputed latents (dataset_tool.py --encoder=vae) gets `LatentFolderDataset`."""
+    set of float arrays or precomputed latents (.npy members) gets `ArrayFolderDataset`."""
     if not os.path.exists(data):
         raise UserError(f'--data: "{data}" does not exist')
-    holds_latents = dataset_lib.latent_info(data) is not None
-    class_name = 'training.dataset.LatentFolderDataset' if holds_latents else 'training.dataset.ImageFolderDataset'
-    if dataset_lib.array_info(data) is not None:
-        class_name = 'training.dataset.ArrayFolderDataset'
+    holds_arrays = dataset_lib.latent_info(data) is not None or dataset_lib.array_info(data) is not None
+    class_name = 'training.dataset.ArrayFolderDataset' if holds_arrays else 'training.dataset.ImageFolderDataset'
     kwargs = dnnlib.EasyDict(class_name=class_name, path=data, use_labels=use_labels, xflip=xflip, cache=cache)
     dataset = dnnlib.construct_class_by_name(**kwargs)
     if use_labels and not dataset.has_labels:
@@ -135,7 +133,7 @@ def patch_options(opts, resolution, down_factor, latent):
 def network_parameters(c):
     """Parameter count of the network that `build_config`'s options build (for --dry-run)."""
     dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
-    resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+    resolution, channels = encoders.network_shape(dataset, c.encoder_kwargs)
     net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                          label_dim=dataset.label_dim)
     return misc.count_parameters(net)

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from training import dataset_convert  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from training import encoders, training_loop  # noqa: E402
-from training.dataset import ImageFolderDataset, LatentFolderDataset  # noqa: E402
+from training.dataset import ArrayFolderDataset, ImageFolderDataset  # noqa: E402
 from training.loss import EDMLoss  # noqa: E402
 from training.networks import EDMPrecond  # noqa: E402
 
@@ -135,7 +135,7 @@ def main(vae_kind, resolution, batch, steps, threads, device):
         print(f'precomputing: {precompute * 1e3:.1f} ms per image (dataset_tool.py --encoder=vae)')
         print(f'{"path":<12s} {"data ms":>9s} {"encode ms":>10s} {"net ms":>9s} {"step ms":>9s}')
         results = {}
-        paths = (('on-the-fly', ImageFolderDataset(images)), ('precomputed', LatentFolderDataset(latents)))
+        paths = (('on-the-fly', ImageFolderDataset(images)), ('precomputed', ArrayFolderDataset(latents)))
         for timed in (False, True):  # the first round only warms up (kernel selection, allocator)
             for name, dataset in paths:
                 data, encode, step = time_steps(dataset, encoder, bench_denoiser(side, device), batch, steps, device)

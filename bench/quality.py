@@ -328,7 +328,7 @@ def train_run(cfg, spec, run_dir, data):
 def train_segment(cfg, spec, run_dir, data, index, previous, device):
     """Trains from the previous point's state until the compute reaches point `index`; returns
     the point (paths relative to the run folder, so that run folders can move)."""
-    from training import training_loop
+    from training import run_files, training_loop, training_state
     segment = os.path.join(run_dir, f'point-{index}')
     shutil.rmtree(segment, ignore_errors=True)  # an interrupted segment starts over
     os.makedirs(segment)
@@ -347,14 +347,14 @@ def train_segment(cfg, spec, run_dir, data, index, previous, device):
 
     training_loop.training_loop(**c, device=device, step_callback=at_step)
     kimg = now['nimg'] // 1000
-    snapshot = os.path.join(segment, training_loop.snapshot_name(kimg))
+    snapshot = os.path.join(segment, run_files.snapshot_name(kimg))
     for extra in glob.glob(os.path.join(segment, 'network-snapshot-*.pkl')):
         if extra != snapshot:
             os.remove(extra)  # the loop's tick-0 snapshot
     log(f'point {index}: {now["compute"]:.1f} full steps, {now["steps"]} steps, {now["nimg"] / 1e3:.2f} kimg, '
         f'{now["seconds"]:.0f} s')
     return dict(now, point=index, kimg=now['nimg'] / 1e3, snapshot=os.path.relpath(snapshot, run_dir),
-                state=os.path.relpath(os.path.join(segment, training_loop.state_name(kimg)), run_dir))
+                state=os.path.relpath(os.path.join(segment, training_state.state_name(kimg)), run_dir))
 
 
 def score_key(point, fid_num, ref_path):

@@ -35,8 +35,7 @@ from conftest import sampling_net
 from training import compile_cache
 from training import dataset as dataset_lib
 from training import metrics
-from training import run_dir
-from training import training_loop
+from training import run_dir, run_files, training_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'train': train.main, 'generate': generate.main, 'fid': fid.main, 'dataset_tool': dataset_tool.cli}
@@ -295,12 +294,12 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, files, tmp_path):
 
 
 def test_training_state_loads_without_unpickling_code(files):
-    state = training_loop.load_state(files.state)
+    state = training_state.load_state(files.state)
     assert state['batch_size'] == 8 and state['network_kwargs']['model_channels'] == 8
-    training_loop.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
+    training_state.check_resume_state(files.state, state['network_kwargs'], 8)  # its own options fit
     for path in (files.evil_state, os.path.join(files.evil_run, 'training-state-000099.pt')):
         with pytest.raises(dnnlib.util.UserError, match='not a readable training state|could run code'):
-            training_loop.load_state(path)
+            training_state.load_state(path)
     assert not os.path.exists(files.evil_marker)
 
 # ----------------------------------------------------------------------------------------------
@@ -624,7 +623,7 @@ def test_pickle_asking_for_a_huge_network_is_refused_before_building_it(tmp_path
 def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path):
     import reconstruct_phema
     marker = str(tmp_path / 'code-ran')
-    with open(tmp_path / training_loop.snapshot_name(7), 'wb') as fp:
+    with open(tmp_path / run_files.snapshot_name(7), 'wb') as fp:
         pickle.dump(dict(ema=Evil(marker)), fp)
     with pytest.raises(dnnlib.util.UserError, match='--indir: .*posix.mkdir.*--trust-pickle'):
         reconstruct_phema.load_template(str(tmp_path), 7)
@@ -824,7 +823,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(files, tmp_path, monkeypatch
         one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--outdir={tmp_path}/out', '--seeds=0',
                                                               '--steps=2', '--device=cpu']), '000000.png', 'no space left')
     with monkeypatch.context() as patch:
-        patch.setattr(training_loop, 'append_stats', full)
+        patch.setattr(run_files, 'append_stats', full)
         one_line(runner.invoke(train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + TINY_RUN), 'no space left')
     leftovers = [os.path.join(r, n) for r, _d, names in os.walk(tmp_path) for n in names if n.endswith('.tmp')]
     assert leftovers == [] and not os.path.exists(tmp_path / 'd.zip') and not os.path.exists(tmp_path / 'r.npz')

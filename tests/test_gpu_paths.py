@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from torch.overrides import TorchFunctionMode
 
 from conftest import sampling_net
+from torch_utils import misc
 from torch_utils.misc import BatchRNG
-from training import encoders, networks, sampler, training_loop
+from training import encoders, networks, sampler, training_loop, training_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_MACHINERY = tuple(os.path.join(os.path.dirname(torch.__file__), name) for name in ('overrides.py', '_tensor.py'))
@@ -147,7 +148,7 @@ def test_blocks_are_copied_to_the_device_one_by_one():
             return func(*args, **kwargs)
 
     with RecordCopies():
-        images, labels = training_loop.blocks_to_device(blocks, torch.device('cpu'))
+        images, labels = misc.blocks_to_device(blocks, torch.device('cpu'))
     assert torch.equal(images, torch.cat([b[0] for b in blocks])) and torch.equal(labels, torch.cat([b[1] for b in blocks]))
     assert all(any(t is m for m in moved) for block in blocks for t in block)
 
@@ -267,20 +268,20 @@ def test_state_holds_this_gpus_rng_and_resumes_on_fewer_gpus(fake_gpus):
     """Rank 5 of an 8-GPU machine saves GPU 5's state; resuming it as rank 0 of a one-GPU machine
     restores that state into GPU 0 (a list of 8 states used to raise IndexError there)."""
     log = fake_gpus(8)
-    state = training_loop._rng_state(torch.device('cuda', 5))
+    state = training_state.rng_state(torch.device('cuda', 5))
     assert log == [('get', 5)] and int(state['cuda'][0]) == 5
     log = fake_gpus(1)
     log.clear()
     cpu_state = torch.get_rng_state()
-    training_loop._set_rng_state(state, torch.device('cuda', 0))
+    training_state.set_rng_state(state, torch.device('cuda', 0))
     assert log == [('set', 0, 5)] and torch.equal(torch.get_rng_state(), cpu_state)
 
 
 def test_cpu_runs_neither_save_nor_restore_gpu_rng(fake_gpus):
     log = fake_gpus(2)
-    state = training_loop._rng_state(torch.device('cpu'))
+    state = training_state.rng_state(torch.device('cpu'))
     assert 'cuda' not in state
-    training_loop._set_rng_state(dict(state, cuda=torch.zeros(8, dtype=torch.uint8)), torch.device('cpu'))
+    training_state.set_rng_state(dict(state, cuda=torch.zeros(8, dtype=torch.uint8)), torch.device('cpu'))
     assert log == []
 
 

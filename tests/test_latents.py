@@ -21,7 +21,7 @@ import dataset_tool
 from dnnlib.util import UserError
 from torch_utils.misc import BatchRNG
 from training import encoders
-from training.dataset import ImageFolderDataset, LatentFolderDataset
+from training.dataset import ArrayFolderDataset, ImageFolderDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNT = 16      # images in the test data sets
@@ -113,12 +113,32 @@ def test_encode_decode_shapes(encoder):
 
 def test_latent_shape_and_resolution_check(encoder, images_zip, latents_zip):
     assert encoder.latent_shape(ImageFolderDataset(images_zip)) == (SIDE // 8, 4)
-    assert encoder.latent_shape(LatentFolderDataset(latents_zip)) == (SIDE // 8, 4)
+    assert encoder.latent_shape(ArrayFolderDataset(latents_zip)) == (SIDE // 8, 4)
 
     class Odd:
         resolution = 36
     with pytest.raises(UserError, match='36 is not divisible by 8'):
         encoder.latent_shape(Odd())
+
+
+def test_the_data_set_chooses_its_encoder(vae_dir, images_zip, latents_zip):
+    """Images are pixels unless the run names the VAE; precomputed latents bring the VAE that
+    wrote them. One interface: shape, encode, and items shown as images."""
+    images, latents = ImageFolderDataset(images_zip), ArrayFolderDataset(latents_zip)
+    pixels = encoders.build_encoder(images)
+    assert isinstance(pixels, encoders.PixelEncoder) and pixels.snapshot_decoder() is None
+    assert pixels.latent_shape(images) == (SIDE, 3) and pixels.down_factor == 1
+    batch = torch.as_tensor(np.stack([images[i][0] for i in range(2)]))
+    assert torch.equal(pixels.encode(batch), batch.float() / 127.5 - 1)
+    assert torch.equal(pixels.decode(pixels.encode(batch)), batch) and pixels.items_to_images(batch) is batch
+    vae = encoders.build_encoder(latents)
+    assert isinstance(vae, encoders.StabilityVAEEncoder) and vae.vae_name == os.path.abspath(vae_dir)
+    assert vae.latent_shape(latents) == (SIDE // 8, 4) and vae.down_factor == 8 and vae.snapshot_decoder() is vae
+    named = encoders.build_encoder(images, dict(class_name='training.encoders.StabilityVAEEncoder', vae_name=vae_dir))
+    assert named.latent_shape(images) == (SIDE // 8, 4)
+    moments = torch.as_tensor(np.stack([latents[i][0] for i in range(2)]))
+    shown = vae.items_to_images(moments)
+    assert shown.dtype == torch.uint8 and torch.equal(shown, vae.decode(vae.encode(moments)))
 
 
 def test_pickles_without_weights_and_decodes_the_same(vae_dir, images_zip):
@@ -146,7 +166,7 @@ def test_channel_normalisation_gives_std_half(vae_dir, images_zip, latents_zip):
     assert z.mean(dim=(0, 2, 3)).abs().max() < 0.05
     torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.full([4], 0.5), atol=0.05, rtol=0)
     # The statistics stored by dataset_tool (over images and their mirrors) agree.
-    stored = LatentFolderDataset(latents_zip).latent_stats
+    stored = ArrayFolderDataset(latents_zip).latent_stats
     np.testing.assert_allclose(stored['mean'], enc.channel_mean, atol=0.1 * max(enc.channel_std))
     np.testing.assert_allclose(stored['std'], enc.channel_std, rtol=0.1)
 
@@ -156,7 +176,7 @@ def test_channel_normalisation_gives_std_half(vae_dir, images_zip, latents_zip):
 
 def test_precomputed_equals_on_the_fly(encoder, images_zip, latents_zip):
     images = load_images(images_zip)
-    latents = LatentFolderDataset(latents_zip, xflip=True)
+    latents = ArrayFolderDataset(latents_zip, xflip=True)
     assert len(latents) == 2 * COUNT
     moments = torch.as_tensor(np.stack([latents[i][0] for i in range(len(latents))]))
     assert moments.shape == (2 * COUNT, 8, 8, 8) and moments.dtype == torch.float32
@@ -188,7 +208,7 @@ def test_dataset_tool_round_trip(emoji_npz, vae_dir, latents_zip, images_zip, tm
     assert info['vae'] == os.path.abspath(vae_dir) and info['shape'] == [8, 8, 8] and info['flips'] == 2
     assert info['image_resolution'] == SIDE and info['dtype'] == 'float32' and len(info['stats']['mean']) == 4
     # Labels survive, and x-flipped items keep their image's label.
-    flipped = LatentFolderDataset(latents_zip, use_labels=True, xflip=True)
+    flipped = ArrayFolderDataset(latents_zip, use_labels=True, xflip=True)
     plain = ImageFolderDataset(images_zip, use_labels=True)
     assert flipped.label_dim == CLASSES
     for i in range(COUNT):
@@ -198,11 +218,11 @@ def test_dataset_tool_round_trip(emoji_npz, vae_dir, latents_zip, images_zip, tm
     dest = tmp_path / 'half'
     result = convert(f'--source={emoji_npz}', f'--dest={dest}', '--encoder=vae', f'--vae={vae_dir}', '--max-images=4')
     assert 'posterior mean and std' in result.output
-    half = LatentFolderDataset(dest)
+    half = ArrayFolderDataset(dest)
     assert len(half) == 4 and half.latent_info['dtype'] == 'float16'
     np.testing.assert_allclose(half[3][0], flipped[3][0], rtol=2e-3, atol=1e-4)
     with pytest.raises(UserError, match='--xflip'):
-        LatentFolderDataset(dest, xflip=True)
+        ArrayFolderDataset(dest, xflip=True)
 
 
 def test_dataset_tool_errors(emoji_npz, vae_dir, tmp_path):
@@ -272,12 +292,12 @@ def test_train_on_precomputed_cond_adm_then_generate_cfg(latents_zip, tmp_path):
     assert '-cond-adm-pedm-latents-' in os.path.basename(run_dir)
     with open(os.path.join(run_dir, 'training_options.json')) as f:
         options = json.load(f)
-    assert options['dataset_kwargs']['class_name'] == 'training.dataset.LatentFolderDataset'
+    assert options['dataset_kwargs']['class_name'] == 'training.dataset.ArrayFolderDataset'
     with open(latest_snapshot(run_dir), 'rb') as f:
         snap = pickle.load(f)
     encoder = snap['encoder']
     assert encoder.latent_norm == 'channel'
-    np.testing.assert_allclose(encoder.channel_mean, LatentFolderDataset(latents_zip).latent_stats['mean'])
+    np.testing.assert_allclose(encoder.channel_mean, ArrayFolderDataset(latents_zip).latent_stats['mean'])
     assert snap['ema'].label_dim == CLASSES
     for path in generate(latest_snapshot(run_dir), tmp_path / 'out', '--class=1', '--cfg=2'):
         with Image.open(path) as img:
@@ -319,7 +339,7 @@ def test_non_square_latents_train_and_generate(emoji_npz, vae_dir, tmp_path):
     np.savez(tmp_path / 'wide.npz', images=wide)
     data = tmp_path / 'wide-latents.zip'
     convert(f'--source={tmp_path / "wide.npz"}', f'--dest={data}', '--encoder=vae', f'--vae={vae_dir}')
-    dataset = LatentFolderDataset(data)
+    dataset = ArrayFolderDataset(data)
     assert dataset.resolution == (4, 8) and dataset.image_shape == [8, 4, 8]
     run_dir = run_train(['--outdir', str(tmp_path / 'runs'), '--data', str(data)] + TINY[:-1])
     with open(os.path.join(run_dir, 'training_options.json')) as f:

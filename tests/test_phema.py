@@ -15,7 +15,7 @@ import dnnlib
 import reconstruct_phema
 from test_training_loop import loop_config
 from test_training import TINY, make_zip
-from training import checkpoints, phema, training_loop
+from training import checkpoints, phema, training_loop, training_state
 
 
 @pytest.fixture(scope='module')
@@ -136,7 +136,7 @@ def run_loop(digits, run_dir, *options, stop_at=None, resume_state=None):
 
 
 def final_state(run_dir):
-    return training_loop.load_state(os.path.join(run_dir, training_loop.state_name(0)))
+    return training_state.load_state(os.path.join(run_dir, training_state.state_name(0)))
 
 
 def test_profiles_leave_training_unchanged_and_resume_exactly(digits, tmp_path):
@@ -159,7 +159,7 @@ def test_profiles_leave_training_unchanged_and_resume_exactly(digits, tmp_path):
         assert torch.equal(param, full['phema']['averages'][1][name]), name
 
     run_loop(digits, tmp_path / 'split', '--ema-std=0.05,0.1', stop_at=3)
-    shutil.copy(tmp_path / 'split' / training_loop.state_name(0), tmp_path / 'state.pt')
+    shutil.copy(tmp_path / 'split' / training_state.state_name(0), tmp_path / 'state.pt')
     run_loop(digits, tmp_path / 'split', '--ema-std=0.05,0.1', resume_state=str(tmp_path / 'state.pt'))
     split = final_state(tmp_path / 'split')
     assert split['phema']['step'] == 8

@@ -90,7 +90,7 @@ def loop_kwargs(case, data_sets):
     data, dataset_options, network_options, options = CASES[case]
     options = dict(options)
     dataset_class = {'digits': 'ImageFolderDataset', 'emoji': 'ImageFolderDataset', 'arrays': 'ArrayFolderDataset',
-                     'latents': 'LatentFolderDataset'}[data]
+                     'latents': 'ArrayFolderDataset'}[data]
     dataset_kwargs = dict(class_name=f'training.dataset.{dataset_class}', path=data_sets[data], use_labels=False,
                           xflip=False, cache=True) | dataset_options
     encoder = options.pop('encoder', None)

@@ -10,7 +10,7 @@ import torch
 
 from dnnlib.util import UserError
 from torch_utils import png
-from training import patch, sampler, schedules
+from training import encoders, patch, sampler, schedules
 from training.networks import EDMPrecond
 from conftest import sampling_net as tiny_net
 
@@ -228,9 +228,9 @@ def test_decoder_hook_turns_latents_into_images():
 
     class Decoder:
         def decode(self, latents):
-            assert latents.dtype == torch.float32 and latents.shape[1:] == (4, 8, 8)
+            assert latents.dtype == sampler.state_dtype(latents.device) and latents.shape[1:] == (4, 8, 8)
             rgb = latents[:, :3].repeat_interleave(8, 2).repeat_interleave(8, 3)
-            return sampler.to_uint8(rgb)
+            return encoders.to_uint8(rgb)
     images = sampler.sample_images(net, [0, 1], num_steps=1, decoder=Decoder())
     assert images.dtype == torch.uint8 and images.shape == (2, 3, 64, 64)
 

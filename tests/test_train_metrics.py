@@ -14,7 +14,7 @@ import train
 from test_fid import StandInNet
 from test_training import TINY, make_zip
 from test_training_loop import loop_config
-from training import checkpoints, metrics, sampler, train_metrics, training_loop
+from training import checkpoints, metrics, run_files, sampler, train_metrics, training_loop
 
 
 @pytest.fixture(scope='module')
@@ -45,7 +45,7 @@ def test_scores_at_ticks_match_an_independent_computation(digits, detector, tmp_
     assert {'metrics.png', 'metrics-kid.png'} <= set(os.listdir(tmp_path))
 
     det = metrics.load_detector(detector, device='cpu')
-    net, _ = checkpoints.load_network(str(tmp_path / training_loop.snapshot_name(0)))  # the last tick's
+    net, _ = checkpoints.load_network(str(tmp_path / run_files.snapshot_name(0)))  # the last tick's
     feats = metrics.compute_features(det, sampler.sample_images(net, seeds=range(6), device='cpu'))
     mu_ref, sigma_ref, feats_ref = metrics.calculate_inception_stats(digits, detector=det, num_workers=0, return_features=True)
     expected_fid = metrics.calculate_fid_from_inception_stats(*metrics.stats_from_features(feats), mu_ref, sigma_ref)

@@ -1,6 +1,8 @@
 """The training loop called in-process on a tiny network: the loss normalisation of patch steps
-(`--loss-norm`), the moving patch schedule (`--real_p-end`) across a resume, and `stats.jsonl`."""
+(`--loss-norm`), the moving patch schedule (`--real_p-end`) across a resume, `stats.jsonl`, the
+data-loader blocks and their ids, per-size loss stats, and the training state with extra parts."""
 
+import copy
 import json
 import os
 import shutil
@@ -11,7 +13,8 @@ import torch
 import dnnlib
 import train
 from test_training import TINY, make_zip
-from training import training_loop
+from torch_utils import misc, training_stats
+from training import run_files, training_loop, training_state
 from training.patch import PatchSchedule
 
 
@@ -81,7 +84,7 @@ def test_moving_schedule_resumes_exactly_and_stats_are_truncated_then_appended(d
     full_dir, split_dir = tmp_path / 'full', tmp_path / 'split'
     full_net = run(c, full_dir)
     run(c, split_dir, stop_at=3)
-    state = os.path.join(split_dir, training_loop.state_name(0))
+    state = os.path.join(split_dir, training_state.state_name(0))
     shutil.copy(state, tmp_path / 'state.pt')
     with open(os.path.join(split_dir, 'stats.jsonl'), 'a') as f:  # a tick after the dump, then a crash
         f.write(json.dumps(dict(read_stats(split_dir)[-1], tick=3, step=4)) + '\n')
@@ -146,8 +149,99 @@ def test_adam_is_fused_and_stays_fused_after_loading_a_state_without_the_flag():
     saved = plain.state_dict()
     for group in saved['param_groups']:
         group.pop('fused'), group.pop('foreach')
-    training_loop.load_optimizer_state(optimizer, saved)
+    training_state.load_optimizer_state(optimizer, saved)
     assert optimizer.param_groups[0]['fused'] is True
     moments = optimizer.state[net.weight]
     assert int(moments['step']) == 1 and torch.equal(moments['exp_avg'], plain.state[net.weight]['exp_avg'])
     assert not training_loop.build_optimizer(net, dict(kwargs, fused=False)).param_groups[0]['fused']
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    """Item i is a one-row tensor holding i, so a block shows which items it holds."""
+
+    def __len__(self):
+        return 23
+
+    def __getitem__(self, idx):
+        return torch.tensor([idx]), torch.zeros(0)
+
+
+def test_block_loader_yields_the_same_block_under_the_same_id_on_any_number_of_ranks():
+    """Block b holds the same items for one process and for each of three ranks, also when a
+    resumed run starts at block 7; `blocks_consumed` says where the next run continues."""
+    single = misc.BlockLoader(IndexDataset(), block_size=4, seed=1)
+    by_id = {}
+    for _ in range(20):
+        block_id, items, _labels = next(single)
+        by_id[block_id] = items.flatten().tolist()
+    assert sorted(by_id) == list(range(20)) and single.blocks_consumed == 20
+    for rank in range(3):
+        loader = misc.BlockLoader(IndexDataset(), block_size=4, seed=1, rank=rank, world_size=3, start_block=7)
+        block_ids, items, _labels = loader.take(3)
+        assert [b % 3 for b in block_ids] == [rank] * 3 and 7 <= block_ids[0] < 10
+        assert items.flatten().tolist() == [i for b in block_ids for i in by_id[b]]
+        assert loader.blocks_consumed == 7 + 3 * 3
+
+
+def test_loss_stats_are_read_back_per_patch_size():
+    """Each size's mean comes back under its own name, ordered by pixels, whatever the name's digits."""
+    collector = training_stats.Collector(regex='Loss/.*')
+    collector.update()  # whatever earlier tests left
+    losses = run_files.LossStats()
+    losses.report(torch.full([2, 1, 4, 4], 1.0), 16)
+    losses.report(torch.full([2, 1, 4, 4], 3.0), 4)
+    losses.report(torch.full([2, 1, 4, 4], 5.0), (8, 16))
+    losses.report(torch.full([2, 1, 4, 4], 7.0), None)
+    collector.update()
+    collected = losses.collect(collector)
+    assert collected == dict(loss=4.0, loss_by_patch={'4': 3.0, '16x8': 5.0, '16': 1.0})
+    assert list(collected['loss_by_patch']) == ['4', '16x8', '16']
+    collector.update()
+    assert losses.collect(collector)['loss_by_patch'] == {}
+
+
+class CountingPart(training_state.Tracker):
+    """A part with state: the steps it saw."""
+
+    def __init__(self):
+        self.steps, self.loaded = [], 'never'
+
+    def update(self, net, step, nimg):
+        self.steps.append(step)
+
+    def state_dict(self):
+        return dict(steps=torch.tensor(self.steps))
+
+    def load_state_dict(self, state):
+        self.loaded = state
+        if state is not None:
+            self.steps = state['steps'].tolist()
+
+
+def test_training_state_round_trip_with_parts(tmp_path):
+    """A state saves the weights, the optimizer, the counters, the stats and each part under its
+    name, and loads them into a fresh run; a part the file lacks is told so (None)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    optimizer = training_loop.build_optimizer(net, dict(class_name='torch.optim.Adam', lr=1e-3))
+    net(torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    part = CountingPart()
+    part.update(net, 1, 4)
+    state = training_state.TrainingState(net, copy.deepcopy(net), optimizer, dict(width=3), 4, dict(count=part))
+    state.nimg, state.step, state.tick, state.blocks_consumed, state.stats = 4, 1, 1, 2, [dict(tick=0, loss=1.5)]
+    path = str(tmp_path / training_state.state_name(0))
+    state.save(path, torch.device('cpu'))
+
+    fresh_net = torch.nn.Linear(3, 2)
+    fresh_optimizer = training_loop.build_optimizer(fresh_net, dict(class_name='torch.optim.Adam', lr=1e-3))
+    parts = dict(count=CountingPart(), other=CountingPart())
+    fresh = training_state.TrainingState(fresh_net, torch.nn.Linear(3, 2), fresh_optimizer, dict(width=3), 4, parts)
+    fresh.load(path, torch.device('cpu'))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), fresh_net.parameters()))
+    assert fresh_optimizer.state_dict()['state'][0]['step'] == 1
+    assert (fresh.nimg, fresh.step, fresh.tick, fresh.blocks_consumed, fresh.stats) == (4, 1, 1, 2, [dict(tick=0, loss=1.5)])
+    assert parts['count'].steps == [1] and parts['other'].loaded is None
+    training_state.check_resume_state(path, dict(width=3), 4)
+    with pytest.raises(dnnlib.util.UserError, match=r'width 3 \(now 5\), --batch 4 \(now 8\)'):
+        training_state.check_resume_state(path, dict(width=5), 8)

@@ -114,6 +114,61 @@ class InfiniteSampler(torch.utils.data.Sampler):
             block += self.world_size
 
 
+class BlockLoader:
+    """This rank's endless stream of data-loader blocks (batches of `block_size` items of an
+    `InfiniteSampler`), each with its global block id, which seeds the block's generator: block b
+    holds the same items whatever the number of ranks and accumulation rounds. `start_block`
+    continues a resumed run; `blocks_consumed` is where the next run continues, once every rank
+    has taken as many blocks as this one."""
+
+    def __init__(self, dataset, block_size, seed=0, rank=0, world_size=1, start_block=0, device=torch.device('cpu'),
+                 loader_kwargs=None):
+        sampler = InfiniteSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, block_size=block_size,
+                                  start_block=start_block)
+        kwargs = dict(loader_kwargs or {})
+        if torch.device(device).type != 'cuda':
+            kwargs.pop('pin_memory', None)
+        if not kwargs.get('num_workers'):
+            kwargs.pop('prefetch_factor', None)
+            kwargs.pop('persistent_workers', None)
+        # A generator of its own keeps the loader from drawing on the global RNG (which dropout uses
+        # and a resumed run restores) and makes worker seeds reproducible.
+        generator = torch.Generator().manual_seed(seed_to_int(seed, 4, rank, start_block))
+        loader = torch.utils.data.DataLoader(dataset=dataset, sampler=sampler, batch_size=block_size, generator=generator, **kwargs)
+        self.block_size, self.device = int(block_size), torch.device(device)
+        self._batches = iter(loader)
+        self._next_block, self._world_size, self._start, self._taken = sampler.first_block(), world_size, int(start_block), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        """(global block id, items, labels) of this rank's next block, on the host."""
+        images, labels = next(self._batches)
+        block, self._next_block = self._next_block, self._next_block + self._world_size
+        self._taken += 1
+        return block, images, labels
+
+    def take(self, count):
+        """(block ids, items, labels) of the next `count` blocks, items and labels on the device."""
+        blocks = [next(self) for _ in range(count)]
+        images, labels = blocks_to_device([block[1:] for block in blocks], self.device)
+        return [block[0] for block in blocks], images, labels
+
+    @property
+    def blocks_consumed(self):
+        return self._start + self._taken * self._world_size
+
+
+def blocks_to_device(blocks, device):
+    """(items, labels) of data-loader blocks, concatenated on the device. Each block is copied
+    by itself: the loader's pinned blocks copy without waiting, a concatenation on the host
+    would be pageable memory again."""
+    images = torch.cat([block[0].to(device, non_blocking=True) for block in blocks])
+    labels = torch.cat([block[1].to(device, non_blocking=True) for block in blocks])
+    return images, labels
+
+
 def named_params_and_buffers(module):
     return list(module.named_parameters()) + list(module.named_buffers())
 

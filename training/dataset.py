@@ -8,7 +8,7 @@ Class and keyword names are EDM's (`training.dataset.ImageFolderDataset(path, re
 max_size, use_labels, xflip, random_seed, cache)`), so `dataset_kwargs` in EDM's
 `training_options.json` files construct the same data set here.
 
-Subclasses (for example a data set of precomputed latents) override `_load_raw_image` and
+Subclasses (`ArrayFolderDataset` for float arrays and precomputed latents) override `_load_raw_image` and
 `_load_raw_labels`, and may set `item_dtype` and override `_flip`; the base class handles
 subsets, flipping, caching and labels.
 """
@@ -269,6 +269,11 @@ class Dataset(torch.utils.data.Dataset):
         """Returns the labels of all raw items, or None when the data set has none."""
         raise NotImplementedError
 
+    def encoder_kwargs(self):
+        """The `training.encoders` class that turns items into what the denoiser sees, when the run
+        names none: pixels (uint8 images scaled to [-1, 1], float items as they are)."""
+        return dict(class_name='training.encoders.PixelEncoder')
+
     def _flip(self, image):
         """Mirrors a CHW item left to right; a subclass whose items do not flip this way overrides it."""
         return image[:, :, ::-1]
@@ -410,7 +415,7 @@ class StoredFiles:
 
     def stored_heads(self, size):
         """First `size` bytes of every uncompressed zip member, read straight from the archive:
-        about ten times faster than opening each member through `zipfile`, which matters for the
+        much faster than opening each member through `zipfile`, which matters for the
         header check of a million-image zip. Compressed members are left out, and so is every
         member of a folder ({} is returned)."""
         heads = {}
@@ -518,7 +523,7 @@ class ImageFolderDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# Precomputed latents.
+# Arrays that PNG cannot hold, and precomputed latents.
 
 
 def _description(path, key):
@@ -543,81 +548,6 @@ def latent_info(path):
     return _description(path, 'latents')
 
 
-class LatentFolderDataset(Dataset):
-    """Precomputed VAE posterior moments, as written by `dataset_tool.py --encoder=vae`.
-
-    Layout: EDM's, with `NNNNN/imgNNNNNNNN.npy` members instead of PNGs, each a (K, 8, r, r)
-    float16/float32 array: channels 0-3 the posterior mean and 4-7 the posterior std of the raw
-    VAE latent of one image (K = 1), and of its mirror image too (K = 2, `--xflip` at conversion).
-    `dataset.json` holds the labels and a `latents` description (VAE, shape, statistics).
-
-    Items are (8, r, r) float32 arrays; `training.encoders` draws a posterior sample from them.
-    `xflip=True` doubles the set with the stored latents of the mirrored images (a mirrored
-    latent is not the latent of the mirrored image, so latents are never flipped here); a set
-    converted without `--xflip` refuses it."""
-
-    item_dtype = np.float32
-
-    def __init__(self, path, resolution=None, xflip=False, **super_kwargs):
-        self._path = os.fspath(path)
-        self._info = latent_info(self._path)
-        if self._info is None:
-            raise UserError(f'{self._path}: not a data set of latents (no "latents" in dataset.json)')
-        self._files = StoredFiles(self._path)
-        names = self._files.names()
-        self._fnames = sorted(n for n in names if n.endswith('.npy'))
-        if not self._fnames:
-            raise UserError(f'{self._path}: no .npy latents found')
-        shape = [int(v) for v in self._info['shape']]
-        self._stored_flips = int(self._info.get('flips', 1))
-        if xflip and self._stored_flips < 2:
-            raise UserError(f'--xflip: {self._path} holds no latents of mirrored images; '
-                            f'convert it with dataset_tool.py --encoder=vae --xflip')
-        self._copies = 2 if xflip else 1
-        if resolution is not None and tuple(shape[1:]) != patch.image_hw(resolution):
-            raise UserError(f'{self._path}: latents are {shape[1]}x{shape[2]}, not the requested resolution {resolution}')
-        name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
-        super().__init__(name=name, raw_shape=[len(self._fnames) * self._copies] + shape, xflip=False, **super_kwargs)
-        self.close()
-
-    @property
-    def latent_info(self):
-        """The `latents` description of dataset.json (VAE, shape, statistics, ...)."""
-        return dict(self._info)
-
-    @property
-    def latent_stats(self):
-        """{'mean': [4], 'std': [4]} of posterior samples of the raw latents over the whole set."""
-        return self._info.get('stats')
-
-    def _where(self):
-        return self._path
-
-    def close(self):
-        self._files.close()
-
-    def _load_raw_image(self, raw_idx):
-        """Raw item i < N is file i; item N + i is the mirrored version of file i."""
-        count = len(self._fnames)
-        fname = self._fnames[raw_idx % count]
-        try:
-            array = np.load(io.BytesIO(self._files.read(fname)), allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
-        if array.ndim != 4 or list(array.shape[1:]) != self._raw_shape[1:] or array.shape[0] < self._copies:
-            raise UserError(f'{self._path}: {fname} has shape {list(array.shape)}, expected [{self._stored_flips}, '
-                            f'{", ".join(map(str, self._raw_shape[1:]))}]')
-        return np.ascontiguousarray(array[raw_idx // count], dtype=np.float32)
-
-    def _load_raw_labels(self):
-        labels = parse_labels(self._path, self._files.read('dataset.json'), self._fnames)
-        return None if labels is None else label_array(self._path, [labels[f] for f in self._fnames] * self._copies)
-
-
-# ----------------------------------------------------------------------------------------------
-# Arrays that PNG cannot hold.
-
-
 def array_info(path):
     """The `arrays` description in the dataset.json of the data set at `path` (written by
     dataset_tool.py for float data or channel counts PNG cannot hold), or None."""
@@ -625,27 +555,64 @@ def array_info(path):
 
 
 class ArrayFolderDataset(Dataset):
-    """Float data of any channel count, as written by dataset_tool.py: EDM's layout with
-    `NNNNN/imgNNNNNNNN.npy` members, each a (C, H, W) float32 array already mapped to [-1, 1], and
-    an `arrays` description (shape, source range) in dataset.json. Items are those arrays."""
+    """Float items that PNG cannot hold, as written by dataset_tool.py: EDM's layout with
+    `NNNNN/imgNNNNNNNN.npy` members and a description in dataset.json, one of
+    - `arrays` (float data or channel counts PNG cannot hold): each member a (C, H, W) float32 array
+      already mapped to [-1, 1]; `xflip=True` mirrors them as the base class mirrors images;
+    - `latents` (`--encoder=vae`): each member a (K, 8, r, r) float16/float32 array, channels 0-3
+      the posterior mean and 4-7 the posterior std of the raw VAE latent of one image (K = 1), and
+      of its mirror image too (K = 2, `--xflip` at conversion); items are (8, r, r) and
+      `training.encoders` draws a posterior sample from them. `xflip=True` doubles the set with the
+      stored latents of the mirrored images (a mirrored latent is not the latent of the mirrored
+      image, so latents are never flipped here); a set converted without `--xflip` refuses it.
+    Items are float32 arrays."""
 
     item_dtype = np.float32
 
-    def __init__(self, path, resolution=None, **super_kwargs):
+    def __init__(self, path, resolution=None, xflip=False, **super_kwargs):
         self._path = os.fspath(path)
-        self._info = array_info(self._path)
+        self._kind, self._info = 'latents', latent_info(self._path)
         if self._info is None:
-            raise UserError(f'{self._path}: not a data set of arrays (no "arrays" in dataset.json)')
+            self._kind, self._info = 'arrays', array_info(self._path)
+        if self._info is None:
+            raise UserError(f'{self._path}: not a data set of arrays or latents (no "arrays" or "latents" in dataset.json)')
         self._files = StoredFiles(self._path)
         self._fnames = sorted(n for n in self._files.names() if n.endswith('.npy'))
         if not self._fnames:
-            raise UserError(f'{self._path}: no .npy arrays found')
+            raise UserError(f'{self._path}: no .npy {self._kind} found')
         shape = [int(v) for v in self._info['shape']]
         if resolution is not None and tuple(shape[1:]) != patch.image_hw(resolution):
-            raise UserError(f'{self._path}: arrays are {shape[2]}x{shape[1]}, not the requested resolution {patch.shape_name(resolution)}')
+            raise UserError(f'{self._path}: {self._kind} are {shape[2]}x{shape[1]}, not the requested resolution '
+                            f'{patch.shape_name(resolution)}')
+        self._stored_flips = int(self._info.get('flips', 1)) if self._kind == 'latents' else None
+        self._copies = 1
+        if xflip and self._stored_flips is not None:
+            if self._stored_flips < 2:
+                raise UserError(f'--xflip: {self._path} holds no latents of mirrored images; '
+                                f'convert it with dataset_tool.py --encoder=vae --xflip')
+            self._copies, xflip = 2, False
         name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
-        super().__init__(name=name, raw_shape=[len(self._fnames)] + shape, **super_kwargs)
+        super().__init__(name=name, raw_shape=[len(self._fnames) * self._copies] + shape, xflip=xflip, **super_kwargs)
         self.close()
+
+    @property
+    def latent_info(self):
+        """The `latents` description of dataset.json (VAE, shape, statistics, ...); None for arrays."""
+        return dict(self._info) if self._kind == 'latents' else None
+
+    @property
+    def latent_stats(self):
+        """{'mean': [4], 'std': [4]} of posterior samples of the raw latents over the whole set (latents only)."""
+        return self._info.get('stats') if self._kind == 'latents' else None
+
+    def encoder_kwargs(self):
+        """Latents are decoded by the VAE that wrote them; arrays are pixels."""
+        if self._kind != 'latents':
+            return super().encoder_kwargs()
+        kwargs = dict(class_name='training.encoders.StabilityVAEEncoder')
+        if 'vae' in self._info:
+            kwargs['vae_name'] = self._info['vae']
+        return kwargs
 
     def _where(self):
         return self._path
@@ -654,15 +621,23 @@ class ArrayFolderDataset(Dataset):
         self._files.close()
 
     def _load_raw_image(self, raw_idx):
-        fname = self._fnames[raw_idx]
+        """Raw item i < N is member i; for latents with mirrors, item N + i is row 1 of member i."""
+        count = len(self._fnames)
+        fname = self._fnames[raw_idx % count]
         try:
             array = np.load(io.BytesIO(self._files.read(fname)), allow_pickle=False)
         except (OSError, ValueError) as err:
             raise UserError(f'{self._path}: cannot read {fname} ({err})') from None
-        if list(array.shape) != self._raw_shape[1:]:
-            raise UserError(f'{self._path}: {fname} has shape {list(array.shape)}, expected {self._raw_shape[1:]}')
-        return np.ascontiguousarray(array, dtype=np.float32)
+        rows = [] if self._stored_flips is None else [self._stored_flips]
+        if list(array.shape[len(rows):]) != self._raw_shape[1:] or array.ndim != len(rows) + 3 or \
+                (rows and array.shape[0] < self._copies):
+            raise UserError(f'{self._path}: {fname} has shape {list(array.shape)}, expected {rows + self._raw_shape[1:]}')
+        return np.ascontiguousarray(array[raw_idx // count] if rows else array, dtype=np.float32)
 
     def _load_raw_labels(self):
         labels = parse_labels(self._path, self._files.read('dataset.json'), self._fnames)
-        return None if labels is None else label_array(self._path, [labels[f] for f in self._fnames])
+        return None if labels is None else label_array(self._path, [labels[f] for f in self._fnames] * self._copies)
+
+
+# The class name that training_options.json of earlier runs give for data sets of latents.
+LatentFolderDataset = ArrayFolderDataset

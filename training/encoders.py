@@ -1,9 +1,20 @@
-"""Latent space of the Stable Diffusion VAE, for training on latents (`--train_on_latents=1`).
+"""What the denoiser sees of the training data, behind one interface chosen by the data set.
 
-`StabilityVAEEncoder` turns training data (images, or the posterior moments that `write_latents`
-stores for `dataset_tool.py --encoder=vae`) into normalised latents and samples back into images.
-It pickles with the snapshot without the VAE weights and loads the VAE (a diffusers AutoencoderKL)
-on first use, so generate.py decodes with the settings of training and nothing is downloaded early."""
+An encoder has
+- `latent_shape(dataset)`: (side or (H, W), channels) of the denoiser's input for the data set's items;
+- `init(device)` and `fit(dataset)`: load weights and take statistics before training;
+- `encode(batch, rng)`: a batch of items → float32 denoiser input (`rng`, a `BatchRNG` with a
+  generator per item row, draws any randomness);
+- `decode(x)`: denoiser output → uint8 images; `items_to_images(batch)`: items → uint8 images to view;
+- `down_factor` (image pixels per input pixel), `describe()` (one log line) and
+  `snapshot_decoder()` (what a snapshot stores under 'encoder' for generate.py).
+
+`PixelEncoder` serves images and float arrays; `StabilityVAEEncoder` the latent space of the Stable
+Diffusion VAE (`--train_on_latents=1`): it turns images, or the posterior moments that
+`write_latents` stores for `dataset_tool.py --encoder=vae`, into normalised latents and samples
+back into images. It pickles with the snapshot without the VAE weights and loads the VAE (a
+diffusers AutoencoderKL) on first use, so generate.py decodes with the settings of training and
+nothing is downloaded early."""
 
 import contextlib
 import os
@@ -13,6 +24,7 @@ import warnings
 import numpy as np
 import torch
 
+import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
 from torch_utils import persistence
@@ -78,9 +90,9 @@ def load_vae(name, device):
 
 @contextlib.contextmanager
 def vae_precision(device):
-    """Lets the VAE use TF32 matmuls and convolutions on CUDA, several times faster than full
-    fp32, for a precision close to the float16 of precomputed latents (the training loop keeps
-    TF32 off for the denoiser, as EDM)."""
+    """Lets the VAE use TF32 matmuls and convolutions on CUDA, faster than full fp32, for a
+    precision close to the float16 of precomputed latents (the training loop keeps TF32 off for
+    the denoiser, as EDM)."""
     if torch.device(device).type != 'cuda':
         yield
         return
@@ -103,11 +115,65 @@ def moment_stats(means, stds):
     return mean, (second - mean.square()).clamp(min=0).sqrt()
 
 
+def to_uint8(x):
+    """[−1, 1] images → uint8 as (x·127.5 + 128) clipped, EDM's convention."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def build_encoder(dataset, encoder_kwargs=None):
+    """The encoder of `encoder_kwargs` (latents of an image set), or the data set's own: pixels,
+    or for precomputed latents the VAE that wrote them. Builds no weights: they load in `init`."""
+    return dnnlib.util.construct_class_by_name(**(encoder_kwargs if encoder_kwargs is not None else dataset.encoder_kwargs()))
+
+
+def network_shape(dataset, encoder_kwargs=None):
+    """(side or (H, W), channels) of the denoiser's input for `dataset` and `encoder_kwargs`."""
+    return build_encoder(dataset, encoder_kwargs).latent_shape(dataset)
+
+
+class PixelEncoder:
+    """Pixel-space training: uint8 images scaled to [−1, 1], float arrays (already in [−1, 1]) as
+    they are; outputs clipped back to uint8. Snapshots store none (as EDM's)."""
+
+    down_factor = 1
+
+    def latent_shape(self, dataset):
+        return dataset.resolution, dataset.num_channels
+
+    def init(self, device):
+        """Nothing to load."""
+
+    def fit(self, dataset):
+        """Nothing to fit."""
+
+    def encode(self, batch, rng=None):
+        if batch.dtype.is_floating_point:
+            return batch.to(torch.float32)
+        return batch.to(torch.float32) / 127.5 - 1
+
+    def decode(self, x):
+        return to_uint8(x)
+
+    def items_to_images(self, batch):
+        return batch if batch.dtype == torch.uint8 else to_uint8(batch)
+
+    def describe(self):
+        return 'Pixels: uint8 images scaled to [-1, 1], float arrays as stored'
+
+    def snapshot_decoder(self):
+        return None
+
+
+PIXELS = PixelEncoder()
+
+
 @persistence.persistent_class
 class StabilityVAEEncoder:
     """Stable Diffusion VAE latents for the denoiser, normalised as z_n = (z − shift)·gain per channel:
     'scale' (shift 0, gain 0.18215, the original release's) or 'channel' (mean 0, std 0.5 = σ_data,
     from `channel_mean`/`channel_std` or the statistics that `fit` takes from the data set)."""
+
+    down_factor = DOWN_FACTOR
 
     def __init__(self, vae_name=DEFAULT_VAE, latent_norm='scale', scale=SD_SCALE, channel_mean=None, channel_std=None):
         if latent_norm not in ('scale', 'channel'):
@@ -147,8 +213,7 @@ class StabilityVAEEncoder:
         """Device of the loaded VAE (None before it is loaded)."""
         return None if self._vae is None else next(self._vae.parameters()).device
 
-    @staticmethod
-    def latent_shape(dataset):
+    def latent_shape(self, dataset):
         """(latent side or (h, w), channels) of the denoiser for `dataset`: R/8 and 4 for images, the
         stored size for a data set of precomputed latents."""
         if _holds_latents(dataset):
@@ -245,10 +310,20 @@ class StabilityVAEEncoder:
                 images.append(((x + 1) * 127.5).round().to(torch.uint8))
         return torch.cat(images)
 
+    def items_to_images(self, batch):
+        """Images as they are; precomputed latents decoded from their posterior means."""
+        if batch.dtype == torch.uint8:
+            return batch
+        return self.decode(self.encode(batch.to(self.vae_device or 'cpu')))
+
     def describe(self):
         """One line for logs."""
         norm = f'scale {self.scale}' if self.latent_norm == 'scale' else 'per-channel mean 0, std 0.5'
-        return f'VAE "{self.vae_name}", latents normalised by {norm}'
+        return f'Latents: VAE "{self.vae_name}", latents normalised by {norm}'
+
+    def snapshot_decoder(self):
+        """The encoder itself: generate.py decodes with the settings of training."""
+        return self
 
 
 def _holds_latents(dataset):

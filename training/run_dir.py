@@ -16,7 +16,7 @@ from torch_utils import distributed as dist
 from torch_utils import misc
 from training import file_limits
 from training import patch as patch_lib
-from training import training_loop
+from training import encoders, training_state
 
 _RUN_ID = re.compile(r'^(\d+)-')
 
@@ -136,7 +136,7 @@ def meta_network(c):
     if key not in _meta_networks:
         dataset = dnnlib.construct_class_by_name(**c.dataset_kwargs)
         try:
-            resolution, channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+            resolution, channels = encoders.network_shape(dataset, c.encoder_kwargs)
             with _MetaWeights():
                 net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                                      label_dim=dataset.label_dim)
@@ -177,7 +177,7 @@ def pick_resume_state(path, c):
     Temporary files that killed writers left in the folder are removed. Raises UserError saying
     why nothing can be resumed."""
     if not os.path.isdir(path):
-        candidates = [training_loop.find_resume_state(path)]
+        candidates = [training_state.find_resume_state(path)]
     else:
         dnnlib.util.remove_stale_temps(path)
         candidates = state_files(path)
@@ -191,7 +191,7 @@ def pick_resume_state(path, c):
     reasons = []
     for candidate in candidates:
         try:
-            state = training_loop.check_resume_state(candidate, c.network_kwargs, c.batch_size)
+            state = training_state.check_resume_state(candidate, c.network_kwargs, c.batch_size)
             check_state_fits(candidate, state, net)
             return candidate
         except UserError as err:

@@ -9,7 +9,7 @@ import torch
 
 from dnnlib.util import UserError
 from torch_utils import distributed, misc
-from training import patch, schedules
+from training import encoders, patch, schedules
 
 ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
 
@@ -289,11 +289,6 @@ def canvas_coords(net, canvas, batch, device):
     return grid.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def to_uint8(x):
-    """[−1, 1] images → uint8 as (x·127.5 + 128) clipped, EDM's convention."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
-
-
 def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
     """Per-seed latents (B, C, S, S) and one-hot labels (or None) from a `BatchRNG` of the seeds
     (each mod 2³²); the labels of a conditional net without `class_idx` come from each seed's
@@ -310,11 +305,11 @@ def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
     return rng, latents, labels
 
 
-def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None,
+def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=encoders.PIXELS,
                         progress=False, **sampler_kwargs):
     """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of `seeds`,
     so that long runs never hold all images. `net` must already be on `device`; `decoder` (the
-    snapshot's encoder) turns latents into images; other keywords go to the sampler."""
+    training data's encoder) turns its outputs into images; other keywords go to the sampler."""
     if device is None:
         device = next(net.parameters()).device
     device = torch.device(device)
@@ -334,7 +329,7 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
                 rng, latents, labels = draw_batch_inputs(net, batch_seeds, canvas, device, class_idx)
                 coords = canvas_coords(net, canvas, len(batch_seeds), device)
                 x = sampler(net, latents, labels, rng=rng, coords=coords, **sampler_kwargs)
-                images = decoder.decode(x.to(torch.float32)) if decoder is not None else to_uint8(x)
+                images = decoder.decode(x)
             bar.update(len(batch_seeds))
             yield batch_seeds, images.to(torch.uint8).cpu()
     finally:
@@ -342,7 +337,7 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
         bar.close()
 
 
-def sample_images(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=None, progress=False,
+def sample_images(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=encoders.PIXELS, progress=False,
                   **sampler_kwargs):
     """uint8 images (len(seeds), C, H, W) on the CPU in the order of `seeds`; arguments as in
     `iter_sample_batches`."""

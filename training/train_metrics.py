@@ -9,6 +9,7 @@ import numpy as np
 
 from dnnlib.util import FieldError
 from torch_utils import distributed as dist
+from training import encoders
 from training import metrics as metrics_lib
 
 METRICS = ('fid', 'kid')
@@ -73,7 +74,7 @@ class TickMetrics:
     computes the scores and every rank returns them."""
 
     def __init__(self, dataset_kwargs, metrics=('fid',), num=1000, every=1, detector=None, batch=64, device=None,
-                 encoder=None, ref_num=None):
+                 encoder=encoders.PIXELS, ref_num=None):
         check_data(dataset_kwargs)
         if num < 2:
             raise FieldError('num', f'{num}: at least 2 images are needed for a covariance')
