@@ -148,7 +148,7 @@ def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_bat
     if decoder is not None:
         decoder.init(dev)
     det = load_detector(detector, device=dev, trust_pickle=trust_pickle, bf16=bf16)
-    print_info(f'Scoring {num} images from "{checkpoints.network_source(network_url)}" on {dist.get_world_size()} process(es) ...')
+    print_info(f'Scoring {num} images from "{network_url}" on {dist.get_world_size()} process(es) ...')
     scores = score_network(net, reference, num, metrics, first_seed=first_seed, batch_size=max_batch_size, detector=det,
                            device=dev, decoder=decoder, num_steps=num_steps)
     if dist.get_rank() == 0:

@@ -226,7 +226,7 @@ def test_detector_contracts_give_same_features(tmp_path, digits, emoji, standin_
         ref = helper(torch.from_numpy(images))
         assert ref.shape == (3, 2048)
         for path in (scripted, pickled):
-            det = metrics.load_detector(path, device='cpu')
+            det = metrics.load_detector(path, device='cpu', trust_pickle=True)
             assert det.contract == 'nvidia'
             torch.testing.assert_close(det(torch.from_numpy(images)), ref, rtol=1e-5, atol=1e-5)
 
@@ -334,7 +334,7 @@ def test_error_detector_not_torchscript_or_pickle(tmp_path, digits):
     folder = write_pngs(str(tmp_path / 'a'), digits[:4])
     junk = tmp_path / 'junk.pt'
     junk.write_bytes(os.urandom(1000))
-    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', str(junk))
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', str(junk), '--trust-pickle')
     assert_user_error(result, 'junk.pt', 'neither a TorchScript file nor a pickle')
 
 
