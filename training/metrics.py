@@ -235,7 +235,9 @@ def optimize_network(net, device, dtype=torch.float32):
     convolutions). In float32 the features stay the plain network's up to rounding (~1e-5).
     Not `torch.jit.optimize_for_inference`: it fails on adaptive pooling to sizes that do not
     divide the input."""
-    net = net.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    net = net.to(device=device, memory_format=torch.channels_last)
+    if dtype != torch.float32:  # a float32 network's other float buffers keep their type
+        net = net.to(dtype)
     if isinstance(net, torch.jit.ScriptModule):
         try:
             net = torch.jit.freeze(net.eval())
