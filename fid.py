@@ -141,9 +141,9 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
 @click.option('--device', help='Device to run on [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
 @click.option('--workers', 'num_workers', help='Image decoding worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
 def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num_workers):
-    """Share of generated images that copy a training image (Gu et al. 2023).
+    """Share of generated images that copy a training image.
 
-    An image counts as memorised when its nearest training image is closer than a third of the
+    As in Gu et al. 2023, an image counts as memorised when its nearest training image is closer than a third of the
     second nearest (L2 on pixels in [0, 1]). Neighbours are found block by block; no distance
     matrix of all pairs is built. Runs in one process.
     """

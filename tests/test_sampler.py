@@ -499,3 +499,29 @@ def test_autoguidance_refuses_incompatible_guides_and_cfg():
         sampler.sample_images(net, [0], num_steps=1, guide_net=net, guidance=2.0, cfg_scale=2.0)
     with pytest.raises(sampler.FieldError, match='guidance'):
         sampler.sample_images(net, [0], num_steps=1, guide_net=net)
+
+# ----------------------------------------------------------------------------------------------
+# bench/sample_speed.py's quality table.
+
+
+def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
+    import pickle
+    from conftest import load_bench
+    from training import metrics
+    bench = load_bench('sample_speed')
+    assert [bench.steps_for_calls('heun', c) for c in (5, 10, 15, 20, 35)] == [3, 5, 8, 10, 18]
+    assert [bench.steps_for_calls('dpmpp-2m', c) for c in (5, 35)] == [5, 35]
+
+    proj = torch.randn(16, 2048, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(bench.metrics, 'load_detector',
+                        lambda device=None: lambda x: torch.nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1) @ proj)
+    ref = tmp_path / 'ref.npz'
+    metrics.save_stats(str(ref), np.zeros(2048), np.eye(2048))
+    snapshot = tmp_path / 'net.pkl'
+    snapshot.write_bytes(pickle.dumps(dict(ema=tiny_net(img_channels=1))))
+    bench.quality_table(str(snapshot), str(ref), 4, ['heun', 'dpmpp-2m'], [5, 10], None, str(snapshot), 2.0, False, 4,
+                        torch.device('cpu'))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (['heun'], ['dpmpp-2m'])]
+    assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [('heun', 5, 3), ('heun', 9, 5), ('dpmpp-2m', 5, 5),
+                                                            ('dpmpp-2m', 10, 10)]
+    assert all(math.isfinite(float(r[3])) for r in rows)
