@@ -96,15 +96,15 @@ def parse_list(option, text, kind=str, choices=None):
 
 
 def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device):
-    """Prints FID (and the digit score) of each solver at each call budget, one row per solver."""
+    """Prints FID (with `ref`) and the digit score (with `digits`) of each solver at each call budget."""
     import numpy as np
-    mu_ref, sigma_ref = metrics.load_stats(ref)
+    stats_ref = None if ref is None else metrics.load_stats(ref)
     net = checkpoints.load_network(network)[0].to(device)
     kwargs = dict(cfg_scale=cfg)
     if guide_network is not None:
         kwargs.update(guide_net=checkpoints.load_network(guide_network, option='--guide-network')[0].to(device),
                       guidance=guidance)
-    detector = metrics.load_detector(device=device)
+    detector = None if ref is None else metrics.load_detector(device=device)
     classifier = None
     if digits:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -112,8 +112,9 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
         classifier = digit_score.load_classifier(digit_score.DEFAULT_WEIGHTS)
     guide = f'autoguidance w={guidance} by {guide_network}' if guide_network else (f'cfg {cfg}' if cfg else 'no guidance')
     per_eval = 2 if (cfg is not None or guide_network is not None) else 1
-    print(f'{metrics.fid_label(num)} of {network} ({guide}; {per_eval} network pass(es) per call), seeds 0-{num - 1}')
-    print(f'{"solver":<10s} {"calls":>6s} {"steps":>6s} {"FID":>9s}' + (f' {"digits":>7s}' if digits else '') + f' {"seconds":>8s}')
+    print(f'{num} samples (seeds 0-{num - 1}) of {network} ({guide}; {per_eval} network pass(es) per call)')
+    print(f'{"solver":<10s} {"calls":>6s} {"steps":>6s}' + (f' {metrics.fid_label(num):>9s}' if ref else '')
+          + (f' {"digits":>7s}' if digits else '') + f' {"seconds":>8s}')
     for solver in solvers:
         for budget in calls:
             steps = steps_for_calls(solver, budget)
@@ -121,9 +122,10 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
             images = sampler.sample_images(net, range(num), device, batch_size=batch, solver=solver, num_steps=steps,
                                            **kwargs)
             seconds = time.perf_counter() - start
-            mu, sigma = metrics.stats_from_features(metrics.compute_features(detector, images))
-            fid = metrics.calculate_fid_from_inception_stats(mu, sigma, mu_ref, sigma_ref)
-            line = f'{solver:<10s} {sampler.network_calls(solver, steps):6d} {steps:6d} {fid:9.2f}'
+            line = f'{solver:<10s} {sampler.network_calls(solver, steps):6d} {steps:6d}'
+            if detector is not None:
+                mu, sigma = metrics.stats_from_features(metrics.compute_features(detector, images))
+                line += f' {metrics.calculate_fid_from_inception_stats(mu, sigma, *stats_ref):9.2f}'
             if classifier is not None:
                 line += f' {digit_score.digit_score(list(images[:, 0].numpy().astype(np.uint8)), classifier)[0]:7.3f}'
             print(line + f' {seconds:8.1f}', flush=True)
@@ -150,8 +152,8 @@ def main(batch, steps, threads, repeats, device, network, ref, num, solvers, cal
     if device.type == 'cpu':
         torch.set_num_threads(threads)
     if network is not None:
-        if ref is None:
-            raise UserError('--ref: give the reference statistics (fid.py ref) for --network')
+        if ref is None and not digits:
+            raise UserError('--ref: give the reference statistics (fid.py ref) for FID, or --digits, or both')
         if cfg is not None and guide_network is not None:
             raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
         quality_table(network, ref, num, parse_list('--solvers', solvers, choices=list(sampler.SOLVERS)),
