@@ -29,12 +29,15 @@ import time
 import click
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH))
+sys.path.insert(0, BENCH)
 
 from dnnlib.util import UserError  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from training import checkpoints, metrics, sampler  # noqa: E402
 from training.networks import EDMPrecond  # noqa: E402
+from quality import parse_list  # noqa: E402
 
 BENCH_PARAMS = 2_741_923
 
@@ -83,18 +86,6 @@ def steps_for_calls(solver, calls):
     return max(1, (calls + 1) // 2) if solver == 'heun' else calls
 
 
-def parse_list(option, text, kind=str, choices=None):
-    """'a,b,c' → list, each item converted by `kind` and checked against `choices`."""
-    try:
-        items = [kind(item.strip()) for item in text.split(',') if item.strip()]
-    except ValueError:
-        raise UserError(f'{option}: "{text}" is not a comma-separated list of {kind.__name__}') from None
-    bad = [item for item in items if choices is not None and item not in choices]
-    if not items or bad:
-        raise UserError(f'{option}: "{text}" must list some of {", ".join(choices)}' if choices else f'{option}: empty list')
-    return items
-
-
 def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device):
     """Prints FID (with `ref`) and the digit score (with `digits`) of each solver at each call budget."""
     import numpy as np
@@ -107,7 +98,6 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
     detector = None if ref is None else metrics.load_detector(device=device)
     classifier = None
     if digits:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import digit_score
         classifier = digit_score.load_classifier(digit_score.DEFAULT_WEIGHTS)
     guide = f'autoguidance w={guidance} by {guide_network}' if guide_network else (f'cfg {cfg}' if cfg else 'no guidance')
@@ -156,8 +146,11 @@ def main(batch, steps, threads, repeats, device, network, ref, num, solvers, cal
             raise UserError('--ref: give the reference statistics (fid.py ref) for FID, or --digits, or both')
         if cfg is not None and guide_network is not None:
             raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
-        quality_table(network, ref, num, parse_list('--solvers', solvers, choices=list(sampler.SOLVERS)),
-                      parse_list('--calls', calls, int), cfg, guide_network, guidance, digits, batch, device)
+        budgets = parse_list('--calls', calls, kind=int)
+        if min(budgets) < 1:
+            raise UserError(f'--calls: "{calls}" must list positive numbers of network calls')
+        quality_table(network, ref, num, parse_list('--solvers', solvers, choices=list(sampler.SOLVERS)), budgets, cfg,
+                      guide_network, guidance, digits, batch, device)
         return
     net = bench_net().to(device)
     params = misc.count_parameters(net)
