@@ -14,7 +14,9 @@ images/second of a full 18-step sampling run through `training.sampler.sample_im
 Quality (with --network): FID of --num samples (seeds 0..N-1) against reference statistics from
 `fid.py ref`, for each solver at about each number of network calls per image (heun takes the
 largest 2N-1 within it), with --cfg or --guide-network/--guidance applied to every row; with
---digits also the digit score of bench/digit_score.py (MNIST networks).
+--digits also the digit score of bench/digit_score.py (MNIST networks); with --ode-error the RMS
+distance (pixels in [0, 1]) of each image from the same seed's image by heun at 255 calls, i.e. how
+far the solver ends from the ODE's end point (no Inception network needed).
 
     python fid.py ref --data=datasets/mnist-32x32.zip --dest=ref-2000.npz --num=2000
     python bench/sample_speed.py --network=runs/00000-demo/network-snapshot-000400.safetensors \
@@ -86,8 +88,12 @@ def steps_for_calls(solver, calls):
     return max(1, (calls + 1) // 2) if solver == 'heun' else calls
 
 
-def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device):
-    """Prints FID (with `ref`) and the digit score (with `digits`) of each solver at each call budget."""
+REFERENCE_STEPS = 128  # heun at 255 calls: the reference end points of the ODE for --ode-error
+
+
+def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device, ode_error=False):
+    """Prints FID (with `ref`), the digit score (with `digits`) and the RMS pixel distance to the
+    ODE's end points (with `ode_error`) of each solver at each call budget."""
     import numpy as np
     stats_ref = None if ref is None else metrics.load_stats(ref)
     net = checkpoints.load_network(network)[0].to(device)
@@ -100,11 +106,15 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
     if digits:
         import digit_score
         classifier = digit_score.load_classifier(digit_score.DEFAULT_WEIGHTS)
+    exact = None
+    if ode_error:
+        exact = sampler.sample_images(net, range(num), device, batch_size=batch, solver='heun', num_steps=REFERENCE_STEPS,
+                                      **kwargs).to(torch.float64) / 255
     guide = f'autoguidance w={guidance} by {guide_network}' if guide_network else (f'cfg {cfg}' if cfg else 'no guidance')
     per_eval = 2 if (cfg is not None or guide_network is not None) else 1
     print(f'{num} samples (seeds 0-{num - 1}) of {network} ({guide}; {per_eval} network pass(es) per call)')
     print(f'{"solver":<10s} {"calls":>6s} {"steps":>6s}' + (f' {metrics.fid_label(num):>9s}' if ref else '')
-          + (f' {"digits":>7s}' if digits else '') + f' {"seconds":>8s}')
+          + (f' {"digits":>7s}' if digits else '') + (f' {"ode-err":>8s}' if ode_error else '') + f' {"seconds":>8s}')
     for solver in solvers:
         for budget in calls:
             steps = steps_for_calls(solver, budget)
@@ -118,6 +128,8 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
                 line += f' {metrics.calculate_fid_from_inception_stats(mu, sigma, *stats_ref):9.2f}'
             if classifier is not None:
                 line += f' {digit_score.digit_score(list(images[:, 0].numpy().astype(np.uint8)), classifier)[0]:7.3f}'
+            if exact is not None:
+                line += f' {(images.to(torch.float64) / 255 - exact).square().mean().sqrt().item():8.4f}'
             print(line + f' {seconds:8.1f}', flush=True)
 
 
@@ -136,21 +148,23 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
 @click.option('--guide-network', help='Quality mode: autoguidance by this snapshot', metavar='PATH', type=str)
 @click.option('--guidance', help='Quality mode: autoguidance weight', metavar='FLOAT', type=float, default=2.0, show_default=True)
 @click.option('--digits', help='Quality mode: also the digit score (MNIST)', is_flag=True)
-def main(batch, steps, threads, repeats, device, network, ref, num, solvers, calls, cfg, guide_network, guidance, digits):
+@click.option('--ode-error', help=f'Quality mode: also the RMS pixel distance to heun at {2 * REFERENCE_STEPS - 1} calls', is_flag=True)
+def main(batch, steps, threads, repeats, device, network, ref, num, solvers, calls, cfg, guide_network, guidance, digits,
+         ode_error):
     """Print sampling speed figures for the bench network, or a quality table for --network."""
     device = torch.device(device)
     if device.type == 'cpu':
         torch.set_num_threads(threads)
     if network is not None:
-        if ref is None and not digits:
-            raise UserError('--ref: give the reference statistics (fid.py ref) for FID, or --digits, or both')
+        if ref is None and not digits and not ode_error:
+            raise UserError('--ref: give the reference statistics (fid.py ref) for FID, or --digits or --ode-error')
         if cfg is not None and guide_network is not None:
             raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
         budgets = parse_list('--calls', calls, kind=int)
         if min(budgets) < 1:
             raise UserError(f'--calls: "{calls}" must list positive numbers of network calls')
         quality_table(network, ref, num, parse_list('--solvers', solvers, choices=list(sampler.SOLVERS)), budgets, cfg,
-                      guide_network, guidance, digits, batch, device)
+                      guide_network, guidance, digits, batch, device, ode_error)
         return
     net = bench_net().to(device)
     params = misc.count_parameters(net)

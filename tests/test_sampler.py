@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import png
 from training import patch, sampler, schedules
 from training.networks import EDMPrecond
@@ -431,11 +431,11 @@ def test_default_sampler_is_edm_and_bit_identical(rgb_net):
 
 
 def test_new_solvers_refuse_edm_only_options():
-    with pytest.raises(sampler.FieldError, match='S_churn'):
+    with pytest.raises(FieldError, match='S_churn'):
         sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='dpmpp-2m', S_churn=10)
-    with pytest.raises(sampler.FieldError, match='schedule'):
+    with pytest.raises(FieldError, match='schedule'):
         sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='dpmpp-3m', schedule='vp', scaling='vp')
-    with pytest.raises(sampler.FieldError, match='solver'):
+    with pytest.raises(FieldError, match='solver'):
         sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='lms')
 
 # ----------------------------------------------------------------------------------------------
@@ -491,13 +491,13 @@ def test_autoguidance_gives_both_networks_the_same_inputs():
 
 def test_autoguidance_refuses_incompatible_guides_and_cfg():
     net = tiny_net(label_dim=3)
-    with pytest.raises(sampler.FieldError, match='guide_net.*label_dim'):
+    with pytest.raises(FieldError, match='guide_net.*label_dim'):
         sampler.sample_images(net, [0], num_steps=1, guide_net=tiny_net(), guidance=2.0)
-    with pytest.raises(sampler.FieldError, match='guide_net.*img_channels'):
+    with pytest.raises(FieldError, match='guide_net.*img_channels'):
         sampler.sample_images(net, [0], num_steps=1, guide_net=tiny_net(img_channels=1, label_dim=3), guidance=2.0)
-    with pytest.raises(sampler.FieldError, match='guide_net.*classifier-free'):
+    with pytest.raises(FieldError, match='guide_net.*classifier-free'):
         sampler.sample_images(net, [0], num_steps=1, guide_net=net, guidance=2.0, cfg_scale=2.0)
-    with pytest.raises(sampler.FieldError, match='guidance'):
+    with pytest.raises(FieldError, match='guidance'):
         sampler.sample_images(net, [0], num_steps=1, guide_net=net)
 
 # ----------------------------------------------------------------------------------------------
@@ -525,3 +525,17 @@ def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
     assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [('heun', 3, 2), ('heun', 5, 3), ('dpmpp-2m', 3, 3),
                                                             ('dpmpp-2m', 6, 6)]
     assert all(math.isfinite(float(r[3])) for r in rows)
+
+
+def test_quality_table_ode_error_is_zero_for_the_reference_itself(tmp_path, monkeypatch, capsys):
+    import pickle
+    from conftest import load_bench
+    bench = load_bench('sample_speed')
+    monkeypatch.setattr(bench, 'REFERENCE_STEPS', 4)
+    snapshot = tmp_path / 'net.pkl'
+    snapshot.write_bytes(pickle.dumps(dict(ema=tiny_net(img_channels=1))))
+    bench.quality_table(str(snapshot), None, 3, ['heun', 'euler'], [7], None, None, 2.0, False, 3, torch.device('cpu'),
+                        ode_error=True)
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (['heun'], ['euler'])}
+    assert rows['heun'][1:3] == ['7', '4'] and float(rows['heun'][3]) == 0
+    assert float(rows['euler'][3]) > 0.001
