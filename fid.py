@@ -143,9 +143,9 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
 def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num_workers):
     """Share of generated images that copy a training image.
 
-    As in Gu et al. 2023, an image counts as memorised when its nearest training image is closer than a third of the
-    second nearest (L2 on pixels in [0, 1]). Neighbours are found block by block; no distance
-    matrix of all pairs is built. Runs in one process.
+    As in Gu et al. 2023, an image counts as memorised when its nearest training image is closer
+    than a third of the second nearest (L2 on pixels in [0, 1]). Neighbours are found block by
+    block; no distance matrix of all pairs is built. Runs in one process.
     """
     if pairs_path is not None:
         check_pairs_dest(pairs_path)
