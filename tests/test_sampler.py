@@ -507,7 +507,6 @@ def test_autoguidance_refuses_incompatible_guides_and_cfg():
 def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
     import pickle
     from conftest import load_bench
-    from training import metrics
     bench = load_bench('sample_speed')
     assert [bench.steps_for_calls('heun', c) for c in (5, 10, 15, 20, 35)] == [3, 5, 8, 10, 18]
     assert [bench.steps_for_calls('dpmpp-2m', c) for c in (5, 35)] == [5, 35]
@@ -515,8 +514,8 @@ def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
     proj = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))  # 8 features: a cheap Fréchet distance
     monkeypatch.setattr(bench.metrics, 'load_detector',
                         lambda device=None: lambda x: torch.nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1) @ proj)
+    monkeypatch.setattr(bench.metrics, 'load_stats', lambda path: (np.zeros(8), np.eye(8)))
     ref = tmp_path / 'ref.npz'
-    metrics.save_stats(str(ref), np.zeros(8), np.eye(8))
     snapshot = tmp_path / 'net.pkl'
     snapshot.write_bytes(pickle.dumps(dict(ema=tiny_net(img_channels=1))))
     bench.quality_table(str(snapshot), str(ref), 4, ['heun', 'dpmpp-2m'], [3, 6], None, str(snapshot), 2.0, False, 4,
