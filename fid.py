@@ -4,10 +4,13 @@ reference statistics (EDM-compatible options; works under `python fid.py` and `t
 import functools
 
 import click
+import numpy as np
 
+from dnnlib.util import UserError, check_output_file, option_errors
 from torch_utils import distributed as dist
 import dnnlib
-from training import checkpoints
+from training import checkpoints, memorisation
+from training.dataset import ImageFolderDataset
 from training.metrics import (calculate_inception_stats, check_stats_dest, compute_kid, format_scores, list_image_files,
                               load_detector, load_features, load_reference, needs_features, parse_metrics, print_info,
                               save_stats, score_features, score_network, select_indices)
@@ -76,6 +79,10 @@ def main():
         --metrics=fid,kid,pr
     # Under torchrun, "--" before the script keeps torchrun from reading --num as its --numa-binding
     torchrun --standalone --nproc_per_node=2 -- fid.py gen --network=NET.pkl --ref=ref.npz --num=50000
+
+    \b
+    # Memorisation: the share of samples much closer to one training image than to any other
+    python fid.py mem --images=out --data=datasets/mnist-32x32.zip --pairs=closest.png
     """
 
 
@@ -191,6 +198,44 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
         mean, std = compute_kid(sides[0], sides[1], num_subsets=num_subsets, max_subset_size=max_subset_size, seed=seed)
         print(f'KID: {mean:.6f} (std {std:.6f}; {num_subsets} subsets of {m}; {len(sides[0])} vs {len(sides[1])} images)', flush=True)
     dist.shutdown()
+
+
+@main.command()
+@click.option('--images', 'image_path', help='Generated images: folder or zip', metavar='PATH', type=str, required=True)
+@click.option('--data', 'dataset_path', help='Training images: data-set folder or zip', metavar='PATH', type=str, required=True)
+@click.option('--pairs', 'pairs_path', help='Write the closest (generated, nearest training) pairs side by side to this PNG', metavar='PNG', type=str)
+@click.option('--num-pairs', help='Pairs in --pairs', metavar='INT', type=click.IntRange(min=1), default=16, show_default=True)
+@click.option('--batch', 'block_size', help='Training images per distance block', metavar='INT', type=click.IntRange(min=1), default=4096, show_default=True)
+@click.option('--device', help='Device to run on [default: cuda if available, else cpu]', metavar='STR', type=str, default=None)
+@click.option('--workers', 'num_workers', help='Image decoding worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True)
+def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num_workers):
+    """Share of generated images that copy a training image.
+
+    As in Gu et al. 2023, an image counts as memorised when its nearest training image is closer
+    than a third of the second nearest (L2 on pixels in [0, 1]). Neighbours are found block by
+    block; no distance matrix of all pairs is built. Runs in one process.
+    """
+    if pairs_path is not None:
+        check_pairs_dest(pairs_path)
+    dev = dist.pick_device(device)
+    data = ImageFolderDataset(dataset_path)
+    with option_errors(mem, names={'images': '--images', 'data': '--data'}):
+        generated = memorisation.load_images(image_path)
+        memorisation.check_same_shape(generated, data)
+        found = memorisation.nearest_two(generated, memorisation.dataset_blocks(data, block_size, num_workers), dev)
+    copied = found.memorised()
+    print(f'Memorised: {copied.mean():.2%} ({copied.sum()} of {len(copied)} generated images have d1 < d2/3 among '
+          f'{len(data)} training images; median d1/d2 {np.median(found.d1 / np.maximum(found.d2, 1e-12)):.3f})', flush=True)
+    if pairs_path is not None:
+        memorisation.pairs_grid(generated, found, data, min(num_pairs, len(generated)), pairs_path)
+        print(f'Closest pairs: {pairs_path}', flush=True)
+
+
+def check_pairs_dest(path):
+    """--pairs must name a .png file that can be written."""
+    if not path.lower().endswith('.png'):
+        raise UserError(f'--pairs={path}: the pairs are written as a .png file')
+    check_output_file(path, '--pairs')
 
 
 if __name__ == '__main__':

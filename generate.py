@@ -133,8 +133,9 @@ def use_bf16(net, bf16, device):
 
 
 def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg):
-    """Keyword arguments for the sampler; any of solver/disc/schedule/scaling selects the
-    ablation sampler (as in EDM), and σ bounds left out take that sampler's defaults."""
+    """Keyword arguments for the sampler; any of solver/disc/schedule/scaling selects EDM's
+    generalised sampler (as in EDM) or, for the solvers EDM lacks, `sampler.solver_sampler`; σ
+    bounds left out take that sampler's defaults."""
     if sigma_min is not None and sigma_min <= 0:
         raise UserError(f'--sigma_min: must be positive (got {sigma_min})')
     if sigma_min is not None and sigma_max is not None and sigma_max <= sigma_min:
@@ -144,6 +145,11 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
             raise UserError(f'{name}={value:g}: at most {MAX_SIGMA:g}, or its square overflows float32 and every image is garbage')
     if not 0 <= S_noise <= MAX_S_NOISE:
         raise UserError(f'--S_noise={S_noise:g}: must be between 0 and {MAX_S_NOISE:g} (the scale of the re-injected noise; EDM uses 1 to 1.007)')
+    if solver is not None and solver not in sampler.EDM_SOLVERS:
+        if S_churn > 0:
+            raise UserError(f'--S_churn: churn applies to --solver=euler|heun only, not to {solver}')
+        if schedule not in (None, 'linear') or scaling not in (None, 'none'):
+            raise UserError(f'--schedule/--scaling: apply to --solver=euler|heun only, not to {solver} (it integrates in sigma)')
     kwargs = dict(num_steps=steps, rho=rho, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, cfg_scale=cfg)
     if sigma_min is not None:
         kwargs['sigma_min'] = sigma_min
@@ -152,6 +158,22 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     ablation = dict(solver=solver, discretization=disc, schedule=schedule, scaling=scaling)
     kwargs.update({k: v for k, v in ablation.items() if v is not None})
     return kwargs
+
+
+def load_guide(net, guide_url, guidance, cfg, device, trust=False):
+    """The --guide-network on `device`, checked against the network before any sampling."""
+    if guide_url is None:
+        raise UserError('--guidance: applies only with --guide-network')
+    if guidance is None:
+        raise UserError('--guide-network: give the guidance weight too, e.g. --guidance=2')
+    if cfg is not None:
+        raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
+    guide, _ = checkpoints.load_network(guide_url, option='--guide-network', trust=trust)
+    with dnnlib.util.option_errors(names={'guide_net': '--guide-network'}):
+        sampler.check_guide_network(net, guide)
+    if getattr(net, 'use_bf16', False) and hasattr(guide, 'use_bf16'):
+        guide.use_bf16 = True
+    return guide.to(device)
 
 
 class CanvasSize(click.ParamType):
@@ -252,7 +274,7 @@ def image_path(outdir, seed, subdirs):
 @click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class of every image  [default: drawn per seed]', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Images per network call, per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls with heun, N with the other solvers)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
 @click.option('--sigma_min', help='Smallest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--sigma_max', help='Largest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--rho', help='Exponent rho of the sigma spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
@@ -260,11 +282,13 @@ def image_path(outdir, seed, subdirs):
 @click.option('--S_min', 'S_min', help='Churn only at sigma >= this', metavar='FLOAT', type=click.FloatRange(min=0), default=0, show_default=True)
 @click.option('--S_max', 'S_max', help='Churn only at sigma <= this', metavar='FLOAT', type=click.FloatRange(min=0), default='inf', show_default=True)
 @click.option('--S_noise', 'S_noise', help='Scale of the re-injected noise', metavar='FLOAT', type=float, default=1, show_default=True)
-@click.option('--solver', help='Generalised sampler: solver', metavar='euler|heun', type=click.Choice(['euler', 'heun']))
-@click.option('--disc', 'disc', help='Generalised sampler: time steps', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
+@click.option('--solver', help='euler|heun (generalised sampler), dpmpp-2m (DPM-Solver++(2M)), dpmpp-3m (3rd-order multistep), euler-a (Euler-ancestral, stochastic)  [default: EDM\'s Heun sampler]', metavar='NAME', type=click.Choice(list(sampler.SOLVERS)))
+@click.option('--disc', 'disc', help='Noise levels of EDM\'s Table 1 (any solver)', metavar='vp|ve|iddpm|edm', type=click.Choice(['vp', 've', 'iddpm', 'edm']))
 @click.option('--schedule', help='Generalised sampler: sigma(t)', metavar='vp|ve|linear', type=click.Choice(['vp', 've', 'linear']))
 @click.option('--scaling', help='Generalised sampler: scaling s(t)', metavar='vp|none', type=click.Choice(['vp', 'none']))
 @click.option('--cfg', help='Classifier-free guidance weight w (class-conditional networks)', metavar='FLOAT', type=float)
+@click.option('--guide-network', 'guide_net', help='Autoguidance: a weaker model of the same task (e.g. an early snapshot of the run); not with --cfg', metavar='PATH', type=str)
+@click.option('--guidance', help='Autoguidance weight w: w*D(net) + (1-w)*D(guide)', metavar='FLOAT', type=float)
 @click.option('--grid', 'grid_path', help='Write all samples as one PNG grid here too', metavar='PATH', type=str)
 @click.option('--resolution', help='Size of the full image the canvas is placed in  [default: network\'s]', metavar='INT|WxH', type=CanvasSize())
 @click.option('--image_size', help='Size of the generated canvas  [default: --resolution]', metavar='INT|WxH', type=CanvasSize())
@@ -276,16 +300,19 @@ def image_path(outdir, seed, subdirs):
 @click.option('--mask-pos', '--mask_pos', 'mask_pos', cls=dnnlib.util.AliasOption, help='Feed zeros for the coordinates (the original release\'s option; any coordinate network)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--bf16', help='Network body in bfloat16 on CUDA (fp16 networks stay fp16) and on CPUs that compute it natively (AVX512-BF16, AMX)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
-@click.option('--trust-pickle', 'trust_pickle', help='Unpickle --network fully, running code it carries (only for files you trust)', is_flag=True)
+@click.option('--trust-pickle', 'trust_pickle', help='Unpickle --network and --guide-network fully, running code they carry (only for files you trust)', is_flag=True)
 def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_steps, sigma_min, sigma_max, rho,
-         S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, grid_path,
+         S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, guide_net, guidance, grid_path,
          resolution, image_size, x_start, y_start, on_latents, vae, embed_fq, mask_pos, bf16, device, trust_pickle):
     """Sample images from a trained network with EDM's samplers (Karras et al. 2022), whether
     it was trained on full images or on patches with coordinates (Wang et al. 2023). Takes this
     project's snapshots, EDM's published pickles and the original Patch Diffusion release's.
 
-    Any of --solver/--disc/--schedule/--scaling switches to the generalised sampler. Seeds are
-    split across torchrun processes; each image depends only on its seed.
+    Any of --solver/--disc/--schedule/--scaling switches to the generalised sampler; the solvers
+    EDM does not have (dpmpp-2m, dpmpp-3m, euler-a) take --disc but not --schedule, --scaling or
+    churn. --guide-network guides the network with a weaker one of the same task (autoguidance,
+    Karras et al. 2024: unconditional networks too; two network calls per evaluation); it does not
+    combine with --cfg. Seeds are split across torchrun processes; each image depends only on its seed.
 
     \b
     python generate.py --network=network-snapshot-000500.pkl --outdir=samples --seeds=0-99
@@ -293,6 +320,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
         --seeds=0-49999 --subdirs
     python generate.py --network=NET.pkl --grid=wide.png --image_size=64 --seeds=0-15
     python generate.py --network=edm-cifar10.safetensors --outdir=out --bf16=1   # CPU, 2.5x
+    python generate.py --network=NET.pkl --outdir=out --solver=dpmpp-2m --steps=10
+    python generate.py --network=NET.pkl --outdir=out --guide-network=EARLY.pkl --guidance=2
     python generate.py --steps=256 --S_churn=40 --S_min=0.05 --S_max=50 --S_noise=1.003 \\
         --resolution 32 --on_latents=1 --batch 64 --outdir=out --seeds=0-63 --network=LATENT.pkl
     """
@@ -316,6 +345,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     sampler_kwargs = build_sampler_kwargs(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
                                           solver, disc, schedule, scaling, cfg)
     sampler.check_sampling_options(net, class_idx, canvas, cfg)
+    if guide_net is not None or guidance is not None:
+        sampler_kwargs.update(guide_net=load_guide(net, guide_net, guidance, cfg, dev, trust_pickle), guidance=guidance)
 
     net = net.to(dev)
     decoder.init(dev)

@@ -31,7 +31,8 @@ def snapshots(tmp_path_factory):
     root = tmp_path_factory.mktemp('snapshots')
     return dict(rgb=write_snapshot(root / 'rgb.pkl', tiny_net()),
                 grey=write_snapshot(root / 'grey.pkl', tiny_net(img_channels=1)),
-                cond=write_snapshot(root / 'cond.pkl', tiny_net(label_dim=3)))
+                cond=write_snapshot(root / 'cond.pkl', tiny_net(label_dim=3)),
+                cond_early=write_snapshot(root / 'cond-early.pkl', tiny_net(label_dim=3, seed=1)))
 
 
 def run(*args):
@@ -127,6 +128,25 @@ def test_conditional_network_with_class_cfg_and_ablation(snapshots, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['000000.png', '000001.png']
 
 
+@pytest.mark.parametrize('solver', ['dpmpp-2m', 'dpmpp-3m', 'euler-a'])
+def test_new_solvers_take_any_discretisation(snapshots, tmp_path, solver):
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path, '--seeds', '0-1', '--steps', 3, '--solver', solver,
+              '--disc', 've')
+    assert res.exit_code == 0, res.output
+    assert sorted(os.listdir(tmp_path)) == ['000000.png', '000001.png']
+
+
+def test_autoguidance_with_the_network_itself_changes_nothing(snapshots, tmp_path):
+    args = ['--network', snapshots['cond'], '--seeds', '0-2', '--steps', 3, '--solver', 'dpmpp-2m']
+    assert run(*args, '--outdir', tmp_path / 'plain').exit_code == 0
+    res = run(*args, '--outdir', tmp_path / 'self', '--guide-network', snapshots['cond'], '--guidance', 2)
+    assert res.exit_code == 0, res.output
+    assert run(*args, '--outdir', tmp_path / 'early', '--guide-network', snapshots['cond_early'], '--guidance', 2).exit_code == 0
+    plain, same, early = (read_pngs(tmp_path / name) for name in ('plain', 'self', 'early'))
+    assert all(np.array_equal(plain[name][1], same[name][1]) for name in plain)
+    assert any(np.abs(plain[name][1] - early[name][1]).mean() > 1 for name in plain)
+
+
 @pytest.mark.parametrize('native', [True, False])
 def test_bf16_samples_close_to_fp32_where_native_and_fp32_with_a_notice_elsewhere(snapshots, tmp_path, monkeypatch, native):
     from torch_utils import misc
@@ -189,8 +209,17 @@ def test_bad_seeds(snapshots, seeds):
     ('rgb', ['--class', 0], '--class'),
     ('rgb', ['--image_size', 17], '--image_size'),
     ('rgb', ['--cfg', 2], '--cfg'),
+    ('rgb', ['--solver', 'dpmpp-2m', '--S_churn', 10], '--S_churn'),
+    ('rgb', ['--solver', 'euler-a', '--schedule', 'vp'], '--schedule'),
+    ('rgb', ['--guidance', 2], '--guidance'),
+    ('cond', ['--guide-network', 'PLACEHOLDER_cond'], '--guidance'),
+    ('cond', ['--guide-network', 'PLACEHOLDER_cond', '--guidance', 2, '--cfg', 2], '--guide-network'),
+    ('cond', ['--guide-network', 'PLACEHOLDER_rgb', '--guidance', 2], '--guide-network'),
+    ('cond', ['--guide-network', 'PLACEHOLDER_grey', '--guidance', 2], '--guide-network'),
+    ('cond', ['--guide-network', 'missing.pkl', '--guidance', 2], '--guide-network'),
 ])
 def test_bad_options_for_the_network(snapshots, net, args, option):
+    args = [snapshots[a.split('_', 1)[1]] if str(a).startswith('PLACEHOLDER_') else a for a in args]
     assert_user_error(['--network', snapshots[net]] + args, option)
 
 

@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import png
 from training import encoders, patch, sampler, schedules
 from training.networks import EDMPrecond
@@ -310,3 +310,231 @@ def test_grey_network_writes_grey_png(tmp_path):
     png.save_image(images[0], tmp_path / 'a.png')
     with PIL.Image.open(tmp_path / 'a.png') as img:
         assert img.mode == 'L' and np.array_equal(np.asarray(img), images[0, 0].numpy())
+
+# ----------------------------------------------------------------------------------------------
+# Solvers on a σ schedule, against the exact solution for Gaussian data.
+
+DATA_STD = 0.5
+
+
+def gaussian_denoiser(x, sigma):
+    """The exact denoiser of data ~ N(0, s²): D(x; σ) = x·s²/(s² + σ²)."""
+    return x * DATA_STD ** 2 / (DATA_STD ** 2 + sigma ** 2)
+
+
+def exact_flow(x, sigma_from, sigma_to):
+    """The probability-flow ODE's solution for that data: x·√((s² + σ_to²)/(s² + σ_from²))."""
+    return x * math.sqrt((DATA_STD ** 2 + sigma_to ** 2) / (DATA_STD ** 2 + sigma_from ** 2))
+
+
+def solver_error(name, num_steps):
+    """Largest final error of a solver on EDM's ρ = 7 steps from σ = 80. Every solver's last step
+    is x_N = D(x; σ_{N−1}), so the reference is D of the exact solution at σ_{N−1}."""
+    x0 = torch.linspace(-3, 3, 7, dtype=torch.float64) * 80
+    sigmas = sampler.edm_sigma_steps(num_steps, 0.002, 80, 7).tolist() + [0.0]
+    out = sampler.SOLVERS[name](gaussian_denoiser, x0.clone(), sigmas)
+    reference = gaussian_denoiser(exact_flow(x0, sigmas[0], sigmas[-2]), sigmas[-2])
+    return (out - reference).abs().max().item()
+
+
+@pytest.mark.parametrize('name,low,high', [('euler', 1.7, 2.3), ('heun', 3.5, 5), ('dpmpp-2m', 3.5, 5),
+                                           ('dpmpp-3m', 7, 11)])
+def test_solver_error_falls_at_its_order(name, low, high):
+    """Doubling the steps divides the error by ~2^order: 2 (Euler), 4 (Heun, 2M), 8 (3M)."""
+    errors = [solver_error(name, n) for n in (32, 64, 128)]
+    ratios = [a / b for a, b in zip(errors, errors[1:])]
+    assert all(low < r < high for r in ratios), (errors, ratios)
+    assert errors[-1] < 0.05
+
+
+class TorchRNG:
+    """`randn_like` from one seeded generator, for many samples at once."""
+
+    def __init__(self, seed):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def randn_like(self, x):
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+
+
+def test_euler_ancestral_reaches_the_data_distribution():
+    """A stochastic solver has no exact path to follow; its samples' variance must approach s²
+    (first order: the gap halves as the steps double)."""
+    gaps = []
+    for n in (32, 64, 128):
+        z = torch.randn(50_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        sigmas = sampler.edm_sigma_steps(n, 0.002, 80, 7).tolist() + [0.0]
+        out = sampler.euler_ancestral(gaussian_denoiser, z * math.sqrt(DATA_STD ** 2 + 80 ** 2), sigmas, rng=TorchRNG(2))
+        gaps.append(1 - out.var().item() / DATA_STD ** 2)
+    assert all(1.6 < a / b < 2.5 for a, b in zip(gaps, gaps[1:])), gaps
+    assert 0 < gaps[-1] < 0.1
+
+
+def test_dpmpp_2m_steps_by_hand():
+    """Three steps of the published update: first order, then the extrapolated D', then x_N = D."""
+    sigmas = [4.0, 1.0, 0.25, 0.0]
+    x0 = torch.tensor([1.5, -2.0], dtype=torch.float64)
+    out = sampler.dpmpp_2m(gaussian_denoiser, x0.clone(), sigmas)
+    d0 = gaussian_denoiser(x0, 4.0)
+    x1 = (1 / 4) * x0 + (1 - 1 / 4) * d0
+    d1 = gaussian_denoiser(x1, 1.0)
+    r = math.log(4.0) / math.log(4.0)
+    x2 = 0.25 * x1 + 0.75 * ((1 + 1 / (2 * r)) * d1 - 1 / (2 * r) * d0)
+    assert torch.allclose(out, gaussian_denoiser(x2, 0.25), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize('solver', list(sampler.SOLVERS))
+def test_solver_sampler_calls_and_noise_levels(solver):
+    net = MockNet()
+    out = sampler.solver_sampler(net, torch.randn(2, 1, 4, 4), solver=solver, num_steps=5, rng=OnesRNG())
+    assert torch.isfinite(out).all() and out.dtype == torch.float64
+    assert len(net.calls) == sampler.network_calls(solver, 5)
+    steps = sampler.edm_sigma_steps(5, 0.002, 80, 7).tolist()
+    assert sorted({round(c, 9) for c in net.calls}) == sorted(round(s, 9) for s in steps)
+
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+@pytest.mark.parametrize('disc', ['edm', 'vp', 've', 'iddpm'])
+def test_composable_euler_heun_equal_edms_generalised_sampler(solver, disc):
+    """With σ(t) = t and no scaling, EDM's generalised sampler is the σ-space solver on its steps."""
+    z = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = sampler.solver_sampler(MockNet(), z, solver=solver, num_steps=6, discretization=disc)
+    edm = sampler.ablation_sampler(MockNet(), z, solver=solver, num_steps=6, discretization=disc)
+    assert torch.allclose(ours, edm, rtol=1e-12, atol=1e-12)
+
+
+def reference_edm_sampler(denoise, latents, sigmas):
+    """EDM's Algorithm 2 without churn, operation for operation as `edm_sampler` computes it."""
+    x_next = latents.to(torch.float64) * sigmas[0]
+    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        x_hat = x_next
+        d_cur = (x_hat - denoise(x_hat, t_cur)) / t_cur
+        x_next = x_hat + (t_next - t_cur) * d_cur
+        if i < len(sigmas) - 2:
+            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            x_next = x_hat + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+def test_default_sampler_is_edm_and_bit_identical(rgb_net):
+    """No solver options select `edm_sampler`, whose output on fixed seeds is exactly Algorithm 2's."""
+    assert sampler.select_sampler(dict(num_steps=5)) is sampler.edm_sampler
+    assert sampler.select_sampler(dict(solver='heun')) is sampler.ablation_sampler
+    assert sampler.select_sampler(dict(solver='dpmpp-2m')) is sampler.solver_sampler
+    rng, latents, _ = sampler.draw_batch_inputs(rgb_net, [0, 1, 2], sampler.default_canvas(rgb_net), 'cpu')
+    coords = sampler.canvas_coords(rgb_net, sampler.default_canvas(rgb_net), 3, 'cpu')
+    with torch.no_grad():
+        ours = sampler.edm_sampler(rgb_net, latents, rng=rng, num_steps=4, coords=coords)
+        ref = reference_edm_sampler(sampler.make_denoiser(rgb_net, coords=coords), latents,
+                                    sampler.edm_time_steps(rgb_net, 4).tolist())
+    assert torch.equal(ours, ref)
+
+
+def test_new_solvers_refuse_edm_only_options():
+    with pytest.raises(FieldError, match='S_churn'):
+        sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='dpmpp-2m', S_churn=10)
+    with pytest.raises(FieldError, match='schedule'):
+        sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='dpmpp-3m', schedule='vp', scaling='vp')
+    with pytest.raises(FieldError, match='solver'):
+        sampler.solver_sampler(MockNet(), torch.randn(1, 1, 4, 4), solver='lms')
+
+# ----------------------------------------------------------------------------------------------
+# Autoguidance.
+
+
+class ScaledMockNet(MockNet):
+    """Closed-form denoiser x·a/(a + σ²), another 'model' of similar data."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.a = a
+
+    def __call__(self, x, sigma, class_labels=None, coords=None):
+        self.calls.append(float(sigma))
+        return x * self.a / (self.a + float(sigma) ** 2)
+
+
+def test_autoguidance_combines_two_denoisers_exactly():
+    strong, weak, w = ScaledMockNet(0.25), ScaledMockNet(1.0), 2.5
+    denoise = sampler.make_denoiser(strong, guide_net=weak, guidance=w)
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64).reshape(1, 1, 1, 5)
+    for sigma in (0.1, 1.0, 7.0):
+        d1, d0 = x.float().double() * 0.25 / (0.25 + sigma ** 2), x.float().double() * 1.0 / (1.0 + sigma ** 2)
+        assert torch.allclose(denoise(x, sigma), w * d1 + (1 - w) * d0, rtol=1e-6, atol=1e-7)
+    z = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    guided = sampler.solver_sampler(ScaledMockNet(0.25), z, solver='euler', num_steps=4, guide_net=ScaledMockNet(1.0),
+                                    guidance=w)
+    by_hand = sampler.euler(lambda x, s: w * x.float().double() * 0.25 / (0.25 + s * s)
+                            + (1 - w) * x.float().double() / (1 + s * s), z * 80.0, sampler.solver_sigmas(MockNet(), 4))
+    assert torch.allclose(guided, by_hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('solver', [None, 'dpmpp-2m'])
+def test_autoguidance_with_itself_is_unguided(solver):
+    net = tiny_net(label_dim=3)
+    kwargs = dict(num_steps=3) if solver is None else dict(num_steps=3, solver=solver)
+    plain = sampler.sample_images(net, [0, 1], batch_size=2, **kwargs)
+    guided = sampler.sample_images(net, [0, 1], batch_size=2, guide_net=net, guidance=3.0, **kwargs)
+    assert torch.equal(plain, guided)
+
+
+def test_autoguidance_gives_both_networks_the_same_inputs():
+    strong, weak = CallCounter(tiny_net(label_dim=3)), CallCounter(tiny_net(label_dim=3, seed=1))
+    images = sampler.sample_images(strong, [0, 1], batch_size=2, num_steps=2, guide_net=weak, guidance=2.0,
+                                   canvas=sampler.Canvas(16, 32, 0, 0))
+    assert images.shape == (2, 3, 32, 32)
+    assert len(strong.calls) == len(weak.calls) == 3
+    for a, b in zip(strong.calls, weak.calls):
+        assert torch.equal(a['coords'], b['coords']) and torch.equal(a['labels'], b['labels'])
+    assert a['coords'].shape == (2, 2, 32, 32)
+
+
+def test_autoguidance_refuses_incompatible_guides_and_cfg():
+    net = tiny_net(label_dim=3)
+    with pytest.raises(FieldError, match='guide_net.*label_dim'):
+        sampler.sample_images(net, [0], num_steps=1, guide_net=tiny_net(), guidance=2.0)
+    with pytest.raises(FieldError, match='guide_net.*img_channels'):
+        sampler.sample_images(net, [0], num_steps=1, guide_net=tiny_net(img_channels=1, label_dim=3), guidance=2.0)
+    with pytest.raises(FieldError, match='guide_net.*classifier-free'):
+        sampler.sample_images(net, [0], num_steps=1, guide_net=net, guidance=2.0, cfg_scale=2.0)
+    with pytest.raises(FieldError, match='guidance'):
+        sampler.sample_images(net, [0], num_steps=1, guide_net=net)
+
+# ----------------------------------------------------------------------------------------------
+# bench/sample_speed.py's quality table.
+
+
+def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
+    import pickle
+    from conftest import load_bench
+    bench = load_bench('sample_speed')
+    assert [bench.steps_for_calls('heun', c) for c in (5, 10, 15, 20, 35)] == [3, 5, 8, 10, 18]
+    assert [bench.steps_for_calls('dpmpp-2m', c) for c in (5, 35)] == [5, 35]
+
+    proj = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))  # 8 features: a cheap Fréchet distance
+    monkeypatch.setattr(bench.metrics, 'load_detector',
+                        lambda device=None: lambda x: torch.nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1) @ proj)
+    monkeypatch.setattr(bench.metrics, 'load_stats', lambda path: (np.zeros(8), np.eye(8)))
+    ref = tmp_path / 'ref.npz'
+    snapshot = tmp_path / 'net.pkl'
+    snapshot.write_bytes(pickle.dumps(dict(ema=tiny_net(img_channels=1))))
+    bench.quality_table(str(snapshot), str(ref), 4, ['heun', 'dpmpp-2m'], [3, 6], None, str(snapshot), 2.0, False, 4,
+                        torch.device('cpu'))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (['heun'], ['dpmpp-2m'])]
+    assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [('heun', 3, 2), ('heun', 5, 3), ('dpmpp-2m', 3, 3),
+                                                            ('dpmpp-2m', 6, 6)]
+    assert all(math.isfinite(float(r[3])) for r in rows)
+
+
+def test_quality_table_ode_error_is_zero_for_the_reference_itself(tmp_path, monkeypatch, capsys):
+    import pickle
+    from conftest import load_bench
+    bench = load_bench('sample_speed')
+    monkeypatch.setattr(bench, 'REFERENCE_STEPS', 4)
+    snapshot = tmp_path / 'net.pkl'
+    snapshot.write_bytes(pickle.dumps(dict(ema=tiny_net(img_channels=1))))
+    bench.quality_table(str(snapshot), None, 3, ['heun', 'euler'], [7], None, None, 2.0, False, 3, torch.device('cpu'),
+                        ode_error=True)
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (['heun'], ['euler'])}
+    assert rows['heun'][1:3] == ['7', '4'] and float(rows['heun'][3]) == 0
+    assert float(rows['euler'][3]) > 0.001

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import distributed, misc
 from training import encoders, patch, schedules
 
@@ -22,9 +22,13 @@ def state_dtype(device):
     return torch.float32 if torch.device(device).type == 'mps' else torch.float64
 
 
-def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
+def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None, guide_net=None, guidance=None):
     """D(x, σ) → denoised x in x's dtype; the network sees float32, only the sampler state is float64.
-    With `cfg_scale` w it returns D_u + w·(D_c − D_u), both halves in one call of twice the batch."""
+    With `cfg_scale` w it returns D_u + w·(D_c − D_u), both halves in one call of twice the batch.
+    With `guide_net` (autoguidance) it returns D_1 + (w − 1)·(D_1 − D_0), i.e. w·D_1 + (1 − w)·D_0,
+    where D_0 is the guide, given the same labels and coordinates, and w = `guidance`."""
+    if guide_net is not None:
+        return _autoguided_denoiser(net, guide_net, guidance, class_labels, coords, cfg_scale)
     if cfg_scale is None:
         def denoise(x, sigma):
             return net(x.to(torch.float32), sigma_like(sigma, x), class_labels, coords=coords).to(x.dtype)
@@ -44,6 +48,35 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None):
         cond, uncond = out.chunk(2)
         return uncond + w * (cond - uncond)
     return guided
+
+
+def _autoguided_denoiser(net, guide_net, guidance, class_labels, coords, cfg_scale):
+    """Autoguidance (Karras et al. 2024): the weak `guide_net` takes the place of CFG's
+    unconditional model; the two networks are called one after the other on the same inputs."""
+    if cfg_scale is not None:
+        raise FieldError('guide_net', 'autoguidance does not combine with classifier-free guidance (cfg_scale); use one of them')
+    if guidance is None:
+        raise FieldError('guidance', 'give the guidance weight w (e.g. 2) with a guide network')
+    check_guide_network(net, guide_net)
+    strong, weak = make_denoiser(net, class_labels, coords), make_denoiser(guide_net, class_labels, coords)
+    w = float(guidance)
+
+    def autoguided(x, sigma):
+        d1 = strong(x, sigma)
+        return d1 + (w - 1) * (d1 - weak(x, sigma))
+    return autoguided
+
+
+def check_guide_network(net, guide_net):
+    """Raises FieldError('guide_net') unless the guide makes the same images from the same inputs:
+    resolution, channels, label dimension and coordinate input."""
+    for name in ('img_resolution', 'img_channels', 'label_dim', 'use_coords'):
+        ours, theirs = getattr(net, name, None), getattr(guide_net, name, None)
+        if name in ('label_dim', 'use_coords'):
+            ours, theirs = ours or 0, theirs or 0
+        if ours != theirs:
+            raise FieldError('guide_net', f'the guide network has {name}={theirs}, the network {name}={ours}; '
+                                          f'it must be a weaker model of the same task')
 
 
 def sigma_like(sigma, x):
@@ -104,11 +137,13 @@ def edm_time_steps(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7):
 
 
 def edm_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7,
-                S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
+                S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None, guide_net=None,
+                guidance=None):
     """EDM's 2nd-order Heun sampler (Karras et al. 2022, Algorithm 2): float64 images (float32 on
     MPS) from standard normal `latents`, in 2N − 1 network calls. `rng` (a `BatchRNG`, one
-    generator per image) draws the churn noise; `coords` are the coordinate channels of patch networks."""
-    denoise = make_denoiser(net, class_labels, coords, cfg_scale)
+    generator per image) draws the churn noise; `coords` are the coordinate channels of patch
+    networks; guidance as in `make_denoiser`."""
+    denoise = make_denoiser(net, class_labels, coords, cfg_scale, guide_net, guidance)
     t_steps = edm_time_steps(net, num_steps, sigma_min, sigma_max, rho).tolist()
     gammas = [churn_gamma(t, num_steps, S_churn, S_min, S_max) for t in t_steps[:-1]]
     t_hats = churned_sigmas(net, t_steps[:-1], gammas)
@@ -163,6 +198,15 @@ def _scaling(name, schedule):
 _DEFAULT_SIGMA_RANGE = {'ve': (0.02, 100), 'iddpm': (0.002, 81), 'edm': (0.002, 80)}
 
 
+def discretization_sigma_range(net, discretization, sigma_min, sigma_max, epsilon_s):
+    """(σ_min, σ_max): the given bounds, the discretisation's defaults (EDM's Table 1) for those
+    left None, intersected with the network's range."""
+    vp_defaults = _vp_schedule(19.9, 0.1)
+    default_min, default_max = _DEFAULT_SIGMA_RANGE.get(discretization, (vp_defaults.sigma(epsilon_s), vp_defaults.sigma(1)))
+    return clamp_sigma_range(net, default_min if sigma_min is None else sigma_min,
+                             default_max if sigma_max is None else sigma_max)
+
+
 def ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M, vp_betas):
     """σ_0 … σ_{N−1} of the discretisations of EDM's Table 1 (vp, ve, iddpm, edm), float64."""
     frac = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
@@ -183,7 +227,8 @@ def ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, e
 def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, sigma_min=None, sigma_max=None, rho=7,
                      solver='heun', discretization='edm', schedule='linear', scaling='none',
                      epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000, alpha=1,
-                     S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None):
+                     S_churn=0, S_min=0, S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None, guide_net=None,
+                     guidance=None):
     """EDM's generalised sampler (Karras et al. 2022, Algorithm 1 with the choices of Table 1):
     integrates dx/dt = (σ'/σ + s'/s)·x − σ'·s/σ·D(x/s; σ) with euler or heun (evaluated at t + α·h).
     With discretization=edm, schedule=linear, scaling=none, solver=heun it computes `edm_sampler`."""
@@ -191,10 +236,7 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
         raise ValueError(f'unknown solver "{solver}"')
     if schedule not in ('vp', 've', 'linear') or scaling not in ('vp', 'none'):
         raise ValueError(f'unknown schedule "{schedule}" or scaling "{scaling}"')
-    vp_defaults = _vp_schedule(19.9, 0.1)
-    default_min, default_max = _DEFAULT_SIGMA_RANGE.get(discretization, (vp_defaults.sigma(epsilon_s), vp_defaults.sigma(1)))
-    sigma_min, sigma_max = clamp_sigma_range(net, default_min if sigma_min is None else sigma_min,
-                                             default_max if sigma_max is None else sigma_max)
+    sigma_min, sigma_max = discretization_sigma_range(net, discretization, sigma_min, sigma_max, epsilon_s)
     vp_betas = schedules.vp_betas(sigma_min, sigma_max, epsilon_s)
     sched = {'vp': _vp_schedule(*vp_betas), 've': _VE_SCHEDULE, 'linear': _LINEAR_SCHEDULE}[schedule]
     s, s_deriv = _scaling(scaling, sched)
@@ -206,7 +248,7 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
     gammas = [churn_gamma(sig, num_steps, S_churn, S_min, S_max) for sig in sigma_curs]
     churned = churned_sigmas(net, sigma_curs, gammas)
     t_hats = [sched.sigma_inv(sig) if g > 0 else t for sig, g, t in zip(churned, gammas, t_steps)]
-    denoise = make_denoiser(net, class_labels, coords, cfg_scale)
+    denoise = make_denoiser(net, class_labels, coords, cfg_scale, guide_net, guidance)
 
     def slope(x, t):
         sig, dsig = sched.sigma(t), sched.sigma_deriv(t)
@@ -233,9 +275,145 @@ def ablation_sampler(net, latents, class_labels=None, rng=None, num_steps=18, si
     return x_next
 
 
+# ----------------------------------------------------------------------------------------------
+# Solvers on any σ schedule: `solver(denoise, x, sigmas, rng=None)` integrates the probability-flow
+# ODE dx/dσ = (x − D(x; σ))/σ from x at sigmas[0] down to sigmas[-1] = 0 (a Python list), one
+# step per pair of neighbouring σ's; `rng` draws the noise of the stochastic ones.
+
+
+def euler(denoise, x, sigmas, rng=None):
+    """First order, one network call per step."""
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = x + (sigma_next - sigma) * (x - denoise(x, sigma)) / sigma
+    return x
+
+
+def heun(denoise, x, sigmas, rng=None):
+    """Second order (EDM's Algorithm 1 without churn): an Euler step corrected by the slope at its
+    end; the step to σ = 0 stays Euler. 2N − 1 calls for N steps."""
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        slope = (x - denoise(x, sigma)) / sigma
+        x_euler = x + (sigma_next - sigma) * slope
+        if sigma_next == 0:
+            x = x_euler
+            continue
+        slope_next = (x_euler - denoise(x_euler, sigma_next)) / sigma_next
+        x = x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+    return x
+
+
+def dpmpp_2m(denoise, x, sigmas, rng=None):
+    """DPM-Solver++(2M) (Lu et al. 2022) in EDM's σ form: an exponential-integrator step whose
+    denoised value is extrapolated linearly in log σ from the previous step's; one call per step."""
+    previous, h_previous = None, None
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            return denoised
+        h = math.log(sigma / sigma_next)
+        extrapolated = denoised
+        if previous is not None:
+            r = h_previous / h
+            extrapolated = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+        x = (sigma_next / sigma) * x + (1 - sigma_next / sigma) * extrapolated
+        previous, h_previous = denoised, h
+    return x
+
+
+def dpmpp_3m(denoise, x, sigmas, rng=None):
+    """Third-order multistep exponential integrator in λ = −ln σ: with D(λ_i + u) ≈ D_i + a·u + b·u²
+    fitted through the last three denoised values, x_{i+1} = e^(−h) x_i + (1 − e^(−h)) D_i
+    + (h − 1 + e^(−h)) a + (h² − 2h + 2 − 2e^(−h)) b exactly integrates that quadratic. The first
+    steps use the values there are (first, then second order). One call per step."""
+    history = []  # (λ, D) of the previous steps, newest last
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            return denoised
+        lam, h = -math.log(sigma), math.log(sigma / sigma_next)
+        a, b = _quadratic_in_log_sigma(lam, denoised, history)
+        decay = math.exp(-h)
+        x = decay * x - math.expm1(-h) * denoised
+        if a is not None:
+            x = x + (h - 1 + decay) * a
+        if b is not None:
+            x = x + (h * h - 2 * h + 2 - 2 * decay) * b
+        history = (history + [(lam, denoised)])[-2:]
+    return x
+
+
+def _quadratic_in_log_sigma(lam, denoised, history):
+    """Slope a and curvature b (None where there are too few points) at u = 0 of the polynomial in
+    u = λ − `lam` through (0, denoised) and the (λ, D) of `history` (Newton's divided differences)."""
+    if not history:
+        return None, None
+    u1, d1 = history[-1][0] - lam, history[-1][1]
+    first = (d1 - denoised) / u1
+    if len(history) < 2:
+        return first, None
+    u2, d2 = history[-2][0] - lam, history[-2][1]
+    second = ((d2 - d1) / (u2 - u1) - first) / u2
+    return first - second * u1, second
+
+
+def euler_ancestral(denoise, x, sigmas, rng=None):
+    """Stochastic: each step goes deterministically down to σ_down and adds fresh noise of std σ_up,
+    σ_up = σ_{i+1}·√(1 − σ_{i+1}²/σ_i²), σ_down = √(σ_{i+1}² − σ_up²), so that for Gaussian data the
+    sample's distribution at σ_{i+1} is exactly right when the step is small. One call per step."""
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        sigma_up = sigma_next * math.sqrt(max(1 - sigma_next ** 2 / sigma ** 2, 0))
+        sigma_down = math.sqrt(sigma_next ** 2 - sigma_up ** 2)
+        x = x + (sigma_down - sigma) * (x - denoise(x, sigma)) / sigma
+        if sigma_up > 0:
+            x = x + sigma_up * _randn_like(rng, x)
+    return x
+
+
+SOLVERS = {'euler': euler, 'heun': heun, 'dpmpp-2m': dpmpp_2m, 'dpmpp-3m': dpmpp_3m, 'euler-a': euler_ancestral}
+EDM_SOLVERS = ('euler', 'heun')  # also EDM's generalised sampler's, which keeps them with its options
+
+
+def network_calls(solver, num_steps):
+    """Network evaluations per image of `solver` with `num_steps` noise levels (guidance doubles
+    them: two networks, or both halves of --cfg, per evaluation)."""
+    return 2 * num_steps - 1 if solver == 'heun' else num_steps
+
+
+def solver_sigmas(net, num_steps, sigma_min=None, sigma_max=None, rho=7, discretization='edm',
+                  epsilon_s=1e-3, C_1=0.001, C_2=0.008, M=1000):
+    """σ_0 … σ_{N−1}, 0 of one of EDM's discretisations (Table 1) as Python floats: the σ range
+    (that discretisation's default where None) clamped to the network's, each σ rounded by it."""
+    sigma_min, sigma_max = discretization_sigma_range(net, discretization, sigma_min, sigma_max, epsilon_s)
+    vp_betas = schedules.vp_betas(sigma_min, sigma_max, epsilon_s)
+    steps = ablation_sigma_steps(discretization, num_steps, sigma_min, sigma_max, rho, epsilon_s, C_1, C_2, M, vp_betas)
+    return _round_sigma(net, steps).tolist() + [0.0]
+
+
+def solver_sampler(net, latents, class_labels=None, rng=None, solver='dpmpp-2m', num_steps=18, sigma_min=None,
+                   sigma_max=None, rho=7, discretization='edm', schedule='linear', scaling='none', S_churn=0, S_min=0,
+                   S_max=float('inf'), S_noise=1, coords=None, cfg_scale=None, guide_net=None, guidance=None,
+                   **discretization_kwargs):
+    """Images from standard normal `latents` by one of `SOLVERS` on the σ steps of `solver_sigmas`,
+    float64 (float32 on MPS); guidance as in `make_denoiser`. They integrate in σ itself: EDM's
+    churn, σ(t) schedules and scalings belong to `ablation_sampler` (euler and heun)."""
+    if solver not in SOLVERS:
+        raise FieldError('solver', f'"{solver}" is not one of {", ".join(SOLVERS)}')
+    if S_churn > 0:
+        raise FieldError('S_churn', f'churn applies to the euler and heun solvers only, not to {solver}')
+    if schedule != 'linear' or scaling != 'none':
+        raise FieldError('schedule', f'sigma(t) schedules and scalings apply to the euler and heun solvers only, '
+                                     f'not to {solver} (it integrates in sigma)')
+    denoise = make_denoiser(net, class_labels, coords, cfg_scale, guide_net, guidance)
+    sigmas = solver_sigmas(net, num_steps, sigma_min, sigma_max, rho, discretization, **discretization_kwargs)
+    x = latents.to(state_dtype(latents.device)) * sigmas[0]
+    return SOLVERS[solver](denoise, x, sigmas, rng=rng)
+
+
 def select_sampler(sampler_kwargs):
-    """`ablation_sampler` when any of solver/discretization/schedule/scaling is given (as EDM's
-    generate.py does), else `edm_sampler`."""
+    """`solver_sampler` for the solvers EDM does not have; else `ablation_sampler` when any of
+    solver/discretization/schedule/scaling is given (as EDM's generate.py does), else `edm_sampler`."""
+    if sampler_kwargs.get('solver', 'heun') not in EDM_SOLVERS:
+        return solver_sampler
     return ablation_sampler if any(k in sampler_kwargs for k in ABLATION_KEYS) else edm_sampler
 
 # ----------------------------------------------------------------------------------------------
@@ -321,8 +499,10 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
 
     from tqdm import tqdm
     bar = tqdm(total=len(seeds), unit='img', disable=(not progress) or distributed.tqdm_disabled())
-    was_training = net.training
-    net.eval()
+    nets = [n for n in (net, sampler_kwargs.get('guide_net')) if n is not None]
+    was_training = [n.training for n in nets]
+    for n in nets:
+        n.eval()
     try:
         for batch_seeds in batches:
             with torch.inference_mode():
@@ -333,7 +513,8 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
             bar.update(len(batch_seeds))
             yield batch_seeds, images.to(torch.uint8).cpu()
     finally:
-        net.train(was_training)
+        for n, mode in zip(nets, was_training):
+            n.train(mode)
         bar.close()
 
 
