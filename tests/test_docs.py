@@ -6,6 +6,7 @@ import re
 import shlex
 import sys
 
+import click
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,3 +42,31 @@ def test_documented_train_commands_parse(path):
     assert commands
     for words in commands:
         train.main.make_context('train.py', words)
+
+
+def _docs_with(script):
+    """The docs pages whose code blocks hold a command of `script`."""
+    pages = ['README.md'] + [f'docs/{name}' for name in sorted(os.listdir(os.path.join(ROOT, 'docs'))) if name.endswith('.md')]
+    return [page for page in pages if shell_commands(page, script)]
+
+
+@pytest.mark.parametrize('script', ['generate.py', 'fid.py', 'dataset_tool.py', 'convert_network.py', 'reconstruct_phema.py'])
+def test_documented_commands_of_the_other_scripts_parse(script):
+    """Every command of the other scripts in README.md and docs/ parses: options and subcommands
+    exist and values convert (nothing is read or run)."""
+    import importlib
+    module = importlib.import_module(script[:-3])
+    command = getattr(module, 'main', None) or getattr(module, 'cli')
+    pages = _docs_with(script)
+    assert pages or script in ('convert_network.py', 'reconstruct_phema.py')
+    for page in pages:
+        for words in shell_commands(page, script):
+            words = [w for w in words if w != '--']
+            try:
+                if isinstance(command, click.Group):
+                    name, sub, rest = command.resolve_command(command.make_context(script, list(words)), list(words))
+                    sub.make_context(name, rest)
+                else:
+                    command.make_context(script, list(words))
+            except Exception as err:  # click's usage errors carry the reason
+                raise AssertionError(f'{page}: {script} {" ".join(words)}: {err}') from None
