@@ -39,7 +39,7 @@ def option_names(func):
     """Reports the FieldErrors of library code under this subcommand's option names."""
     @functools.wraps(func)
     def wrapper(**kwargs):
-        with dnnlib.util.option_errors(click.get_current_context().command, names={'net': '--network', 'ref': '--ref'}):
+        with dnnlib.util.option_errors(click.get_current_context().command, names={'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest'}):
             return func(**kwargs)
     return wrapper
 

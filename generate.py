@@ -92,28 +92,28 @@ def _merge(intervals):
 
 def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
     """Applies the original release's options to a loaded network; returns the decoder of its
-    outputs (the snapshot's, the VAE of --on_latents, or pixels). Choices the network cannot
+    outputs (the snapshot's, the VAE of --latents, or pixels). Choices the network cannot
     honour are UserErrors."""
     if embed_fq is not None:
         if not getattr(net, 'use_coords', False):
-            raise UserError('--embed_fq: the network takes no coordinates')
+            raise UserError('--pos-embed: the network takes no coordinates')
         channels = patch.coord_channels(True, embed_fq)
         if channels != net.coord_channels:
-            raise UserError(f'--embed_fq: the network takes {net.coord_channels} coordinate channels, '
-                            f'not {channels} (--embed_fq={embed_fq})')
+            raise UserError(f'--pos-embed: the network takes {net.coord_channels} coordinate channels, '
+                            f'not {channels} (--pos-embed={embed_fq})')
         net.pos_embed = embed_fq
     if mask_pos and not checkpoints.mask_coordinates(net):
-        raise UserError('--mask_pos: only applies to networks that take coordinates')
+        raise UserError('--mask-pos: only applies to networks that take coordinates')
     if on_latents and decoder is None:
         decoder = encoders.StabilityVAEEncoder(vae_name=encoders.check_vae_name(vae or encoders.DEFAULT_VAE))
     elif vae is not None:
         if decoder is None:
-            raise UserError('--vae: only applies to latent networks (--on_latents=1)')
+            raise UserError('--vae: only applies to latent networks (--latents=1)')
         decoder.vae_name = encoders.check_vae_name(vae)
     if decoder is not None and net.img_channels != encoders.LATENT_CHANNELS:
-        raise UserError(f'--on_latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
+        raise UserError(f'--latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
     if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and checkpoints.is_foreign(net):
-        raise UserError(f'--on_latents: the network makes {net.img_channels}-channel latents; decode them with --on_latents=1')
+        raise UserError(f'--latents: the network makes {net.img_channels}-channel latents; decode them with --latents=1')
     return decoder if decoder is not None else encoders.PIXELS
 
 
@@ -168,9 +168,8 @@ def load_guide(net, guide_url, guidance, cfg, device, trust=False):
         raise UserError('--guide-network: give the guidance weight too, e.g. --guidance=2')
     if cfg is not None:
         raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
-    guide, _ = checkpoints.load_network(guide_url, option='--guide-network', trust=trust)
-    with dnnlib.util.option_errors(names={'guide_net': '--guide-network'}):
-        sampler.check_guide_network(net, guide)
+    guide, _ = checkpoints.load_network(guide_url, 'guide_net', trust=trust)
+    sampler.check_guide_network(net, guide)
     if getattr(net, 'use_bf16', False) and hasattr(guide, 'use_bf16'):
         guide.use_bf16 = True
     return guide.to(device)
@@ -267,6 +266,11 @@ def image_path(outdir, seed, subdirs):
     return os.path.join(folder, f'{seed:06d}.png')
 
 
+# The arguments of library functions whose name differs from the parameter of the option that sets them.
+GENERATE_FIELDS = {'network': '--network', 'cfg_scale': '--cfg', 'vae_name': '--vae', 'canvas': '--image_size/--resolution',
+                   'canvas.resolution': '--resolution/--x_start/--y_start'}
+
+
 @click.command(context_settings=dict(max_content_width=100))
 @click.option('--network', 'network_url', help='Network to sample from: our snapshot (.pkl or .safetensors), EDM\'s or the original release\'s pickle', metavar='PATH|URL', type=str, required=True)
 @click.option('--outdir', help='Folder for the PNG files, one per seed (.npy for channel counts PNG cannot hold)', metavar='DIR', type=str)
@@ -301,6 +305,7 @@ def image_path(outdir, seed, subdirs):
 @click.option('--bf16', help='Network body in bfloat16 on CUDA (fp16 networks stay fp16) and on CPUs that compute it natively (AVX512-BF16, AMX)', metavar='BOOL', type=bool, default=False, show_default=True)
 @click.option('--device', help='Device to sample on  [default: cuda if available, else cpu]', metavar='STR', type=str)
 @click.option('--trust-pickle', 'trust_pickle', help='Unpickle --network and --guide-network fully, running code they carry (only for files you trust)', is_flag=True)
+@dnnlib.util.option_errors(names=GENERATE_FIELDS)
 def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_steps, sigma_min, sigma_max, rho,
          S_churn, S_min, S_max, S_noise, solver, disc, schedule, scaling, cfg, guide_net, guidance, grid_path,
          resolution, image_size, x_start, y_start, on_latents, vae, embed_fq, mask_pos, bf16, device, trust_pickle):
@@ -319,11 +324,11 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     torchrun --standalone --nproc_per_node=4 generate.py --network=URL --outdir=fid50k \\
         --seeds=0-49999 --subdirs
     python generate.py --network=NET.pkl --grid=wide.png --image_size=64 --seeds=0-15
-    python generate.py --network=edm-cifar10.safetensors --outdir=out --bf16=1   # CPU, 2.5x
+    python generate.py --network=edm-cifar10.safetensors --outdir=out --bf16=1
     python generate.py --network=NET.pkl --outdir=out --solver=dpmpp-2m --steps=10
     python generate.py --network=NET.pkl --outdir=out --guide-network=EARLY.pkl --guidance=2
     python generate.py --steps=256 --S_churn=40 --S_min=0.05 --S_max=50 --S_noise=1.003 \\
-        --resolution 32 --on_latents=1 --batch 64 --outdir=out --seeds=0-63 --network=LATENT.pkl
+        --resolution 32 --latents=1 --batch 64 --outdir=out --seeds=0-63 --network=LATENT.pkl
     """
     ctx = click.get_current_context()
     dnnlib.util.check_finite_options(ctx.command, ctx.params, infinite_ok=('S_max',))

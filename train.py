@@ -104,13 +104,13 @@ def dataset_options(data, use_labels, xflip, cache):
 
 def encoder_options(opts, dataset):
     """`encoder_kwargs` of the training loop: None for pixel-space training, else the Stable
-    Diffusion VAE encoder. A data set of precomputed latents implies --train_on_latents=1 and
+    Diffusion VAE encoder. A data set of precomputed latents implies --latents=1 and
     names its VAE; --vae may point elsewhere (another copy of the same VAE)."""
     info = getattr(dataset, 'latent_info', None)
     if not opts.train_on_latents and info is None:
         for name, value in (('--vae', opts.vae), ('--latent-norm', opts.latent_norm)):
             if value is not None:
-                raise UserError(f'{name}: only applies with --train_on_latents=1')
+                raise UserError(f'{name}: only applies with --latents=1')
         return None
     if info is not None and opts.vae is None:
         vae = info.get('vae', encoders.DEFAULT_VAE)
@@ -303,7 +303,8 @@ LOOP_FIELDS = {
     'total_kimg': '--duration', 'ema_halflife_kimg': '--ema', 'lr_rampup_kimg': '--lr-rampup', 'lr_decay_kimg': '--lr-decay',
     'batch_size': '--batch', 'loss_scaling': '--ls', 'cudnn_benchmark': '--bench', 'compile_network': '--compile',
     'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit', 'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump',
-    'resume_pkl': '--transfer', 'resume_state': '--resume',
+    'resume_pkl': '--transfer', 'resume_state': '--resume', 'vae_name': '--vae', 'dataset': '--data',
+    'network_kwargs': '--cbase/--cres', 'num_expected': '--metrics-num',
 }
 
 PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed')
@@ -460,7 +461,7 @@ def print_options(opts):
 @click.option('--fp16', help='EDM\'s switch for --precision=fp16', metavar='BOOL', type=bool, hidden=True)
 @click.option('--bf16', help='Old switch for --precision=bf16', metavar='BOOL', type=bool, hidden=True)
 @click.option('--ls', help='Loss scaling', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=1)
-@click.option('--compile', 'compile_net', help='Compile the network with torch.compile (each patch size compiles once, ~1 min on a CPU)',
+@click.option('--compile', 'compile_net', help='Compile the network with torch.compile (each patch size compiles once, before its first step)',
               metavar='BOOL', type=bool, default=False)
 @click.option('--bench', help='Enable cuDNN benchmarking', metavar='BOOL', type=bool, default=True)
 @click.option('--deterministic', help='Repeat CUDA runs exactly (slower)', metavar='BOOL', type=bool, default=False)

@@ -109,7 +109,7 @@ def load_classifier(weights):
     if os.path.isfile(weights):
         net.load_state_dict(load_file(weights))
         return net.eval()
-    print('Training the digit classifier on the bundled MNIST digits (once, about a minute)...', flush=True)
+    print('Training the digit classifier on the bundled MNIST digits (once; later runs load its weights)...', flush=True)
     net, accuracy, false_digits = train_classifier()
     print(f'Held-out accuracy: {accuracy:.4f} (1,000 digits); non-digits taken for digits: {false_digits:.4f} (500)', flush=True)
     if accuracy < MIN_ACCURACY:

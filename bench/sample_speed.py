@@ -99,7 +99,7 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
     net = checkpoints.load_network(network)[0].to(device)
     kwargs = dict(cfg_scale=cfg)
     if guide_network is not None:
-        kwargs.update(guide_net=checkpoints.load_network(guide_network, option='--guide-network')[0].to(device),
+        kwargs.update(guide_net=checkpoints.load_network(guide_network, 'guide_network')[0].to(device),
                       guidance=guidance)
     detector = None if ref is None else metrics.load_detector(device=device)
     classifier = None

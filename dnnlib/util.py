@@ -1,5 +1,6 @@
 """Generic helpers that EDM users know from `dnnlib.util`, written for this project."""
 
+import contextlib
 import errno
 import hashlib
 import importlib
@@ -216,17 +217,34 @@ class UserError(_UserErrorBase):
 class FieldError(UserError):
     """A bad value of a named argument of library code: the message names the argument as a
     Python caller wrote it (`field`, e.g. 'real_p' or 'dataset_kwargs.path'); a script re-raises it
-    under its own option name with `option_errors`."""
+    under its own option name with `option_errors`. A `value` (text) is shown as `field=value`."""
 
-    def __init__(self, field, detail):
-        super().__init__(f'{field}: {detail}')
-        self.field, self.detail = field, detail
+    def __init__(self, field, detail, value=None):
+        super().__init__(f'{field}{self.shown(value)}: {detail}')
+        self.field, self.detail, self.value = field, detail, value
+
+    @staticmethod
+    def shown(value):
+        return '' if value is None else f'={value}'
 
 
-class option_errors:
-    """Context manager for a click script: a FieldError inside is raised again as a UserError that
-    names the option. The option is `names[field]` if given, else the option of `command` whose
-    parameter is called `field` (its last dotted part), else the field itself."""
+@contextlib.contextmanager
+def field_of(field):
+    """Raises a plain UserError inside again as a FieldError of the argument `field`, for helpers
+    that check a value (a file, say) without knowing which argument passed it."""
+    try:
+        yield
+    except FieldError:
+        raise
+    except UserError as err:
+        raise FieldError(field, err.message) from None
+
+
+class option_errors(contextlib.ContextDecorator):
+    """Context manager (or decorator) for a click script: a FieldError inside is raised again as a
+    UserError that names the option. The option is `names[field]` if given, else the option of
+    `command` (by default the running click command) whose parameter is called `field` (its last
+    dotted part), else the field itself."""
 
     def __init__(self, command=None, names=None):
         self.command, self.names = command, dict(names or {})
@@ -235,7 +253,10 @@ class option_errors:
         if field in self.names:
             return self.names[field]
         last = field.rsplit('.', 1)[-1]
-        for param in getattr(self.command, 'params', []):
+        command = self.command
+        if command is None and _click is not None:
+            command = getattr(_click.get_current_context(silent=True), 'command', None)
+        for param in getattr(command, 'params', []):
             if param.name in (field, last) and getattr(param, 'opts', None):
                 return param.opts[0]
         return field
@@ -245,7 +266,7 @@ class option_errors:
 
     def __exit__(self, kind, err, tb):
         if isinstance(err, FieldError):
-            raise UserError(f'{self.option_name(err.field)}: {err.detail}') from None
+            raise UserError(f'{self.option_name(err.field)}{err.shown(err.value)}: {err.detail}') from None
         return False
 
 

@@ -13,7 +13,7 @@ DATA=datasets/mnist-32x32.zip
 # Training: the demo-cpu and demo-gpu presets (training/presets.py); DEMO_MINUTES and DEMO_MIMG
 # override their time limit and duration.
 if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    # GPU: a wider network, larger batches, ~10x more images.
+    # GPU: a wider network, larger batches and more images (the demo-gpu preset).
     PRESET=demo-gpu
     GEN=()
     NUM=${DEMO_FID_NUM:-5000}

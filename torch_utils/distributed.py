@@ -19,7 +19,7 @@ def pick_device(name=None):
     Two processes on one GPU make NCCL abort, so a UserError is raised when torchrun starts more
     processes on this machine than there are visible GPUs, or when `name` picks one GPU number
     for several processes."""
-    from dnnlib.util import UserError
+    from dnnlib.util import FieldError, UserError
     if not name:
         if torch.cuda.is_available():
             name = 'cuda'
@@ -30,22 +30,22 @@ def pick_device(name=None):
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise UserError(f'--device={name}: not a device name (cpu, cuda, cuda:1, mps)') from None
+        raise FieldError('device', value=name, detail='not a device name (cpu, cuda, cuda:1, mps)') from None
     if dev.type == 'meta':
-        raise UserError(f'--device={name}: holds shapes only and computes nothing; use cpu, cuda or mps')
+        raise FieldError('device', value=name, detail='holds shapes only and computes nothing; use cpu, cuda or mps')
     if dev.type != 'cuda':
         return dev
     if not torch.cuda.is_available():
-        raise UserError(f'--device={name}: CUDA is not available on this machine')
+        raise FieldError('device', value=name, detail='CUDA is not available on this machine')
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     local_procs = int(os.environ.get('LOCAL_WORLD_SIZE', str(local_rank + 1)))
     count = torch.cuda.device_count()
     if dev.index is not None:
         if local_procs > 1:
-            raise UserError(f'--device={name}: names one GPU for all {local_procs} processes on this machine; '
+            raise FieldError('device', value=name, detail=f'names one GPU for all {local_procs} processes on this machine; '
                             f'use --device=cuda (process i takes GPU i)')
         if dev.index >= count:
-            raise UserError(f'--device={name}: only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})')
+            raise FieldError('device', value=name, detail=f'only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})')
         return dev
     if local_procs > count:
         raise UserError(f'torchrun --nproc_per_node={local_procs}: only {count} GPU(s) are visible on this machine; '

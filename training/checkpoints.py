@@ -31,7 +31,7 @@ import struct
 import torch
 
 import dnnlib
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import FieldError, UserError, atomic_write
 from torch_utils import persistence
 from torch_utils.persistence import ModuleRecord, PersistentRecord
 from training import encoders, patch
@@ -153,72 +153,83 @@ def _describe_bad_pickle(data, err):
     return 'it is not a pickle'
 
 
-def read_bytes(url, option):
+def read_bytes(url):
     """The whole file at a path or URL; a missing or unreadable one is a one-line UserError."""
     try:
         with dnnlib.util.open_url(url) as f:
             return f.read()
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise UserError(f'{option}: cannot open "{url}": {reason}') from None
+        raise UserError(f'cannot open "{url}": {reason}') from None
 
 
-def read_pickle(url, option):
+def read_pickle(url):
     """The bytes of the network pickle at a path or URL, checked without unpickling: a
     missing file, a text file, a truncated or damaged pickle, or a pickle of plain data (which can
-    hold no network) is a one-line UserError naming `option`."""
-    data = read_bytes(url, option)
+    hold no network) is a one-line UserError naming the file."""
+    data = read_bytes(url)
     try:
         opcodes = {op.name for op, _arg, _pos in pickletools.genops(data)}
     except Exception as err:  # genops reports damage as ValueError, struct or unicode errors
-        raise UserError(f'{option}: "{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
+        raise UserError(f'"{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
     if not opcodes & _CODE_OPCODES:
         try:
             held = type(pickle.loads(data)).__name__  # plain data: safe to load
         except Exception as err:  # opcodes that parse but do not make a valid pickle (e.g. some text)
-            raise UserError(f'{option}: "{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
-        raise UserError(f'{option}: "{url}" is a pickle of a {held}, not a network snapshot (a dict with an "ema" network)')
+            raise UserError(f'"{url}" is not a network pickle: {_describe_bad_pickle(data, err)}') from None
+        raise UserError(f'"{url}" is a pickle of a {held}, not a network snapshot (a dict with an "ema" network)')
     return data
 
 
-def _restricted_object(data, url, option):
+def _restricted_object(data, url):
     """The object in the pickle `data` read by the restricted unpickler; a global or operation it
     does not allow is a one-line UserError naming the file and the global."""
     try:
         return persistence.restricted_loads(data)
     except persistence.RefusedPickle as err:
-        raise UserError(f'{option}: "{url}" needs {err.what} to load, which could run code from the file; {TRUST_HINT}') from None
+        raise UserError(f'"{url}" needs {err.what} to load, which could run code from the file; {TRUST_HINT}') from None
     except Exception as err:  # damaged opcodes surface as many error types
-        raise UserError(f'{option}: "{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+        raise UserError(f'"{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
 
 
-def load_snapshot(url, option, trust=False):
+def load_snapshot(url, field='network', trust=False):
     """The dict of a network pickle with its networks, decoder, loss and augmentation rebuilt onto
-    this project's classes (restricted unpickling), or as pickled with `trust`."""
-    data = read_pickle(url, option)
+    this project's classes (restricted unpickling), or as pickled with `trust`. A problem with the
+    file is a FieldError of `field`, the argument that named it."""
+    with dnnlib.util.field_of(field):
+        return _load_snapshot(url, trust)
+
+
+def _load_snapshot(url, trust):
+    data = read_pickle(url)
     if trust:
-        return _trusted_object(data, url, option)
-    obj = _restricted_object(data, url, option)
+        return _trusted_object(data, url)
+    obj = _restricted_object(data, url)
     if not isinstance(obj, dict):
-        raise UserError(f'{option}: "{url}" is a pickle of a {type(obj).__name__}, not a network snapshot (a dict with an "ema" network)')
-    where = f'{option}: "{url}"'
+        raise UserError(f'"{url}" is a pickle of a {type(obj).__name__}, not a network snapshot (a dict with an "ema" network)')
+    where = f'"{url}"'
     return {key: rebuild(value, key, where) for key, value in obj.items()}
 
 
-def _trusted_object(data, url, option):
+def _trusted_object(data, url):
     try:
         return pickle.loads(data)
     except Exception as err:  # foreign code can fail in any way while unpickling
-        raise UserError(f'{option}: "{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+        raise UserError(f'"{url}" is not a readable network pickle ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
 
 
-def unpickle_network(url, option, trust=False):
+def unpickle_network(url, field='network', trust=False):
     """(network, decoder or None) from a pickle: rebuilt onto this project's classes without
     running code from the file, or, with `trust`, unpickled fully (EDM's and the original
-    release's networks then run their own code)."""
-    data = read_pickle(url, option)
-    where = f'{option}: "{url}"'
-    obj = _trusted_object(data, url, option) if trust else _restricted_object(data, url, option)
+    release's networks then run their own code). A problem with the file is a FieldError of `field`."""
+    with dnnlib.util.field_of(field):
+        return _unpickle_network(url, trust)
+
+
+def _unpickle_network(url, trust):
+    data = read_pickle(url)
+    where = f'"{url}"'
+    obj = _trusted_object(data, url) if trust else _restricted_object(data, url)
     net = obj.get('ema') if isinstance(obj, dict) else None
     if not trust:
         if not isinstance(net, PersistentRecord):
@@ -230,7 +241,7 @@ def unpickle_network(url, option, trust=False):
         raise UserError(f'{where} is a pickle but not a network snapshot (no "ema" network in it)')
     decoder = obj.get('encoder')
     if decoder is not None and not hasattr(decoder, 'decode'):
-        raise UserError(f'{option}: the "encoder" in "{url}" has no decode() method')
+        raise UserError(f'the "encoder" in "{url}" has no decode() method')
     return net, decoder
 
 
@@ -485,12 +496,12 @@ def check_file_vae(decoder, url, vae):
         return
     name = decoder.vae_name
     if not encoders.is_local_vae(name):
-        raise UserError(f'--network: "{url}" names the VAE "{name}", a hub id; pass --vae={name} to download it '
+        raise FieldError('network', f'"{url}" names the VAE "{name}", a hub id; pass --vae={name} to download it '
                         f'(or --vae=FOLDER for a local copy)')
     try:
         decoder.vae_name = encoders.vae_folder(name)
     except UserError:
-        raise UserError(f'--network: "{url}" names the VAE folder "{name}", which holds no VAE here; pass --vae=FOLDER or a hub id') from None
+        raise FieldError('network', f'"{url}" names the VAE folder "{name}", which holds no VAE here; pass --vae=FOLDER or a hub id') from None
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.
@@ -565,21 +576,21 @@ def is_our_safetensors(path):
         return False
 
 
-def load_safetensors(url, option):
+def load_safetensors(url):
     """(network, decoder or None) rebuilt from this project's classes and the weights of a
     `.safetensors` file written by `save_safetensors`; nothing is unpickled. A file of a snapshot
     pair whose pickle beside it carries another id (an interrupted save) is refused."""
     from safetensors.torch import load
-    data = read_bytes(url, option)
+    data = read_bytes(url)
     try:
         meta = _read_safetensors_metadata(data)
         tensors = load(data)
     except Exception as err:  # safetensors, struct and json report damage differently
-        raise UserError(f'{option}: "{url}" is not a readable .safetensors file ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
+        raise UserError(f'"{url}" is not a readable .safetensors file ({type(err).__name__}: {err})'.replace('\n', ' ')[:400]) from None
     if not isinstance(meta, dict) or meta.get('class_name') not in [f'training.networks.{n}' for n in NETWORK_CLASSES]:
-        raise UserError(f'{option}: "{url}" does not describe a network of this project (no "{METADATA_KEY}" metadata '
+        raise UserError(f'"{url}" does not describe a network of this project (no "{METADATA_KEY}" metadata '
                         f'naming one of {", ".join(NETWORK_CLASSES)}); convert pickles with convert_network.py')
-    where = f'{option}: "{url}"'
+    where = f'"{url}"'
     args, kwargs = meta.get('init_args', []), meta.get('init_kwargs')
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise UserError(f'{where}: the metadata holds no constructor arguments (init_args a list, init_kwargs a dict)')
@@ -601,28 +612,26 @@ def _check_pair(url, meta, where):
 # Entry points.
 
 
-def load_network(url, option='--network', trust=False):
+def load_network(url, field='network', trust=False):
     """(network with this project's sampling interface, latent decoder or None) from any file
     the module docstring lists; a pickle runs code from the file only with `trust`. Every problem
-    with the file is a one-line UserError naming `option`."""
-    if url.endswith('.safetensors'):
-        net, decoder = load_safetensors(url, option)
-    else:
-        net, decoder = unpickle_network(url, option, trust)
+    with the file is a one-line FieldError of `field`, the argument that named the file."""
+    with dnnlib.util.field_of(field):
+        net, decoder = load_safetensors(url) if url.endswith('.safetensors') else _unpickle_network(url, trust)
     return for_sampling(net), decoder
 
 
-def check_network_file(url, option, trust=False):
+def check_network_file(url, field, trust=False):
     """Validates a network file for command lines that load it later: loads it (no code runs
     from the file unless `trust`)."""
-    load_network(url, option, trust)
+    load_network(url, field, trust)
 
 
-def transfer_weights(source, net, option='--transfer'):
+def transfer_weights(source, net, field='resume_pkl'):
     """Copies the parameters and buffers of `source` into `net` by name. A convolution that reads
     the network input and has `net.coord_channels` more input channels than the source's (a patch
     model initialised from a plain EDM model) gets zero weights for the coordinate channels, so
-    `net` computes exactly what `source` did. Any other shape mismatch is a UserError."""
+    `net` computes exactly what `source` did. Any other shape mismatch is a FieldError of `field`."""
     src = dict(unwrap(source).named_parameters())
     src.update(unwrap(source).named_buffers())
     extra = getattr(net, 'coord_channels', 0)
@@ -638,5 +647,5 @@ def transfer_weights(source, net, option='--transfer'):
                 tensor.zero_()
                 tensor[:, :value.shape[1]].copy_(value)
             else:
-                raise UserError(f'{option}: "{name}" has shape {tuple(value.shape)} in the source network but '
+                raise FieldError(field, f'"{name}" has shape {tuple(value.shape)} in the source network but '
                                 f'{tuple(tensor.shape)} here (use the architecture options it was trained with)')

@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from training import file_limits, patch
 
 # Transparent pixels are composited on white: most sources with an alpha channel are icons and
@@ -588,7 +588,7 @@ class ArrayFolderDataset(Dataset):
         self._copies = 1
         if xflip and self._stored_flips is not None:
             if self._stored_flips < 2:
-                raise UserError(f'--xflip: {self._path} holds no latents of mirrored images; '
+                raise FieldError('xflip', f'{self._path} holds no latents of mirrored images; '
                                 f'convert it with dataset_tool.py --encoder=vae --xflip')
             self._copies, xflip = 2, False
         name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]

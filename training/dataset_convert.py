@@ -27,7 +27,7 @@ import PIL.Image
 from tqdm import tqdm
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from training import file_limits
 from training.dataset import FLOAT32_MAX, MAX_CLASSES, MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
 
@@ -357,14 +357,14 @@ def parse_range(text, images):
     is (0, 255) without it."""
     if text is None:
         if images.dtype != np.uint8:
-            raise UserError(f'--range: {images.dtype} data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
+            raise FieldError('value_range', f'{images.dtype} data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
         return 0.0, 255.0
     try:
         lo, hi = (float(v) for v in text.split(','))
     except ValueError:
-        raise UserError(f'--range={text}: expected LO,HI, for example -1,1') from None
+        raise FieldError('value_range', value=text, detail='expected LO,HI, for example -1,1') from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise UserError(f'--range={text}: LO must be less than HI, both finite')
+        raise FieldError('value_range', value=text, detail='LO must be less than HI, both finite')
     return lo, hi
 
 
@@ -443,7 +443,7 @@ def open_source(source, max_images=None):
     if os.path.isdir(source):
         return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_stored(source, max_images)
     if not os.path.exists(source):
-        raise UserError(f'--source={source}: no such file or folder')
+        raise FieldError('source', value=source, detail='no such file or folder')
     file_limits.check_regular_file(source, f'--source={source}')
     if base == 'cifar-10-python.tar.gz':
         return _open_cifar10(source, max_images)
@@ -453,7 +453,7 @@ def open_source(source, max_images=None):
         return _open_stored(source, max_images)
     if base.lower().endswith('.npz'):
         return _open_npz(source, max_images)
-    raise UserError(f'--source={source}: unknown kind of source (expected a folder, .zip, .npz, '
+    raise FieldError('source', value=source, detail='unknown kind of source (expected a folder, .zip, .npz, '
                     'cifar-10-python.tar.gz, *-images-idx3-ubyte.gz or an LSUN *_lmdb folder)')
 
 
@@ -466,11 +466,11 @@ def parse_resolution(text):
         return None
     m = re.fullmatch(r'\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?', text)
     if not m or int(m.group(1)) < 1 or (m.group(2) is not None and int(m.group(2)) < 1):
-        raise UserError(f'--resolution={text}: expected WxH, for example 32x32')
+        raise FieldError('resolution', value=text, detail='expected WxH, for example 32x32')
     width = int(m.group(1))
     height = int(m.group(2) or width)
     if max(width, height) ** 2 > MAX_IMAGE_PIXELS:  # center-crop-wide makes WxW images
-        raise UserError(f'--resolution={text}: more than the limit of {MAX_IMAGE_PIXELS:,} pixels per image')
+        raise FieldError('resolution', value=text, detail=f'more than the limit of {MAX_IMAGE_PIXELS:,} pixels per image')
     return width, height
 
 
@@ -552,19 +552,19 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
     resizing. `resolution` is (W, H) or 'WxH'; `channels` 1 or 3 (None: the source's); label is
     an int class, a list of floats, or None. Options are checked here and raise `UserError`."""
     if transform is not None and transform not in TRANSFORMS:
-        raise UserError(f'--transform={transform}: unknown transform; use {" or ".join(TRANSFORMS)}')
+        raise FieldError('transform', value=transform, detail=f'unknown transform; use {" or ".join(TRANSFORMS)}')
     if isinstance(resolution, str):
         resolution = parse_resolution(resolution)
     if channels is not None and channels not in (1, 3):
-        raise UserError(f'--channels={channels}: must be 1 or 3')
+        raise FieldError('channels', value=channels, detail='must be 1 or 3')
     if transform is not None and resolution is None:
-        raise UserError(f'--transform={transform}: needs --resolution=WxH')
+        raise FieldError('transform', value=transform, detail='needs --resolution=WxH')
     if resolution is not None and transform == 'center-crop-wide' and resolution[1] > resolution[0]:
-        raise UserError(f'--resolution={resolution[0]}x{resolution[1]}: center-crop-wide needs width >= height')
+        raise FieldError('resolution', value=f'{resolution[0]}x{resolution[1]}', detail='center-crop-wide needs width >= height')
     if not isinstance(source, Source):
         source = open_source(source, max_images)
     if len(source) == 0:
-        raise UserError(f'--source={source.path}: no images found')
+        raise FieldError('source', value=source.path, detail='no images found')
     return ImageStream(source, transform, resolution, channels or source.channels, skip_bad)
 
 
@@ -683,9 +683,9 @@ class DatasetWriter:
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)
             if not empty_dir and not overwrite:
-                raise UserError(f'--dest={self.dest}: already exists; pass --overwrite to replace it')
+                raise FieldError('dest', value=self.dest, detail='already exists; pass --overwrite to replace it')
             if not empty_dir and not _is_replaceable_dataset(self.dest):
-                raise UserError(f'--dest={self.dest}: is not a data set written by this tool; not replacing it')
+                raise FieldError('dest', value=self.dest, detail='is not a data set written by this tool; not replacing it')
         self._tmp = None
         self._zip = None
 
@@ -735,7 +735,7 @@ class DatasetWriter:
         """dataset.json: `{"labels": [[name, label], ...]}`, or `{"labels": null}` if unlabelled."""
         has = [label is not None for _name, label in self.labels]
         if any(has) and not all(has):
-            raise UserError(f'--dest={self.dest}: some images have labels and some do not')
+            raise FieldError('dest', value=self.dest, detail='some images have labels and some do not')
         labels = self.labels if self.labels and all(has) else None
         self.add_file('dataset.json', json.dumps({'labels': labels, **self.meta}).encode('utf-8'))
 

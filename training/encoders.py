@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import distributed as dist
 from torch_utils import persistence
 from training import patch
@@ -58,7 +58,7 @@ def vae_folder(name):
         if os.path.isfile(os.path.join(folder, 'config.json')):
             return folder
     what = 'does not exist' if not os.path.exists(path) else 'holds no config.json'
-    raise UserError(f'--vae: "{name}" {what}; {_how_to_provide()}')
+    raise FieldError('vae_name', f'"{name}" {what}; {_how_to_provide()}')
 
 
 def check_vae_name(name):
@@ -76,7 +76,7 @@ def load_vae(name, device):
     try:
         from diffusers import AutoencoderKL
     except ImportError as err:
-        raise UserError(f'--vae: the diffusers package is needed for latents ({err})') from None
+        raise FieldError('vae_name', f'the diffusers package is needed for latents ({err})') from None
     try:
         with warnings.catch_warnings():  # diffusers' own deprecation notices, not the user's concern
             warnings.simplefilter('ignore', UserWarning)
@@ -84,7 +84,7 @@ def load_vae(name, device):
             vae = AutoencoderKL.from_pretrained(source, torch_dtype=torch.float32, low_cpu_mem_usage=False)
     except Exception as err:  # hub, network and file errors come in many types
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f'--vae: cannot load the VAE "{name}" ({reason}); {_how_to_provide()}') from None
+        raise FieldError('vae_name', f'cannot load the VAE "{name}" ({reason}); {_how_to_provide()}') from None
     return vae.eval().requires_grad_(False).to(device)
 
 
@@ -177,7 +177,7 @@ class StabilityVAEEncoder:
 
     def __init__(self, vae_name=DEFAULT_VAE, latent_norm='scale', scale=SD_SCALE, channel_mean=None, channel_std=None):
         if latent_norm not in ('scale', 'channel'):
-            raise UserError(f'--latent-norm: "{latent_norm}" is not one of scale, channel')
+            raise FieldError('latent_norm', f'"{latent_norm}" is not one of scale, channel')
         self.vae_name = vae_name
         self.latent_norm = latent_norm
         self.scale = float(scale)
@@ -220,7 +220,7 @@ class StabilityVAEEncoder:
             return dataset.resolution, LATENT_CHANNELS
         height, width = patch.image_hw(dataset.resolution)
         if height % DOWN_FACTOR != 0 or width % DOWN_FACTOR != 0:
-            raise UserError(f'--data: resolution {patch.shape_name(dataset.resolution)} is not divisible by {DOWN_FACTOR} '
+            raise FieldError('dataset', f'resolution {patch.shape_name(dataset.resolution)} is not divisible by {DOWN_FACTOR} '
                             f'on both sides, the VAE\'s down-sampling factor (--train_on_latents=1)')
         return patch.as_resolution(height // DOWN_FACTOR, width // DOWN_FACTOR), LATENT_CHANNELS
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import tqdm
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import file_limits
@@ -97,7 +97,7 @@ def select_indices(num_available, num_expected=None, seed=0, what='images'):
     if num_expected is None:
         return np.arange(num_available)
     if num_expected < 1:
-        raise UserError(f'--num={num_expected}: must be at least 1')
+        raise FieldError('num_expected', value=num_expected, detail='must be at least 1')
     if num_available < num_expected:
         raise UserError(f'{what}: found {num_available} images, but --num asks for {num_expected}; pass --num={num_available} or fewer')
     if num_available == num_expected:
@@ -130,7 +130,7 @@ def nvidia_resize(x, size=INCEPTION_SIZE):
     """Resizes float NCHW images to size x size as NVIDIA's Inception pickle does. Its identity
     `affine_grid` (align_corners=False) sampled bilinearly with border padding reads output pixel
     i at (i + 0.5)·in/size − 0.5, clamped to the image: bilinear `interpolate` without
-    antialiasing, the same values up to rounding at several times the speed."""
+    antialiasing, the same values up to rounding, computed without building a sampling grid."""
     if x.shape[2] == size and x.shape[3] == size:
         return x
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False, antialias=False)
@@ -187,7 +187,7 @@ def _load_network_file(path, given, trust_pickle=False):
     except Exception:  # not a TorchScript archive; try pickle next
         pass
     if given and not trust_pickle:
-        raise UserError(f'--detector: "{path}" is not a TorchScript file; as a pickle it would run the code stored in it: '
+        raise FieldError('detector', f'"{path}" is not a TorchScript file; as a pickle it would run the code stored in it: '
                         f'pass --trust-pickle to load it, only if you trust it')
     try:
         with open(path, 'rb') as f:
@@ -210,7 +210,7 @@ def _resolve_detector_file(spec):
         try:
             return dnnlib.util.open_url(spec, return_filename=True, verbose=(dist.get_rank() == 0))
         except Exception as err:
-            raise UserError(f'--detector: could not download {spec} ({err}); to use FID offline, {INSTALL_HINT}') from None
+            raise FieldError('detector', f'could not download {spec} ({err}); to use FID offline, {INSTALL_HINT}') from None
     if spec.startswith('file://'):
         spec = dnnlib.util.open_url(spec, return_filename=True)
     if not os.path.isfile(spec):
@@ -233,7 +233,7 @@ def use_bf16_features(bf16, device):
 def optimize_network(net, device, dtype=torch.float32):
     """The detector prepared for inference on `device`: weights in `dtype` and channels-last
     order (oneDNN's native layout on CPUs), TorchScript frozen (batch norm folded into the
-    convolutions). In float32 the features stay the plain network's up to rounding (~1e-5).
+    convolutions). In float32 the features stay the plain network's up to float32 rounding.
     Not `torch.jit.optimize_for_inference`: it fails on adaptive pooling to sizes that do not
     divide the input."""
     net = net.to(device=device, memory_format=torch.channels_last)
@@ -418,7 +418,7 @@ def _psd_factor(a):
 
 def trace_sqrt_product(sigma, sigma_ref):
     """Tr((Σ Σr)^½) as the sum of square roots of the eigenvalues of Bᵀ Σr B (Σ = B Bᵀ): exact,
-    and 5-10x faster than scipy's sqrtm on 2048x2048."""
+    and cheaper than scipy's sqrtm, which iterates on the full non-symmetric product."""
     sigma = np.asarray(sigma, dtype=np.float64)
     sigma_ref = np.asarray(sigma_ref, dtype=np.float64)
     if not (np.isfinite(sigma).all() and np.isfinite(sigma_ref).all()):
@@ -459,7 +459,7 @@ def compute_kid(feats_a, feats_b, num_subsets=100, max_subset_size=1000, seed=0)
     if m < 2:
         raise UserError(f'KID: need at least 2 images on each side, got {a.shape[0]} and {b.shape[0]}')
     if num_subsets < 1:
-        raise UserError(f'--subsets={num_subsets}: must be at least 1')
+        raise FieldError('num_subsets', value=num_subsets, detail='must be at least 1')
     rng = np.random.RandomState(seed)
     values = np.array([_kid_subset_mmd(a[rng.choice(a.shape[0], m, replace=False)], b[rng.choice(b.shape[0], m, replace=False)])
                        for _ in range(num_subsets)])
@@ -605,7 +605,7 @@ def check_stats_dest(path):
     """Raises UserError unless `path` can take reference statistics: a writable .npz name that is
     new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
     if not path.lower().endswith('.npz'):
-        raise UserError(f'--dest={path}: reference statistics are written to a .npz file')
+        raise FieldError('dest', value=path, detail='reference statistics are written to a .npz file')
     dnnlib.util.check_output_file(path, '--dest')
     if not os.path.lexists(path):
         return
@@ -615,7 +615,7 @@ def check_stats_dest(path):
     except Exception:  # anything unreadable as npz is not ours
         ours = False
     if not ours:
-        raise UserError(f'--dest={path}: exists and is not a reference-statistics file (no mu and sigma); not replacing it')
+        raise FieldError('dest', value=path, detail='exists and is not a reference-statistics file (no mu and sigma); not replacing it')
 
 
 def fid_label(num):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import misc
 
 REAL_P = 0.5                  # the paper's full-image probability
@@ -42,12 +42,12 @@ def shape_name(resolution):
     return f'{height}' if height == width else f'{width}x{height}'
 
 
-def check_divisible(resolution, factor, what):
-    """Raises a UserError naming `what` unless both sides are multiples of the network's
-    down-sampling factor."""
+def check_divisible(resolution, factor, field):
+    """Raises a FieldError of `field` (the argument that gave `resolution`) unless both sides are
+    multiples of the network's down-sampling factor."""
     height, width = image_hw(resolution)
     if height % factor != 0 or width % factor != 0:
-        raise UserError(f'{what}: {width}x{height} (WxH) is not divisible by the network\'s down-sampling factor {factor} on both sides')
+        raise FieldError(field, f'{width}x{height} (WxH) is not divisible by the network\'s down-sampling factor {factor} on both sides')
 
 
 def index_to_coord(index, resolution):
@@ -193,18 +193,18 @@ def parse_patch_sizes(text, resolution, down_factor, latent=False):
         try:
             sizes = [parse_patch_size(s) for s in (text.split(',') if isinstance(text, str) else text)]
         except ValueError:
-            raise UserError(f'--patch-sizes: "{text}" is not a comma-separated list of sides or WxH sizes') from None
+            raise FieldError('patch_sizes', f'"{text}" is not a comma-separated list of sides or WxH sizes') from None
     height, width = image_hw(resolution)
     pairs = sorted(set(image_hw(s) for s in sizes) | {(height, width)}, key=lambda hw: (hw[0] * hw[1], hw))
     for ph, pw in pairs:
         name = shape_name((ph, pw))
         if height == width and ph == pw:
             if ph <= 0 or ph > height or height % ph != 0:
-                raise UserError(f'--patch-sizes: {ph} does not divide the image side {height}')
+                raise FieldError('patch_sizes', f'{ph} does not divide the image side {height}')
         elif not (0 < ph <= height and 0 < pw <= width):
-            raise UserError(f'--patch-sizes: {name} (WxH) does not fit in the {width}x{height} images')
+            raise FieldError('patch_sizes', f'{name} (WxH) does not fit in the {width}x{height} images')
         if ph % down_factor != 0 or pw % down_factor != 0:
-            raise UserError(f'--patch-sizes: {name} is not divisible by the network\'s down-sampling factor {down_factor}')
+            raise FieldError('patch_sizes', f'{name} is not divisible by the network\'s down-sampling factor {down_factor}')
     if all(ph == pw for ph, pw in pairs):
         return [ph for ph, _pw in pairs]
     return pairs
@@ -224,13 +224,13 @@ def parse_patch_size(entry):
 
 
 def check_schedule_options(real_p, real_p_end=None, progressive=False):
-    """Raises a UserError for `--real_p`/`--real_p-end` outside [0, 1] or combined with
-    `--progressive`, which has no random draw to move."""
-    for name, value in (('--real_p', real_p), ('--real_p-end', real_p_end)):
+    """Raises a FieldError for `real_p`/`real_p_end` outside [0, 1] or `real_p_end` combined with
+    `progressive`, which has no random draw to move."""
+    for name, value in (('real_p', real_p), ('real_p_end', real_p_end)):
         if value is not None and not 0 <= value <= 1:
-            raise UserError(f'{name}: {value} is outside [0, 1]')
+            raise FieldError(name, f'{value} is outside [0, 1]')
     if progressive and real_p_end is not None:
-        raise UserError('--real_p-end: not with --progressive, which has no random draw to move')
+        raise FieldError('real_p_end', 'not with --progressive, which has no random draw to move')
 
 
 class PatchSchedule:

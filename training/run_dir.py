@@ -11,7 +11,7 @@ import torch
 from torch.utils._device import _device_constructors  # the factories `with torch.device(...)` redirects
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import distributed as dist
 from torch_utils import misc
 from training import file_limits
@@ -27,7 +27,7 @@ def check_desc(desc, outdir):
     stays inside --outdir."""
     if desc in ('', '.', '..') or any(sep and sep in desc for sep in ('/', '\\', os.sep, os.altsep)) or \
             any(ord(ch) < 32 or ord(ch) == 127 for ch in desc):
-        raise UserError(f'--desc={desc!r}: must be a plain name, without "/", "\\", ".." or control characters '
+        raise FieldError('desc', value=desc!r, detail='must be a plain name, without "/", "\\", ".." or control characters '
                         f'(it becomes part of the run folder\'s name inside --outdir)')
     dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), '--desc', reserve=0)
 
@@ -86,26 +86,26 @@ def check_state_fits(path, state, net):
     for key in ('net', 'ema'):
         stored = state.get(key)
         if not isinstance(stored, dict):
-            raise UserError(f'--resume: "{path}" holds no "{key}" weights')
+            raise FieldError('resume_state', f'"{path}" holds no "{key}" weights')
         have = {name: tuple(t.shape) for name, t in stored.items() if isinstance(t, torch.Tensor)}
         missing, extra = sorted(set(wanted) - set(have)), sorted(set(have) - set(wanted))
         if missing or extra:
-            raise UserError(f'--resume: "{path}" does not fit this network ("{key}" lacks {len(missing)} and has '
+            raise FieldError('resume_state', f'"{path}" does not fit this network ("{key}" lacks {len(missing)} and has '
                             f'{len(extra)} unexpected tensors, e.g. {(missing + extra)[0]})')
         shapes = [name for name in wanted if have[name] != wanted[name]]
         if shapes:
-            raise UserError(f'--resume: "{path}" does not fit this network ("{key}" {shapes[0]} has shape '
+            raise FieldError('resume_state', f'"{path}" does not fit this network ("{key}" {shapes[0]} has shape '
                             f'{have[shapes[0]]}, the network {wanted[shapes[0]]})')
     for key in ('nimg', 'step', 'tick', 'blocks_consumed'):
         if not isinstance(state.get(key), int) or state[key] < 0:
-            raise UserError(f'--resume: "{path}" has no valid "{key}" count')
+            raise FieldError('resume_state', f'"{path}" has no valid "{key}" count')
     if not isinstance(state.get('optimizer_state'), dict):
-        raise UserError(f'--resume: "{path}" holds no optimizer state')
+        raise FieldError('resume_state', f'"{path}" holds no optimizer state')
     rng_size = torch.get_rng_state().numel()
     for rng in state.get('rng_states') or []:
         if not isinstance(rng, dict) or not isinstance(rng.get('torch'), torch.Tensor) or rng['torch'].numel() != rng_size \
                 or not isinstance(rng.get('numpy_key'), torch.Tensor) or rng['numpy_key'].numel() != 624:
-            raise UserError(f'--resume: "{path}" holds random-number states of another size than this PyTorch\'s '
+            raise FieldError('resume_state', f'"{path}" holds random-number states of another size than this PyTorch\'s '
                             f'({rng_size} bytes); it cannot continue the same random streams')
 
 
@@ -141,7 +141,7 @@ def meta_network(c):
                 net = dnnlib.construct_class_by_name(**c.network_kwargs, img_resolution=resolution, img_channels=channels,
                                                      label_dim=dataset.label_dim)
         except (RuntimeError, OverflowError, ValueError, TypeError) as err:  # sizes beyond int64, or beyond any memory
-            raise UserError(f'--cbase/--cres: the network cannot be built ({str(err).strip().splitlines()[0][:200]})') from None
+            raise FieldError('network_kwargs', f'the network cannot be built ({str(err).strip().splitlines()[0][:200]})') from None
         finally:
             if hasattr(dataset, 'close'):
                 dataset.close()
@@ -185,7 +185,7 @@ def pick_resume_state(path, c):
             snapshots = glob.glob(os.path.join(glob.escape(path), 'network-snapshot-*.pkl'))
             hint = (f'; --transfer={sorted(snapshots)[-1]} starts a new run from its latest weights' if snapshots
                     else '; start it again without --resume')
-            raise UserError(f'--resume: run folder "{path}" holds no training state: the run stopped before its first '
+            raise FieldError('resume_state', f'run folder "{path}" holds no training state: the run stopped before its first '
                             f'one was written (one every --dump ticks, and at the end){hint}')
     net = meta_network(c)[0]
     reasons = []
@@ -199,5 +199,5 @@ def pick_resume_state(path, c):
                 raise
             reasons.append(err.message)
             dist.print0(f'Passing over {err.message.removeprefix("--resume: ")}')
-    raise UserError(f'--resume: no training state in "{path}" loads and fits this run; the newest: '
+    raise FieldError('resume_state', f'no training state in "{path}" loads and fits this run; the newest: '
                     f'{reasons[0].removeprefix("--resume: ")}')

@@ -35,7 +35,7 @@ def make_denoiser(net, class_labels=None, coords=None, cfg_scale=None, guide_net
         return denoise
 
     if net.label_dim == 0:
-        raise UserError('--cfg: classifier-free guidance needs a class-conditional network; this one is unconditional')
+        raise FieldError('cfg_scale', 'classifier-free guidance needs a class-conditional network; this one is unconditional')
     if class_labels is None:
         raise ValueError('classifier-free guidance needs class labels for the conditional half')
     both_labels = torch.cat([class_labels, torch.zeros_like(class_labels)])
@@ -441,21 +441,21 @@ def check_sampling_options(net, class_idx=None, canvas=None, cfg_scale=None):
     label_dim = getattr(net, 'label_dim', 0)
     if class_idx is not None:
         if label_dim == 0:
-            raise UserError(f'--class: the network is unconditional, so --class={class_idx} cannot be used')
+            raise FieldError('class_idx', f'the network is unconditional, so class {class_idx} cannot be used')
         if not 0 <= class_idx < label_dim:
-            raise UserError(f'--class: {class_idx} is out of range; the network has {label_dim} classes (0..{label_dim - 1})')
+            raise FieldError('class_idx', f'{class_idx} is out of range; the network has {label_dim} classes (0..{label_dim - 1})')
     if cfg_scale is not None and label_dim == 0:
-        raise UserError('--cfg: classifier-free guidance needs a class-conditional network; this one is unconditional')
+        raise FieldError('cfg_scale', 'classifier-free guidance needs a class-conditional network; this one is unconditional')
     if canvas is not None:
         factor = getattr(net, 'down_factor', 1)
         if min(patch.image_hw(canvas.image_size) + patch.image_hw(canvas.resolution)) <= 0:
-            raise UserError(f'--image_size/--resolution: must be positive (got {patch.shape_name(canvas.image_size)}, '
-                            f'{patch.shape_name(canvas.resolution)})')
-        patch.check_divisible(canvas.image_size, factor, '--image_size')
+            raise FieldError('canvas', f'must be positive (got {patch.shape_name(canvas.image_size)}, '
+                                       f'{patch.shape_name(canvas.resolution)})')
+        patch.check_divisible(canvas.image_size, factor, 'canvas.image_size')
         uses_coords = getattr(net, 'use_coords', False)
         same_image = patch.image_hw(canvas.resolution) == patch.image_hw(net.img_resolution)
         if not uses_coords and (not same_image or canvas.x_start or canvas.y_start):
-            raise UserError('--resolution/--x_start/--y_start: the network was trained without coordinates; only --image_size applies')
+            raise FieldError('canvas.resolution', 'the network was trained without coordinates; only the image size applies')
 
 
 def canvas_coords(net, canvas, batch, device):

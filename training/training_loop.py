@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from dnnlib.util import UserError
+from dnnlib.util import FieldError, UserError
 from torch_utils import distributed as dist
 from torch_utils import misc, training_stats
 from training import checkpoints, encoders, run_files, trackers
@@ -47,9 +47,9 @@ def check_compile_support(device):
     a C++ compiler for CPU kernels and Triton for CUDA kernels."""
     if device.type == 'cuda':
         if importlib.util.find_spec('triton') is None:
-            raise UserError('--compile: CUDA kernels need the triton package (pip install triton)')
+            raise FieldError('compile_network', 'CUDA kernels need the triton package (pip install triton)')
     elif not any(shutil.which(cxx) for cxx in (os.environ.get('CXX'), 'g++', 'c++', 'clang++') if cxx):
-        raise UserError('--compile: compiling for the CPU needs a C++ compiler (g++ or clang++) on the PATH')
+        raise FieldError('compile_network', 'compiling for the CPU needs a C++ compiler (g++ or clang++) on the PATH')
 
 
 def compile_for_training(net, shapes):
@@ -241,7 +241,7 @@ def training_loop(
     state = TrainingState(net, ema, optimizer, network_kwargs, batch_size, parts)
     if resume_pkl is not None:
         dist.print0(f'Loading network weights from "{resume_pkl}"...')
-        source, _decoder = checkpoints.load_network(resume_pkl, option='--transfer', trust=trust_pickle)
+        source, _decoder = checkpoints.load_network(resume_pkl, 'resume_pkl', trust=trust_pickle)
         checkpoints.transfer_weights(source, net)
         checkpoints.transfer_weights(source, ema)
         del source

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from dnnlib.util import UserError, atomic_write
+from dnnlib.util import FieldError, UserError, atomic_write
 from torch_utils import distributed as dist
 
 # Network options that may differ on resume: they do not change the weights.
@@ -35,10 +35,10 @@ def find_resume_state(path):
     if os.path.isdir(path):
         states = sorted(glob.glob(os.path.join(path, 'training-state-*.pt')), key=_kimg_of)
         if not states:
-            raise UserError(f'--resume: run folder "{path}" holds no training-state-*.pt file')
+            raise FieldError('resume_state', f'run folder "{path}" holds no training-state-*.pt file')
         return states[-1]
     if not os.path.isfile(path):
-        raise UserError(f'--resume: "{path}" does not exist')
+        raise FieldError('resume_state', f'"{path}" does not exist')
     return path
 
 
@@ -57,11 +57,11 @@ def load_state(path):
     except Exception as err:
         found = re.search(r'GLOBAL ([\w.]+)', str(err)) if isinstance(err, pickle.UnpicklingError) else None
         if found:
-            raise UserError(f'--resume: "{path}" holds a {found.group(1)}, which training states of this version never do; '
+            raise FieldError('resume_state', f'"{path}" holds a {found.group(1)}, which training states of this version never do; '
                             f'refused unread, since loading it could run code') from None
-        raise UserError(f'--resume: "{path}" is not a readable training state ({type(err).__name__})') from None
+        raise FieldError('resume_state', f'"{path}" is not a readable training state ({type(err).__name__})') from None
     if not isinstance(state, dict) or 'net' not in state or 'nimg' not in state:
-        raise UserError(f'--resume: "{path}" is not a training-state file written by train.py')
+        raise FieldError('resume_state', f'"{path}" is not a training-state file written by train.py')
     return state
 
 
@@ -77,7 +77,7 @@ def check_resume_state(path, network_kwargs, batch_size):
     if state.get('batch_size', batch_size) != batch_size:
         differ.append(f'--batch {state["batch_size"]} (now {batch_size})')
     if differ:
-        raise UserError(f'--resume: "{path}" was trained with other options: {", ".join(differ)}')
+        raise FieldError('resume_state', f'"{path}" was trained with other options: {", ".join(differ)}')
     return state
 
 
@@ -171,7 +171,7 @@ class TrainingState:
             for name, part in self.parts.items():
                 part.load_state_dict(state.get(name))
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f'--resume: "{path}" does not fit this network ({str(err).strip().splitlines()[0]})') from None
+            raise FieldError('resume_state', f'"{path}" does not fit this network ({str(err).strip().splitlines()[0]})') from None
         self.nimg, self.step, self.tick, self.blocks_consumed = state['nimg'], state['step'], state['tick'], state['blocks_consumed']
         self.stats = list(state.get('stats', []))
         rng_states = state.get('rng_states', [])
