@@ -11,7 +11,7 @@ import sys
 import click
 from tqdm import tqdm
 
-from dnnlib.util import UserError
+from dnnlib.util import UserError, option_errors
 from training.dataset_convert import (DatasetWriter, _array_source, is_png_data, iterate_images, parse_range, read_arrays,
                                       write_array_items)
 
@@ -94,7 +94,7 @@ def cli():
 @click.option('--xflip', help='With --encoder: also store the latents of the mirrored images', is_flag=True)
 @click.option('--latent-dtype', 'latent_dtype', help='With --encoder: storage precision', type=click.Choice(LATENT_DTYPES),
               default='float16', show_default=True)
-@dnnlib.util.option_errors(names={'vae_name': '--vae'})
+@option_errors(names={'vae_name': '--vae'})
 def convert(source, dest, max_images, transform, resolution, channels, value_range, skip_bad, overwrite, encoder, vae, xflip,
             latent_dtype):
     """Convert an image collection into an EDM-format data set (PNG images + dataset.json).

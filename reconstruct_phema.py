@@ -74,7 +74,8 @@ def load_template(indir, kimg, trust_pickle=False):
     path = os.path.join(indir, run_files.snapshot_name(kimg))
     if not os.path.isfile(path):
         raise UserError(f'--indir: "{path}" is missing; the profiles at kimg {kimg} need the snapshot saved with them')
-    return checkpoints.load_snapshot(path, 'indir', trust=trust_pickle)
+    with dnnlib.util.option_errors(names={'indir': '--indir'}):
+        return checkpoints.load_snapshot(path, 'indir', trust=trust_pickle)
 
 
 @click.command(context_settings=dict(show_default=True, max_content_width=100))
@@ -100,8 +101,8 @@ def main(indir, outdir, outstd, outkimg, trust_pickle):
     dnnlib.util.check_output_dir(outdir, '--outdir')
     with dnnlib.util.option_errors(main, names=dict(std='--outstd', stds='--outstd')):
         stds = phema.parse_stds(outstd)
-        end_kimg, results = reconstruct(indir, stds, outkimg)
-        template = load_template(indir, end_kimg, trust_pickle)
+    end_kimg, results = reconstruct(indir, stds, outkimg)
+    template = load_template(indir, end_kimg, trust_pickle)
     os.makedirs(outdir, exist_ok=True)
     for std, params, residual in results:
         net = phema.network_with(template['ema'], params)

@@ -329,11 +329,11 @@ def test_embed_fq_and_mask_pos(pickles, tmp_path):
 
 
 @pytest.mark.parametrize('net,args,option', [
-    ('patch_fq', ['--embed_fq=3'], '--embed_fq'),
-    ('edm', ['--embed_fq=0'], '--embed_fq'),
-    ('edm', ['--mask_pos=1'], '--mask_pos'),
-    ('latent', [], '--on_latents'),
-    ('edm', ['--on_latents=1'], '--on_latents'),
+    ('patch_fq', ['--embed_fq=3'], '--pos-embed'),
+    ('edm', ['--embed_fq=0'], '--pos-embed'),
+    ('edm', ['--mask_pos=1'], '--mask-pos'),
+    ('latent', [], '--latents'),
+    ('edm', ['--on_latents=1'], '--latents'),
     ('edm', ['--vae=stabilityai/sd-vae-ft-ema'], '--vae'),
 ])
 def test_bad_options_for_foreign_networks(pickles, tmp_path, net, args, option):
@@ -357,7 +357,7 @@ def test_transfer_widens_the_input_convolutions_with_zeros_and_computes_the_same
     coords = patch.coord_grid(16, 16).expand(4, -1, -1, -1)
     want = source(x, sigma, labels)
     assert torch.equal(net(x, sigma, labels, coords=coords), want)
-    with pytest.raises(UserError, match='--transfer'):
+    with pytest.raises(UserError, match='^resume_pkl: '):
         checkpoints.transfer_weights(source, networks.EDMPrecond(img_resolution=16, img_channels=3, label_dim=3,
                                                                  **dict(kwargs, model_channels=8)))
 

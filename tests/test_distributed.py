@@ -58,18 +58,18 @@ def test_more_processes_than_gpus_is_an_error(gpus, name):
 
 def test_one_gpu_number_for_several_processes_is_an_error(gpus):
     gpus(8, 1, 2)
-    with pytest.raises(UserError, match=r'--device=cuda:3: names one GPU for all 2 processes'):
+    with pytest.raises(UserError, match=r'^device=cuda:3: names one GPU for all 2 processes'):
         distributed.pick_device('cuda:3')
 
 
 def test_bad_device_names_are_one_line_errors(gpus):
     gpus(1)
-    with pytest.raises(UserError, match=r'--device=cuda:1: only 1 GPU'):
+    with pytest.raises(UserError, match=r'^device=cuda:1: only 1 GPU'):
         distributed.pick_device('cuda:1')
-    with pytest.raises(UserError, match=r'--device=gpu: not a device name'):
+    with pytest.raises(UserError, match=r'^device=gpu: not a device name'):
         distributed.pick_device('gpu')
     gpus(0)
-    with pytest.raises(UserError, match=r'--device=cuda: CUDA is not available'):
+    with pytest.raises(UserError, match=r'^device=cuda: CUDA is not available'):
         distributed.pick_device('cuda')
 
 

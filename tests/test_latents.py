@@ -221,7 +221,7 @@ def test_dataset_tool_round_trip(emoji_npz, vae_dir, latents_zip, images_zip, tm
     half = ArrayFolderDataset(dest)
     assert len(half) == 4 and half.latent_info['dtype'] == 'float16'
     np.testing.assert_allclose(half[3][0], flipped[3][0], rtol=2e-3, atol=1e-4)
-    with pytest.raises(UserError, match='--xflip'):
+    with pytest.raises(UserError, match='^xflip: '):
         ArrayFolderDataset(dest, xflip=True)
 
 
@@ -320,7 +320,7 @@ def test_train_errors(case, images_zip, vae_dir, tmp_path):
         needles = ['--vae', 'nowhere', 'does not exist', 'config.json']
     elif case == 'vae-without-latents':
         result = invoke_train(base + [f'--vae={vae_dir}'])
-        needles = ['--vae: only applies with --train_on_latents=1']
+        needles = ['--vae: only applies with --latents=1']
     else:  # 64 px → 8x8 latents; four levels need a side divisible by 8 → fine; five need 16
         result = invoke_train(base + ['--train_on_latents=1', f'--vae={vae_dir}', '--cres=1,1,1,1,1'])
         needles = ['latent side 8', 'down-sampling factor 16']

@@ -288,31 +288,31 @@ def test_real_p_end_equal_to_real_p_is_the_constant_schedule():
 @pytest.mark.parametrize('text,resolution,down', [('12', 32, 1), ('6,16', 32, 2), ('64', 32, 1), ('0,16', 32, 1),
                                                   ('-8', 32, 1), ('10,20', 48, 2)])
 def test_parse_patch_sizes_rejects_non_divisors(text, resolution, down):
-    with pytest.raises(UserError, match='--patch-sizes'):
+    with pytest.raises(UserError, match='^patch_sizes: '):
         patch.parse_patch_sizes(text, resolution, down)
 
 
 @pytest.mark.parametrize('text,resolution,down', [('4,16', 32, 8), ('8', 32, 16), ('6,12', 24, 4), ('12', 48, 8)])
 def test_parse_patch_sizes_rejects_sizes_not_divisible_by_down_factor(text, resolution, down):
-    with pytest.raises(UserError, match='--patch-sizes') as info:
+    with pytest.raises(UserError, match='^patch_sizes: ') as info:
         patch.parse_patch_sizes(text, resolution, down)
     assert 'down-sampling' in str(info.value)
 
 
 def test_parse_patch_sizes_rejects_garbage():
-    with pytest.raises(UserError, match='--patch-sizes'):
+    with pytest.raises(UserError, match='^patch_sizes: '):
         patch.parse_patch_sizes('8,sixteen', 32, 1)
 
 
 @pytest.mark.parametrize('p', [-0.1, 1.5, float('nan')])
 def test_real_p_outside_unit_interval_is_user_error(p):
-    with pytest.raises(UserError, match='--real_p'):
+    with pytest.raises(UserError, match='^real_p: '):
         patch.PatchSchedule(32, [8, 16, 32], real_p=p)
 
 
 @pytest.mark.parametrize('kwargs,match', [(dict(real_p_end=1.2), 'outside'), (dict(real_p_end=0.9, progressive=True), 'progressive')])
 def test_bad_real_p_end_is_user_error(kwargs, match):
-    with pytest.raises(UserError, match=f'--real_p-end.*{match}'):
+    with pytest.raises(UserError, match=f'^real_p_end: .*{match}'):
         patch.PatchSchedule(32, [8, 16, 32], real_p=0.5, **kwargs)
 
 

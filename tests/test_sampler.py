@@ -217,7 +217,7 @@ def test_offset_canvas_shifts_coords(rgb_net):
 
 
 def test_canvas_not_divisible_is_user_error(rgb_net):
-    with pytest.raises(UserError, match='--image_size'):
+    with pytest.raises(FieldError, match='^canvas.image_size: '):
         sampler.sample_images(rgb_net, [0], num_steps=1, canvas=sampler.Canvas(16, 17, 0, 0))
 
 
@@ -251,9 +251,9 @@ def test_cfg_weight_one_equals_conditional_sampling():
 
 
 def test_cfg_on_unconditional_network_is_user_error(rgb_net):
-    with pytest.raises(UserError, match='--cfg'):
+    with pytest.raises(FieldError, match='^cfg_scale: '):
         sampler.sample_images(rgb_net, [0], num_steps=1, cfg_scale=2.0)
-    with pytest.raises(UserError, match='--cfg'):
+    with pytest.raises(FieldError, match='^cfg_scale: '):
         sampler.edm_sampler(rgb_net, torch.randn(1, 3, 16, 16), num_steps=1, cfg_scale=2.0)
 
 

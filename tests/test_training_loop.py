@@ -14,7 +14,8 @@ import dnnlib
 import train
 from test_training import TINY, make_zip
 from torch_utils import misc, training_stats
-from training import run_files, training_loop, training_state
+from training import checkpoints, run_files, training_loop, training_state
+from training import patch as patch_lib
 from training.patch import PatchSchedule
 
 
@@ -110,7 +111,7 @@ def test_moving_schedule_resumes_exactly_and_stats_are_truncated_then_appended(d
 
 
 def test_real_p_end_with_progressive_is_a_user_error(digits):
-    with pytest.raises(dnnlib.util.UserError, match='--real_p-end.*--progressive'):
+    with pytest.raises(dnnlib.util.UserError, match='^real_p_end: not with --progressive'):
         loop_config(digits, '--real_p-end=1', '--progressive=1')
 
 
@@ -245,3 +246,22 @@ def test_training_state_round_trip_with_parts(tmp_path):
     training_state.check_resume_state(path, dict(width=3), 4)
     with pytest.raises(dnnlib.util.UserError, match=r'width 3 \(now 5\), --batch 4 \(now 8\)'):
         training_state.check_resume_state(path, dict(width=5), 8)
+
+
+def test_python_callers_read_their_own_argument_names(digits, tmp_path):
+    """Library code names the argument a Python caller passed; only the scripts speak of flags."""
+    with pytest.raises(dnnlib.util.FieldError, match='^patch_sizes: 12 does not divide') as info:
+        patch_lib.parse_patch_sizes('12', 32, 1)
+    assert info.value.field == 'patch_sizes'
+    bad = tmp_path / 'state.pt'
+    bad.write_text('not a training state')
+    with pytest.raises(dnnlib.util.FieldError, match=f'^resume_state: "{bad}" is not a readable training state') as info:
+        training_loop.training_loop(**dict(loop_config(digits), run_dir=str(tmp_path / 'run'), resume_state=str(bad)))
+    assert info.value.field == 'resume_state'
+    missing = str(tmp_path / 'missing.pkl')
+    with pytest.raises(dnnlib.util.FieldError, match='^guide: cannot open'):
+        checkpoints.load_network(missing, 'guide')
+    with pytest.raises(dnnlib.util.UserError, match='^--resume: "') as info:
+        with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
+            training_loop.find_resume_state(missing)
+    assert not isinstance(info.value, dnnlib.util.FieldError)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from dnnlib.util import FieldError, UserError
+from dnnlib.util import FieldError
 from torch_utils import misc
 
 REAL_P = 0.5                  # the paper's full-image probability

@@ -27,7 +27,7 @@ def check_desc(desc, outdir):
     stays inside --outdir."""
     if desc in ('', '.', '..') or any(sep and sep in desc for sep in ('/', '\\', os.sep, os.altsep)) or \
             any(ord(ch) < 32 or ord(ch) == 127 for ch in desc):
-        raise FieldError('desc', value=desc!r, detail='must be a plain name, without "/", "\\", ".." or control characters '
+        raise FieldError('desc', value=repr(desc), detail='must be a plain name, without "/", "\\", ".." or control characters '
                         f'(it becomes part of the run folder\'s name inside --outdir)')
     dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), '--desc', reserve=0)
 

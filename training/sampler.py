@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from dnnlib.util import FieldError, UserError
+from dnnlib.util import FieldError
 from torch_utils import distributed, misc
 from training import encoders, patch, schedules
 
@@ -436,7 +436,7 @@ def default_canvas(net):
 
 
 def check_sampling_options(net, class_idx=None, canvas=None, cfg_scale=None):
-    """Raises `UserError` (naming the generate.py option) for choices the network cannot honour;
+    """Raises a `FieldError` (naming the argument) for choices the network cannot honour;
     generate.py calls it before writing anything."""
     label_dim = getattr(net, 'label_dim', 0)
     if class_idx is not None:

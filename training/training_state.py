@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from dnnlib.util import FieldError, UserError, atomic_write
+from dnnlib.util import FieldError, atomic_write
 from torch_utils import distributed as dist
 
 # Network options that may differ on resume: they do not change the weights.
@@ -66,8 +66,9 @@ def load_state(path):
 
 
 def check_resume_state(path, network_kwargs, batch_size):
-    """Loads the state at `path` and raises UserError naming every network option and the batch
-    size that differ from this run's, before a run folder is made for a resume that cannot work.
+    """Loads the state at `path` and raises a FieldError of `resume_state` naming every network
+    option and the batch size that differ from this run's, before a run folder is made for a
+    resume that cannot work.
     Returns the loaded state."""
     state = load_state(path)
     stored = dict(state.get('network_kwargs') or {})
