@@ -217,9 +217,9 @@ def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num
     """
     if pairs_path is not None:
         check_pairs_dest(pairs_path)
-    dev = dist.pick_device(device)
-    data = ImageFolderDataset(dataset_path)
     with option_errors(mem, names={'images': '--images', 'data': '--data'}):
+        dev = dist.pick_device(device)
+        data = ImageFolderDataset(dataset_path)
         generated = memorisation.load_images(image_path)
         memorisation.check_same_shape(generated, data)
         found = memorisation.nearest_two(generated, memorisation.dataset_blocks(data, block_size, num_workers), dev)

@@ -35,7 +35,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH))
 sys.path.insert(0, BENCH)
 
-from dnnlib.util import UserError  # noqa: E402
+from dnnlib.util import UserError, option_errors  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from training import checkpoints, metrics, sampler  # noqa: E402
 from training.networks import EDMPrecond  # noqa: E402
@@ -149,6 +149,7 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
 @click.option('--guidance', help='Quality mode: autoguidance weight', metavar='FLOAT', type=float, default=2.0, show_default=True)
 @click.option('--digits', help='Quality mode: also the digit score (MNIST)', is_flag=True)
 @click.option('--ode-error', help=f'Quality mode: also the RMS pixel distance to heun at {2 * REFERENCE_STEPS - 1} calls', is_flag=True)
+@option_errors()
 def main(batch, steps, threads, repeats, device, network, ref, num, solvers, calls, cfg, guide_network, guidance, digits,
          ode_error):
     """Print sampling speed figures for the bench network, or a quality table for --network."""

@@ -278,3 +278,31 @@ def test_field_error_is_renamed_to_the_scripts_option():
             raise FieldError('dataset_kwargs.path', 'missing')
     with pytest.raises(FieldError, match='^lr: negative$'):
         raise FieldError('lr', 'negative')
+
+
+def test_option_errors_as_decorator_names_the_running_commands_option():
+    """As a decorator below @click.command, option_errors finds the option of the command being run;
+    a FieldError with a value keeps it, as `--flag=value` for the script and `field=value` in Python."""
+    import click
+    from click.testing import CliRunner
+    from dnnlib.util import FieldError, UserError, field_of, option_errors
+
+    @click.command()
+    @click.option('--dev', 'device_name', type=str)
+    @option_errors(names={'device': '--dev'})
+    def command(device_name):
+        with field_of('device'):
+            raise UserError('not known')
+
+    result = CliRunner().invoke(command, ['--dev=gpu'])
+    assert result.exit_code == 1 and result.output.strip() == 'Error: --dev: not known', result.output
+    with pytest.raises(FieldError, match='^device=gpu: not a device$'):
+        raise FieldError('device', 'not a device', value='gpu')
+
+    @click.command()
+    @click.option('--device', 'device', type=str)
+    @option_errors()
+    def other(device):
+        raise FieldError('device', 'not a device', value=device)
+
+    assert CliRunner().invoke(other, ['--device=gpu']).output.strip() == 'Error: --device=gpu: not a device'
