@@ -299,22 +299,30 @@ def check_finite_options(command, values, infinite_ok=()):
             raise UserError(f'{param.opts[0]}={value}: must be a finite number')
 
 
+def named_error(name, detail, value=None):
+    """The error of a check that is told what to name: a command-line option ('--dest') gives a
+    UserError naming it, a Python argument ('dest') a FieldError that a script renames."""
+    if name.startswith('-'):
+        return UserError(f'{name}{FieldError.shown(value)}: {detail}')
+    return FieldError(name, detail, value)
+
+
 def check_output_dir(path, option):
-    """Raises UserError unless `path` is a folder that exists or can be made, and is writable;
+    """Raises `named_error(option, ...)` unless `path` is a folder that exists or can be made, and is writable;
     scripts call it before any slow work so that a bad output is reported first."""
     full = os.path.abspath(path)
     if os.path.exists(full) and not os.path.isdir(full):
-        raise UserError(f'{option}={path}: is a file, not a folder')
+        raise named_error(option, 'is a file, not a folder', path)
     check_name_lengths(full, option, reserve=0)
     _check_writable_ancestor(full, option)
 
 
 def check_output_file(path, option):
-    """Raises UserError unless `path` names a file (not a folder) in a folder that exists or can be
+    """Raises `named_error(option, ...)` unless `path` names a file (not a folder) in a folder that exists or can be
     made, and is writable."""
     full = os.path.abspath(path)
     if os.path.isdir(full):
-        raise UserError(f'{option}={path}: is a folder; give a file name')
+        raise named_error(option, 'is a folder; give a file name', path)
     check_name_lengths(full, option)
     _check_writable_ancestor(os.path.dirname(full), option)
 
@@ -346,8 +354,8 @@ def check_name_lengths(path, option, reserve=TEMP_NAME_EXTRA):
         size = len(os.fsencode(part))
         if size + extra > limit:
             room = f' (written through a temporary name {extra} bytes longer)' if extra else ''
-            raise UserError(f'{option}: the name "{part[:40]}..." is {size} bytes long{room}; '
-                            f'this file system takes at most {limit} bytes per name')
+            raise named_error(option, f'the name "{part[:40]}..." is {size} bytes long{room}; '
+                                      f'this file system takes at most {limit} bytes per name')
 
 
 def _check_writable_ancestor(folder, option):
@@ -358,12 +366,12 @@ def _check_writable_ancestor(folder, option):
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f'{option}: cannot create folder {folder}, {existing} is a file')
+        raise named_error(option, f'cannot create folder {folder}, {existing} is a file')
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UserError(f'{option}: folder {existing} is not writable ({exc.strerror or exc})') from None
+        raise named_error(option, f'folder {existing} is not writable ({exc.strerror or exc})') from None
 
 
 # Temporary files: `.<final name>.<pid>.<8 hex digits>.tmp` beside the final file, so that the

@@ -444,7 +444,8 @@ def open_source(source, max_images=None):
         return _open_lsun(source, max_images) if base.endswith('_lmdb') else _open_stored(source, max_images)
     if not os.path.exists(source):
         raise FieldError('source', value=source, detail='no such file or folder')
-    file_limits.check_regular_file(source, f'--source={source}')
+    with dnnlib.util.field_of('source'):
+        file_limits.check_regular_file(source)
     if base == 'cifar-10-python.tar.gz':
         return _open_cifar10(source, max_images)
     if re.search(r'-images-idx3-ubyte(\.gz)?$', base):
@@ -675,10 +676,10 @@ class DatasetWriter:
         self.labels = []
         self.meta = {}  # further top-level entries of dataset.json (e.g. "latents")
         if self.is_zip:
-            dnnlib.util.check_output_file(self.dest, '--dest')
+            dnnlib.util.check_output_file(self.dest, 'dest')
         else:
-            dnnlib.util.check_output_dir(self.dest, '--dest')
-            dnnlib.util.check_name_lengths(self.dest, '--dest')  # written as a temporary folder first
+            dnnlib.util.check_output_dir(self.dest, 'dest')
+            dnnlib.util.check_name_lengths(self.dest, 'dest')  # written as a temporary folder first
         _restore_moved_aside(self.dest)
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)

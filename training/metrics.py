@@ -606,7 +606,7 @@ def check_stats_dest(path):
     new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
     if not path.lower().endswith('.npz'):
         raise FieldError('dest', value=path, detail='reference statistics are written to a .npz file')
-    dnnlib.util.check_output_file(path, '--dest')
+    dnnlib.util.check_output_file(path, 'dest')
     if not os.path.lexists(path):
         return
     try:

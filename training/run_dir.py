@@ -29,7 +29,7 @@ def check_desc(desc, outdir):
             any(ord(ch) < 32 or ord(ch) == 127 for ch in desc):
         raise FieldError('desc', value=repr(desc), detail='must be a plain name, without "/", "\\", ".." or control characters '
                         f'(it becomes part of the run folder\'s name inside --outdir)')
-    dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), '--desc', reserve=0)
+    dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), 'desc', reserve=0)
 
 
 def next_run_id(outdir):
