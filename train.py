@@ -20,6 +20,7 @@ from training import checkpoints
 from training import compile_cache
 from training import dataset as dataset_lib
 from training import encoders, live_log, phema, train_metrics
+from training import loss as loss_lib
 from training import patch as patch_lib
 from training import presets
 from training import run_dir as run_dir_lib
@@ -219,6 +220,8 @@ def loss_options(opts):
     kwargs = dnnlib.EasyDict(class_name=loss_class)
     if opts.precond == 'edm':
         kwargs.update(P_mean=opts.P_mean, P_std=opts.P_std, sigma_data=opts.sigma_data)
+    if opts.crop_sampler is not None:  # patch-only: refused without patches by resolve_options
+        kwargs.crop_sampler = opts.crop_sampler
     return kwargs
 
 
@@ -307,7 +310,7 @@ LOOP_FIELDS = {
     'network_kwargs': '--cbase/--cres', 'num_expected': '--metrics-num',
 }
 
-PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed')
+PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed', 'crop_sampler')
 
 
 class HiddenChoice(click.Choice):
@@ -425,6 +428,8 @@ def print_options(opts):
 @click.option('--loss-norm', 'loss_norm', help='Patch-step loss: per-pixel mean x full-image pixels, or per-image pixel sum (original)',
               type=click.Choice(patch_lib.LOSS_NORMS), default=patch_lib.LOSS_NORMS[0])
 @click.option('--patch-sizes', 'patch_sizes', help='Patch sides or WxH sizes [default: R/4,R/2,R, rectangles W/k x H/k; latents R/2,R]', metavar='LIST', type=str, default=None)
+@click.option('--crop-sampler', 'crop_sampler', help='Where patches are cropped: uniform, or content (more often where the image has content; the loss reweighted to stay unbiased)  [default: uniform]', metavar='KIND',
+              type=click.Choice(loss_lib.CROP_SAMPLERS))
 @click.option('--progressive', help='Small patches first, full images last, instead of a random draw', metavar='BOOL', type=bool, default=False)
 @click.option('--pos-embed', 'pos_embed', help='Feed sin/cos features of the coordinates at F frequencies (0 = raw)', metavar='F',
               type=click.IntRange(min=0), default=0)

@@ -46,12 +46,13 @@ def _fmt(value):
     return f'{value:.4g}'
 
 
-def line_plot(path, series, xlabel='', ylabel='', title='', logy=False, size=(800, 500)):
+def line_plot(path, series, xlabel='', ylabel='', title='', logy=False, logx=False, size=(800, 500)):
     """Draws `series` ({name: [(x, y), ...]}) as lines with markers and writes a PNG to `path`.
 
-    With `logy` the y axis is logarithmic (non-positive values are dropped). The file is written
-    atomically."""
-    series = {name: [(float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y) and (y > 0 or not logy)]
+    With `logy` (`logx`) the y (x) axis is logarithmic and points with a non-positive y (x) are
+    dropped. The file is written atomically."""
+    series = {name: [(float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y)
+                     and (y > 0 or not logy) and (x > 0 or not logx)]
               for name, points in series.items()}
     series = {name: points for name, points in series.items() if points}
     width, height = size
@@ -67,7 +68,8 @@ def line_plot(path, series, xlabel='', ylabel='', title='', logy=False, size=(80
         return
 
     ty = (lambda v: math.log10(v)) if logy else (lambda v: v)
-    xs = [x for pts in series.values() for x, _ in pts]
+    tx = (lambda v: math.log10(v)) if logx else (lambda v: v)
+    xs = [tx(x) for pts in series.values() for x, _ in pts]
     ys = [ty(y) for pts in series.values() for _, y in pts]
     x_lo, x_hi = min(xs), max(xs)
     y_lo, y_hi = min(ys), max(ys)
@@ -79,23 +81,23 @@ def line_plot(path, series, xlabel='', ylabel='', title='', logy=False, size=(80
     y_lo, y_hi = y_lo - pad, y_hi + pad
 
     def to_px(x, y):
-        px = left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
+        px = left + (tx(x) - x_lo) / (x_hi - x_lo) * (width - left - right)
         py = height - bottom - (ty(y) - y_lo) / (y_hi - y_lo) * (height - top - bottom)
         return px, py
 
     draw.rectangle([left, top, width - right, height - bottom], outline='black')
-    for tick in _nice_ticks(x_lo, x_hi):
+    for tick in (_log_ticks(x_lo, x_hi) if logx else _nice_ticks(x_lo, x_hi)):
         px = left + (tick - x_lo) / (x_hi - x_lo) * (width - left - right)
         draw.line([px, height - bottom, px, height - bottom + 5], fill='black')
         draw.line([px, top, px, height - bottom], fill=(230, 230, 230))
-        draw.text((px, height - bottom + 8), _fmt(tick), fill='black', font=font, anchor='mt')
+        draw.text((px, height - bottom + 8), _fmt(10 ** tick if logx else tick), fill='black', font=font, anchor='mt')
     for tick in (_log_ticks(y_lo, y_hi) if logy else _nice_ticks(y_lo, y_hi)):
         py = height - bottom - (tick - y_lo) / (y_hi - y_lo) * (height - top - bottom)
         draw.line([left - 5, py, left, py], fill='black')
         draw.line([left, py, width - right, py], fill=(230, 230, 230))
         draw.text((left - 8, py), _fmt(10 ** tick if logy else tick), fill='black', font=font, anchor='rm')
     draw.rectangle([left, top, width - right, height - bottom], outline='black')
-    draw.text(((left + width - right) // 2, height - 20), xlabel, fill='black', font=font, anchor='mm')
+    draw.text(((left + width - right) // 2, height - 20), xlabel + (' (log scale)' if logx else ''), fill='black', font=font, anchor='mm')
     draw.text((10, top - 20), ylabel + (' (log scale)' if logy else ''), fill='black', font=font, anchor='lt')
 
     for index, (name, points) in enumerate(series.items()):

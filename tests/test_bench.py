@@ -1,9 +1,12 @@
 """The quality benchmark's plumbing (bench/quality.py): the parts that run before and between hours
 of training, so that an interface drift fails here and not at the end of a long study."""
 
+import glob
 import json
+import math
 import os
 import pickle
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -32,7 +35,8 @@ def digits(tmp_path_factory):
 def study(**overrides):
     """The benchmark's settings as its command line would give them, for a tiny network."""
     cfg = dnnlib.EasyDict(cbase=8, cres='1,2', batch=2, lr=2e-3, lr_rampup=0.01, dropout=0.0, tick=0.002, budget=4,
-                          points=4, fid_num=16, steps=2, device='cpu', seeds=[0])
+                          points=4, fid_num=16, steps=2, device='cpu', seeds=[0], solver='heun', gen_batch=16, ema_std=None,
+                          ema_search=[], ema_search_num=8)
     cfg.update(overrides)
     return cfg
 
@@ -49,24 +53,25 @@ def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatc
     write_folder(data, 5)
     seen = {}
 
-    def fake_stats(path, num_expected, **kwargs):
-        seen.update(path=path, num=num_expected)
+    def fake_stats(path, num_expected, device, **kwargs):
+        seen.update(path=path, num=num_expected, device=device)
         feats = np.random.default_rng(1).standard_normal((num_expected, 4))
         return feats.mean(0), np.cov(feats, rowvar=False), feats
 
     monkeypatch.setattr(metrics, 'calculate_inception_stats', fake_stats)
-    path, num = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1)
-    assert num == 5 and seen == dict(path=data, num=5)
+    path, num = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1, device='cpu')
+    assert num == 5 and seen == dict(path=data, num=5, device='cpu')
     assert os.path.basename(path) == 'tiny-ref5-features.npz'
     with np.load(path) as ref:
         assert ref['features'].shape == (5, 4)
 
 
-EXPECTED = {  # use_coords, real_p, progressive, real_p_end, loss_norm
-    'patch': (True, 0.5, False, None, 'mean'), 'patch-0.25': (True, 0.25, False, None, 'mean'),
-    'patch-0.75': (True, 0.75, False, None, 'mean'), 'progressive': (True, 0.5, True, None, 'mean'),
-    'full': (True, 1.0, False, None, 'mean'), 'edm': (False, None, None, None, None),
-    'sum-loss': (True, 0.5, False, None, 'sum'), 'rising': (True, 0.0, False, 1.0, 'mean'),
+EXPECTED = {  # use_coords, real_p, progressive, real_p_end, loss_norm, crop sampler
+    'patch': (True, 0.5, False, None, 'mean', None), 'patch-0.25': (True, 0.25, False, None, 'mean', None),
+    'patch-0.75': (True, 0.75, False, None, 'mean', None), 'progressive': (True, 0.5, True, None, 'mean', None),
+    'full': (True, 1.0, False, None, 'mean', None), 'edm': (False, None, None, None, None, None),
+    'sum-loss': (True, 0.5, False, None, 'sum', None), 'rising': (True, 0.0, False, 1.0, 'mean', None),
+    'content': (True, 0.5, False, None, 'mean', 'content'),
 }
 
 
@@ -78,7 +83,8 @@ def test_methods_build_valid_training_configs(quality, digits, method):
     assert c.seed == 3 and c.network_kwargs.model_channels == 8 and c.network_kwargs.dropout == 0.0
     assert c.augment_kwargs is None
     p = c.patch_kwargs or {}
-    got = (c.network_kwargs.get('use_coords', False), p.get('real_p'), p.get('progressive'), p.get('real_p_end'), p.get('loss_norm'))
+    got = (c.network_kwargs.get('use_coords', False), p.get('real_p'), p.get('progressive'), p.get('real_p_end'),
+           p.get('loss_norm'), c.loss_kwargs.get('crop_sampler'))
     assert got == EXPECTED[method]
 
 
@@ -177,6 +183,27 @@ def test_runs_that_cannot_go_on_are_user_errors(quality, tmp_path):
     quality.check_resumable(run_dir, dict(old, targets=[1.0, 2.0, 3.0, 4.0], total_kimg=0.2, follows_progress=False))
 
 
+def test_runs_resume_by_their_training_configuration(quality, digits, tmp_path):
+    """A run records the training configuration: options spelt otherwise resume, another learning
+    rate does not; the data set's place does not matter."""
+    cfg = study()
+    spec = quality.run_spec(cfg, 'patch', 0, digits, quality.full_step_flops(cfg, digits))
+    run_dir = str(tmp_path / 'patch-seed0')
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, 'run.json'), 'w') as f:
+        json.dump(spec, f)
+    with open(os.path.join(run_dir, 'points.json'), 'w') as f:
+        json.dump([dict(point=0)], f)
+    moved = str(tmp_path / 'moved.zip')
+    shutil.copy(digits, moved)
+    respelt = dict(quality.run_spec(cfg, 'patch', 0, moved, spec['full_step_flops']),
+                   options=[o.replace('--real_p=', '--real_p=0') for o in spec['options']])
+    quality.check_resumable(run_dir, respelt)
+    other = quality.run_spec(study(lr=1e-3), 'patch', 0, digits, spec['full_step_flops'])
+    with pytest.raises(UserError, match='other options'):
+        quality.check_resumable(run_dir, other)
+
+
 def write_run(out, name, points, scores):
     run_dir = os.path.join(out, name)
     os.makedirs(run_dir)
@@ -193,23 +220,26 @@ def a_point(index, seed):
 
 def test_scoring_resumes_and_rescores_for_another_sample_count(quality, tmp_path):
     points = [a_point(i, 0) for i in range(3)]
-    scored = [dict(key=quality.score_key(p, 100, '/x/ref.npz'), point=p['point'], fid=1.0) for p in points[1:]]
+    how = quality.scoring(study(fid_num=100))
+    scored = [dict(key=quality.score_key(p, how, '/x/ref.npz'), point=p['point'], fid=1.0) for p in points[1:]]
     run_dir = write_run(str(tmp_path), 'patch-seed0', points, scored)
-    assert [p['point'] for p in quality.points_to_score(run_dir, scored, 100, '/elsewhere/ref.npz')] == [0]
-    assert [p['point'] for p in quality.points_to_score(run_dir, scored, 200, '/x/ref.npz')] == [2, 1, 0]
+    assert [p['point'] for p in quality.points_to_score(run_dir, scored, how, '/elsewhere/ref.npz')] == [0]
+    for other in (study(fid_num=200), study(fid_num=100, solver='euler'), study(fid_num=100, ema_search=[0.05])):
+        assert [p['point'] for p in quality.points_to_score(run_dir, scored, quality.scoring(other), '/x/ref.npz')] == [2, 1, 0]
 
 
 def test_report_averages_seeds_from_every_run_folder(quality, tmp_path):
     """Runs of two seeds (trained anywhere) count in the mean; scores of another --fid-num do not."""
     out = str(tmp_path)
+    how, other = quality.scoring(study(fid_num=100)), quality.scoring(study(fid_num=50))
     for seed, fids in ((0, [50.0, 30.0]), (1, [70.0, 40.0])):
         points = [a_point(i, seed) for i in range(2)]
-        scores = [dict(key=quality.score_key(p, 100, 'ref.npz'), point=p['point'], fid=f, kid=f / 1000)
+        scores = [dict(key=quality.score_key(p, how, 'ref.npz'), point=p['point'], fid=f, kid=f / 1000)
                   for p, f in zip(points, fids)]
-        scores.append(dict(key=quality.score_key(points[0], 50, 'ref.npz'), point=0, fid=999.0, kid=1.0))
+        scores.append(dict(key=quality.score_key(points[0], other, 'ref.npz'), point=0, fid=999.0, kid=1.0))
         write_run(out, f'patch-seed{seed}', points, scores)
     write_run(out, 'full-seed0', [a_point(0, 0)], [])
-    table = quality.collect(out, ['patch', 'full'], 100, 'ref.npz')
+    table = quality.collect(out, ['patch', 'full'], how, 'ref.npz')
     assert table['full'] == []
     first, second = table['patch']
     assert (first['seeds'], first['fid'], first['fid_min'], first['fid_max'], first['seconds']) == (2, 60.0, 50.0, 70.0, 5.5)
@@ -299,3 +329,127 @@ def test_train_speed_schedule_ratio():
     images = {8: 128, 16: 64, 32: 32}
     assert speed.schedule_ratio({8: 0.25, 16: 0.5, 32: 1.0}, images) == pytest.approx(60.8 / (32 * 0.7))
     assert speed.schedule_ratio({8: 3.0, 16: 3.0, 32: 3.0}, images) == pytest.approx(60.8 / 32)
+
+
+def test_post_hoc_ema_profiles_are_saved_in_every_segment_and_reconstructed(quality, digits, tmp_path):
+    """With --ema-std the run saves profiles several times per segment; at the last point a width
+    that was tracked is reconstructed as exactly the tracked profile, and a width that was not is
+    a different network."""
+    from training import checkpoints, phema
+    cfg = study(ema_std='0.05,0.1', points=2, budget=64, batch=32, tick=0.25)
+    points, run_dir = train(quality, cfg, digits, str(tmp_path), method='full')
+    saved = sorted(glob.glob(os.path.join(run_dir, 'point-*', 'phema-*.pt')))
+    assert len(saved) > len(points) and all(os.path.basename(os.path.dirname(p)).startswith('point-') for p in saved)
+    assert sorted(glob.glob(os.path.join(run_dir, 'point-1', 'network-snapshot-*.pkl'))) == \
+        [os.path.join(run_dir, points[-1]['snapshot'])]
+    last = points[-1]
+    steps = sorted(phema.load_saved(p)['step'] for p in saved)
+    assert steps[-1] == last['steps'] and len(quality.profile_sources(run_dir, points[0]['steps'])) < 2 * len(saved)
+    net = checkpoints.load_network(os.path.join(run_dir, last['snapshot']))[0]
+    (std_a, net_a), (std_b, net_b) = quality.ema_candidates([0.1, 0.03], run_dir, last, net)
+    tracked = [phema.load_saved(p) for p in saved if phema.load_saved(p)['step'] == last['steps']][0]['averages'][1]
+    assert std_a == 0.1 and std_b == 0.03
+    for name, param in net_a.named_parameters():
+        torch.testing.assert_close(param, tracked[name].to(param.dtype), rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, b) for a, b in zip(net_a.parameters(), net_b.parameters()))
+    assert quality.ema_candidates([], run_dir, last, net) == [(None, net)]
+
+
+class FakeDetector:
+    """Features from pixels (the mean of each of 8 row bands), so that scoring needs no Inception."""
+
+    def __call__(self, images):
+        x = torch.as_tensor(images).to(torch.float32).mean(1)
+        return torch.stack([band.mean((1, 2)) for band in x.chunk(8, dim=1)], 1)
+
+
+def test_scoring_searches_the_ema_widths_and_counts_copies(quality, digits, tmp_path, monkeypatch):
+    """The scored network is the width with the lowest search FID; a network that returns its
+    training images counts as copying every one of them, and its closest pairs are drawn."""
+    from training import metrics
+    from training.dataset import ImageFolderDataset
+    cfg = study(ema_std='0.05,0.1', ema_search=[0.05, 0.08, 0.1], ema_search_num=8, points=1, budget=2, fid_num=8)
+    points, run_dir = train(quality, cfg, digits, str(tmp_path))
+    real = torch.as_tensor(np.stack([ImageFolderDataset(digits)[i][0] for i in range(32)]))
+    feats = metrics.compute_features(FakeDetector(), real)
+    ref = dict(zip(('mu', 'sigma'), metrics.stats_from_features(feats)), features=feats)
+    row = quality.score_point(cfg, run_dir, points[0], ref, FakeDetector(), torch.device('cpu'), digits)
+    assert set(row['ema_search']) == {'0.050', '0.080', '0.100'}
+    assert f'{row["ema_std"]:.3f}' == min(row['ema_search'], key=row['ema_search'].get)
+    assert all(k in row for k in ('fid', 'kid', 'precision', 'recall')) and 0 <= row['memorised'] <= 1
+    monkeypatch.setattr(quality, 'generate', lambda cfg, net, num, device: real[:num])
+    copied = quality.score_point(cfg, run_dir, points[0], ref, FakeDetector(), torch.device('cpu'), digits)
+    assert copied['memorised'] == 1.0 and copied['d1_d2'] == 0.0
+    assert PIL.Image.open(os.path.join(run_dir, 'closest-point0.png')).size[0] > 8
+
+
+def test_plateau_and_compute_ratio(quality):
+    """The last-third gain interpolates in log compute; the ratio is the compute patches need to
+    reach full images' last FID over the compute full images needed."""
+    full = [dict(compute=c, fid=f) for c, f in ((1000, 40.0), (2000, 30.0), (3000, 29.0))]
+    at_2000 = 30.0 + (29.0 - 30.0) * (math.log(2000) - math.log(2000)) / (math.log(3000) - math.log(2000))
+    assert quality.last_third_gain(full) == pytest.approx((at_2000 - 29.0) / at_2000)
+    patch = [dict(compute=c, fid=f) for c, f in ((1000, 50.0), (2000, 35.0), (4000, 25.0))]
+    expected = math.exp(math.log(2000) + 0.6 * (math.log(4000) - math.log(2000)))
+    ratios = quality.compute_ratios(dict(full=full, patch=patch))
+    assert ratios['full'] == 1.0 and ratios['patch'] == pytest.approx(expected / 3000)
+    assert quality.compute_ratios(dict(full=full, patch=patch[:2])) == {'full': 1.0}
+    assert quality.last_third_gain(full[:1]) is None
+
+
+def test_presets_yield_to_explicit_options(quality):
+    """--preset sets the study's options, --smoke shrinks it, and options given on the command
+    line win over both."""
+    base = dnnlib.EasyDict(preset='gpu', smoke=False, budget=2000, device=None, cbase=32, fid_num=1000)
+    cfg = quality.apply_preset(base, given=set())
+    assert (cfg.device, cfg.cbase, cfg.budget, cfg.fid_num) == ('cuda', 16, quality.PRESETS['gpu']['budget'], 5000)
+    cfg = quality.apply_preset(dnnlib.EasyDict(base, budget=500), given={'budget'})
+    assert cfg.budget == 500 and cfg.device == 'cuda'
+    cfg = quality.apply_preset(dnnlib.EasyDict(base, smoke=True), given=set())
+    assert cfg.budget == 20 and cfg.device == 'cuda' and cfg.ema_search_num == 64
+    assert quality.apply_preset(dnnlib.EasyDict(base, preset=None), given=set()) == dnnlib.EasyDict(base, preset=None)
+
+
+def test_named_data_in_the_shared_folder_and_npz_files(quality, tmp_path, monkeypatch):
+    """--data=emoji64 is found in the first data folder that holds it, with one line naming the
+    folders where none does; an .npz of images is converted into the cache at its own size."""
+    first, second = tmp_path / 'data', tmp_path / 'shared'
+    first.mkdir(), second.mkdir()
+    monkeypatch.setattr(quality, 'SHARED_DATA', (str(first), str(second)))
+    with pytest.raises(UserError, match='--data=emoji64: noto-emoji-64x64.npz is in none of'):
+        quality.find_source('emoji64')
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    np.savez(second / 'noto-emoji-64x64.npz', images=images)
+    assert quality.find_source('emoji64') == str(second / 'noto-emoji-64x64.npz')
+    train_data, full = quality.prepare_data('emoji64', None, str(tmp_path / 'cache'))
+    assert train_data == full and os.path.basename(full) == 'emoji64.zip'
+    from training.dataset import ImageFolderDataset
+    dataset = ImageFolderDataset(full)
+    assert len(dataset) == 6 and dataset.resolution == 16 and np.array_equal(dataset[2][0].transpose(1, 2, 0), images[2])
+    with pytest.raises(UserError, match='--data: .*nope.npz does not exist'):
+        quality.prepare_data(str(tmp_path / 'nope.npz'), None, str(tmp_path / 'cache'))
+
+
+def test_a_trained_run_is_scored_resumably_and_reported(quality, digits, tmp_path, monkeypatch):
+    """score_run scores every point once (a second call finds nothing to do), and the report
+    writes the table's numbers to results.json with the log-compute plot and the side-by-side grids."""
+    from training import metrics
+    from training.dataset import ImageFolderDataset
+    monkeypatch.setattr(metrics, 'load_detector', lambda *args, **kwargs: FakeDetector())
+    out = str(tmp_path / 'study')
+    cfg = study(points=2, budget=4, fid_num=8, out=out, max_images=None, seeds=[0], report_only=False, eval_only=False)
+    points, run_dir = train(quality, cfg, digits, out)
+    real = torch.as_tensor(np.stack([ImageFolderDataset(digits)[i][0] for i in range(32)]))
+    feats = metrics.compute_features(FakeDetector(), real)
+    ref_path = str(tmp_path / 'ref.npz')
+    metrics.save_stats(ref_path, *metrics.stats_from_features(feats), feats)
+    scores = quality.score_run(cfg, run_dir, ref_path, digits)
+    assert [s['point'] for s in scores] == [1, 0] and all(s['ema_std'] is None for s in scores)
+    assert quality.score_run(cfg, run_dir, ref_path, digits) == scores
+    quality.report(cfg, ['patch'], digits, ref_path, 32)
+    with open(os.path.join(out, 'results.json')) as f:
+        rows = json.load(f)['methods']['patch']
+    assert [r['fid'] for r in rows] == [s['fid'] for s in reversed(scores)]
+    assert all(0 <= r['memorised'] <= 1 and 0 <= r['precision'] <= 1 for r in rows)
+    for name in ('quality-compute.png', 'quality-seconds.png', 'samples-point1.png', 'closest-point1.png'):
+        assert os.path.exists(os.path.join(out, name)), name

@@ -568,3 +568,22 @@ def test_build_config_leaves_its_options_as_they_are(digits32):
     before = copy.deepcopy(opts)
     train.build_config(opts, 1)
     assert opts == before
+
+
+def test_crop_sampler_reaches_the_loss_and_needs_patches(digits, tmp_path):
+    """--crop-sampler=content sets the loss's crop sampler; without it the loss options stay as they
+    were; with patches off it is one line naming the option."""
+    import dnnlib
+    import train
+    base = ['--outdir', str(tmp_path / 'runs'), '--data', digits, '--batch=4', '--cbase=8', '--workers=0']
+
+    def config(*extra):
+        return train.build_config(dnnlib.EasyDict(train.main.make_context('train.py', base + list(extra)).params), 1)[0]
+
+    c = config('--crop-sampler=content')
+    assert dnnlib.construct_class_by_name(**c.loss_kwargs).crop_sampler == 'content'
+    assert 'crop_sampler' not in config().loss_kwargs
+    assert config('--crop-sampler=uniform').loss_kwargs.crop_sampler == 'uniform'
+    result = invoke_train(base + ['--precond=edm', '--patch=0', '--crop-sampler=content', '-n'])
+    assert_user_error(result, '--crop-sampler', 'patches')
+    assert not (tmp_path / 'runs').exists()
