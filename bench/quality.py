@@ -466,20 +466,21 @@ def profile_sources(run_dir, step):
 
 
 def ema_candidates(stds, run_dir, point, net):
-    """[(σ_rel, network)]: for a run with post-hoc EMA profiles, the network of every width in
-    `stds` reconstructed at the point's step from all profiles saved until then (Karras et al.
-    2024); else [(None, the snapshot's classic EMA network)]."""
+    """[(σ_rel, network, fit residual)]: for a run with post-hoc EMA profiles, the network of every
+    width in `stds` reconstructed at the point's step from all profiles saved until then (Karras et
+    al. 2024), with the relative L2 error of its profile's fit (narrow widths fit worse early, when
+    few profiles are saved); else [(None, the snapshot's classic EMA network, None)]."""
     sources = profile_sources(run_dir, point['steps']) if stds else []
     if not sources:
-        return [(None, net)]
+        return [(None, net, None)]
     import numpy as np
     import reconstruct_phema
     from training import phema
     t_src = np.array([source[0] for source in sources], np.float64)
     gamma_src = np.array([source[1] for source in sources], np.float64)
-    weights = [phema.solve_weights(t_src, gamma_src, point['steps'], phema.std_to_exp(std))[0] for std in stds]
-    sums = reconstruct_phema.combine(sources, np.stack(weights, axis=1))
-    return [(std, phema.network_with(net, params)) for std, params in zip(stds, sums)]
+    solved = [phema.solve_weights(t_src, gamma_src, point['steps'], phema.std_to_exp(std)) for std in stds]
+    sums = reconstruct_phema.combine(sources, np.stack([weights for weights, _ in solved], axis=1))
+    return [(std, phema.network_with(net, params), residual) for std, params, (_, residual) in zip(stds, sums, solved)]
 
 
 def generate(cfg, net, num, device):
@@ -521,8 +522,8 @@ def score_point(cfg, run_dir, point, ref, detector, device, train_data):
     search = {}
     if len(candidates) > 1:
         search = {f'{std:.3f}': fid_of(detector, generate(cfg, candidate, cfg.ema_search_num, device), ref)
-                  for std, candidate in candidates}
-    std, net = min(candidates, key=lambda c: search[f'{c[0]:.3f}']) if search else candidates[0]
+                  for std, candidate, _ in candidates}
+    std, net, residual = min(candidates, key=lambda c: search[f'{c[0]:.3f}']) if search else candidates[0]
     images = generate(cfg, net, cfg.fid_num, device)
     index = point['point']
     png.save_image_grid(images[:64], os.path.join(run_dir, f'samples-point{index}.png'))
@@ -530,7 +531,7 @@ def score_point(cfg, run_dir, point, ref, detector, device, train_data):
     mu, sigma = metrics.stats_from_features(feats)
     scores = {k: float(v) for k, v in metrics.score_features(mu, sigma, feats, ref, ('fid', 'kid', 'pr')).items()}
     memorised, ratio = memorisation(images, train_data, os.path.join(run_dir, f'closest-point{index}.png'), device)
-    return dict(scores, point=index, ema_std=std, ema_search=search, memorised=memorised, d1_d2=ratio,
+    return dict(scores, point=index, ema_std=std, ema_residual=residual, ema_search=search, memorised=memorised, d1_d2=ratio,
                 eval_sec=time.time() - start)
 
 
@@ -557,7 +558,7 @@ def score_run(cfg, run_dir, ref_path, train_data):
                                key=score_key(point, how, ref_path)))
             write_json(os.path.join(run_dir, 'scores.json'), scores)
             s = scores[-1]
-            width = 'classic EMA' if s['ema_std'] is None else f'EMA width {s["ema_std"]:.3f}'
+            width = 'classic EMA' if s['ema_std'] is None else f'EMA width {s["ema_std"]:.3f}, fit residual {s["ema_residual"]:.2f}'
             log(f'point {point["point"]}: {metrics.fid_label(cfg.fid_num)} {s["fid"]:.2f}, KID {s["kid"] * 1e3:.1f}e-3, '
                 f'precision {s["precision"]:.3f}, recall {s["recall"]:.3f}, memorised {s["memorised"]:.1%} '
                 f'({width}; {s["eval_sec"]:.0f} s)')
@@ -626,7 +627,8 @@ def collect(out, methods, how, ref_path):
             mean = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
             rows.append(dict(mean, point=index, seeds=len(runs), fid_min=min(r['fid'] for r in runs),
                              fid_max=max(r['fid'] for r in runs),
-                             runs=[{k: r.get(k) for k in ('seed', 'compute', 'seconds', 'fid', 'ema_std') + METRICS} for r in runs]))
+                             runs=[{k: r.get(k) for k in ('seed', 'compute', 'seconds', 'fid', 'ema_std', 'ema_residual') + METRICS}
+                                   for r in runs]))
         result[method] = rows
     return result
 

@@ -346,13 +346,14 @@ def test_post_hoc_ema_profiles_are_saved_in_every_segment_and_reconstructed(qual
     steps = sorted(phema.load_saved(p)['step'] for p in saved)
     assert steps[-1] == last['steps'] and len(quality.profile_sources(run_dir, points[0]['steps'])) < 2 * len(saved)
     net = checkpoints.load_network(os.path.join(run_dir, last['snapshot']))[0]
-    (std_a, net_a), (std_b, net_b) = quality.ema_candidates([0.1, 0.03], run_dir, last, net)
+    (std_a, net_a, fit_a), (std_b, net_b, fit_b) = quality.ema_candidates([0.1, 0.03], run_dir, last, net)
+    assert fit_a == 0.0 and 0 < fit_b < 1
     tracked = [phema.load_saved(p) for p in saved if phema.load_saved(p)['step'] == last['steps']][0]['averages'][1]
     assert std_a == 0.1 and std_b == 0.03
     for name, param in net_a.named_parameters():
         torch.testing.assert_close(param, tracked[name].to(param.dtype), rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(a, b) for a, b in zip(net_a.parameters(), net_b.parameters()))
-    assert quality.ema_candidates([], run_dir, last, net) == [(None, net)]
+    assert quality.ema_candidates([], run_dir, last, net) == [(None, net, None)]
 
 
 class FakeDetector:
