@@ -36,6 +36,7 @@ def study(**overrides):
     """The benchmark's settings as its command line would give them, for a tiny network."""
     cfg = dnnlib.EasyDict(cbase=8, cres='1,2', batch=2, lr=2e-3, lr_rampup=0.01, dropout=0.0, tick=0.002, budget=4,
                           points=4, fid_num=16, steps=2, device='cpu', seeds=[0], solver='heun', gen_batch=16, ema_std=None,
+                          bf16_features=False,
                           ema_search=[], ema_search_num=8)
     cfg.update(overrides)
     return cfg
@@ -53,14 +54,16 @@ def test_reference_count_is_capped_by_the_data_set(quality, tmp_path, monkeypatc
     write_folder(data, 5)
     seen = {}
 
-    def fake_stats(path, num_expected, device, **kwargs):
-        seen.update(path=path, num=num_expected, device=device)
+    def fake_stats(path, num_expected, device, bf16, **kwargs):
+        seen.update(path=path, num=num_expected, device=device, bf16=bf16)
         feats = np.random.default_rng(1).standard_normal((num_expected, 4))
         return feats.mean(0), np.cov(feats, rowvar=False), feats
 
     monkeypatch.setattr(metrics, 'calculate_inception_stats', fake_stats)
     path, num = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1, device='cpu')
-    assert num == 5 and seen == dict(path=data, num=5, device='cpu')
+    assert num == 5 and seen == dict(path=data, num=5, device='cpu', bf16=False)
+    bf16_path, _ = quality.reference_stats(data, 100, str(tmp_path / 'cache'), threads=1, device='cpu', bf16=True)
+    assert seen['bf16'] and os.path.basename(bf16_path) == 'tiny-ref5-bf16-features.npz'
     assert os.path.basename(path) == 'tiny-ref5-features.npz'
     with np.load(path) as ref:
         assert ref['features'].shape == (5, 4)
@@ -224,7 +227,8 @@ def test_scoring_resumes_and_rescores_for_another_sample_count(quality, tmp_path
     scored = [dict(key=quality.score_key(p, how, '/x/ref.npz'), point=p['point'], fid=1.0) for p in points[1:]]
     run_dir = write_run(str(tmp_path), 'patch-seed0', points, scored)
     assert [p['point'] for p in quality.points_to_score(run_dir, scored, how, '/elsewhere/ref.npz')] == [0]
-    for other in (study(fid_num=200), study(fid_num=100, solver='euler'), study(fid_num=100, ema_search=[0.05])):
+    for other in (study(fid_num=200), study(fid_num=100, solver='euler'), study(fid_num=100, ema_search=[0.05]),
+                  study(fid_num=100, bf16_features=True)):
         assert [p['point'] for p in quality.points_to_score(run_dir, scored, quality.scoring(other), '/x/ref.npz')] == [2, 1, 0]
 
 
