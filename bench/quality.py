@@ -41,9 +41,9 @@ steps) against the Inception statistics of --ref-num images of the WHOLE data se
 precision/recall (k=3) against the same reference features; the memorisation share (a sample
 whose nearest training image is closer than a third of its second nearest, Gu et al. 2023)
 against the images the run trained on, with the closest pairs drawn. --bf16-features computes the
-Inception features of reference and samples in bfloat16 (faster on CPUs with
-AVX512-BF16 or AMX; FID moves slightly, so such scores are kept apart). --max-images N trains on N
-images drawn at random (not the first N: the bundled MNIST starts with a thousand zeros), judged
+Inception features of reference and samples in bfloat16 (faster on CPUs with AVX512-BF16 or AMX;
+FID moves slightly, so such scores are kept apart). --max-images N trains on N images drawn at
+random (not the first N: the bundled MNIST starts with a thousand zeros), judged
 against the whole data set. The report prints, per method, how much FID improved over the last
 third of its compute (under 5%: a plateau) and the compute each method needs to reach the last
 FID of full images, as a multiple of what full images needed.
