@@ -451,11 +451,21 @@ def score_key(point, how, ref_path):
     return [point['point'], point['snapshot'], os.path.basename(ref_path), how]
 
 
-def points_to_score(run_dir, scores, how, ref_path):
-    """The points of a run without a score for this snapshot, scoring and reference, last first."""
+def points_to_score(run_dir, scores, how, ref_path, first=None):
+    """The points of a run without a score for this snapshot, scoring and reference, last first;
+    with `first`, the points up to that index come before the later ones, so that runs trained to
+    different points are compared at the last point they all reached before anything else."""
     done = [s['key'] for s in scores]
-    points = read_json(os.path.join(run_dir, 'points.json'), [])
-    return [p for p in reversed(points) if score_key(p, how, ref_path) not in done]
+    points = [p for p in reversed(read_json(os.path.join(run_dir, 'points.json'), [])) if score_key(p, how, ref_path) not in done]
+    if first is None:
+        return points
+    return [p for p in points if p['point'] <= first] + [p for p in points if p['point'] > first]
+
+
+def last_common_point(run_dirs):
+    """The last point index that every run folder has reached (None if one has none)."""
+    reached = [len(read_json(os.path.join(run_dir, 'points.json'), [])) for run_dir in run_dirs]
+    return min(reached) - 1 if reached and min(reached) else None
 
 
 def profile_sources(run_dir, step):
@@ -540,9 +550,9 @@ def score_point(cfg, run_dir, point, ref, detector, device, train_data):
                 eval_sec=time.time() - start)
 
 
-def score_run(cfg, run_dir, ref_path, train_data):
+def score_run(cfg, run_dir, ref_path, train_data, first=None):
     """Worker: scores every point of a run not scored yet with this scoring and reference, the
-    last point first (the key comparison if time runs short)."""
+    last point first (the key comparison if time runs short; `first` as in `points_to_score`)."""
     if not os.path.isdir(run_dir):
         log(f'{os.path.basename(run_dir)}: not trained yet')
         return []
@@ -553,7 +563,7 @@ def score_run(cfg, run_dir, ref_path, train_data):
         device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         scores = read_json(os.path.join(run_dir, 'scores.json'), [])
         how = scoring(cfg)
-        todo = points_to_score(run_dir, scores, how, ref_path)
+        todo = points_to_score(run_dir, scores, how, ref_path, first)
         if not todo:
             return scores
         ref = dict(np.load(ref_path))
@@ -582,10 +592,11 @@ def run_all(cfg, runs, train_data, ref_path):
     with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=worker_init,
                                                 initargs=(cfg.threads,)) as pool:
         pending = {}
+        first = last_common_point([os.path.join(cfg.out, name) for name in runs]) if cfg.eval_only else None
         for name, spec in runs.items():
             run_dir = os.path.join(cfg.out, name)
             if cfg.eval_only:
-                pending[pool.submit(score_run, cfg, run_dir, ref_path, train_data)] = (name, 'scoring', run_dir)
+                pending[pool.submit(score_run, cfg, run_dir, ref_path, train_data, first)] = (name, 'scoring', run_dir)
             else:
                 pending[pool.submit(train_run, cfg, spec, run_dir, train_data)] = (name, 'training', run_dir)
         while pending:

@@ -230,6 +230,11 @@ def test_scoring_resumes_and_rescores_for_another_sample_count(quality, tmp_path
     for other in (study(fid_num=200), study(fid_num=100, solver='euler'), study(fid_num=100, ema_search=[0.05]),
                   study(fid_num=100, bf16_features=True)):
         assert [p['point'] for p in quality.points_to_score(run_dir, scored, quality.scoring(other), '/x/ref.npz')] == [2, 1, 0]
+    fresh = quality.scoring(study(fid_num=200))
+    assert [p['point'] for p in quality.points_to_score(run_dir, scored, fresh, '/x/ref.npz', first=1)] == [1, 0, 2]
+    behind = write_run(str(tmp_path), 'full-seed0', points[:2], [])
+    assert quality.last_common_point([run_dir, behind]) == 1
+    assert quality.last_common_point([run_dir, str(tmp_path / 'none-seed0')]) is None
 
 
 def test_report_averages_seeds_from_every_run_folder(quality, tmp_path):
