@@ -124,12 +124,9 @@ class TickMetrics:
     def scores(self, feats):
         """{'fid': ..., 'kid': ...} of generated features against the reference."""
         mu_ref, sigma_ref, feats_ref = self.ref
-        out = {}
-        if 'fid' in self.metrics:
-            out['fid'] = metrics_lib.calculate_fid_from_inception_stats(*metrics_lib.stats_from_features(feats), mu_ref, sigma_ref)
-        if 'kid' in self.metrics:
-            out['kid'] = metrics_lib.compute_kid(feats, feats_ref)[0]
-        return out
+        ref = dict(mu=mu_ref, sigma=sigma_ref, features=feats_ref)
+        scores = metrics_lib.score_features(*metrics_lib.stats_from_features(feats), feats, ref, self.metrics)
+        return {name: scores[name] for name in self.metrics}
 
     def score(self, run_dir, ema, phema=None, records=()):
         """Scores of the EMA network (names 'fid', 'kid') and of each profile ('fid/ema-0.100'),
