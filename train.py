@@ -278,7 +278,7 @@ def build_config(opts, world_size):
     c.data_loader_kwargs = dnnlib.EasyDict(pin_memory=True, num_workers=opts.workers, prefetch_factor=2,
                                            persistent_workers=opts.workers > 0)
     arch = architecture(opts)
-    resolution, _channels = training_loop.network_shape(dataset, c.encoder_kwargs)
+    resolution, _channels = encoders.network_shape(dataset, c.encoder_kwargs)
     down_factor = check_network_shape(opts, arch, resolution, latent)
     patch_kwargs = patch_options(opts, resolution, down_factor, latent)
     augment_kwargs = augment_options(opts)

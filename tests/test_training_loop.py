@@ -263,5 +263,5 @@ def test_python_callers_read_their_own_argument_names(digits, tmp_path):
         checkpoints.load_network(missing, 'guide')
     with pytest.raises(dnnlib.util.UserError, match='^--resume: "') as info:
         with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
-            training_loop.find_resume_state(missing)
+            training_state.find_resume_state(missing)
     assert not isinstance(info.value, dnnlib.util.FieldError)

@@ -22,8 +22,7 @@ from torch_utils import distributed as dist
 from torch_utils import misc, training_stats
 from training import checkpoints, encoders, run_files, trackers
 from training import patch as patch_lib
-from training.encoders import network_shape  # noqa: F401 (train.py's)
-from training.training_state import TrainingState, check_resume_state, find_resume_state, state_name  # noqa: F401 (train.py's)
+from training.training_state import TrainingState, state_name
 
 
 def set_backends(cudnn_benchmark, deterministic):
