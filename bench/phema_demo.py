@@ -1,12 +1,12 @@
 """FID against kimg of the demo network under EMA widths chosen after training (post-hoc EMA).
 
-Trains the CPU demo's network (scripts/demo.sh, without bf16 and guidance) on the bundled MNIST
+Trains the CPU demo's network (scripts/demo.sh's preset, sampled without guidance) on the bundled MNIST
 digits with `--ema-std=0.050,0.100` and a snapshot every tick, then at every snapshot
 reconstructs each width of `--widths` from the saved profiles (reconstruct_phema.py's function)
 and scores it with FID-N against N random training images (as the demo's `fid.py ref --num`;
 cached beside the data set like train.py --metrics's reference). Writes `phema-demo.json` in the run folder and the plot `--plot`, titled with the CPU.
 
-    python bench/phema_demo.py --outdir=runs-phema --minutes=1 --num=128 --plot=docs/phema-demo.png
+    python bench/phema_demo.py --outdir=runs-phema --kimg=100 --tick=10 --num=512 --plot=docs/phema-demo.png
     python bench/phema_demo.py --run=runs-phema/00000-... --num=512     # score an existing run again
 """
 
@@ -29,7 +29,7 @@ from torch_utils import misc  # noqa: E402
 from training import phema, train_metrics  # noqa: E402
 
 DATA = os.path.join(ROOT, 'datasets', 'mnist-32x32.zip')
-DEMO = ['--preset=demo-cpu', '--precision=fp32', '--seed=0']
+DEMO = ['--preset=demo-cpu', '--seed=0']
 
 
 def make_data(path):
@@ -40,10 +40,10 @@ def make_data(path):
     return path
 
 
-def train(outdir, data, minutes, tick_kimg, device):
-    """Runs train.py with two tracked profiles and returns the run folder."""
+def train(outdir, data, kimg, tick_kimg, device):
+    """Runs train.py for `kimg` with two tracked profiles and returns the run folder."""
     subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), f'--outdir={outdir}', f'--data={data}', '--desc=phema',
-                    f'--time-limit={minutes}', '--duration=100', f'--tick={tick_kimg}', '--snap=1', '--dump=1000',
+                    '--time-limit=100000', f'--duration={kimg / 1000}', f'--tick={tick_kimg}', '--snap=1', '--dump=1000',
                     '--ema-std=0.050,0.100', f'--device={device}', *DEMO], check=True, cwd=ROOT)
     return sorted(glob.glob(os.path.join(outdir, '*-phema')))[-1]
 
@@ -71,20 +71,20 @@ def score_run(run_dir, widths, num, device):
 @click.option('--outdir', help='Where the training run goes', metavar='DIR', type=str)
 @click.option('--run', 'run_dir', help='Score this run folder instead of training one', metavar='DIR', type=str)
 @click.option('--data', help='Data set (built from the bundled digits when missing)', metavar='ZIP', type=str, default=DATA, show_default=True)
-@click.option('--minutes', help='Training time', metavar='MIN', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True)
+@click.option('--kimg', help='Training length (a fixed length, unlike the demo\'s time limit, so the curve does not depend on the CPU)', metavar='KIMG', type=click.FloatRange(min=1), default=100, show_default=True)
 @click.option('--tick', 'tick_kimg', help='kimg per tick (a snapshot each)', metavar='KIMG', type=click.FloatRange(min=1), default=2, show_default=True)
 @click.option('--widths', help='EMA widths to reconstruct', metavar='LIST', type=str, default='0.030,0.150', show_default=True)
 @click.option('--num', help='Generated images per FID', metavar='INT', type=click.IntRange(min=2), default=128, show_default=True)
 @click.option('--plot', 'plot_path', help='Where to draw FID against kimg  [default: RUN/phema-demo.png]', metavar='PNG', type=str)
 @click.option('--device', help='Device', metavar='STR', type=str, default='cpu', show_default=True)
-def main(outdir, run_dir, data, minutes, tick_kimg, widths, num, plot_path, device):
+def main(outdir, run_dir, data, kimg, tick_kimg, widths, num, plot_path, device):
     """FID against kimg for EMA widths reconstructed after training."""
     if (outdir is None) == (run_dir is None):
         raise UserError('--outdir or --run: give exactly one')
     with dnnlib.util.option_errors(main, names=dict(std='--widths', stds='--widths')):
         width_list = phema.parse_stds(widths)
     if run_dir is None:
-        run_dir = train(outdir, make_data(data), minutes, tick_kimg, device)
+        run_dir = train(outdir, make_data(data), kimg, tick_kimg, device)
     curves = score_run(run_dir, width_list, num, device)
     cpu = misc.cpu_info()[0] or 'unknown CPU'
     with open(os.path.join(run_dir, 'phema-demo.json'), 'w', encoding='utf-8') as f:

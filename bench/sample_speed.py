@@ -91,7 +91,8 @@ def steps_for_calls(solver, calls):
 REFERENCE_STEPS = 128  # heun at 255 calls: the reference end points of the ODE for --ode-error
 
 
-def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device, ode_error=False):
+def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidance, digits, batch, device, ode_error=False,
+                  bf16_features=False):
     """Prints FID (with `ref`), the digit score (with `digits`) and the RMS pixel distance to the
     ODE's end points (with `ode_error`) of each solver at each call budget."""
     import numpy as np
@@ -101,7 +102,7 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
     if guide_network is not None:
         kwargs.update(guide_net=checkpoints.load_network(guide_network, 'guide_network')[0].to(device),
                       guidance=guidance)
-    detector = None if ref is None else metrics.load_detector(device=device)
+    detector = None if ref is None else metrics.load_detector(device=device, bf16=bf16_features)
     classifier = None
     if digits:
         import digit_score
@@ -148,10 +149,11 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
 @click.option('--guide-network', help='Quality mode: autoguidance by this snapshot', metavar='PATH', type=str)
 @click.option('--guidance', help='Quality mode: autoguidance weight', metavar='FLOAT', type=float, default=2.0, show_default=True)
 @click.option('--digits', help='Quality mode: also the digit score (MNIST)', is_flag=True)
+@click.option('--bf16-features', help='Quality mode: Inception features in bfloat16 (fid.py --bf16=1; the reference must match)', is_flag=True)
 @click.option('--ode-error', help=f'Quality mode: also the RMS pixel distance to heun at {2 * REFERENCE_STEPS - 1} calls', is_flag=True)
 @option_errors()
 def main(batch, steps, threads, repeats, device, network, ref, num, solvers, calls, cfg, guide_network, guidance, digits,
-         ode_error):
+         bf16_features, ode_error):
     """Print sampling speed figures for the bench network, or a quality table for --network."""
     device = torch.device(device)
     if device.type == 'cpu':
@@ -165,7 +167,7 @@ def main(batch, steps, threads, repeats, device, network, ref, num, solvers, cal
         if min(budgets) < 1:
             raise UserError(f'--calls: "{calls}" must list positive numbers of network calls')
         quality_table(network, ref, num, parse_list('--solvers', solvers, choices=list(sampler.SOLVERS)), budgets, cfg,
-                      guide_network, guidance, digits, batch, device, ode_error)
+                      guide_network, guidance, digits, batch, device, ode_error, bf16_features)
         return
     net = bench_net().to(device)
     params = misc.count_parameters(net)

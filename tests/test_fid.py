@@ -640,7 +640,7 @@ def test_fid_speed_bench_reports_each_path(standin_path, capsys):
     from conftest import load_bench
     import argparse
     bench = load_bench('fid_speed')
-    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0))
+    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0, real=None, generated=None))
     lines = [line for line in capsys.readouterr().out.splitlines() if 'relative difference' in line]
     assert [line.split()[0] for line in lines] == ['plain', 'fid.py'] + (['fid.py'] if metrics.misc.cpu_has_bf16() else [])
     assert 'below 0.1%' in lines[1] and 'img/s' in lines[1]

@@ -180,3 +180,47 @@ def test_ema_std_errors_name_the_option(digits, tmp_path):
     assert result.exit_code == 1 and 'holds no phema-*.pt files' in result.output
     result = CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path), '--outdir', str(tmp_path / 'o'), '--outstd=0.4'])
     assert result.exit_code == 1 and 'Error: --outstd: ' in result.output
+
+
+def test_phema_demo_scores_every_width_at_every_snapshot_after_kimg_0(tmp_path, monkeypatch):
+    """bench/phema_demo.py reconstructs each width at each saved kimg after 0 from the run's own
+    profiles (a tracked width exactly) and writes the curves and the plot."""
+    import json
+    from click.testing import CliRunner
+    from conftest import load_bench, make_tiny_net
+    from training import run_files
+    bench = load_bench('phema_demo')
+    net = make_tiny_net(resolution=8, channels=1)
+    profiles = phema.PowerEMA(net, [0.05, 0.10])
+    tracked = {}
+    for step in range(1, 31):
+        with torch.no_grad():
+            for param in net.parameters():
+                param.add_(0.01)
+        profiles.update(net, step)
+        if step % 10 == 0:
+            kimg = step // 10 - 1
+            run_files.save_snapshot(str(tmp_path), kimg, net, None, None, {})
+            profiles.save(str(tmp_path), kimg, step, step)
+            tracked[kimg] = sum(float(t.double().sum()) for t in profiles.averages[1].values())
+    (tmp_path / 'training_options.json').write_text(json.dumps(dict(dataset_kwargs={})))
+
+    class ParameterSum:
+        """Stands in for the FID scorer: the score is the sum of the network's parameters."""
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def features(self, network):
+            return network
+
+        def scores(self, network):
+            return dict(fid=sum(float(p.double().sum()) for p in network.parameters()))
+
+    monkeypatch.setattr(bench.train_metrics, 'TickMetrics', ParameterSum)
+    result = CliRunner().invoke(bench.main, ['--run', str(tmp_path), '--widths=0.03,0.1', '--num=4'])
+    assert result.exit_code == 0, result.output
+    curves = json.loads((tmp_path / 'phema-demo.json').read_text())['fid']
+    assert list(curves) == ['0.030', '0.100'] and [k for k, _ in curves['0.100']] == [1, 2]
+    assert [score for _, score in curves['0.100']] == pytest.approx([tracked[1], tracked[2]], rel=1e-5)
+    assert [score for _, score in curves['0.030']] != [score for _, score in curves['0.100']]
+    assert (tmp_path / 'phema-demo.png').is_file()

@@ -513,7 +513,7 @@ def test_quality_table_rows_and_call_counts(tmp_path, monkeypatch, capsys):
 
     proj = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))  # 8 features: a cheap Fréchet distance
     monkeypatch.setattr(bench.metrics, 'load_detector',
-                        lambda device=None: lambda x: torch.nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1) @ proj)
+                        lambda device=None, bf16=False: lambda x: torch.nn.functional.adaptive_avg_pool2d(x.float(), 4).flatten(1) @ proj)
     monkeypatch.setattr(bench.metrics, 'load_stats', lambda path: (np.zeros(8), np.eye(8)))
     ref = tmp_path / 'ref.npz'
     snapshot = tmp_path / 'net.pkl'
