@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -482,17 +483,55 @@ def test_script_forms(tmp_path):
     assert result.exit_code == 0 and (tmp_path / 'o2.zip').exists()
 
 
+def write_zeros_npz(path, shape, labels=None):
+    """An .npz whose Deflate-compressed `images` member holds uint8 zeros of `shape`, written
+    piece by piece, so that neither writing nor the file is as large as the array."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, dict(descr='|u1', fortran_order=False, shape=shape))
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        with z.open('images.npy', 'w', force_zip64=True) as f:
+            f.write(header.getvalue())
+            piece = bytes(int(np.prod(shape[1:])))
+            for _ in range(shape[0]):
+                f.write(piece)
+        if labels is not None:
+            with z.open('labels.npy', 'w') as f:
+                np.save(f, labels)
+    return path
+
+
+def test_large_compressed_npz_converts_with_bounded_memory(tmp_path):
+    """64 images of 2048x2048 (256 MiB unpacked, 1 MB compressed) convert while Python holds at
+    most a small part of the array, since the member is read a bounded number of bytes at a time."""
+    shape = (64, 2048, 2048)
+    src = write_zeros_npz(tmp_path / 'large.npz', shape, labels=np.arange(64) % 3)
+    tracemalloc.start()
+    try:
+        result = convert(src, tmp_path / 'out.zip', '--resolution=32x32')
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    array_bytes = int(np.prod(shape))
+    assert 'Wrote 64 images, 32x32, 1 channel, 3 classes' in result.output
+    assert peak < 2 * dataset_convert.STREAM_BYTES + 3 * shape[1] * shape[2] < array_bytes // 4, f'peak {peak:,} bytes'
+    images, labels = load(tmp_path / 'out.zip')
+    assert images.shape == (64, 1, 32, 32) and not images.any() and labels == (np.arange(64) % 3).tolist()
+
+
 # ----------------------------------------------------------------------------------------------
 # Arrays of any layout, type and channel count (issue 20).
 
 
 def test_arrays_in_every_layout_become_the_same_pngs(tmp_path):
-    """(N,H,W,C) and (N,C,H,W) in .npz or .npy give the same PNG data set (uint8, 3 channels)."""
+    """(N,H,W,C) and (N,C,H,W) in .npz (stored or compressed) or .npy (C or Fortran order) give
+    the same PNG data set (uint8, 3 channels)."""
     images = np.random.default_rng(1).integers(0, 256, size=(3, 6, 10, 3), dtype=np.uint8)
     np.save(tmp_path / 'nchw.npy', images.transpose(0, 3, 1, 2))
+    np.save(tmp_path / 'fortran.npy', np.asfortranarray(images))
+    np.savez_compressed(tmp_path / 'packed.npz', images=images)
     expected = images.transpose(0, 3, 1, 2)
     for i, src in enumerate([write_npz(tmp_path / 'nhwc.npz', images), write_npz(tmp_path / 'nchw.npz', expected),
-                             tmp_path / 'nchw.npy']):
+                             tmp_path / 'nchw.npy', tmp_path / 'fortran.npy', tmp_path / 'packed.npz']):
         loaded, _ = convert_load(src, tmp_path / f'o{i}.zip')
         np.testing.assert_array_equal(loaded, expected)
 

@@ -656,6 +656,13 @@ def npz_claiming(path, key, shape, compressed=True, dtype='|u1'):
     return str(path)
 
 
+def npy_bytes(array):
+    """`array` as the bytes of a .npy file."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def patch_central_directory(path, name, offset, fmt, value):
     """Overwrites a field (at `offset` of the central-directory entry of member `name`) of a zip."""
     data = bytearray(open(path, 'rb').read())
@@ -699,9 +706,13 @@ def test_special_files_are_refused_without_being_opened(special, files, tmp_path
 def test_headers_are_sized_before_anything_is_read(files, tmp_path):
     runner = CliRunner()
     huge = npz_claiming(tmp_path / 'huge.npz', 'images', (10**9, 1000, 1000))  # 10^15 bytes from 1 kB
-    one_line(runner.invoke(dataset_tool.cli, [f'--source={huge}', f'--dest={tmp_path}/d.zip']), 'huge.npz', 'needs at least', 'free')
-    lying = npz_claiming(tmp_path / 'lying.npz', 'images', (10**6, 64, 64), compressed=False)  # mapped, not loaded
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={huge}', f'--dest={tmp_path}/d.zip']), 'huge.npz', 'header declares')
+    lying = npz_claiming(tmp_path / 'lying.npz', 'images', (10**6, 64, 64), compressed=False)
     one_line(runner.invoke(dataset_tool.cli, [f'--source={lying}', f'--dest={tmp_path}/d.zip']), 'lying.npz', 'not a readable')
+    labels = npz_claiming(tmp_path / 'labels.npz', 'labels', (10**12,), dtype='<i8')
+    with zipfile.ZipFile(labels, 'a') as z:
+        z.writestr('images.npy', npy_bytes(np.zeros((2, 4, 4), np.uint8)))
+    one_line(runner.invoke(dataset_tool.cli, [f'--source={labels}', f'--dest={tmp_path}/d.zip']), 'labels.npz', '"labels"')
     idx = tmp_path / 'huge-images-idx3-ubyte.gz'
     with gzip.open(idx, 'wb') as fp:  # 4 billion 28x28 images declared, a few bytes given
         fp.write(b'\0\0\x08\x03' + struct.pack('>III', 4 * 10**9, 28, 28) + b'\0' * 100)
@@ -729,8 +740,22 @@ def test_headers_are_sized_before_anything_is_read(files, tmp_path):
         one_line(runner.invoke(train.main, [a.format(tmp=tmp_path, digits=odd) for a in TRAIN] + ['-n']), 'img00000001.png', words)
         one_line(runner.invoke(fid.main, ['ref', f'--data={odd}', f'--dest={tmp_path}/r.npz', f'--detector={files.det}',
                                           '--workers=0']), 'img00000001.png', words)
-    assert sorted(os.listdir(tmp_path)) == sorted(['huge.npz', 'lying.npz', idx.name, wide.name, short.name, 'bomb.zip',
+    assert sorted(os.listdir(tmp_path)) == sorted(['huge.npz', 'lying.npz', 'labels.npz', idx.name, wide.name, short.name, 'bomb.zip',
                                                    'odd1.zip', 'odd9.zip'])
+
+
+@pytest.mark.parametrize('compression', [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_npz_member_that_ends_before_its_header_says_is_one_line(tmp_path, compression):
+    """A member whose npy header and zip sizes declare 8 images but whose data holds 3 (its CRC
+    matches what is there) fails while streaming, and leaves nothing behind."""
+    data = npy_bytes(np.zeros((8, 64, 64), np.uint8))[:-5 * 64 * 64]
+    src = tmp_path / 'short.npz'
+    with zipfile.ZipFile(src, 'w', compression=compression) as z:
+        z.writestr('images.npy', data)
+    patch_central_directory(src, 'images.npy', 24, '<I', len(data) + 5 * 64 * 64)  # the declared unpacked size
+    line = one_line(CliRunner().invoke(dataset_tool.cli, [f'--source={src}', f'--dest={tmp_path}/d.zip']), 'short.npz', '"images"')
+    assert f'ends after {3 * 64 * 64:,} of the {8 * 64 * 64:,} bytes' in line, line
+    assert os.listdir(tmp_path) == ['short.npz']
 
 
 def test_labels_that_would_be_garbage_or_huge_are_refused(tmp_path):

@@ -4,10 +4,12 @@ Three parts, so that other writers (the one of VAE latents in `training.encoders
 first two: `open_source` reads any supported source into a stream of decoded images,
 `iterate_images` turns that into processed `(name, HWC uint8 array, label)` items, and
 `DatasetWriter` stores items under a temporary name and renames it when complete.
-Arrays that PNG cannot hold (float data, other channel counts) take a side path: `read_arrays`
-loads a .npy/.npz and `write_array_items` stores its items as float32 .npy files.
+`read_arrays` opens a .npy/.npz by its headers and streams its images (`ArrayImages`), so that
+arrays larger than the memory convert; those that PNG cannot hold (float data, other channel
+counts) take a side path: `write_array_items` stores their items as float32 .npy files.
 """
 
+import contextlib
 import glob
 import gzip
 import io
@@ -16,7 +18,6 @@ import os
 import pickle
 import re
 import shutil
-import struct
 import sys
 import tarfile
 import zipfile
@@ -231,25 +232,12 @@ def _open_mnist(path, max_images):
 
 
 def _open_npz(path, max_images):
-    """A numpy .npz with `images` (N,H,W) or (N,H,W,C) uint8 and optional `labels`: (N,)
-    integers for classes, or (N,) / (N,K) floats."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if 'images' not in npz.files:
-                raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
-            shape = _npz_shape(npz, 'images', path)
-            if len(shape) in (3, 4) and shape[1] * shape[2] > MAX_IMAGE_PIXELS:  # checked before a compressed array unpacks
-                raise UserError(f'{path}: images are {shape[2]}x{shape[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels')
-            images = _npz_array(npz, 'images', path)
-            labels = _npz_array(npz, 'labels', path) if 'labels' in npz.files else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise UserError(f'{path}: not a readable .npz file ({err})') from None
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
-        raise UserError(f'{path}: "images" must be uint8 (N,H,W) or (N,H,W,C) with C 1, 3 or 4; got {images.dtype} {images.shape}')
-    if labels is not None:
-        if labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2:
-            raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
-    _check_label_values(path, labels)
+    """A numpy .npz whose `images` are uint8 with 1, 3 or 4 channels, with optional `labels`
+    ((N,) integers for classes, or (N,) / (N,K) floats), streamed as `read_arrays` reads it."""
+    images, labels = read_arrays(path)
+    if not is_png_data(images):
+        raise UserError(f'{path}: "images" must be uint8 (N,H,W) or (N,H,W,C) with C 1, 3 or 4; got {images.dtype} '
+                        f'{images.stored_shape}')
     return _array_source(path, images, labels, max_images)
 
 
@@ -265,77 +253,165 @@ def _check_label_values(path, labels):
         raise UserError(f'{path}: "labels" holds NaN, infinite or float32-overflowing values')
 
 
-def _npz_header(npz, key, path):
-    """(shape, fortran order, dtype, byte offset of the data in the .npz file or None when the
-    member is compressed) of array `key` of an open npz, from its headers alone."""
-    info = npz.zip.getinfo(key + '.npy')
-    file_limits.check_zip_member(info, f'{path}: {info.filename}')
-    with npz.zip.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        header_size = f.tell()
-    offset = None
-    if info.compress_type == zipfile.ZIP_STORED:
-        with open(path, 'rb') as raw:
-            raw.seek(info.header_offset)
-            local = raw.read(30)
-        if len(local) == 30 and local[:4] == b'PK\x03\x04':
-            name_len, extra_len = struct.unpack('<HH', local[26:30])
-            offset = info.header_offset + 30 + name_len + extra_len + header_size
-    return shape, fortran, dtype, offset
+# Array data read at once from a .npy or .npz (one item when an item is larger): with one item being
+# converted, what a conversion of numpy arrays holds in memory, whatever the size of the array.
+STREAM_BYTES = 1 << 24
+_READ_BYTES = 1 << 20  # what one read asks for, so that zipfile never joins the pieces of a larger request
+_MAX_NPY_HEADER = 1 << 16  # numpy writes headers of a few hundred bytes
+_NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
-def _npz_shape(npz, key, path):
-    """Shape of array `key` of an open npz, read from its header without loading the array."""
-    return _npz_header(npz, key, path)[0]
+def _read_npy_header(f):
+    """(shape, fortran order, dtype) of the npy header at the start of `f`; its length is checked
+    before the header is read."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise ValueError(f'npy format version {version[0]}.{version[1]} is not supported')
+    size = 2 if version == (1, 0) else 4
+    length_field = f.read(size)
+    if len(length_field) != size:
+        raise ValueError('npy header cut short')
+    length = int.from_bytes(length_field, 'little')
+    if length > _MAX_NPY_HEADER:
+        raise ValueError(f'npy header of {length:,} bytes')
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read_header(io.BytesIO(length_field + f.read(length)))
 
 
-def _npz_array(npz, key, path):
-    """Array `key` of an open npz. Stored uncompressed (np.savez) it is memory-mapped from the file,
-    so that even a set larger than the memory converts with the usual peak; compressed, it is
-    loaded after its size (from the header) was checked against the free memory."""
-    shape, _fortran, dtype, offset = _npz_header(npz, key, path)
-    if offset is not None and not dtype.hasobject and all(shape):
-        order = 'F' if _fortran else 'C'
-        return np.memmap(path, dtype=dtype, mode='r', offset=offset, shape=shape, order=order)
-    _check_array_memory(path, key, shape, dtype)
-    return npz[key]
+class NumpyArray:
+    """One array of a .npy file (`member` None) or of an .npz (`member` its `ZipInfo`), known by its
+    header: `shape`, `dtype`, `fortran`. A header that declares another size than the file or the
+    unpacked zip member has (a truncated file, a zip bomb), and arrays of Python objects, are
+    refused when it is opened, before any data is read. `read()` loads the array after checking
+    that it fits the free memory; `rows(count)` streams its first rows."""
+
+    def __init__(self, path, member=None):
+        self.path = path
+        self.member = member
+        self.where = path if member is None else f'{path}: "{member.filename[:-4]}"'
+        if member is not None:
+            file_limits.check_zip_member(member, f'{path}: {member.filename}')
+        with self._open() as f:
+            self.shape, self.fortran, self.dtype = _read_npy_header(f)
+            self._offset = f.tell()
+        if self.dtype.hasobject:
+            raise UserError(f'{self.where}: holds Python objects, which are never loaded (loading them could run code)')
+        self.nbytes = int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+        size = os.path.getsize(path) if member is None else member.file_size
+        if size != self._offset + self.nbytes:
+            held = 'the file has' if member is None else 'the zip member unpacks to'
+            raise UserError(f'{self.where}: not a readable array: its npy header declares {self._offset + self.nbytes:,} '
+                            f'bytes ({self.dtype} {self.shape}), {held} {size:,}')
+
+    @contextlib.contextmanager
+    def _open(self):
+        """The file object of the array's bytes, from the start of its npy header."""
+        if self.member is None:
+            with open(self.path, 'rb') as f:
+                yield f
+        else:
+            with zipfile.ZipFile(self.path) as z, z.open(self.member) as f:
+                yield f
+
+    def _fill(self, f, buf, done):
+        """Fills the uint8 array `buf` with the next bytes of `f`, `done` bytes of data in."""
+        view = memoryview(buf)
+        pos = 0
+        try:
+            while pos < len(view):
+                piece = f.read(min(_READ_BYTES, len(view) - pos))
+                if not piece:
+                    raise UserError(f'{self.where}: not a readable array: its data ends after {done + pos:,} of the '
+                                    f'{self.nbytes:,} bytes its npy header declares')
+                view[pos:pos + len(piece)] = piece
+                pos += len(piece)
+        except _NUMPY_READ_ERRORS as err:
+            raise UserError(f'{self.where}: not a readable array ({err})') from None
+
+    def read(self):
+        """The whole array, after checking that it fits the free memory."""
+        file_limits.check_memory(self.nbytes, f'{self.where} ({self.dtype} {self.shape})')
+        buf = np.empty(self.nbytes, np.uint8)
+        with self._open() as f:
+            f.seek(self._offset)
+            self._fill(f, buf, 0)
+        return np.ndarray(self.shape, self.dtype, buffer=buf, order='F' if self.fortran else 'C')
+
+    def rows(self, count):
+        """Yields the first `count` entries along axis 0 as consecutive arrays of at most
+        STREAM_BYTES each (one entry when an entry is larger), all views of one buffer that the
+        next overwrites. Fortran-order arrays, whose entries are not contiguous, are read whole."""
+        if self.fortran:
+            yield self.read()[:count]
+            return
+        row_bytes = self.nbytes // self.shape[0]
+        step = max(1, STREAM_BYTES // max(row_bytes, 1))
+        buf = np.empty(min(step, count) * row_bytes, np.uint8)
+        with self._open() as f:
+            f.seek(self._offset)
+            for start in range(0, count, step):
+                part = buf[:min(step, count - start) * row_bytes]
+                self._fill(f, part, start * row_bytes)
+                yield part.view(self.dtype).reshape((-1,) + tuple(self.shape[1:]))
 
 
-def _check_array_memory(path, key, shape, dtype):
-    """UserError when array `key` of `path`, (shape, dtype) by its header, would not fit in memory."""
-    nbytes = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
-    file_limits.check_memory(nbytes, f'{path}: "{key}" ({dtype} {tuple(shape)})')
+class ArrayImages:
+    """The images of an (N,H,W), (N,H,W,C) or (N,C,H,W) array held in memory or a `NumpyArray`
+    streamed from its file: `shape` is (N,H,W,C), `stored_shape` the array's, and `items(count)`
+    yields the first `count` images as (H,W,C) arrays of their own. Of (N,A,B,C) the smaller of
+    axes 1 and 3 is the channel axis (the last one when equal)."""
+
+    def __init__(self, array):
+        self._array = array
+        self.stored_shape = stored = tuple(array.shape)
+        self.dtype = array.dtype
+        self._channels_first = len(stored) == 4 and stored[1] < stored[3]
+        if len(stored) == 3:
+            self.shape = stored + (1,)
+        else:
+            self.shape = (stored[0], stored[2], stored[3], stored[1]) if self._channels_first else stored
+
+    def __len__(self):
+        return self.shape[0]
+
+    def items(self, count=None):
+        """The first `count` (all when None) images as (H,W,C) arrays."""
+        count = len(self) if count is None else min(count, len(self))
+        chunks = self._array.rows(count) if isinstance(self._array, NumpyArray) else [self._array[:count]]
+        for chunk in chunks:
+            chunk = chunk.transpose(0, 2, 3, 1) if self._channels_first else chunk.reshape(chunk.shape[:3] + (-1,))
+            for item in chunk:
+                yield item.copy()
 
 
 def read_arrays(path):
-    """(N,H,W,C) images and (N[,K]) labels or None of a .npy (the images alone) or an .npz
-    ('images', optional 'labels'). (N,H,W) gets C = 1; of (N,A,B,C) the smaller of axes 1 and 3 is
-    the channel axis (the last one when equal), so (N,C,H,W) and (N,H,W,C) both work."""
+    """(images, labels) of a .npy (the images alone) or an .npz ('images', optional 'labels'): an
+    `ArrayImages` read from the file as it is iterated, so that arrays larger than the memory
+    convert with the usual peak, and the (N[,K]) labels loaded whole, or None. Shapes, types and
+    sizes come from the npy headers and are checked before any data is read."""
+    file_limits.check_regular_file(path)
     try:
         if path.lower().endswith('.npy'):
-            file_limits.check_regular_file(path)
-            images, labels = np.load(path, mmap_mode='r', allow_pickle=False), None
-            _check_array_shape(path, images.shape)
-            images = np.asarray(images)
+            images, labels = NumpyArray(path), None
         else:
-            with np.load(path, allow_pickle=False) as npz:
-                if 'images' not in npz.files:
-                    raise UserError(f'{path}: no "images" array (found: {", ".join(npz.files) or "nothing"})')
-                _check_array_shape(path, _npz_shape(npz, 'images', path))  # before a compressed array unpacks
-                images = _npz_array(npz, 'images', path)
-                labels = _npz_array(npz, 'labels', path) if 'labels' in npz.files else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            with zipfile.ZipFile(path) as z:
+                members = {info.filename[:-4]: info for info in z.infolist() if info.filename.endswith('.npy')}
+            if 'images' not in members:
+                raise UserError(f'{path}: no "images" array (found: {", ".join(members) or "nothing"})')
+            images = NumpyArray(path, members['images'])
+            labels = NumpyArray(path, members['labels']) if 'labels' in members else None
+        _check_array_shape(path, images.shape)
+        if images.dtype.kind not in 'uif':
+            raise UserError(f'{path}: images must be numbers; got {images.dtype}')
+        if labels is not None:
+            if labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or len(labels.shape) > 2:
+                raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; '
+                                f'got {labels.dtype} {labels.shape}')
+            labels = labels.read()
+    except _NUMPY_READ_ERRORS as err:
         raise UserError(f'{path}: not a readable numpy file ({err})') from None
-    if images.dtype.kind not in 'uif':
-        raise UserError(f'{path}: images must be numbers; got {images.dtype}')
-    if labels is not None and (labels.shape[:1] != images.shape[:1] or labels.dtype.kind not in 'iuf' or labels.ndim > 2):
-        raise UserError(f'{path}: "labels" must be (N,) or (N,K) numbers for the {images.shape[0]} images; got {labels.dtype} {labels.shape}')
     _check_label_values(path, labels)
-    if images.ndim == 3:
-        return images[:, :, :, np.newaxis], labels
-    return (images.transpose(0, 2, 3, 1) if images.shape[1] < images.shape[3] else images), labels
+    return ArrayImages(images), labels
 
 
 def _check_array_shape(path, shape):
@@ -369,14 +445,14 @@ def parse_range(text, images):
 
 
 def write_array_items(writer, images, labels, value_range, max_images):
-    """Stores each (H,W,C) item as a float32 (C,H,W) `.npy` mapped from `value_range` to [-1, 1]
-    (values outside it are kept, not clipped), with its label; dataset.json gets an "arrays"
-    description that `training.dataset.ArrayFolderDataset` reads."""
+    """Stores each (H,W,C) item of the `ArrayImages` `images` as a float32 (C,H,W) `.npy` mapped
+    from `value_range` to [-1, 1] (values outside it are kept, not clipped), with its label;
+    dataset.json gets an "arrays" description that `training.dataset.ArrayFolderDataset` reads."""
     lo, hi = value_range
     count = _limit(len(images), max_images)
     label_of = _array_label(labels)
-    for i in tqdm(range(count), unit='img', file=sys.stderr, dynamic_ncols=True):
-        item = (images[i].astype(np.float64) - lo) / (hi - lo) * 2 - 1
+    for i, item in enumerate(tqdm(images.items(count), total=count, unit='img', file=sys.stderr, dynamic_ncols=True)):
+        item = (item.astype(np.float64) - lo) / (hi - lo) * 2 - 1
         writer.add_array(np.ascontiguousarray(item.transpose(2, 0, 1), dtype=np.float32), label_of(i))
     height, width, channels = images.shape[1:]
     writer.meta['arrays'] = dict(shape=[channels, height, width], dtype='float32', range=[lo, hi],
@@ -384,7 +460,8 @@ def write_array_items(writer, images, labels, value_range, max_images):
 
 
 def _array_label(labels):
-    """label_of(i) for an (N[,K]) label array or None: an int class or a list of floats."""
+    """label_of(i) for an (N[,K]) label array or None: an int class or a list of floats (label
+    shape [K], never [])."""
     def label_of(i):
         if labels is None:
             return None
@@ -395,20 +472,17 @@ def _array_label(labels):
 
 
 def _array_source(path, images, labels, max_images):
-    """Images held in one (N,H,W[,C]) uint8 array, labels in an (N[,K]) array or None."""
+    """Images of an `ArrayImages` or of an (N,H,W[,C]) uint8 array in memory, labels in an (N[,K])
+    array or None. The items are read in order as they are iterated."""
+    if isinstance(images, np.ndarray):
+        images = ArrayImages(images)
     count = _limit(len(images), max_images)
-    channels = 1 if images.ndim == 3 or images.shape[3] == 1 else 3
-
-    def label_of(i):
-        if labels is None:
-            return None
-        if labels.dtype.kind in 'iu':
-            return int(labels[i])
-        return np.atleast_1d(np.asarray(labels[i], dtype=np.float64)).tolist()  # label_shape [K], never []
+    channels = 1 if images.shape[3] == 1 else 3
+    label_of = _array_label(labels)
 
     def items():
-        for i in range(count):
-            yield f'{path}[{i}]', (lambda i=i: _array_to_pil(images[i])), label_of(i)
+        for i, item in enumerate(images.items(count)):
+            yield f'{path}[{i}]', (lambda item=item: _array_to_pil(item)), label_of(i)
     return Source(path, items, count, channels)
 
 
