@@ -266,6 +266,18 @@ def image_path(outdir, seed, subdirs):
     return os.path.join(folder, f'{seed:06d}.png')
 
 
+def remove_stale_temps(outdir):
+    """Removes the temporary files that killed runs left in `outdir` and in its `--subdirs`
+    folders, including those this run writes nothing into."""
+    if not os.path.isdir(outdir):
+        return
+    dnnlib.util.remove_stale_temps(outdir)
+    for name in os.listdir(outdir):
+        folder = os.path.join(outdir, name)
+        if re.fullmatch(r'\d{6}', name) and os.path.isdir(folder) and not os.path.islink(folder):
+            dnnlib.util.remove_stale_temps(folder)
+
+
 # The arguments of library functions whose name differs from the parameter of the option that sets them.
 GENERATE_FIELDS = {'network': '--network', 'cfg_scale': '--cfg', 'vae_name': '--vae', 'canvas': '--image_size/--resolution',
                    'canvas.resolution': '--resolution/--x_start/--y_start'}
@@ -356,6 +368,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     net = net.to(dev)
     decoder.init(dev)
     rank, world = distributed.get_rank(), distributed.get_world_size()
+    if outdir is not None and rank == 0:
+        remove_stale_temps(outdir)
     my_seeds = seed_list[rank::world]
     distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')
     kept = []

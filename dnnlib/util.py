@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -327,8 +328,9 @@ def check_output_file(path, option):
     _check_writable_ancestor(os.path.dirname(full), option)
 
 
-# What a temporary name adds to the final one: `.` + `.<pid>.<8 hex digits>.tmp` (pids up to 10 digits).
-TEMP_NAME_EXTRA = 1 + 1 + 10 + 1 + 8 + 4
+# What a temporary name adds to the final one: `.` + `.<pid>-<host>.<8 hex digits>.tmp` (pids up to
+# 10 digits, the host as 8 hex digits).
+TEMP_NAME_EXTRA = 1 + 1 + 10 + 1 + 8 + 1 + 8 + 4
 
 
 def max_name_bytes(folder):
@@ -374,17 +376,20 @@ def _check_writable_ancestor(folder, option):
         raise named_error(option, f'folder {existing} is not writable ({exc.strerror or exc})') from None
 
 
-# Temporary files: `.<final name>.<pid>.<8 hex digits>.tmp` beside the final file, so that the
-# name says what they become and which process writes them.
-_TEMP_PATTERN = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$')
-STALE_TEMP_SECONDS = 60
+# Temporary files: `.<final name>.<pid>-<host>.<8 hex digits>.tmp` beside the final file, so that
+# the name says what they become and which process on which machine writes them; <host> is
+# HOST_TAG. A name without the host part is judged as one written on this machine.
+_TEMP_PATTERN = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8}))?\.[0-9a-f]{8}\.tmp$')
+HOST_TAG = hashlib.sha256(socket.gethostname().encode('utf-8', 'replace')).hexdigest()[:8]
+STALE_TEMP_SECONDS = 60  # unchanged this long, a temporary file of a gone process here is stale
+FOREIGN_TEMP_SECONDS = 24 * 3600  # unchanged this long, one written on another machine is stale
 _cleaned_folders = set()  # folders this process has already cleaned
 
 
 def temp_path_for(path):
     """A new, unused temporary name beside `path` (the file itself is not created)."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
+    return os.path.join(folder, f'.{name}.{os.getpid()}-{HOST_TAG}.{secrets.token_hex(4)}.tmp')
 
 
 def process_exists(pid):
@@ -398,20 +403,43 @@ def process_exists(pid):
     return True
 
 
-def is_stale_temp(path, pid):
-    """True when the writer `pid` of a temporary file is gone: no such process exists here and the
-    file has not changed for a minute (the delay spares writers on other machines)."""
-    if process_exists(pid):
-        return False
+def _last_change(path):
+    """The latest modification time of `path` and, for a folder, of anything inside it (a folder's
+    own time does not change while files are written into its sub-folders)."""
+    newest = os.lstat(path).st_mtime
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, dirs, files in os.walk(path):
+            for entry in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, entry)).st_mtime)
+                except FileNotFoundError:
+                    pass
+    return newest
+
+
+def is_stale_temp(path, pid, host=None):
+    """True when the writer of a temporary file is gone. Written on this machine (`host` is
+    HOST_TAG or None): no process `pid` exists and nothing in it changed for STALE_TEMP_SECONDS,
+    which spares a writer in another process namespace of the same host. Written on another
+    machine, whose processes cannot be seen from here: nothing in it changed for
+    FOREIGN_TEMP_SECONDS."""
+    if host in (None, HOST_TAG):
+        if process_exists(pid):
+            return False
+        limit = STALE_TEMP_SECONDS
+    else:
+        limit = FOREIGN_TEMP_SECONDS
     try:
-        return time.time() - os.lstat(path).st_mtime > STALE_TEMP_SECONDS
+        return time.time() - _last_change(path) > limit
     except FileNotFoundError:
         return False
 
 
 def remove_stale_temps(folder):
     """Deletes the temporary files (and folders) that killed writers of this project left in
-    `folder`; returns the paths removed."""
+    `folder`, judged by `is_stale_temp`; nothing whose name is not of `temp_path_for`'s form is
+    touched. Returns the paths removed."""
+    _cleaned_folders.add(os.path.abspath(folder))
     removed = []
     try:
         entries = os.listdir(folder)
@@ -420,11 +448,11 @@ def remove_stale_temps(folder):
     for entry in entries:
         match = _TEMP_PATTERN.match(entry)
         full = os.path.join(folder, entry)
-        if match and is_stale_temp(full, int(match.group('pid'))):
+        if match and is_stale_temp(full, int(match.group('pid')), match.group('host')):
             try:
                 shutil.rmtree(full) if os.path.isdir(full) and not os.path.islink(full) else os.remove(full)
                 removed.append(full)
-            except FileNotFoundError:  # another process cleaned it first
+            except OSError:  # cleaned by another process first, or another user's to remove
                 pass
     return removed
 
@@ -454,7 +482,6 @@ class atomic_write:
         os.makedirs(folder, exist_ok=True)
         if folder not in _cleaned_folders:
             remove_stale_temps(folder)
-            _cleaned_folders.add(folder)
         self.tmp_path = temp_path_for(self.path)
         self.file = open(self.tmp_path, self.mode.replace('w', 'x'), **self.open_kwargs)
         return self.file

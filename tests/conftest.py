@@ -6,6 +6,7 @@ milliseconds, so the suite stays fast on two busy cores."""
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import dnnlib  # noqa: E402
 from training import networks, patch  # noqa: E402
 
 # The tests run on shared, busy machines: one intra-op thread avoids oversubscription, which
@@ -89,3 +91,42 @@ def load_bench(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+DEAD_PID = 2**22 + 12345  # above the largest pid Linux allows: no such process
+
+
+def plant_temps(folder, name):
+    """Puts into `folder` (made if missing) temporary files of the final name `name`, all unchanged
+    for twice STALE_TEMP_SECONDS: two of `dnnlib.util.temp_path_for`'s naming whose writer is gone
+    (one a half-written folder, one without the host part), one whose writer runs, one of another
+    machine, and files of similar names that are not ours. Returns (names a cleaning removes,
+    names it keeps)."""
+    os.makedirs(folder, exist_ok=True)
+    host = dnnlib.util.HOST_TAG
+    other_host = 'ffffffff' if host != 'ffffffff' else '00000000'
+    gone = [f'.{name}.{DEAD_PID}-{host}.abcd1234.tmp', f'.{name}.{DEAD_PID}.0123abcd.tmp']
+    kept = [f'.{name}.{os.getpid()}-{host}.12349012.tmp', f'.{name}.{DEAD_PID}-{other_host}.ef015678.tmp',
+            f'{name}.{DEAD_PID}.abcd1234.tmp', f'.{name}.{DEAD_PID}.tmp', f'.{name}.{DEAD_PID}.abcd1234.tmp.bak',
+            f'.{name}.{DEAD_PID}.ABCD1234.tmp', f'.{name}.x{DEAD_PID}.abcd1234.tmp']
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    for entry in gone[1:] + kept:
+        path = os.path.join(folder, entry)
+        with open(path, 'wb') as f:
+            f.write(b'half a file')
+        os.utime(path, (old, old))
+    half = os.path.join(folder, gone[0])
+    os.makedirs(os.path.join(half, '00000'))
+    for path in (os.path.join(half, '00000', 'img00000000.png'), os.path.join(half, '00000'), half):
+        if not os.path.exists(path):
+            open(path, 'wb').close()
+        os.utime(path, (old, old))
+    return gone, kept
+
+
+def assert_cleaned(folder, gone, kept):
+    """Asserts that of `plant_temps`'s files in `folder` those in `gone` were removed and those in
+    `kept` are there."""
+    names = set(os.listdir(folder))
+    assert not names & set(gone), sorted(names & set(gone))
+    assert set(kept) <= names, sorted(set(kept) - names)

@@ -31,7 +31,7 @@ import dnnlib
 import fid
 import generate
 import train
-from conftest import sampling_net
+from conftest import DEAD_PID, assert_cleaned, plant_temps, sampling_net
 from training import compile_cache
 from training import dataset as dataset_lib
 from training import metrics
@@ -337,6 +337,35 @@ def test_stale_temp_files_are_removed_on_the_next_write(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([fresh.name, live.name, aside.name, 'ref.npz'])
 
 
+def test_stale_temps_are_judged_by_their_writer_and_machine(tmp_path):
+    """A temporary file of a gone process here goes after a minute, one of another machine after
+    a day; a folder counts as changed when anything inside it changed; other names stay."""
+    gone, kept = plant_temps(tmp_path, 'ref.npz')
+    other_host = 'ffffffff' if dnnlib.util.HOST_TAG != 'ffffffff' else '00000000'
+    day_old = tmp_path / f'.ref.npz.{DEAD_PID}-{other_host}.00000001.tmp'
+    day_old.write_bytes(b'left by another machine')
+    old = time.time() - 2 * dnnlib.util.FOREIGN_TEMP_SECONDS
+    os.utime(day_old, (old, old))
+    busy = tmp_path / f'.d.{DEAD_PID}.00000002.tmp'  # a data set written into its sub-folders from elsewhere
+    os.makedirs(busy / '00001')
+    (busy / '00001' / 'img00001000.png').write_bytes(b'just written')
+    old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
+    os.utime(busy, (old, old))
+    removed = dnnlib.util.remove_stale_temps(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == sorted(gone + [day_old.name])
+    assert_cleaned(tmp_path, gone + [day_old.name], kept + [busy.name])
+
+
+def test_a_new_run_removes_stale_temps_from_the_other_run_folders(tmp_path):
+    gone, kept = plant_temps(tmp_path / '00003-old-run', 'training-state-000100.pt')
+    other_gone, _ = plant_temps(tmp_path / 'notes', 'draft.txt')  # not a run folder: never looked into
+    assert run_dir.claim_run_dir(str(tmp_path), 'new', dry_run=True).endswith('00004-new')
+    assert_cleaned(tmp_path / '00003-old-run', [], gone + kept)
+    assert run_dir.claim_run_dir(str(tmp_path), 'new').endswith('00004-new')
+    assert_cleaned(tmp_path / '00003-old-run', gone, kept)
+    assert_cleaned(tmp_path / 'notes', [], other_gone)
+
+
 def test_dataset_zip_is_replaced_in_one_step(files, tmp_path, monkeypatch):
     dest = str(tmp_path / 'd.zip')
     assert CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
@@ -355,10 +384,12 @@ def test_data_set_folder_moved_aside_by_a_killed_run_is_put_back(files, tmp_path
     half = tmp_path / f'.d.{dead_pid}.abcd1234.tmp'
     os.makedirs(half / '00000')
     old = time.time() - 2 * dnnlib.util.STALE_TEMP_SECONDS
-    os.utime(half, (old, old))
+    for path in (half / '00000', half):
+        os.utime(path, (old, old))
+    gone, kept = plant_temps(tmp_path, 'd.zip')
     result = CliRunner().invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}'])
     assert result.exit_code == 1 and 'already exists' in result.output  # the old data set is back
-    assert sorted(os.listdir(tmp_path)) == ['d'] and len(dataset_lib.ImageFolderDataset(dest)) == 4
+    assert sorted(os.listdir(tmp_path)) == sorted(['d'] + kept) and len(dataset_lib.ImageFolderDataset(dest)) == 4
 
 # ----------------------------------------------------------------------------------------------
 # Seeds and image sizes.

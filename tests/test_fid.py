@@ -19,6 +19,7 @@ from click.testing import CliRunner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import fid  # noqa: E402
+from conftest import assert_cleaned, plant_temps  # noqa: E402
 from training import metrics  # noqa: E402
 
 DATA = '/work/shared/data'
@@ -236,6 +237,7 @@ def test_ref_calc_round_trip(tmp_path, digits, emoji, standin_path):
     folder_b = write_pngs(str(tmp_path / 'b'), emoji[:24])
     zip_a = zip_folder(folder_a, str(tmp_path / 'a.zip'))
     ref = str(tmp_path / 'ref.npz')
+    gone, kept = plant_temps(tmp_path, 'ref.npz')  # left by killed runs, or not ours
 
     result = run_cli('ref', '--data', zip_a, '--dest', ref, '--detector', standin_path, '--save-features')
     assert result.exit_code == 0, result.output
@@ -243,7 +245,8 @@ def test_ref_calc_round_trip(tmp_path, digits, emoji, standin_path):
     assert data['mu'].shape == (2048,) and data['mu'].dtype == np.float64
     assert data['sigma'].shape == (2048, 2048) and data['sigma'].dtype == np.float64
     assert data['features'].shape == (24, 2048)
-    assert [n for n in os.listdir(tmp_path) if n.endswith('.tmp')] == []
+    assert_cleaned(tmp_path, gone, kept)
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith('.tmp')) == sorted(n for n in kept if n.endswith('.tmp'))
 
     det = metrics.load_detector(standin_path, device='cpu')
     direct = metrics.stats_from_features(metrics.compute_features(det, digits[:24, None], batch_size=5))

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import dnnlib
 import generate
+from conftest import assert_cleaned, plant_temps
 from conftest import sampling_net as tiny_net
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +101,17 @@ def test_subdirs_layout(snapshots, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(read_pngs(tmp_path)) == ['000000/000998.png', '000000/000999.png', '001000/001000.png',
                                            '001000/001001.png']
+
+
+def test_stale_temps_of_killed_runs_are_removed_from_every_seed_folder(snapshots, tmp_path):
+    """Also from the --subdirs folders this run writes nothing into."""
+    gone, kept = plant_temps(tmp_path / '002000', '002000.png')
+    top_gone, top_kept = plant_temps(tmp_path, 'grid.png')
+    res = run('--network', snapshots['rgb'], '--outdir', tmp_path, '--seeds', '0', '--steps', 1, '--subdirs')
+    assert res.exit_code == 0, res.output
+    assert_cleaned(tmp_path / '002000', gone, kept)
+    assert_cleaned(tmp_path, top_gone, top_kept)
+    assert os.listdir(tmp_path / '000000') == ['000000.png']
 
 
 def test_grid_alone_writes_one_png_of_the_right_size(snapshots, tmp_path):

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import dnnlib
 import reconstruct_phema
+from conftest import assert_cleaned, plant_temps
 from test_training_loop import loop_config
 from test_training import TINY, make_zip
 from training import checkpoints, phema, training_loop, training_state
@@ -152,8 +153,10 @@ def test_profiles_leave_training_unchanged_and_resume_exactly(digits, tmp_path):
     assert full['phema']['step'] == 8 and list(phema.list_saved(str(tmp_path / 'full'))) == [0]
 
     out = tmp_path / 'out'  # a tracked width comes back exactly, as a snapshot that generate.py loads
+    gone, kept = plant_temps(out, reconstruct_phema.output_name(0, 0.1))  # left by killed runs, or not ours
     result = CliRunner().invoke(reconstruct_phema.main, ['--indir', str(tmp_path / 'full'), '--outdir', str(out), '--outstd=0.1'])
     assert result.exit_code == 0, result.output
+    assert_cleaned(out, gone, kept)
     net, _decoder = checkpoints.load_network(str(out / reconstruct_phema.output_name(0, 0.1)))
     for name, param in net.named_parameters():
         assert torch.equal(param, full['phema']['averages'][1][name]), name

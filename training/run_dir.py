@@ -59,7 +59,8 @@ def _id_lock(outdir):
 def claim_run_dir(outdir, desc, dry_run=False):
     """Makes and returns the new run folder `<outdir>/<id:05d>-<desc>`, the id one more than the
     largest there. `os.mkdir` either creates the folder or fails, so two runs started at the same
-    moment never share one: the loser takes the next id. With `dry_run` only the name is returned."""
+    moment never share one: the loser takes the next id. The temporary files that killed writers
+    left in the other run folders are removed then. With `dry_run` only the name is returned."""
     check_desc(desc, outdir)
     if dry_run:
         return os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}')
@@ -70,9 +71,20 @@ def claim_run_dir(outdir, desc, dry_run=False):
             path = os.path.join(outdir, f'{run_id:05d}-{desc}')
             try:
                 os.mkdir(path)
-                return path
+                break
             except FileExistsError:  # taken meanwhile, or a file of that name: the next id
                 run_id = max(run_id + 1, next_run_id(outdir))
+    remove_stale_temps_of_runs(outdir)
+    return path
+
+
+def remove_stale_temps_of_runs(outdir):
+    """Removes the temporary files that killed writers left in the run folders `<id>-<desc>` of
+    `outdir` (`dnnlib.util.remove_stale_temps`), so that they do not stay in runs never resumed."""
+    for name in os.listdir(outdir):
+        folder = os.path.join(outdir, name)
+        if _RUN_ID.match(name) and os.path.isdir(folder) and not os.path.islink(folder):
+            dnnlib.util.remove_stale_temps(folder)
 
 # ----------------------------------------------------------------------------------------------
 # Resuming.
