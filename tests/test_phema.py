@@ -208,22 +208,27 @@ def test_phema_demo_scores_every_width_at_every_snapshot_after_kimg_0(tmp_path, 
             tracked[kimg] = sum(float(t.double().sum()) for t in profiles.averages[1].values())
     (tmp_path / 'training_options.json').write_text(json.dumps(dict(dataset_kwargs={})))
 
-    class ParameterSum:
-        """Stands in for the FID scorer: the score is the sum of the network's parameters."""
-        def __init__(self, *args, **kwargs):
-            pass
+    calls = []
 
-        def features(self, network):
-            return network
+    def parameter_sum(network, ref, num, **kwargs):
+        """Stands in for the FID of `network`: the sum of its parameters."""
+        calls.append((ref, num, kwargs.get('solver'), kwargs.get('num_steps')))
+        return dict(fid=sum(float(p.double().sum()) for p in network.parameters()))
 
-        def scores(self, network):
-            return dict(fid=sum(float(p.double().sum()) for p in network.parameters()))
-
-    monkeypatch.setattr(bench.train_metrics, 'TickMetrics', ParameterSum)
-    result = CliRunner().invoke(bench.main, ['--run', str(tmp_path), '--widths=0.03,0.1', '--num=4'])
+    monkeypatch.setattr(bench.metrics, 'score_network', parameter_sum)
+    monkeypatch.setattr(bench.metrics, 'load_reference', lambda path: dict(path=path))
+    monkeypatch.setattr(bench.metrics, 'load_detector', lambda device=None, bf16=False: None)
+    ref = tmp_path / 'ref.npz'
+    ref.write_bytes(b'')
+    result = CliRunner().invoke(bench.main, ['--run', str(tmp_path), '--ref', str(ref), '--widths=0.03,0.1', '--num=4',
+                                             '--solver=dpmpp-2m', '--steps=7'])
     assert result.exit_code == 0, result.output
     curves = json.loads((tmp_path / 'phema-demo.json').read_text())['fid']
     assert list(curves) == ['0.030', '0.100'] and [k for k, _ in curves['0.100']] == [1, 2]
     assert [score for _, score in curves['0.100']] == pytest.approx([tracked[1], tracked[2]], rel=1e-5)
     assert [score for _, score in curves['0.030']] != [score for _, score in curves['0.100']]
     assert (tmp_path / 'phema-demo.png').is_file()
+    assert calls[0] == (dict(path=str(ref)), 4, 'dpmpp-2m', 7) and len(calls) == 4
+    result = CliRunner().invoke(bench.main, ['--run', str(tmp_path), '--ref', str(ref), '--widths=0.1', '--every=2'])
+    assert result.exit_code == 0, result.output
+    assert [k for k, _ in json.loads((tmp_path / 'phema-demo.json').read_text())['fid']['0.100']] == [2]
