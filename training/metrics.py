@@ -683,18 +683,15 @@ def format_scores(scores, num):
     return lines
 
 
-def score_network(net, ref, num, metrics=('fid',), first_seed=0, batch_size=64, detector=None, device=None,
-                  decoder=None, verbose=True, **sampler_kwargs):
-    """Scores `net` on `num` images of the seeds first_seed, first_seed + 1, … without writing any:
-    each rank samples its share of the seeds (class labels drawn per seed, as generate.py does)
-    and feeds them to the detector batch by batch. `ref`: a path or `load_reference`'s dict;
-    `detector`: a `Detector` or what `load_detector` takes; other keywords go to the sampler.
-    Collective under torchrun; every rank returns the same dict of `score_features`."""
+def network_features(net, num, detector, first_seed=0, batch_size=64, device=None, decoder=None, keep_features=False,
+                     verbose=True, **sampler_kwargs):
+    """The Inception statistics of `num` images of `net`, seeds first_seed, first_seed + 1, …,
+    without writing any: each rank samples its share of the seeds (class labels drawn per seed, as
+    generate.py does) and feeds them to the `detector` (a `Detector` or what `load_detector`
+    takes) batch by batch. Returns the mean and covariance (float64) and, with `keep_features`, the
+    features (float32, in seed order), else None; other keywords go to the sampler. Collective:
+    every rank returns the same."""
     from training import encoders, sampler
-    metrics = tuple(metrics)
-    ref = load_reference(ref, metrics) if isinstance(ref, str) else ref
-    if needs_features(metrics) and 'features' not in ref:
-        raise dnnlib.util.FieldError('ref', 'holds no per-image features; KID and precision/recall need them')
     decoder = encoders.PIXELS if decoder is None else decoder
     channels = net.img_channels if decoder is encoders.PIXELS else 3  # the latent decoder makes RGB
     if channels not in (1, 3):
@@ -714,16 +711,30 @@ def score_network(net, ref, num, metrics=('fid',), first_seed=0, batch_size=64, 
                                                                    **sampler_kwargs):
                 feats = detector(images)
                 sums.add(feats)
-                if needs_features(metrics):
+                if keep_features:
                     kept.append((np.asarray(batch_seeds) - first_seed, feats.cpu().numpy()))
                 bar.update(min(len(batch_seeds) * world, bar.total - bar.n))
     except Exception as err:  # every rank must hear of it, or the others wait in the reduction
         failure = err
     _raise_if_any_rank_failed(failure)
     mu, sigma = sums.stats('num')
-    feats = gather_in_order(kept) if needs_features(metrics) else None
+    return mu, sigma, (gather_in_order(kept) if keep_features else None)
+
+
+def score_network(net, ref, num, metrics=('fid',), first_seed=0, batch_size=64, detector=None, device=None,
+                  decoder=None, verbose=True, **sampler_kwargs):
+    """Scores `net` on `num` images of the seeds first_seed, first_seed + 1, … without writing any
+    (`network_features`). `ref`: a path or `load_reference`'s dict; `detector`: a `Detector` or
+    what `load_detector` takes; other keywords go to the sampler. Collective under torchrun; every
+    rank returns the same dict of `score_features`."""
+    metrics = tuple(metrics)
+    ref = load_reference(ref, metrics) if isinstance(ref, str) else ref
+    if needs_features(metrics) and 'features' not in ref:
+        raise dnnlib.util.FieldError('ref', 'holds no per-image features; KID and precision/recall need them')
+    mu, sigma, feats = network_features(net, num, detector, first_seed, batch_size, device, decoder,
+                                        keep_features=needs_features(metrics), verbose=verbose, **sampler_kwargs)
     scores, failure = None, None
-    if rank == 0:
+    if dist.get_rank() == 0:
         try:
             scores = score_features(mu, sigma, feats, ref, metrics)
         except UserError as err:

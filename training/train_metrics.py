@@ -106,26 +106,17 @@ class TickMetrics:
         """Whether this tick is scored: every `every` ticks after the first, and the last."""
         return done or (tick > 0 and tick % self.every == 0)
 
-    def features(self, net):
-        """Inception features of `num` images of `net` (seeds 0..num−1, the sampler of generate.py),
-        on rank 0 in seed order; None elsewhere."""
-        from training import sampler
-        seeds = list(range(self.num))[dist.get_rank()::dist.get_world_size()]
-        feats = np.zeros([0, metrics_lib.FEATURE_DIM], np.float32)
-        if seeds:
-            images = sampler.sample_images(net, seeds, device=self.device, batch_size=self.batch, decoder=self.encoder)
-            feats = metrics_lib.compute_features(self.detector, images, batch_size=self.batch)
-        parts = dist.all_gather_object(feats)
-        if dist.get_rank() != 0:
-            return None
-        order = np.argsort(np.concatenate([np.arange(self.num)[r::len(parts)] for r in range(len(parts))]), kind='stable')
-        return np.concatenate(parts)[order]
+    def statistics(self, net):
+        """(mu, sigma, features or None without KID) of `num` images of `net` (seeds 0..num−1,
+        class labels drawn per seed, as generate.py samples them), on every rank."""
+        return metrics_lib.network_features(net, self.num, self.detector, batch_size=self.batch, device=self.device,
+                                            decoder=self.encoder, keep_features='kid' in self.metrics, verbose=False)
 
-    def scores(self, feats):
-        """{'fid': ..., 'kid': ...} of generated features against the reference."""
+    def scores(self, stats):
+        """{'fid': ..., 'kid': ...} of `statistics`' result against the reference (rank 0)."""
         mu_ref, sigma_ref, feats_ref = self.ref
         ref = dict(mu=mu_ref, sigma=sigma_ref, features=feats_ref)
-        scores = metrics_lib.score_features(*metrics_lib.stats_from_features(feats), feats, ref, self.metrics)
+        scores = metrics_lib.score_features(*stats, ref, self.metrics)
         return {name: scores[name] for name in self.metrics}
 
     def score(self, run_dir, ema, phema=None, records=()):
@@ -136,9 +127,9 @@ class TickMetrics:
             nets += [(f'/ema-{std:.3f}', phema.network(i, ema)) for i, std in enumerate(phema.stds)]
         results = {}
         for suffix, net in nets:
-            feats = self.features(net)
+            stats = self.statistics(net)
             if dist.get_rank() == 0:
-                results.update({name + suffix: value for name, value in self.scores(feats).items()})
+                results.update({name + suffix: value for name, value in self.scores(stats).items()})
         results = dist.broadcast_object(results)
         if dist.get_rank() == 0:
             records = list(records)
