@@ -54,7 +54,7 @@ def main(network_url, dest, trust_pickle):
             raise click.UsageError('--dest: give the output file (it defaults only for local .pkl files)')
         dest = checkpoints.safetensors_path(network_url)
     check_dest(dest, network_url)
-    with dnnlib.util.option_errors(names={'network': '--network'}):
+    with dnnlib.util.option_errors(names={'network': '--network', 'trust': '--trust-pickle'}):
         net, decoder = checkpoints.unpickle_network(network_url, 'network', trust=trust_pickle)
     checkpoints.save_safetensors(dest, net, decoder)
     distributed.print0(f'Wrote "{dest}" ({checkpoints.describe(net)[0]}).')

@@ -35,11 +35,15 @@ def common_options(func, options=_common_options):
     return func
 
 
+# The arguments of library functions whose name differs from the parameter of the option that sets them.
+FID_FIELDS = {'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest', 'trust': '--trust-pickle'}
+
+
 def option_names(func):
     """Reports the FieldErrors of library code under this subcommand's option names."""
     @functools.wraps(func)
     def wrapper(**kwargs):
-        with dnnlib.util.option_errors(click.get_current_context().command, names={'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest'}):
+        with dnnlib.util.option_errors(click.get_current_context().command, names=FID_FIELDS):
             return func(**kwargs)
     return wrapper
 

@@ -279,8 +279,8 @@ def remove_stale_temps(outdir):
 
 
 # The arguments of library functions whose name differs from the parameter of the option that sets them.
-GENERATE_FIELDS = {'network': '--network', 'cfg_scale': '--cfg', 'vae_name': '--vae', 'canvas': '--image_size/--resolution',
-                   'canvas.resolution': '--resolution/--x_start/--y_start'}
+GENERATE_FIELDS = {'network': '--network', 'trust': '--trust-pickle', 'cfg_scale': '--cfg', 'vae_name': '--vae',
+                   'canvas': '--image_size/--resolution', 'canvas.resolution': '--resolution/--x_start/--y_start'}
 
 
 @click.command(context_settings=dict(max_content_width=100))

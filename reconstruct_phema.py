@@ -74,7 +74,7 @@ def load_template(indir, kimg, trust_pickle=False):
     path = os.path.join(indir, run_files.snapshot_name(kimg))
     if not os.path.isfile(path):
         raise UserError(f'--indir: "{path}" is missing; the profiles at kimg {kimg} need the snapshot saved with them')
-    with dnnlib.util.option_errors(names={'indir': '--indir'}):
+    with dnnlib.util.option_errors(names={'indir': '--indir', 'trust': '--trust-pickle'}):
         return checkpoints.load_snapshot(path, 'indir', trust=trust_pickle)
 
 

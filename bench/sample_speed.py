@@ -151,7 +151,7 @@ def quality_table(network, ref, num, solvers, calls, cfg, guide_network, guidanc
 @click.option('--digits', help='Quality mode: also the digit score (MNIST)', is_flag=True)
 @click.option('--bf16-features', help='Quality mode: Inception features in bfloat16 (fid.py --bf16=1; the reference must match)', is_flag=True)
 @click.option('--ode-error', help=f'Quality mode: also the RMS pixel distance to heun at {2 * REFERENCE_STEPS - 1} calls', is_flag=True)
-@option_errors()
+@option_errors(names={'bf16': '--bf16-features'})
 def main(batch, steps, threads, repeats, device, network, ref, num, solvers, calls, cfg, guide_network, guidance, digits,
          bf16_features, ode_error):
     """Print sampling speed figures for the bench network, or a quality table for --network."""

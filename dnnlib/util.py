@@ -1,6 +1,7 @@
 """Generic helpers that EDM users know from `dnnlib.util`, written for this project."""
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import importlib
@@ -202,7 +203,9 @@ class UserError(_UserErrorBase):
     Raised by library code with a one-line message that names the file or option; the click
     scripts print it as `Error: <message>` and exit with status 1, without a traceback. A
     UserError raised in a DataLoader worker is rebuilt by PyTorch from a message holding the
-    worker's traceback; only its last line, the original message, is kept."""
+    worker's traceback; only its last line, the original message, is kept. Library code writes
+    the other arguments that a message mentions (advice such as "pass `overwrite` to replace it")
+    in backquotes, which a script's `option_errors` turns into its option names."""
 
     def __init__(self, message):
         match = re.search(r'in DataLoader worker process \d+\..*\n(?:[\w.]+\.)?UserError: (.*?)\s*$', str(message), re.S)
@@ -217,12 +220,14 @@ class UserError(_UserErrorBase):
 
 class FieldError(UserError):
     """A bad value of a named argument of library code: the message names the argument as a
-    Python caller wrote it (`field`, e.g. 'real_p' or 'dataset_kwargs.path'); a script re-raises it
-    under its own option name with `option_errors`. A `value` (text) is shown as `field=value`."""
+    Python caller wrote it (`field`, e.g. 'real_p' or 'dataset_kwargs.path'; a sequence of names
+    for values that are only wrong together, shown joined by '/'); a script re-raises it under its
+    own option names with `option_errors`. A `value` (text) is shown as `field=value`."""
 
     def __init__(self, field, detail, value=None):
-        super().__init__(f'{field}{self.shown(value)}: {detail}')
-        self.field, self.detail, self.value = field, detail, value
+        self.fields = (field,) if isinstance(field, str) else tuple(field)
+        self.field, self.detail, self.value = '/'.join(self.fields), detail, value
+        super().__init__(f'{self.field}{self.shown(value)}: {detail}')
 
     @staticmethod
     def shown(value):
@@ -231,8 +236,9 @@ class FieldError(UserError):
 
 @contextlib.contextmanager
 def field_of(field):
-    """Raises a plain UserError inside again as a FieldError of the argument `field`, for helpers
-    that check a value (a file, say) without knowing which argument passed it."""
+    """Raises a plain UserError inside again as a FieldError of the argument `field` (one name or
+    several, as in FieldError), for helpers that check a value (a file, say) without knowing
+    which argument passed it."""
     try:
         yield
     except FieldError:
@@ -241,14 +247,30 @@ def field_of(field):
         raise FieldError(field, err.message) from None
 
 
+_active_option_errors = contextvars.ContextVar('active_option_errors', default=())
+
+
+def notice(detail, field=None):
+    """A line that library code prints, `field: detail` (or `detail`), with the field and the
+    backquoted argument names in `detail` named as the options of the script running it (the
+    innermost `option_errors`); as they are in a Python caller."""
+    active = _active_option_errors.get()
+    if active:
+        detail, field = active[-1].rename(detail), None if field is None else active[-1].option_name(field)
+    return detail if field is None else f'{field}: {detail}'
+
+
 class option_errors(contextlib.ContextDecorator):
     """Context manager (or decorator) for a click script: a FieldError inside is raised again as a
-    UserError that names the option. The option is `names[field]` if given, else the option of
-    `command` (by default the running click command) whose parameter is called `field` (its last
-    dotted part), else the field itself."""
+    UserError that names the option, and the backquoted argument names in any UserError's message
+    (and in notices, `notice`) become option names too. The option is `names[field]` if
+    given, else the option of `command` (by default the running click command) whose parameter is
+    called `field` (its last dotted part), else the field itself; a backquoted name without an
+    option stays as it is."""
 
     def __init__(self, command=None, names=None):
         self.command, self.names = command, dict(names or {})
+        self._tokens = []
 
     def option_name(self, field):
         if field in self.names:
@@ -262,12 +284,30 @@ class option_errors(contextlib.ContextDecorator):
                 return param.opts[0]
         return field
 
+    def rename(self, text):
+        """`text` with each backquoted argument name that has an option replaced by the option."""
+        def option(match):
+            name = self.option_name(match.group(1))
+            return match.group(0) if name == match.group(1) else name
+        return re.sub(r'`([A-Za-z_][\w.]*)`', option, text)
+
+    def message(self, err):
+        """The message of the UserError `err` with option names for argument names."""
+        if isinstance(err, FieldError):
+            head = '/'.join(self.option_name(field) for field in err.fields)
+            return f'{head}{err.shown(err.value)}: {self.rename(err.detail)}'
+        return self.rename(err.message)
+
     def __enter__(self):
+        self._tokens.append(_active_option_errors.set(_active_option_errors.get() + (self,)))
         return self
 
     def __exit__(self, kind, err, tb):
-        if isinstance(err, FieldError):
-            raise UserError(f'{self.option_name(err.field)}{err.shown(err.value)}: {err.detail}') from None
+        _active_option_errors.reset(self._tokens.pop())
+        if isinstance(err, UserError):
+            message = self.message(err)
+            if isinstance(err, FieldError) or message != err.message:
+                raise UserError(message) from None
         return False
 
 

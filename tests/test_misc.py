@@ -306,3 +306,34 @@ def test_option_errors_as_decorator_names_the_running_commands_option():
         raise FieldError('device', 'not a device', value=device)
 
     assert CliRunner().invoke(other, ['--device=gpu']).output.strip() == 'Error: --device=gpu: not a device'
+
+
+def test_mentioned_arguments_and_notices_name_options_only_in_scripts():
+    """Backquoted argument names in a message or notice, and a FieldError of several arguments,
+    read as Python names in Python and as the options of the script that runs the code."""
+    import click
+    from dnnlib.util import FieldError, UserError, notice, option_errors
+
+    def fail():
+        raise FieldError(('network_kwargs', 'batch_size'), 'too big; pass `overwrite` or `unknown`, not overwrite')
+
+    with pytest.raises(FieldError, match='^network_kwargs/batch_size: too big; pass `overwrite` or `unknown`, not overwrite$'):
+        fail()
+    assert notice('slow', field='bf16') == 'bf16: slow' and notice('pass `overwrite`') == 'pass `overwrite`'
+
+    @click.command()
+    @click.option('--batch', 'batch_size', type=int)
+    @click.option('--overwrite', is_flag=True)
+    @click.option('--bf16', type=bool)
+    def command(batch_size, overwrite, bf16):
+        pass
+
+    with pytest.raises(UserError) as info:
+        with option_errors(command, names={'network_kwargs': '--cbase/--cres'}):
+            assert notice('slow; pass `overwrite`', field='bf16') == '--bf16: slow; pass --overwrite'
+            fail()
+    assert str(info.value) == '--cbase/--cres/--batch: too big; pass --overwrite or `unknown`, not overwrite'
+    with pytest.raises(UserError, match='^a.png: bad; pass --overwrite$'):
+        with option_errors(command):
+            raise UserError('a.png: bad; pass `overwrite`')
+    assert notice('pass `overwrite`') == 'pass `overwrite`'  # the script's names end with its block

@@ -14,7 +14,7 @@ import dnnlib
 import train
 from test_training import TINY, make_zip
 from torch_utils import misc, training_stats
-from training import checkpoints, run_files, training_loop, training_state
+from training import checkpoints, file_limits, run_dir, run_files, training_loop, training_state
 from training import patch as patch_lib
 from training.patch import PatchSchedule
 
@@ -111,7 +111,7 @@ def test_moving_schedule_resumes_exactly_and_stats_are_truncated_then_appended(d
 
 
 def test_real_p_end_with_progressive_is_a_user_error(digits):
-    with pytest.raises(dnnlib.util.UserError, match='^real_p_end: not with --progressive'):
+    with pytest.raises(dnnlib.util.UserError, match='^real_p_end: not with `progressive`'):
         loop_config(digits, '--real_p-end=1', '--progressive=1')
 
 
@@ -244,7 +244,7 @@ def test_training_state_round_trip_with_parts(tmp_path):
     assert (fresh.nimg, fresh.step, fresh.tick, fresh.blocks_consumed, fresh.stats) == (4, 1, 1, 2, [dict(tick=0, loss=1.5)])
     assert parts['count'].steps == [1] and parts['other'].loaded is None
     training_state.check_resume_state(path, dict(width=3), 4)
-    with pytest.raises(dnnlib.util.UserError, match=r'width 3 \(now 5\), --batch 4 \(now 8\)'):
+    with pytest.raises(dnnlib.util.UserError, match=r'width 3 \(now 5\), `batch_size` 4 \(now 8\)'):
         training_state.check_resume_state(path, dict(width=5), 8)
 
 
@@ -265,3 +265,24 @@ def test_python_callers_read_their_own_argument_names(digits, tmp_path):
         with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
             training_state.find_resume_state(missing)
     assert not isinstance(info.value, dnnlib.util.FieldError)
+
+
+def test_memory_estimate_names_arguments_in_python_and_options_in_train_py(digits, monkeypatch):
+    """The memory check of a run names `network_kwargs` and the batch argument for a Python caller
+    (`batch_gpu` where it is set), train.py's --cbase/--cres and --batch or --batch-gpu."""
+    monkeypatch.setattr(file_limits, 'free_memory', lambda device=None: 1 << 20)
+    cpu = torch.device('cpu')
+    c = loop_config(digits)
+    with pytest.raises(dnnlib.util.FieldError, match=r'^network_kwargs/batch_size: [\d,]+ parameters and batches of 2 '
+                                                     r'images of 8x8: needs at least') as info:
+        run_dir.check_training_memory(c, cpu)
+    assert info.value.fields == ('network_kwargs', 'batch_size') and '--' not in str(info.value)
+    with pytest.raises(dnnlib.util.UserError, match=r'^--cbase/--cres/--batch: [\d,]+ parameters and batches of 2 '):
+        with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
+            run_dir.check_training_memory(c, cpu)
+    one = dnnlib.EasyDict(c, batch_gpu=1)
+    with pytest.raises(dnnlib.util.FieldError, match=r'^network_kwargs/batch_gpu: [\d,]+ parameters and batches of 1 '):
+        run_dir.check_training_memory(one, cpu)
+    with pytest.raises(dnnlib.util.UserError, match=r'^--cbase/--cres/--batch-gpu: '):
+        with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
+            run_dir.check_training_memory(one, cpu)

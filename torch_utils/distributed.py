@@ -43,13 +43,13 @@ def pick_device(name=None):
     if dev.index is not None:
         if local_procs > 1:
             raise FieldError('device', value=name, detail=f'names one GPU for all {local_procs} processes on this machine; '
-                            f'use --device=cuda (process i takes GPU i)')
+                            f'use `device`=cuda (process i takes GPU i)')
         if dev.index >= count:
             raise FieldError('device', value=name, detail=f'only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})')
         return dev
     if local_procs > count:
         raise UserError(f'torchrun --nproc_per_node={local_procs}: only {count} GPU(s) are visible on this machine; '
-                        f'start at most {count} processes per machine, or pass --device=cpu')
+                        f'start at most {count} processes per machine, or pass `device`=cpu')
     return torch.device('cuda', local_rank)
 
 

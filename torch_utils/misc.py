@@ -289,8 +289,10 @@ def cpu_has_bf16():
 
 
 def bf16_fallback_notice(device, doing):
-    """The one line that `--bf16` prints where `device` is a CPU without native bfloat16 and
-    `doing` ('training', 'sampling') therefore stays in fp32; None where bf16 is native."""
+    """The one line that asking for bfloat16 (the argument or option `bf16`) prints where `device`
+    is a CPU without native bfloat16 and `doing` ('training', 'sampling') therefore stays in fp32;
+    None where bf16 is native."""
     if device.type == 'cpu' and not cpu_has_bf16():
-        return f'--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); {doing} in fp32'
+        from dnnlib.util import notice
+        return notice(f'this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); {doing} in fp32', field='bf16')
     return None

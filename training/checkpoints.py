@@ -40,7 +40,7 @@ NETWORK_CLASSES = ('EDMPrecond', 'VPPrecond', 'VEPrecond', 'iDDPMPrecond')  # in
 ENCODER_CLASS = 'training.encoders.StabilityVAEEncoder'
 METADATA_KEY = 'patch_diffusion_network'
 SNAPSHOT_ID_KEY = 'snapshot_id'  # one random id in the .pkl and the .safetensors of one snapshot
-TRUST_HINT = 'pass --trust-pickle to unpickle it fully, which runs code from the file, only if you trust it'
+TRUST_HINT = 'pass `trust` to unpickle it fully, which runs code from the file, only if you trust it'
 # Pickle opcodes that import or call something: a pickle without them holds only plain data.
 _CODE_OPCODES = {'GLOBAL', 'STACK_GLOBAL', 'INST', 'OBJ', 'REDUCE', 'NEWOBJ', 'NEWOBJ_EX', 'BUILD',
                  'EXT1', 'EXT2', 'EXT4', 'PERSID', 'BINPERSID'}
@@ -491,17 +491,18 @@ def _finite_number(value):
 
 def check_file_vae(decoder, url, vae):
     """A VAE named by a network file is used only if it is a local folder; a hub id in a file needs
-    `--vae` on the command line, so that a file never makes the program download anything."""
+    `vae` from the caller (`--vae` on the command line), so that a file never makes the program
+    download anything."""
     if decoder is None or vae is not None:
         return
     name = decoder.vae_name
     if not encoders.is_local_vae(name):
-        raise FieldError('network', f'"{url}" names the VAE "{name}", a hub id; pass --vae={name} to download it '
-                        f'(or --vae=FOLDER for a local copy)')
+        raise FieldError('network', f'"{url}" names the VAE "{name}", a hub id; pass `vae`={name} to download it '
+                        f'(or `vae`=FOLDER for a local copy)')
     try:
         decoder.vae_name = encoders.vae_folder(name)
     except UserError:
-        raise FieldError('network', f'"{url}" names the VAE folder "{name}", which holds no VAE here; pass --vae=FOLDER or a hub id') from None
+        raise FieldError('network', f'"{url}" names the VAE folder "{name}", which holds no VAE here; pass `vae`=FOLDER or a hub id') from None
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.

@@ -240,7 +240,7 @@ class Dataset(torch.utils.data.Dataset):
             labels = self._load_raw_labels() if self._use_labels else None
             if labels is None:
                 if self._use_labels:
-                    raise UserError(f'{self._where()}: use_labels=True (--cond=1) but the data set has no labels')
+                    raise UserError(f'{self._where()}: `use_labels`=True but the data set has no labels')
                 labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
             labels = np.asarray(labels)
             if labels.shape[0] != self._raw_shape[0]:

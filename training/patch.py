@@ -230,7 +230,7 @@ def check_schedule_options(real_p, real_p_end=None, progressive=False):
         if value is not None and not 0 <= value <= 1:
             raise FieldError(name, f'{value} is outside [0, 1]')
     if progressive and real_p_end is not None:
-        raise FieldError('real_p_end', 'not with --progressive, which has no random draw to move')
+        raise FieldError('real_p_end', 'not with `progressive`, which has no random draw to move')
 
 
 class PatchSchedule:

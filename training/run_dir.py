@@ -24,11 +24,11 @@ _RUN_ID = re.compile(r'^(\d+)-')
 def check_desc(desc, outdir):
     """Raises UserError unless the run-folder description `desc` is one plain name that fits the
     file system of `outdir`: no path separators, no '..', no control characters, so that the run
-    stays inside --outdir."""
+    stays inside `outdir`."""
     if desc in ('', '.', '..') or any(sep and sep in desc for sep in ('/', '\\', os.sep, os.altsep)) or \
             any(ord(ch) < 32 or ord(ch) == 127 for ch in desc):
         raise FieldError('desc', value=repr(desc), detail='must be a plain name, without "/", "\\", ".." or control characters '
-                        f'(it becomes part of the run folder\'s name inside --outdir)')
+                        f'(it becomes part of the run folder\'s name inside `outdir`)')
     dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), 'desc', reserve=0)
 
 
@@ -162,16 +162,18 @@ def meta_network(c):
 
 
 def check_training_memory(c, device):
-    """Raises UserError when training with options `c` cannot fit on `device`: the weights, their
-    EMA copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
+    """Raises a FieldError of `network_kwargs` and the batch (`batch_gpu` where set, else
+    `batch_size`) when training with options `c` cannot fit on `device`: the weights, their EMA
+    copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
     first convolution for one round of full images (a lower bound of the activations)."""
     net, resolution = meta_network(c)
     height, width = patch_lib.image_hw(resolution)
     batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
     weights = 20 * misc.count_parameters(net)
     activations = 2 * 4 * batch_gpu * file_limits.full_resolution_channels(net) * height * width
-    file_limits.check_memory(weights + activations, f'--cbase/--cres/--batch: {misc.count_parameters(net):,} parameters '
-                             f'and batches of {batch_gpu} images of {width}x{height}', device)
+    with dnnlib.util.field_of(('network_kwargs', 'batch_gpu' if c.batch_gpu else 'batch_size')):
+        file_limits.check_memory(weights + activations, f'{misc.count_parameters(net):,} parameters and batches of '
+                                 f'{batch_gpu} images of {width}x{height}', device)
 
 
 def state_files(folder):
@@ -195,10 +197,10 @@ def pick_resume_state(path, c):
         candidates = state_files(path)
         if not candidates:
             snapshots = glob.glob(os.path.join(glob.escape(path), 'network-snapshot-*.pkl'))
-            hint = (f'; --transfer={sorted(snapshots)[-1]} starts a new run from its latest weights' if snapshots
-                    else '; start it again without --resume')
+            hint = (f'; `resume_pkl`={sorted(snapshots)[-1]} starts a new run from its latest weights' if snapshots
+                    else '; start it again without `resume_state`')
             raise FieldError('resume_state', f'run folder "{path}" holds no training state: the run stopped before its first '
-                            f'one was written (one every --dump ticks, and at the end){hint}')
+                            f'one was written (one every `state_dump_ticks` ticks, and at the end){hint}')
     net = meta_network(c)[0]
     reasons = []
     for candidate in candidates:
@@ -209,7 +211,12 @@ def pick_resume_state(path, c):
         except UserError as err:
             if len(candidates) == 1 or 'could run code' in err.message:  # a planted file is no damage to pass over
                 raise
-            reasons.append(err.message)
-            dist.print0(f'Passing over {err.message.removeprefix("--resume: ")}')
+            reasons.append(err)
+            dist.print0(dnnlib.util.notice(f'Passing over {_reason(err)}'))
     raise FieldError('resume_state', f'no training state in "{path}" loads and fits this run; the newest: '
-                    f'{reasons[0].removeprefix("--resume: ")}')
+                    f'{_reason(reasons[0])}')
+
+
+def _reason(err):
+    """Why a training state cannot be resumed: the message of `err` without its `resume_state` head."""
+    return err.detail if isinstance(err, FieldError) and err.field == 'resume_state' else err.message

@@ -76,7 +76,7 @@ def check_resume_state(path, network_kwargs, batch_size):
     differ = [f'{key} {stored.get(key)!r} (now {wanted.get(key)!r})' for key in sorted(set(stored) | set(wanted))
               if key not in RESUMABLE_CHANGES and stored.get(key) != wanted.get(key)]
     if state.get('batch_size', batch_size) != batch_size:
-        differ.append(f'--batch {state["batch_size"]} (now {batch_size})')
+        differ.append(f'`batch_size` {state["batch_size"]} (now {batch_size})')
     if differ:
         raise FieldError('resume_state', f'"{path}" was trained with other options: {", ".join(differ)}')
     return state
