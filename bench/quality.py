@@ -809,7 +809,7 @@ def parse_list(option, text, choices=None, kind=str):
               metavar='STR', default='')
 @click.option('--tick', help='kimg per status line / stats.jsonl record', metavar='KIMG', type=float, default=0.5)
 @click.option('--solver', help='Sampling solver (training.sampler)', metavar='NAME', default='dpmpp-2m')
-@click.option('--steps', help='Sampling steps (noise levels)', metavar='INT', type=click.IntRange(min=1), default=20)
+@click.option('--steps', help='Sampling steps (noise levels)', metavar='INT', type=click.IntRange(min=1), default=15)
 @click.option('--gen-batch', 'gen_batch', help='Images sampled at once', metavar='INT', type=click.IntRange(min=1), default=250)
 @click.option('--ema-std', 'ema_std', help='Post-hoc EMA profiles tracked while training (train.py --ema-std); none: the classic EMA only',
               metavar='LIST', default='0.050,0.100')
