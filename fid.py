@@ -6,8 +6,9 @@ import functools
 import click
 import numpy as np
 
-from dnnlib.util import UserError, check_output_file, option_errors
+from dnnlib.util import option_errors
 from torch_utils import distributed as dist
+from torch_utils import png
 import dnnlib
 from training import checkpoints, memorisation
 from training.dataset import ImageFolderDataset
@@ -220,7 +221,7 @@ def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num
     block; no distance matrix of all pairs is built. Runs in one process.
     """
     if pairs_path is not None:
-        check_pairs_dest(pairs_path)
+        png.check_png_dest(pairs_path, '--pairs')
     with option_errors(mem, names={'images': '--images', 'data': '--data'}):
         dev = dist.pick_device(device)
         data = ImageFolderDataset(dataset_path)
@@ -233,13 +234,6 @@ def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num
     if pairs_path is not None:
         memorisation.pairs_grid(generated, found, data, min(num_pairs, len(generated)), pairs_path)
         print(f'Closest pairs: {pairs_path}', flush=True)
-
-
-def check_pairs_dest(path):
-    """--pairs must name a .png file that can be written."""
-    if not path.lower().endswith('.png'):
-        raise UserError(f'--pairs={path}: the pairs are written as a .png file')
-    check_output_file(path, '--pairs')
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed, misc, png
 from training import checkpoints, encoders, file_limits, patch, sampler
-from training.dataset import MAX_IMAGE_PIXELS, probe_png_header
+from training.dataset import MAX_IMAGE_PIXELS
 
 
 MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
@@ -229,18 +229,6 @@ def check_sampling_memory(net, canvas, batch, device):
                              f'--batch/--image_size: batches of {batch} images of {width}x{height}', device)
 
 
-def check_grid_dest(path):
-    """Raises UserError unless --grid names a writable .png that is new or already a PNG: the grid
-    never replaces a file of another kind."""
-    if not path.lower().endswith('.png'):
-        raise UserError(f'--grid={path}: the grid is written as a .png file')
-    dnnlib.util.check_output_file(path, '--grid')
-    if os.path.lexists(path):
-        with open(path, 'rb') as f:
-            if probe_png_header(f.read(26)) is None:
-                raise UserError(f'--grid={path}: exists and is not a PNG image; not replacing it')
-
-
 def iter_lazily(net, seeds, device, chunk=4096, **kwargs):
     """`sampler.iter_sample_batches` over a long (lazy) seed sequence, `chunk` seeds at a time,
     with one progress bar for all of them."""
@@ -350,7 +338,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     if outdir is not None:
         dnnlib.util.check_output_dir(outdir, '--outdir')
     if grid_path is not None:
-        check_grid_dest(grid_path)
+        png.check_png_dest(grid_path, '--grid')
     dev = distributed.init(device)
     net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
     checkpoints.check_file_vae(decoder, network_url, vae)

@@ -530,6 +530,7 @@ def train(opts):
     c.seed = dist.broadcast_object(seed)
 
     if opts.nosubdir:
+        run_dir_lib.check_nosubdir(opts.outdir, c.get('resume_state'))
         c.run_dir = opts.outdir
     else:
         run_dir_lib.check_desc(desc, opts.outdir)

@@ -851,6 +851,48 @@ def test_overwrite_judges_a_destination_by_its_contents(files, tmp_path):
     one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={fake}', '--overwrite']), '--dest', 'not a data set')
 
 
+def test_overwrite_spares_the_source_and_a_foreign_dataset_json(files, tmp_path):
+    runner = CliRunner()
+    folder, archive = tmp_path / 'd', tmp_path / 'd.zip'
+    for dest in (folder, archive):
+        assert runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'dataset.json').write_text(json.dumps({'name': 'my experiment', 'labels': None}))
+    before = disk_state(tmp_path)
+    for source, dest, words in ((folder, folder, 'is the --source'), (archive, archive, 'is the --source'),
+                                (folder / '00000', folder, 'holds the --source'), (files.npz, project, 'not a data set')):
+        one_line(runner.invoke(dataset_tool.cli, [f'--source={source}', f'--dest={dest}', '--overwrite', '--resolution=8x8']),
+                 '--dest', words)
+    assert disk_state(tmp_path) == before
+
+
+def test_image_and_statistics_outputs_replace_only_their_own_kind(files, special, tmp_path):
+    runner = CliRunner()
+    ref = tmp_path / 'ref.npz'
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048), thesis=np.arange(3))
+    (tmp_path / 'photo.png').write_bytes(b'\xff\xd8\xff\xe0 a JPEG named .png')
+    os.mkfifo(special / 'grid.png')
+    before = disk_state(tmp_path)
+    one_line(runner.invoke(fid.main, ['ref', f'--data={files.digits}', f'--dest={ref}', f'--detector={files.det}']),
+             '--dest', 'not replacing')
+    one_line(runner.invoke(fid.main, ['mem', f'--images={files.digits}', f'--data={files.digits}', f'--pairs={tmp_path}/photo.png']),
+             '--pairs', 'not a PNG')
+    one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--grid={special}/grid.png']), '--grid', 'not a regular file')
+    assert disk_state(tmp_path) == before
+
+
+def test_nosubdir_never_writes_over_another_run(files, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(files.run, run)
+    before = disk_state(run)
+    train_args = [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + TINY_RUN + [f'--outdir={run}', '--nosubdir']
+    one_line(CliRunner().invoke(train.main, train_args), '--outdir', 'another run', f'--resume={run}')
+    assert disk_state(run) == before
+    result = CliRunner().invoke(train.main, train_args + [f'--resume={run}', '-n'])  # continuing it in place
+    assert result.exit_code == 0, result.output
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_file(files, tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, 'No space left on device')

@@ -604,7 +604,8 @@ def save_stats(path, mu, sigma, features=None):
 
 def check_stats_dest(path):
     """Raises UserError unless `path` can take reference statistics: a writable .npz name that is
-    new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
+    new or already holds statistics as `save_stats` writes them (`mu` and `sigma`, perhaps
+    `features`, nothing else); any other file is not replaced."""
     if not path.lower().endswith('.npz'):
         raise FieldError('dest', value=path, detail='reference statistics are written to a .npz file')
     dnnlib.util.check_output_file(path, 'dest')
@@ -612,11 +613,12 @@ def check_stats_dest(path):
         return
     try:
         with np.load(path, allow_pickle=False) as data:
-            ours = {'mu', 'sigma'} <= set(data.files)
+            names = set(data.files)
     except Exception:  # anything unreadable as npz is not ours
-        ours = False
-    if not ours:
-        raise FieldError('dest', value=path, detail='exists and is not a reference-statistics file (no mu and sigma); not replacing it')
+        names = set()
+    if not {'mu', 'sigma'} <= names <= {'mu', 'sigma', 'features'}:
+        raise FieldError('dest', value=path, detail='exists and is not a reference-statistics file (mu, sigma and at most '
+                         'features); not replacing it')
 
 
 def fid_label(num):

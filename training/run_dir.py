@@ -32,6 +32,20 @@ def check_desc(desc, outdir):
     dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), 'desc', reserve=0)
 
 
+_RUN_FILE = re.compile(r'^(training_options\.json|log\.txt|stats\.jsonl|(network-snapshot|training-state|phema|samples)-.*)$')
+
+
+def check_nosubdir(outdir, resume_state=None):
+    """Raises a FieldError of `outdir` when --nosubdir would write a run into a folder holding the
+    files of another one, whose snapshots, states and log it would replace; continuing the run of
+    that folder (`resume_state` inside it) is allowed."""
+    found = sorted(n for n in (os.listdir(outdir) if os.path.isdir(outdir) else []) if _RUN_FILE.match(n))
+    if not found or resume_state is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_state)), outdir):
+        return
+    raise FieldError('outdir', value=outdir, detail=f'holds the files of another run ({", ".join(found[:3])}{", ..." if len(found) > 3 else ""}), '
+                     f'which --nosubdir would replace; give a new folder, or continue that run with --resume={outdir}')
+
+
 def next_run_id(outdir):
     """One more than the largest id of the run folders `<id>-<desc>` in `outdir` (0 if none)."""
     ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
