@@ -6,11 +6,11 @@ import functools
 import click
 import numpy as np
 
-from dnnlib.util import option_errors
+from dnnlib.util import UserError, option_errors
 from torch_utils import distributed as dist
 from torch_utils import png
 import dnnlib
-from training import checkpoints, memorisation
+from training import checkpoints, encoders, memorisation
 from training.dataset import ImageFolderDataset
 from training.metrics import (calculate_inception_stats, check_stats_dest, compute_kid, format_scores, list_image_files,
                               load_detector, load_features, load_reference, needs_features, parse_metrics, print_info,
@@ -37,7 +37,8 @@ def common_options(func, options=_common_options):
 
 
 # The arguments of library functions whose name differs from the parameter of the option that sets them.
-FID_FIELDS = {'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest', 'trust': '--trust-pickle'}
+FID_FIELDS = {'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest', 'trust': '--trust-pickle',
+              'vae_name': '--vae'}
 
 
 def option_names(func):
@@ -142,10 +143,11 @@ def calc(image_path, ref_path, num_expected, seed, metrics_text, max_batch_size,
 @click.option('--num', help='Number of images to generate (seeds --first-seed onwards)', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--first-seed', help='Seed of the first image', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
 @click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--vae', help='VAE of a latent network: hub id or local folder  [default: the folder the network names]', metavar='ID|DIR', type=str)
 @_metrics_option
 @detector_options
 @option_names
-def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_batch_size, detector, device, trust_pickle, bf16):
+def gen(network_url, ref_path, num, first_seed, num_steps, vae, metrics_text, max_batch_size, detector, device, trust_pickle, bf16):
     """Score a network snapshot without writing images.
 
     Samples with EDM's sampler (seeds --first-seed onwards, class labels drawn per seed as in
@@ -156,6 +158,11 @@ def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_bat
     dev = dist.init(device)
     reference = load_reference(ref_path, metrics)
     net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
+    checkpoints.check_file_vae(decoder, network_url, vae)
+    if vae is not None:
+        if decoder is None:
+            raise UserError('--vae: only applies to latent networks')
+        decoder.vae_name = encoders.check_vae_name(vae)
     net = net.to(dev)
     if decoder is not None:
         decoder.init(dev)

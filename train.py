@@ -106,7 +106,8 @@ def dataset_options(data, use_labels, xflip, cache):
 def encoder_options(opts, dataset):
     """`encoder_kwargs` of the training loop: None for pixel-space training, else the Stable
     Diffusion VAE encoder. A data set of precomputed latents implies --latents=1 and
-    names its VAE; --vae may point elsewhere (another copy of the same VAE)."""
+    names its VAE, used when it is a local folder (a hub id there needs --vae, as in network
+    files); --vae may point elsewhere (another copy of the same VAE)."""
     info = getattr(dataset, 'latent_info', None)
     if not opts.train_on_latents and info is None:
         for name, value in (('--vae', opts.vae), ('--latent-norm', opts.latent_norm)):
@@ -114,7 +115,7 @@ def encoder_options(opts, dataset):
                 raise UserError(f'{name}: only applies with --latents=1')
         return None
     if info is not None and opts.vae is None:
-        vae = info.get('vae', encoders.DEFAULT_VAE)
+        vae = encoders.recorded_vae(info.get('vae', encoders.DEFAULT_VAE), 'data', f'the data set "{opts.data}"')
     else:
         vae = encoders.check_vae_name(opts.vae or encoders.DEFAULT_VAE)
     return dnnlib.EasyDict(class_name='training.encoders.StabilityVAEEncoder', vae_name=vae,

@@ -568,6 +568,26 @@ def test_hub_id_in_a_file_never_downloads(tmp_path, monkeypatch, vae_name, words
     assert not os.path.exists(tmp_path / 'out')
 
 
+def test_hub_id_in_a_latent_data_set_or_for_fid_gen_never_downloads(files, tmp_path, monkeypatch):
+    from training import encoders
+    monkeypatch.setattr(encoders, 'load_vae', lambda *args, **kwargs: pytest.fail(f'a download was attempted: {args}'))
+    network = latent_safetensors(tmp_path / 'latent.safetensors', vae_name='someone/their-vae')
+    line = one_line(CliRunner().invoke(fid.main, ['gen', f'--network={network}', f'--ref={files.stats}', '--num=2', '--steps=2',
+                                                  f'--detector={files.det}', '--device=cpu']), '--network', 'a hub id')
+    assert '--vae=someone/their-vae' in line, line
+    data = tmp_path / 'latents.zip'
+    latents = dict(encoder='vae', vae='someone/their-vae', shape=[8, 4, 4], channels=4, flips=1, dtype='float32')
+    with zipfile.ZipFile(data, 'w') as z:
+        for i in range(2):
+            buf = io.BytesIO()
+            np.save(buf, np.zeros((1, 8, 4, 4), np.float32))
+            z.writestr(f'00000/img{i:08d}.npy', buf.getvalue())
+        z.writestr('dataset.json', json.dumps(dict(labels=None, latents=latents)))
+    args = [a.format(tmp=tmp_path, digits=data) for a in TRAIN] + ['--cres=1', '--attn=none', '-n']
+    one_line(CliRunner().invoke(train.main, args), '--data', 'latents.zip', 'a hub id', '--vae=someone/their-vae')
+    assert not os.path.exists(tmp_path / 'runs')
+
+
 @pytest.mark.parametrize('change,words', [
     (dict(init_kwargs_update=dict(model_channels=8000)), ['far larger than the weights']),
     (dict(init_kwargs_update=dict(num_blocks=3000)), ['far larger than the weights', 'modules']),
@@ -661,6 +681,32 @@ def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path)
     assert not os.path.exists(marker)
     reconstruct_phema.load_template(str(tmp_path), 7, trust_pickle=True)
     assert os.path.isdir(marker)
+
+def test_reconstruct_phema_refuses_broken_profiles_and_those_of_another_network(files, tmp_path):
+    import reconstruct_phema
+    from training import checkpoints, phema
+    run = tmp_path / 'run'
+    shutil.copytree(files.run, run)
+    net = checkpoints.load_snapshot(str(run / run_files.snapshot_name(0)), 'network')['ema']
+    profiles = str(run / phema.phema_name(0))
+    phema.PowerEMA(net, [0.05, 0.1]).save(str(run), 0, 3, 24)
+    good = torch.load(profiles, weights_only=True)
+    args = [f'--indir={run}', f'--outdir={tmp_path}/out', '--outstd=0.07']
+    assert CliRunner().invoke(reconstruct_phema.main, args).exit_code == 0
+    marker = str(tmp_path / 'code-ran')
+    broken = dict(nan=dict(good, gamma=[float('nan'), 1.0]), short=dict(good, averages=good['averages'][:1]),
+                  negative=dict(good, step=-10), code=dict(good, averages=[Evil(marker)] * 2))
+    for name, state in broken.items():
+        torch.save(state, profiles)
+        one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', profiles,
+                 'not a readable profile' if name == 'code' else 'not a profile file')
+    assert not os.path.exists(marker)
+    os.remove(profiles)
+    os.mkfifo(profiles)
+    one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', 'named pipe')
+    os.remove(profiles)
+    phema.PowerEMA(sampling_net(img_channels=1), [0.05]).save(str(run), 0, 3, 24)
+    one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', 'another network')
 
 # ----------------------------------------------------------------------------------------------
 # Nothing lost, bounded, one line always: special files, bombs, reference statistics, full

@@ -493,16 +493,8 @@ def check_file_vae(decoder, url, vae):
     """A VAE named by a network file is used only if it is a local folder; a hub id in a file needs
     `vae` from the caller (`--vae` on the command line), so that a file never makes the program
     download anything."""
-    if decoder is None or vae is not None:
-        return
-    name = decoder.vae_name
-    if not encoders.is_local_vae(name):
-        raise FieldError('network', f'"{url}" names the VAE "{name}", a hub id; pass `vae`={name} to download it '
-                        f'(or `vae`=FOLDER for a local copy)')
-    try:
-        decoder.vae_name = encoders.vae_folder(name)
-    except UserError:
-        raise FieldError('network', f'"{url}" names the VAE folder "{name}", which holds no VAE here; pass `vae`=FOLDER or a hub id') from None
+    if decoder is not None and vae is None:
+        decoder.vae_name = encoders.recorded_vae(decoder.vae_name, 'network', f'"{url}"')
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.
