@@ -27,7 +27,7 @@ def convert_arrays(writer, source, images, labels, max_images, value_range, tran
                             f'which is stored as .npy arrays')
     lo, hi = parse_range(value_range, images)
     with writer:
-        write_array_items(writer, images, labels, (lo, hi), max_images)
+        write_array_items(writer, images, labels, (lo, hi), max_images, source)
         if writer.count == 0:
             raise UserError(f'--source={source}: no items')
     height, width, chans = images.shape[1:]

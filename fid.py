@@ -10,11 +10,11 @@ from dnnlib.util import UserError, option_errors
 from torch_utils import distributed as dist
 from torch_utils import png
 import dnnlib
-from training import checkpoints, encoders, memorisation
+from training import checkpoints, encoders, memorisation, sampler
 from training.dataset import ImageFolderDataset
-from training.metrics import (calculate_inception_stats, check_stats_dest, compute_kid, format_scores, list_image_files,
-                              load_detector, load_features, load_reference, needs_features, parse_metrics, print_info,
-                              save_stats, score_features, score_network, select_indices)
+from training.metrics import (calculate_inception_stats, check_feature_count, check_stats_dest, compute_kid, format_scores,
+                              list_image_files, load_detector, load_features, load_reference, needs_features, parse_metrics,
+                              print_info, save_stats, score_features, score_network, select_indices)
 
 _detector_options = [
     click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
@@ -53,6 +53,9 @@ def option_names(func):
 def detector_options(func):
     """Adds the detector's options, for gen, which decodes no image files."""
     return common_options(func, _detector_options)
+
+
+MAX_KID_SUBSETS = 10000  # the estimate's spread shrinks as 1/sqrt(subsets); EDM2 uses 100
 
 
 def _is_features_file(path):
@@ -142,7 +145,7 @@ def calc(image_path, ref_path, num_expected, seed, metrics_text, max_batch_size,
 @click.option('--ref', 'ref_path', help='Reference statistics .npz (path or URL)', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images to generate (seeds --first-seed onwards)', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--first-seed', help='Seed of the first image', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1, max=sampler.MAX_STEPS), default=18, show_default=True)
 @click.option('--vae', help='VAE of a latent network: hub id or local folder  [default: the folder the network names]', metavar='ID|DIR', type=str)
 @_metrics_option
 @detector_options
@@ -179,7 +182,7 @@ def gen(network_url, ref_path, num, first_seed, num_steps, vae, metrics_text, ma
 @click.option('--images', 'image_path', help='Image folder or zip, or .npz with features', metavar='PATH', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference image folder or zip, or .npz with features from ref --save-features', metavar='PATH', type=str, required=True)
 @click.option('--num', 'num_expected', help='Use a random subset of this many images [default: all]', metavar='INT', type=click.IntRange(min=2), default=None)
-@click.option('--subsets', 'num_subsets', help='Number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
+@click.option('--subsets', 'num_subsets', help='Number of random subsets', metavar='INT', type=click.IntRange(min=1, max=MAX_KID_SUBSETS), default=100, show_default=True)
 @click.option('--subset-size', 'max_subset_size', help='Images per subset (at most those available)', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @common_options
@@ -192,6 +195,7 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
     for path in (image_path, ref_path):  # read and check both sides before any slow work
         if _is_features_file(path):
             saved[path] = load_features(path)
+            check_feature_count(path, saved[path], 'kid')
         else:
             list_image_files(path)
     det = None

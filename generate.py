@@ -27,6 +27,8 @@ from training.dataset import MAX_IMAGE_PIXELS
 
 MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
 MAX_SIGMA = 1e19  # sigma^2 stays finite in float32
+MIN_SIGMA = 1e-30  # sigma stays a normal float32 number
+MAX_GUIDANCE = 1000  # |--cfg| and |--guidance|
 MAX_S_NOISE = 2.0
 MAX_CANVAS_OFFSET = 2**24
 SAMPLER_TENSORS = 8  # image-sized tensors the sampler keeps per image (x, denoised, slopes, noise, ...)
@@ -143,6 +145,11 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     for name, value in (('--sigma_min', sigma_min), ('--sigma_max', sigma_max)):
         if value is not None and value > MAX_SIGMA:
             raise UserError(f'{name}={value:g}: at most {MAX_SIGMA:g}, or its square overflows float32 and every image is garbage')
+        if value is not None and value < MIN_SIGMA:
+            raise UserError(f'{name}={value:g}: at least {MIN_SIGMA:g}, or float32 rounds it towards 0 and log(sigma) breaks')
+    if disc in (None, 'edm'):
+        sampler.check_rho(rho, steps, sigma_min or 0.002, sigma_max or 80)
+    check_guidance_weight('--cfg', cfg)
     if not 0 <= S_noise <= MAX_S_NOISE:
         raise UserError(f'--S_noise={S_noise:g}: must be between 0 and {MAX_S_NOISE:g} (the scale of the re-injected noise; EDM uses 1 to 1.007)')
     if solver is not None and solver not in sampler.EDM_SOLVERS:
@@ -160,6 +167,13 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     return kwargs
 
 
+def check_guidance_weight(name, weight):
+    """Raises UserError for a guidance weight so large that every pixel saturates."""
+    if weight is not None and abs(weight) > MAX_GUIDANCE:
+        raise UserError(f'{name}={weight:g}: at most {MAX_GUIDANCE:g} in magnitude (weights in use lie below 10; far beyond, '
+                        f'the difference of two denoisers swamps the image and every pixel saturates)')
+
+
 def load_guide(net, guide_url, guidance, cfg, device, trust=False):
     """The --guide-network on `device`, checked against the network before any sampling."""
     if guide_url is None:
@@ -168,6 +182,7 @@ def load_guide(net, guide_url, guidance, cfg, device, trust=False):
         raise UserError('--guide-network: give the guidance weight too, e.g. --guidance=2')
     if cfg is not None:
         raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
+    check_guidance_weight('--guidance', guidance)
     guide, _ = checkpoints.load_network(guide_url, 'guide_net', trust=trust)
     sampler.check_guide_network(net, guide)
     if getattr(net, 'use_bf16', False) and hasattr(guide, 'use_bf16'):
@@ -278,7 +293,7 @@ GENERATE_FIELDS = {'network': '--network', 'trust': '--trust-pickle', 'cfg_scale
 @click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class of every image  [default: drawn per seed]', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Images per network call, per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls with heun, N with the other solvers)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls with heun, N with the other solvers)', metavar='INT', type=click.IntRange(min=1, max=sampler.MAX_STEPS), default=18, show_default=True)
 @click.option('--sigma_min', help='Smallest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--sigma_max', help='Largest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--rho', help='Exponent rho of the sigma spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)

@@ -12,6 +12,9 @@ from dnnlib.util import UserError
 from training import checkpoints, phema, run_files
 
 
+MAX_RESIDUAL = 0.5  # relative L2 error of the reconstructed profile: beyond, its weights sum far below 1
+
+
 def output_name(kimg, std):
     """`network-snapshot-<kimg>-ema-<std>.pkl`: an ordinary snapshot whose name says its EMA."""
     return f'network-snapshot-{int(kimg):06d}-ema-{std:.3f}.pkl'
@@ -112,6 +115,11 @@ def main(indir, outdir, outstd, outkimg, trust_pickle):
         stds = phema.parse_stds(outstd)
     with dnnlib.util.option_errors(main):
         end_kimg, results = reconstruct(indir, stds, outkimg)
+    for std, _params, residual in results:
+        if residual > MAX_RESIDUAL:
+            raise UserError(f'--outstd={std:g}: the saved profiles cannot form this width (relative residual {residual:.2f}, '
+                            f'more than {MAX_RESIDUAL}); the weights would be shrunk towards zero. Choose widths near those '
+                            f'tracked with --ema-std')
     template = load_template(indir, end_kimg, trust_pickle)
     check_fits(template['ema'], results[0][1], indir, end_kimg)
     os.makedirs(outdir, exist_ok=True)

@@ -14,6 +14,8 @@ import pickle
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -775,6 +777,10 @@ def test_special_files_are_refused_without_being_opened(special, files, tmp_path
     one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/piped-json', f'--dest={tmp_path}/d.zip']), 'dataset.json', 'named pipe')
     one_line(runner.invoke(fid.main, ['calc', f'--images={files.digits}', f'--ref={special}/pipe-ref.npz', f'--detector={files.det}']),
              'pipe-ref.npz', 'named pipe')
+    import convert_network
+    one_line(runner.invoke(generate.main, [f'--network={special}/pipe.npz', f'--outdir={tmp_path}/out']), '--network', 'named pipe')
+    one_line(runner.invoke(convert_network.main, [f'--network={special}/zero.npz', f'--dest={tmp_path}/n.safetensors']),
+             '--network', 'device')
     with pytest.raises(dnnlib.util.UserError, match='named pipe'):
         dataset_lib.ImageFolderDataset(str(special / 'piped-images'))
     assert os.listdir(tmp_path) == []
@@ -855,7 +861,7 @@ def test_reference_statistics_are_validated_before_the_features(files, tmp_path)
     cases = dict(nan=(np.zeros(2048), np.where(np.eye(2048) > 0, np.nan, good), 'NaN'),
                  negative=(np.zeros(2048), -np.eye(2048), 'negative eigenvalue'),
                  skewed=(np.zeros(2048), good + np.triu(np.ones((2048, 2048)), 1), 'not symmetric'),
-                 small=(np.zeros(64), np.eye(64), 'expected (2048,)'))
+                 small=(np.zeros(64), np.eye(64), 'expected (2048,)'), huge=(np.zeros(2048), np.eye(2048) * 1e305, 'beyond'))
     for name, (mu, sigma, words) in cases.items():
         path = str(tmp_path / f'{name}.npz')
         np.savez(path, mu=mu, sigma=sigma)
@@ -872,6 +878,16 @@ def test_reference_statistics_are_validated_before_the_features(files, tmp_path)
             z.writestr(key + '.npy', buf.getvalue())
     mu, sigma = metrics.load_stats(extra)
     assert mu.shape == (2048,) and np.array_equal(sigma, good)
+
+
+def test_features_too_few_for_a_metric_name_their_file(files, tmp_path):
+    path = tmp_path / 'few.npz'
+    np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048), features=np.ones((3, 2048), np.float32))
+    with pytest.raises(dnnlib.util.UserError, match='few.npz: holds the features of 3 images; precision/recall needs at least 4'):
+        metrics.load_reference(str(path), ('fid', 'pr'))
+    np.savez(path, features=np.ones((1, 2048), np.float32))
+    one_line(CliRunner().invoke(fid.main, ['kid', f'--images={path}', f'--ref={files.digits}', f'--detector={files.det}']),
+             'few.npz', 'KID needs at least 2')
 
 
 def test_overwrite_judges_a_destination_by_its_contents(files, tmp_path):
@@ -945,6 +961,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(files, tmp_path, monkeypatch
     with pytest.raises(dnnlib.util.UserError, match='no space left on the device'):
         with dnnlib.util.atomic_write(tmp_path / 'a.bin', 'wb') as fp:
             full(fp)
+    with pytest.raises(dnnlib.util.UserError, match='a.bin: larger than the file-size limit'):
+        with dnnlib.util.atomic_write(tmp_path / 'a.bin', 'wb') as fp:
+            raise OSError(errno.EFBIG, 'File too large')
     assert os.listdir(tmp_path) == []
     log = dnnlib.util.Logger(file_name=str(tmp_path / 'log.txt'))
     try:
@@ -1005,6 +1024,17 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
     ('generate', GENERATE + ['--outdir={tmp}/out', '--device=meta'], 1, ['--device=meta']),
     ('fid', ['calc', '--images={digits}', '--ref={stats}', '--device=meta', '--detector={det}'], 1, ['--device=meta']),
     ('fid', ['kid', '--images={digits}', '--ref={digits}', '--num=4', '--detector={det}', '--seed=-1'], 2, ['--seed']),
+    ('train', TRAIN + ['--seed=18446744073709551616', '-n'], 2, ['--seed']),  # seeds mix modulo 2^63: 2^64 would be seed 0
+    ('train', TRAIN + ['--blocks=20000', '-n'], 2, ['--blocks']),
+    ('train', TRAIN + ['--device=xpu', '-n'], 1, ['--device=xpu', 'not available']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--device=mps'], 1, ['--device=mps', 'not available']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--steps=2147483647'], 2, ['--steps']),
+    ('fid', ['calc', '--images={digits}', '--ref={stats}', '--detector={det}', '--device='], 1, ['--device', 'empty']),
+    ('fid', ['kid', '--images={digits}', '--ref={digits}', '--subsets=1000000000', '--detector={det}'], 2, ['--subsets']),
+    ('fid', ['gen', '--network={net}', '--ref={stats}', '--num=2', '--first-seed=4294967295', '--detector={det}', '--device=cpu'],
+     1, ['--num', '2^32']),
+    ('fid', ['gen', '--network={net}', '--ref={stats}', '--num=2', '--first-seed=18446744073709551615', '--detector={det}',
+             '--device=cpu'], 1, ['--first-seed', '2^32']),
 ]
 
 
@@ -1013,6 +1043,19 @@ def test_option_values_beyond_what_works_are_refused(script, args, code, words, 
     args = [a.format(tmp=tmp_path, **files) for a in args]
     one_line(CliRunner().invoke(SCRIPTS[script], args), *words, code=code)
     assert not os.path.exists(tmp_path / 'runs') and not os.path.exists(tmp_path / 'out')
+
+
+def test_fp16_on_a_cpu_says_it_trains_in_fp32(files, tmp_path):
+    result = CliRunner().invoke(train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + ['--precision=fp16', '-n'])
+    assert result.exit_code == 0 and '--precision=fp16: half precision runs on CUDA only; training in fp32' in result.output
+    assert '"use_fp16": false' in result.output
+
+
+def test_memory_checks_see_the_address_space_limit():
+    code = ('import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); '
+            'from training import file_limits; print(file_limits.available_memory())')
+    free = int(subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    assert 0 < free < 3 << 30
 
 
 def test_racing_runs_claim_distinct_folders(tmp_path):
@@ -1058,6 +1101,14 @@ def test_resume_falls_back_past_states_that_do_not_load_or_fit(files, tmp_path):
     assert not stale.exists()
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000001.pt', '-n']), '--resume', 'random-number')
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000002.pt', '-n']), '--resume', 'does not fit')
+    diverged = dict(state, ema={k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in state['ema'].items()})
+    torch.save(diverged, run / 'training-state-000005.pt')
+    result = runner.invoke(train.main, train_args + [f'--resume={run}', '-n'])
+    assert result.exit_code == 0 and 'Passing over' in result.output and 'NaN or infinite "ema"' in result.output, result.output
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000005.pt', '-n']), '--resume', 'NaN')
+    torch.save(dict(state, network_kwargs=[1, 2]), run / 'training-state-000005.pt')
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000005.pt', '-n']), '--resume', 'network_kwargs')
+    os.remove(run / 'training-state-000005.pt')
     os.remove(run / 'training-state-000000.pt')
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}']), '--resume', 'no training state', 'loads and fits')
     empty = tmp_path / 'killed-early'

@@ -445,15 +445,21 @@ def parse_range(text, images):
     return lo, hi
 
 
-def write_array_items(writer, images, labels, value_range, max_images):
+def write_array_items(writer, images, labels, value_range, max_images, source='source'):
     """Stores each (H,W,C) item of the `ArrayImages` `images` as a float32 (C,H,W) `.npy` mapped
     from `value_range` to [-1, 1] (values outside it are kept, not clipped), with its label;
-    dataset.json gets an "arrays" description that `training.dataset.ArrayFolderDataset` reads."""
+    dataset.json gets an "arrays" description that `training.dataset.ArrayFolderDataset` reads.
+    An item with NaN or infinite values (in float32, after the mapping) is a FieldError of
+    `source`: training on it would be garbage."""
     lo, hi = value_range
     count = _limit(len(images), max_images)
     label_of = _array_label(labels)
     for i, item in enumerate(tqdm(images.items(count), total=count, unit='img', file=sys.stderr, dynamic_ncols=True)):
         item = (item.astype(np.float64) - lo) / (hi - lo) * 2 - 1
+        with np.errstate(over='ignore'):
+            if not np.isfinite(item.astype(np.float32)).all():
+                raise FieldError('source', value=source, detail=f'item {i} holds NaN or infinite values (in float32, after '
+                                 f'mapping `value_range` to [-1, 1])')
         writer.add_array(np.ascontiguousarray(item.transpose(2, 0, 1), dtype=np.float32), label_of(i))
     height, width, channels = images.shape[1:]
     writer.meta['arrays'] = dict(shape=[channels, height, width], dtype='float32', range=[lo, hi],
@@ -712,7 +718,7 @@ def _has_member_contents(name, read_head):
             return head.lstrip().startswith(b'{"labels"')
         try:
             meta = json.loads(head)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         return isinstance(meta, dict) and 'labels' in meta and set(meta) <= _DATASET_JSON_KEYS
     return head.startswith(b'\x89PNG\r\n\x1a\n' if name.endswith('.png') else b'\x93NUMPY')

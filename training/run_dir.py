@@ -104,6 +104,9 @@ def remove_stale_temps_of_runs(outdir):
 # Resuming.
 
 
+MAX_COUNT = 2**53  # images, steps, ticks or blocks: beyond, float arithmetic on them loses whole counts
+
+
 def check_state_fits(path, state, net):
     """Raises UserError naming what in the loaded training `state` does not fit `net` (built on
     the meta device, so this costs no memory) or this machine's random-number generators: found
@@ -122,8 +125,12 @@ def check_state_fits(path, state, net):
         if shapes:
             raise FieldError('resume_state', f'"{path}" does not fit this network ("{key}" {shapes[0]} has shape '
                             f'{have[shapes[0]]}, the network {wanted[shapes[0]]})')
+        broken = next((name for name, t in stored.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if broken is not None:
+            raise FieldError('resume_state', f'"{path}" holds NaN or infinite "{key}" weights (e.g. {broken}): the run had '
+                            f'diverged or the file is damaged; resume from an earlier state')
     for key in ('nimg', 'step', 'tick', 'blocks_consumed'):
-        if not isinstance(state.get(key), int) or state[key] < 0:
+        if not isinstance(state.get(key), int) or not 0 <= state[key] <= MAX_COUNT:
             raise FieldError('resume_state', f'"{path}" has no valid "{key}" count')
     if not isinstance(state.get('optimizer_state'), dict):
         raise FieldError('resume_state', f'"{path}" holds no optimizer state')
