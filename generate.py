@@ -236,10 +236,11 @@ def check_image_pixels(net, decoder, canvas, grid_count):
 
 def check_sampling_memory(net, canvas, batch, device):
     """Raises UserError when one batch of `batch` images cannot fit on `device`: the sampler's
-    image-sized tensors plus the output of the network's first convolution (a lower bound of its
-    activations), before anything is allocated."""
+    image-sized tensors, the encoder outputs the U-Net keeps for its decoder and the output of its
+    first convolution (together a lower bound of its activations), before anything is allocated."""
     height, width = patch.image_hw(canvas.image_size if canvas is not None else net.img_resolution)
-    per_pixel = SAMPLER_TENSORS * net.img_channels + 2 * file_limits.full_resolution_channels(net)
+    per_pixel = (SAMPLER_TENSORS * net.img_channels + file_limits.skip_elements_per_pixel(net)
+                 + 2 * file_limits.full_resolution_channels(net))
     file_limits.check_memory(4 * batch * per_pixel * height * width,
                              f'--batch/--image_size: batches of {batch} images of {width}x{height}', device)
 

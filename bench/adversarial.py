@@ -81,12 +81,12 @@ class Case:
     `{names}` the shared inputs), what to make first, and what counts as right."""
 
     def __init__(self, id, family, script, args, setup=None, expect='refuse', words=(), limits=LIMITS, check=None,
-                 parallel=1, env=None, fsize=None, full_disk=False, may_remove=()):
+                 parallel=1, env=None, fsize=None, full_disk=False, may_change=()):
         assert family in FAMILIES and expect in ('refuse', 'accept', 'either'), id
         self.id, self.family, self.script, self.args = id, family, script, list(args)
         self.setup, self.expect, self.words, self.limits, self.check = setup, expect, tuple(words), limits, check
         self.parallel, self.env, self.fsize, self.full_disk = parallel, dict(env or {}), fsize, full_disk
-        self.may_remove = tuple(may_remove)  # paths under `{d}` whose removal is the job (stale temporary files)
+        self.may_change = tuple(may_change)  # paths whose change or removal is the job (stale temporary files, --overwrite)
 
 # ----------------------------------------------------------------------------------------------
 # Payloads and file builders.
@@ -881,7 +881,7 @@ def case_list():
     add('disk-generate-onto-full-fs', 'disk', 'generate', GEN + ['--network={net}', '--outdir={d}/full/out', '--seeds=0-199',
                                                                 '--image_size=64'], full_disk=True, words=['space'])
     add('disk-generate-grid-onto-full-fs', 'disk', 'generate', GEN + ['--network={net}', '--grid={d}/full/g.png', '--seeds=0-3',
-                                                                     '--image_size=96', '--steps=1'], full_disk=True,
+                                                                     '--image_size=160', '--steps=1'], full_disk=True,
         words=['g.png', 'space'])
     add('disk-train-onto-full-fs', 'disk', 'train', TRAIN + TINY + ['--outdir={d}/full/runs'], full_disk=True, words=['space'],
         limits=TRAIN_LIMITS)
@@ -1064,8 +1064,10 @@ def case_list():
     def json_deep(d, f):
         members = image_members(digit_images(4))
         write_zip(f'{d}/data.zip', members, json_text='{"labels": ' + '[' * 100000 + ']' * 100000 + '}')
-    add('garbage-train-json-nested-100000-deep', 'garbage', 'train', TRAIN + ['--data={d}/data.zip', '-n'], json_deep,
-        words=['dataset.json'])
+    add('garbage-train-json-nested-100000-deep-unused', 'garbage', 'train', TRAIN + ['--data={d}/data.zip', '-n'], json_deep,
+        expect='either')
+    add('garbage-train-json-nested-100000-deep-labels', 'garbage', 'train', TRAIN + ['--data={d}/data.zip', '--cond=1', '-n'],
+        json_deep, words=['dataset.json'])
 
     def json_string_labels(d, f):
         members = image_members(digit_images(8))
@@ -1095,7 +1097,7 @@ def case_list():
         open(f'{d}/inductor/cd/ef/kernel.o', 'wb').write(library[:len(library) // 2])
         open(f'{d}/inductor/cd/ef/whole.so', 'wb').write(library)
     add('cache-truncated-object-file', 'cache', 'train', TRAIN + ['--compile=1', '-n'], cache_with_cut_object, expect='accept',
-        env=dict(TORCHINDUCTOR_CACHE_DIR='{d}/inductor'), may_remove=['{d}/inductor/cd/ef/kernel.o'],
+        env=dict(TORCHINDUCTOR_CACHE_DIR='{d}/inductor'), may_change=['{d}/inductor/cd/ef/kernel.o'],
         check=lambda d, f, r: None if not os.path.exists(f'{d}/inductor/cd/ef/kernel.o') and os.path.exists(f'{d}/inductor/cd/ef/whole.so')
         else 'the truncated kernel.o is still there, or whole.so is gone')
     add('cache-dir-is-a-file', 'cache', 'train', TRAIN + ['--compile=1', '-n'], notes, expect='either',
@@ -1109,7 +1111,7 @@ def case_list():
             old(path)
         return setup
     add('temps-pid-beyond-64-bits', 'temps', 'dataset_tool', TOOL + ['--source={npz}', '--dest={d}/o.zip'],
-        temp_with_pid('9' * 30), expect='accept', may_remove=['{d}/.o.zip.' + '9' * 30 + '.abcdef12.tmp'])
+        temp_with_pid('9' * 30), expect='accept', may_change=['{d}/.o.zip.' + '9' * 30 + '.abcdef12.tmp'])
     add('temps-pid-zero', 'temps', 'dataset_tool', TOOL + ['--source={npz}', '--dest={d}/o.zip'], temp_with_pid(0), expect='accept')
 
     def temp_link_to_folder(d, f):
@@ -1119,14 +1121,14 @@ def case_list():
         os.symlink(f'{d}/mine', link)
         old(link)
     add('temps-stale-name-linking-to-a-folder', 'temps', 'fid', ['{fid}', 'ref', '--data={digits}', '--dest={d}/r.npz'] + FID,
-        temp_link_to_folder, expect='accept', may_remove=[f'{{d}}/.r.npz.{2**22 + 77}.abcdef12.tmp'])
+        temp_link_to_folder, expect='accept', may_change=[f'{{d}}/.r.npz.{2**22 + 77}.abcdef12.tmp'])
 
     def temp_fifo(d, f):
         path = f'{d}/.g.png.{2**22 + 78}.abcdef12.tmp'
         mkfifo(path)
         old(path)
     add('temps-stale-name-is-a-fifo', 'temps', 'generate', GEN + ['--network={net}', '--grid={d}/g.png'], temp_fifo, expect='accept',
-        may_remove=[f'{{d}}/.g.png.{2**22 + 78}.abcdef12.tmp'])
+        may_change=[f'{{d}}/.g.png.{2**22 + 78}.abcdef12.tmp'])
 
     def aside_and_dest(d, f):
         shutil.copytree(f.dsfolder, f'{d}/ds')
@@ -1134,7 +1136,7 @@ def case_list():
         old(f'{d}/.ds.{2**22 + 79}.old.tmp')
     add('temps-moved-aside-beside-a-new-dataset', 'temps', 'dataset_tool', TOOL + ['--source={npz}', '--dest={d}/ds', '--overwrite',
                                                                                   '--max-images=2'],
-        aside_and_dest, expect='either', may_remove=[f'{{d}}/.ds.{2**22 + 79}.old.tmp'])
+        aside_and_dest, expect='either', may_change=[f'{{d}}/.ds.{2**22 + 79}.old.tmp', '{d}/ds'])
 
     # --- resume: the newest state that loads and fits -------------------------------------------------
     def run_with(name, make):
@@ -1470,10 +1472,10 @@ def run_case(case, f, scripts, root, proxy, base_env, mountable, pristine):
     hits_before = len(proxy.hits)
     results = run_processes(cmd, d, env, case.limits, case.parallel, case.fsize)
     after = disk_state(watched)
-    removable = tuple(fill(path, d, f) for path in case.may_remove)
+    changeable = tuple(fill(path, d, f) for path in case.may_change)
     damaged = [f'{os.path.relpath(p, root)} {"changed" if p in after else "vanished"}' for p, v in before.items()
                if after.get(p) != v and not p.endswith('.filler')
-               and not (p not in after and any(p == r or p.startswith(r + os.sep) for r in removable))]
+               and not any(p == r or p.startswith(r + os.sep) for r in changeable)]
     code_ran = bool(os.listdir(CANARY_DIR))
     hits = proxy.hits[hits_before:]
     problem = case.check(d, f, results) if case.check is not None and not code_ran else None

@@ -1058,6 +1058,13 @@ def test_memory_checks_see_the_address_space_limit():
     assert 0 < free < 3 << 30
 
 
+def test_the_memory_bound_counts_the_encoder_outputs_a_unet_keeps():
+    from training import file_limits
+    # 16 channels at 16x16 (input conv, one block), then 32 at 8x8 (down block keeps 16): per pixel of the full image
+    assert file_limits.skip_elements_per_pixel(sampling_net()) == 16 + 16 + 16 / 4 + 32 / 4
+    assert file_limits.skip_elements_per_pixel(torch.nn.Conv2d(3, 8, 3)) == 0
+
+
 def test_racing_runs_claim_distinct_folders(tmp_path):
     barrier = threading.Barrier(8)
     claimed = []

@@ -124,6 +124,20 @@ def full_resolution_channels(net):
     return next((p.shape[0] for p in net.parameters() if p.ndim == 4), 1)
 
 
+def skip_elements_per_pixel(net):
+    """Elements per pixel of the full image of the encoder outputs that one of this project's
+    U-Nets (`net.model.enc`) keeps for its decoder, all alive at the decoder's start: a lower
+    bound of its activations that grows with the depth as well as the width; 0 for other networks."""
+    enc = getattr(getattr(net, 'model', None), 'enc', None)
+    total, scale = 0.0, 1.0
+    for name, module in (enc.items() if hasattr(enc, 'items') else ()):
+        if name.endswith('_down'):
+            scale /= 4
+        if 'aux' not in name:
+            total += getattr(module, 'out_channels', 0) * scale
+    return total
+
+
 def _gib(nbytes):
     return f'{nbytes / (1 << 30):.1f} GiB'
 

@@ -183,16 +183,21 @@ def meta_network(c):
 
 
 def check_training_memory(c, device):
-    """Raises a FieldError of `network_kwargs` and the batch (`batch_gpu` where set, else
-    `batch_size`) when training with options `c` cannot fit on `device`: the weights, their EMA
-    copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
-    first convolution for one round of full images (a lower bound of the activations)."""
+    """Raises a FieldError of the network options that size it and the batch (`batch_gpu` where
+    set, else `batch_size`) when training with options `c` cannot fit on `device`: the weights,
+    their EMA copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the encoder
+    outputs the U-Net keeps for its decoder and the output of its first convolution for one round
+    of full images (a lower bound of the activations)."""
     net, resolution = meta_network(c)
     height, width = patch_lib.image_hw(resolution)
     batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
     weights = 20 * misc.count_parameters(net)
-    activations = 2 * 4 * batch_gpu * file_limits.full_resolution_channels(net) * height * width
-    with dnnlib.util.field_of(('network_kwargs', 'batch_gpu' if c.batch_gpu else 'batch_size')):
+    per_pixel = file_limits.skip_elements_per_pixel(net) + 2 * file_limits.full_resolution_channels(net)
+    activations = 4 * batch_gpu * per_pixel * height * width
+    fields = ('network_kwargs', 'network_kwargs.num_blocks')
+    if c.network_kwargs.get('pos_embed'):
+        fields += ('network_kwargs.pos_embed',)
+    with dnnlib.util.field_of(fields + ('batch_gpu' if c.batch_gpu else 'batch_size',)):
         file_limits.check_memory(weights + activations, f'{misc.count_parameters(net):,} parameters and batches of '
                                  f'{batch_gpu} images of {width}x{height}', device)
 
