@@ -321,7 +321,7 @@ LOOP_FIELDS = {
     'batch_size': '--batch', 'loss_scaling': '--ls', 'cudnn_benchmark': '--bench', 'compile_network': '--compile',
     'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit', 'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump',
     'resume_pkl': '--transfer', 'resume_state': '--resume', 'vae_name': '--vae', 'dataset': '--data',
-    'network_kwargs': '--cbase/--cres', 'num_expected': '--metrics-num', 'trust': '--trust-pickle', 'use_labels': '--cond',
+    'network_kwargs': '--cbase/--cres/--blocks', 'num_expected': '--metrics-num', 'trust': '--trust-pickle', 'use_labels': '--cond',
 }
 
 PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed', 'crop_sampler')

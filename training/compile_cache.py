@@ -8,7 +8,7 @@ import stat
 import struct
 import sys
 
-from dnnlib.util import UserError
+from dnnlib.util import FieldError
 
 _ELF_MAGIC = b'\x7fELF'
 _PT_LOAD = 1
@@ -81,12 +81,13 @@ def remove_broken_entries(folder=None):
 
 def repair(print_fn=print):
     """`remove_broken_entries` with one line saying what was removed, if anything. A cache folder
-    that cannot be made or read (TORCHINDUCTOR_CACHE_DIR naming a file, say) is a UserError."""
+    that cannot be made or read (TORCHINDUCTOR_CACHE_DIR naming a file, say) is a FieldError of
+    `compile_network`."""
     try:
         removed = remove_broken_entries()
     except OSError as err:
-        raise UserError(f'--compile: the compile cache {os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "folder"} cannot be used '
-                        f'({err.strerror or err}); set TORCHINDUCTOR_CACHE_DIR to a writable folder') from None
+        raise FieldError('compile_network', f'the compile cache {os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "folder"} cannot '
+                         f'be used ({err.strerror or err}); set TORCHINDUCTOR_CACHE_DIR to a writable folder') from None
     if removed:
         print_fn(f'Removed {len(removed)} truncated kernel librar{"ies" if len(removed) > 1 else "y"} from the compile cache '
                  f'{cache_dir()} (left by a killed compile, e.g. {removed[0]}); they are compiled again')

@@ -747,10 +747,10 @@ def _restore_moved_aside(dest):
 
 def check_dest_apart(source, dest):
     """Raises a FieldError of `dest` when `dest` is `source` or a folder holding it: replacing
-    `dest` would delete the data being converted (--overwrite of a data set into itself)."""
+    `dest` would delete the data being converted (an overwrite of a data set by itself)."""
     src, dst = os.path.realpath(source), os.path.realpath(dest)
     if os.path.lexists(dest) and (src == dst or src.startswith(dst.rstrip(os.sep) + os.sep)):
-        raise FieldError('dest', value=dest, detail=f'{"is" if src == dst else "holds"} the --source {source}, which replacing '
+        raise FieldError('dest', value=dest, detail=f'{"is" if src == dst else "holds"} the `source` {source}, which replacing '
                          'it would delete; write the converted data set to another name')
 
 

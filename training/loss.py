@@ -25,7 +25,7 @@ def check_edm_options(P_mean, P_std, sigma_data):
     the range where float32 arithmetic holds, which would make the loss NaN or zero silently."""
     lo, hi = (float(torch.tensor(v).log()) for v in SIGMA_RANGE)
     if P_mean - SIGMA_SPREAD * P_std < lo or P_mean + SIGMA_SPREAD * P_std > hi:
-        raise FieldError('P_mean', f'{P_mean:g} with --p-std={P_std:g} draws sigma = exp(P_mean +- {SIGMA_SPREAD} P_std) '
+        raise FieldError('P_mean', f'{P_mean:g} with `P_std`={P_std:g} draws sigma = exp(P_mean +- {SIGMA_SPREAD} P_std) '
                          f'beyond [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], where float32 breaks (EDM: -1.2, 1.2)')
     if not SIGMA_RANGE[0] <= sigma_data <= SIGMA_RANGE[1]:
         raise FieldError('sigma_data', f'{sigma_data:g} lies beyond [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], where float32 '

@@ -36,14 +36,14 @@ _RUN_FILE = re.compile(r'^(training_options\.json|log\.txt|stats\.jsonl|(network
 
 
 def check_nosubdir(outdir, resume_state=None):
-    """Raises a FieldError of `outdir` when --nosubdir would write a run into a folder holding the
+    """Raises a FieldError of `outdir` when `nosubdir` would write a run into a folder holding the
     files of another one, whose snapshots, states and log it would replace; continuing the run of
     that folder (`resume_state` inside it) is allowed."""
     found = sorted(n for n in (os.listdir(outdir) if os.path.isdir(outdir) else []) if _RUN_FILE.match(n))
     if not found or resume_state is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_state)), outdir):
         return
     raise FieldError('outdir', value=outdir, detail=f'holds the files of another run ({", ".join(found[:3])}{", ..." if len(found) > 3 else ""}), '
-                     f'which --nosubdir would replace; give a new folder, or continue that run with --resume={outdir}')
+                     f'which `nosubdir` would replace; give a new folder, or continue that run with `resume`={outdir}')
 
 
 def next_run_id(outdir):
@@ -183,18 +183,18 @@ def meta_network(c):
 
 
 def check_training_memory(c, device):
-    """Raises a FieldError of the network options that size it and the batch (`batch_gpu` where
-    set, else `batch_size`) when training with options `c` cannot fit on `device`: the weights,
-    their EMA copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the encoder
-    outputs the U-Net keeps for its decoder and the output of its first convolution for one round
-    of full images (a lower bound of the activations)."""
+    """Raises a FieldError of `network_kwargs` (its `pos_embed` too where set) and the batch
+    (`batch_gpu` where set, else `batch_size`) when training with options `c` cannot fit on
+    `device`: the weights, their EMA copy, gradients and Adam's two moments (5 x 4 bytes per
+    parameter), plus the encoder outputs the U-Net keeps for its decoder and the output of its
+    first convolution for one round of full images (a lower bound of the activations)."""
     net, resolution = meta_network(c)
     height, width = patch_lib.image_hw(resolution)
     batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
     weights = 20 * misc.count_parameters(net)
     per_pixel = file_limits.skip_elements_per_pixel(net) + 2 * file_limits.full_resolution_channels(net)
     activations = 4 * batch_gpu * per_pixel * height * width
-    fields = ('network_kwargs', 'network_kwargs.num_blocks')
+    fields = ('network_kwargs',)
     if c.network_kwargs.get('pos_embed'):
         fields += ('network_kwargs.pos_embed',)
     with dnnlib.util.field_of(fields + ('batch_gpu' if c.batch_gpu else 'batch_size',)):
