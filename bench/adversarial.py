@@ -3,7 +3,7 @@ the families that tests/test_errors.py covers (none of them one of its cases), r
 subprocess of the real script under a 4 GiB address-space limit and limits on CPU time, and
 classifies what happened.
 
-    python bench/adversarial.py                  # every case (about 15 minutes on 2 busy cores)
+    python bench/adversarial.py                  # every case (about 25 minutes on 2 busy cores)
     python bench/adversarial.py --only=pickle    # one family (--only=pickle,bombs for several)
     python bench/adversarial.py --list           # the cases, without building or running anything
 
@@ -166,13 +166,6 @@ def patch_zip_member(path, name, offset, fmt, value, local=True):
         (local_offset,) = struct.unpack_from('<I', data, entry + 42)
         struct.pack_into(fmt, data, local_offset + offset - 2, value)
     open(path, 'wb').write(bytes(data))
-
-
-def npz_bytes(**arrays):
-    import numpy as np
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def npy_bytes(array, allow_pickle=False):
