@@ -790,7 +790,7 @@ def case_list():
     add('stats-mu-bool', 'stats', 'fid', calc, stats(mu=lambda: np.zeros(2048, bool), sigma=lambda: np.eye(2048)),
         words=['ref.npz'])
     add('stats-sigma-float16-overflow', 'stats', 'fid', calc,
-        stats(mu=lambda: np.zeros(2048), sigma=lambda: (np.eye(2048) * 70000).astype('float16')), words=['ref.npz'])
+        stats(mu=lambda: np.zeros(2048), sigma=lambda: np.diag(np.full(2048, np.float16(np.inf)))), words=['ref.npz'])
     add('stats-ref-is-npy', 'stats', 'fid', ['{fid}', 'calc', '--images={images}', '--ref={d}/ref.npz', '--num=4'] + FID,
         lambda d, f: open(f'{d}/ref.npz', 'wb').write(npy_bytes(np.eye(3))), words=['ref.npz'])
     add('stats-kid-one-reference-row', 'stats', 'fid', ['{fid}', 'kid', '--images={feats}', '--ref={d}/one.npz'] + FID,
