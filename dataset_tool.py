@@ -12,8 +12,8 @@ import click
 from tqdm import tqdm
 
 from dnnlib.util import UserError, option_errors
-from training.dataset_convert import (DatasetWriter, _array_source, is_png_data, iterate_images, parse_range, read_arrays,
-                                      write_array_items)
+from training.dataset_convert import (DatasetWriter, _array_source, check_dest_apart, is_png_data, iterate_images, parse_range,
+                                      read_arrays, write_array_items)
 
 LATENT_DTYPES = ('float16', 'float32')
 
@@ -27,7 +27,7 @@ def convert_arrays(writer, source, images, labels, max_images, value_range, tran
                             f'which is stored as .npy arrays')
     lo, hi = parse_range(value_range, images)
     with writer:
-        write_array_items(writer, images, labels, (lo, hi), max_images)
+        write_array_items(writer, images, labels, (lo, hi), max_images, source)
         if writer.count == 0:
             raise UserError(f'--source={source}: no items')
     height, width, chans = images.shape[1:]
@@ -143,6 +143,7 @@ def convert(source, dest, max_images, transform, resolution, channels, value_ran
     else:
         from training.encoders import DEFAULT_VAE, check_vae_name, write_latents
         vae = check_vae_name(vae or DEFAULT_VAE)  # a missing folder fails before any work
+    check_dest_apart(source, dest)
     writer = DatasetWriter(dest, overwrite=overwrite)  # refuse an existing --dest before any work
     if source.lower().endswith(('.npy', '.npz')) and os.path.isfile(source):
         images, labels = read_arrays(source)

@@ -6,14 +6,15 @@ import functools
 import click
 import numpy as np
 
-from dnnlib.util import UserError, check_output_file, option_errors
+from dnnlib.util import UserError, option_errors
 from torch_utils import distributed as dist
+from torch_utils import png
 import dnnlib
-from training import checkpoints, memorisation
+from training import checkpoints, encoders, memorisation, sampler
 from training.dataset import ImageFolderDataset
-from training.metrics import (calculate_inception_stats, check_stats_dest, compute_kid, format_scores, list_image_files,
-                              load_detector, load_features, load_reference, needs_features, parse_metrics, print_info,
-                              save_stats, score_features, score_network, select_indices)
+from training.metrics import (calculate_inception_stats, check_feature_count, check_stats_dest, compute_kid, format_scores,
+                              list_image_files, load_detector, load_features, load_reference, needs_features, parse_metrics,
+                              print_info, save_stats, score_features, score_network, select_indices)
 
 _detector_options = [
     click.option('--batch', 'max_batch_size', help='Maximum batch size per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True),
@@ -36,7 +37,8 @@ def common_options(func, options=_common_options):
 
 
 # The arguments of library functions whose name differs from the parameter of the option that sets them.
-FID_FIELDS = {'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest', 'trust': '--trust-pickle'}
+FID_FIELDS = {'net': '--network', 'network': '--network', 'ref': '--ref', 'dest': '--dest', 'trust': '--trust-pickle',
+              'vae_name': '--vae'}
 
 
 def option_names(func):
@@ -51,6 +53,9 @@ def option_names(func):
 def detector_options(func):
     """Adds the detector's options, for gen, which decodes no image files."""
     return common_options(func, _detector_options)
+
+
+MAX_KID_SUBSETS = 10000  # the estimate's spread shrinks as 1/sqrt(subsets); EDM2 uses 100
 
 
 def _is_features_file(path):
@@ -140,11 +145,12 @@ def calc(image_path, ref_path, num_expected, seed, metrics_text, max_batch_size,
 @click.option('--ref', 'ref_path', help='Reference statistics .npz (path or URL)', metavar='NPZ|URL', type=str, required=True)
 @click.option('--num', help='Number of images to generate (seeds --first-seed onwards)', metavar='INT', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--first-seed', help='Seed of the first image', metavar='INT', type=click.IntRange(min=0), default=0, show_default=True)
-@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls)', metavar='INT', type=click.IntRange(min=1, max=sampler.MAX_STEPS), default=18, show_default=True)
+@click.option('--vae', help='VAE of a latent network: hub id or local folder  [default: the folder the network names]', metavar='ID|DIR', type=str)
 @_metrics_option
 @detector_options
 @option_names
-def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_batch_size, detector, device, trust_pickle, bf16):
+def gen(network_url, ref_path, num, first_seed, num_steps, vae, metrics_text, max_batch_size, detector, device, trust_pickle, bf16):
     """Score a network snapshot without writing images.
 
     Samples with EDM's sampler (seeds --first-seed onwards, class labels drawn per seed as in
@@ -155,6 +161,11 @@ def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_bat
     dev = dist.init(device)
     reference = load_reference(ref_path, metrics)
     net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
+    checkpoints.check_file_vae(decoder, network_url, vae)
+    if vae is not None:
+        if decoder is None:
+            raise UserError('--vae: only applies to latent networks')
+        decoder.vae_name = encoders.check_vae_name(vae)
     net = net.to(dev)
     if decoder is not None:
         decoder.init(dev)
@@ -171,7 +182,7 @@ def gen(network_url, ref_path, num, first_seed, num_steps, metrics_text, max_bat
 @click.option('--images', 'image_path', help='Image folder or zip, or .npz with features', metavar='PATH', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference image folder or zip, or .npz with features from ref --save-features', metavar='PATH', type=str, required=True)
 @click.option('--num', 'num_expected', help='Use a random subset of this many images [default: all]', metavar='INT', type=click.IntRange(min=2), default=None)
-@click.option('--subsets', 'num_subsets', help='Number of random subsets', metavar='INT', type=click.IntRange(min=1), default=100, show_default=True)
+@click.option('--subsets', 'num_subsets', help='Number of random subsets', metavar='INT', type=click.IntRange(min=1, max=MAX_KID_SUBSETS), default=100, show_default=True)
 @click.option('--subset-size', 'max_subset_size', help='Images per subset (at most those available)', metavar='INT', type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option('--seed', help='Random seed for images and subsets', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @common_options
@@ -184,6 +195,7 @@ def kid(image_path, ref_path, num_expected, num_subsets, max_subset_size, seed, 
     for path in (image_path, ref_path):  # read and check both sides before any slow work
         if _is_features_file(path):
             saved[path] = load_features(path)
+            check_feature_count(path, saved[path], 'kid')
         else:
             list_image_files(path)
     det = None
@@ -220,7 +232,7 @@ def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num
     block; no distance matrix of all pairs is built. Runs in one process.
     """
     if pairs_path is not None:
-        check_pairs_dest(pairs_path)
+        png.check_png_dest(pairs_path, '--pairs')
     with option_errors(mem, names={'images': '--images', 'data': '--data'}):
         dev = dist.pick_device(device)
         data = ImageFolderDataset(dataset_path)
@@ -233,13 +245,6 @@ def mem(image_path, dataset_path, pairs_path, num_pairs, block_size, device, num
     if pairs_path is not None:
         memorisation.pairs_grid(generated, found, data, min(num_pairs, len(generated)), pairs_path)
         print(f'Closest pairs: {pairs_path}', flush=True)
-
-
-def check_pairs_dest(path):
-    """--pairs must name a .png file that can be written."""
-    if not path.lower().endswith('.png'):
-        raise UserError(f'--pairs={path}: the pairs are written as a .png file')
-    check_output_file(path, '--pairs')
 
 
 if __name__ == '__main__':

@@ -22,11 +22,13 @@ import dnnlib
 from dnnlib.util import UserError
 from torch_utils import distributed, misc, png
 from training import checkpoints, encoders, file_limits, patch, sampler
-from training.dataset import MAX_IMAGE_PIXELS, probe_png_header
+from training.dataset import MAX_IMAGE_PIXELS
 
 
 MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
 MAX_SIGMA = 1e19  # sigma^2 stays finite in float32
+MIN_SIGMA = 1e-30  # sigma stays a normal float32 number
+MAX_GUIDANCE = 1000  # |--cfg| and |--guidance|
 MAX_S_NOISE = 2.0
 MAX_CANVAS_OFFSET = 2**24
 SAMPLER_TENSORS = 8  # image-sized tensors the sampler keeps per image (x, denoised, slopes, noise, ...)
@@ -143,6 +145,11 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     for name, value in (('--sigma_min', sigma_min), ('--sigma_max', sigma_max)):
         if value is not None and value > MAX_SIGMA:
             raise UserError(f'{name}={value:g}: at most {MAX_SIGMA:g}, or its square overflows float32 and every image is garbage')
+        if value is not None and value < MIN_SIGMA:
+            raise UserError(f'{name}={value:g}: at least {MIN_SIGMA:g}, or float32 rounds it towards 0 and log(sigma) breaks')
+    if disc in (None, 'edm'):
+        sampler.check_rho(rho, steps, sigma_min or 0.002, sigma_max or 80)
+    check_guidance_weight('--cfg', cfg)
     if not 0 <= S_noise <= MAX_S_NOISE:
         raise UserError(f'--S_noise={S_noise:g}: must be between 0 and {MAX_S_NOISE:g} (the scale of the re-injected noise; EDM uses 1 to 1.007)')
     if solver is not None and solver not in sampler.EDM_SOLVERS:
@@ -160,6 +167,13 @@ def build_sampler_kwargs(steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max
     return kwargs
 
 
+def check_guidance_weight(name, weight):
+    """Raises UserError for a guidance weight so large that every pixel saturates."""
+    if weight is not None and abs(weight) > MAX_GUIDANCE:
+        raise UserError(f'{name}={weight:g}: at most {MAX_GUIDANCE:g} in magnitude (weights in use lie below 10; far beyond, '
+                        f'the difference of two denoisers swamps the image and every pixel saturates)')
+
+
 def load_guide(net, guide_url, guidance, cfg, device, trust=False):
     """The --guide-network on `device`, checked against the network before any sampling."""
     if guide_url is None:
@@ -168,6 +182,7 @@ def load_guide(net, guide_url, guidance, cfg, device, trust=False):
         raise UserError('--guide-network: give the guidance weight too, e.g. --guidance=2')
     if cfg is not None:
         raise UserError('--guide-network: autoguidance does not combine with --cfg; use one of them')
+    check_guidance_weight('--guidance', guidance)
     guide, _ = checkpoints.load_network(guide_url, 'guide_net', trust=trust)
     sampler.check_guide_network(net, guide)
     if getattr(net, 'use_bf16', False) and hasattr(guide, 'use_bf16'):
@@ -221,24 +236,13 @@ def check_image_pixels(net, decoder, canvas, grid_count):
 
 def check_sampling_memory(net, canvas, batch, device):
     """Raises UserError when one batch of `batch` images cannot fit on `device`: the sampler's
-    image-sized tensors plus the output of the network's first convolution (a lower bound of its
-    activations), before anything is allocated."""
+    image-sized tensors, the encoder outputs the U-Net keeps for its decoder and the output of its
+    first convolution (together a lower bound of its activations), before anything is allocated."""
     height, width = patch.image_hw(canvas.image_size if canvas is not None else net.img_resolution)
-    per_pixel = SAMPLER_TENSORS * net.img_channels + 2 * file_limits.full_resolution_channels(net)
+    per_pixel = (SAMPLER_TENSORS * net.img_channels + file_limits.skip_elements_per_pixel(net)
+                 + 2 * file_limits.full_resolution_channels(net))
     file_limits.check_memory(4 * batch * per_pixel * height * width,
                              f'--batch/--image_size: batches of {batch} images of {width}x{height}', device)
-
-
-def check_grid_dest(path):
-    """Raises UserError unless --grid names a writable .png that is new or already a PNG: the grid
-    never replaces a file of another kind."""
-    if not path.lower().endswith('.png'):
-        raise UserError(f'--grid={path}: the grid is written as a .png file')
-    dnnlib.util.check_output_file(path, '--grid')
-    if os.path.lexists(path):
-        with open(path, 'rb') as f:
-            if probe_png_header(f.read(26)) is None:
-                raise UserError(f'--grid={path}: exists and is not a PNG image; not replacing it')
 
 
 def iter_lazily(net, seeds, device, chunk=4096, **kwargs):
@@ -290,7 +294,7 @@ GENERATE_FIELDS = {'network': '--network', 'trust': '--trust-pickle', 'cfg_scale
 @click.option('--subdirs', help='Group the PNG files into folders of 1000 seeds', is_flag=True)
 @click.option('--class', 'class_idx', help='Class of every image  [default: drawn per seed]', metavar='INT', type=click.IntRange(min=0), default=None)
 @click.option('--batch', 'max_batch_size', help='Images per network call, per process', metavar='INT', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls with heun, N with the other solvers)', metavar='INT', type=click.IntRange(min=1), default=18, show_default=True)
+@click.option('--steps', 'num_steps', help='Noise levels visited (2N-1 network calls with heun, N with the other solvers)', metavar='INT', type=click.IntRange(min=1, max=sampler.MAX_STEPS), default=18, show_default=True)
 @click.option('--sigma_min', help='Smallest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--sigma_max', help='Largest sigma  [default: the sampler\'s]', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True))
 @click.option('--rho', help='Exponent rho of the sigma spacing', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True)
@@ -350,7 +354,7 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     if outdir is not None:
         dnnlib.util.check_output_dir(outdir, '--outdir')
     if grid_path is not None:
-        check_grid_dest(grid_path)
+        png.check_png_dest(grid_path, '--grid')
     dev = distributed.init(device)
     net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
     checkpoints.check_file_vae(decoder, network_url, vae)

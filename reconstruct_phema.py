@@ -12,6 +12,9 @@ from dnnlib.util import UserError
 from training import checkpoints, phema, run_files
 
 
+MAX_RESIDUAL = 0.5  # relative L2 error of the reconstructed profile: beyond, its weights sum far below 1
+
+
 def output_name(kimg, std):
     """`network-snapshot-<kimg>-ema-<std>.pkl`: an ordinary snapshot whose name says its EMA."""
     return f'network-snapshot-{int(kimg):06d}-ema-{std:.3f}.pkl'
@@ -78,6 +81,15 @@ def load_template(indir, kimg, trust_pickle=False):
         return checkpoints.load_snapshot(path, 'indir', trust=trust_pickle)
 
 
+def check_fits(net, params, indir, kimg):
+    """Raises UserError unless the averaged parameters `params` are those of `net`, the snapshot
+    saved with the profiles: same names, same shapes (a snapshot of another run fails here)."""
+    shapes = {name: tuple(param.shape) for name, param in net.named_parameters()}
+    if {name: tuple(t.shape) for name, t in params.items()} != shapes:
+        raise UserError(f'--indir: the profiles of "{indir}" at kimg {kimg} average another network than '
+                        f'{run_files.snapshot_name(kimg)} beside them (parameter names or shapes differ)')
+
+
 @click.command(context_settings=dict(show_default=True, max_content_width=100))
 @click.option('--indir', help='Run folder of train.py --ema-std', metavar='DIR', type=str, required=True)
 @click.option('--outdir', help='Where to write the reconstructed snapshots', metavar='DIR', type=str, required=True)
@@ -101,8 +113,15 @@ def main(indir, outdir, outstd, outkimg, trust_pickle):
     dnnlib.util.check_output_dir(outdir, '--outdir')
     with dnnlib.util.option_errors(main, names=dict(std='--outstd', stds='--outstd')):
         stds = phema.parse_stds(outstd)
-    end_kimg, results = reconstruct(indir, stds, outkimg)
+    with dnnlib.util.option_errors(main):
+        end_kimg, results = reconstruct(indir, stds, outkimg)
+    for std, _params, residual in results:
+        if residual > MAX_RESIDUAL:
+            raise UserError(f'--outstd={std:g}: the saved profiles cannot form this width (relative residual {residual:.2f}, '
+                            f'more than {MAX_RESIDUAL}); the weights would be shrunk towards zero. Choose widths near those '
+                            f'tracked with --ema-std')
     template = load_template(indir, end_kimg, trust_pickle)
+    check_fits(template['ema'], results[0][1], indir, end_kimg)
     os.makedirs(outdir, exist_ok=True)
     for std, params, residual in results:
         net = phema.network_with(template['ema'], params)

@@ -34,6 +34,8 @@ ARCHITECTURES = {
     'adm': dict(model_type='DhariwalUNet', model_channels=192, channel_mult=[1, 2, 3, 4]),
 }
 
+MAX_BLOCKS = 64  # residual blocks per resolution (EDM: 4): far more would take minutes just to construct
+
 PRECONDITIONINGS = {
     'vp': ('training.networks.VPPrecond', 'training.loss.VPLoss'),
     've': ('training.networks.VEPrecond', 'training.loss.VELoss'),
@@ -106,7 +108,8 @@ def dataset_options(data, use_labels, xflip, cache):
 def encoder_options(opts, dataset):
     """`encoder_kwargs` of the training loop: None for pixel-space training, else the Stable
     Diffusion VAE encoder. A data set of precomputed latents implies --latents=1 and
-    names its VAE; --vae may point elsewhere (another copy of the same VAE)."""
+    names its VAE, used when it is a local folder (a hub id there needs --vae, as in network
+    files); --vae may point elsewhere (another copy of the same VAE)."""
     info = getattr(dataset, 'latent_info', None)
     if not opts.train_on_latents and info is None:
         for name, value in (('--vae', opts.vae), ('--latent-norm', opts.latent_norm)):
@@ -114,7 +117,7 @@ def encoder_options(opts, dataset):
                 raise UserError(f'{name}: only applies with --latents=1')
         return None
     if info is not None and opts.vae is None:
-        vae = info.get('vae', encoders.DEFAULT_VAE)
+        vae = encoders.recorded_vae(info.get('vae', encoders.DEFAULT_VAE), 'data', f'the data set "{opts.data}"')
     else:
         vae = encoders.check_vae_name(opts.vae or encoders.DEFAULT_VAE)
     return dnnlib.EasyDict(class_name='training.encoders.StabilityVAEEncoder', vae_name=vae,
@@ -219,14 +222,24 @@ def loss_options(opts):
     _precond_class, loss_class = PRECONDITIONINGS[opts.precond]
     kwargs = dnnlib.EasyDict(class_name=loss_class)
     if opts.precond == 'edm':
+        loss_lib.check_edm_options(opts.P_mean, opts.P_std, opts.sigma_data)
         kwargs.update(P_mean=opts.P_mean, P_std=opts.P_std, sigma_data=opts.sigma_data)
     if opts.crop_sampler is not None:  # patch-only: refused without patches by resolve_options
         kwargs.crop_sampler = opts.crop_sampler
     return kwargs
 
 
+LOSS_SCALING_RANGE = (1e-30, 1e30)  # gradients of order 1 times it stay normal float32 numbers
+MAX_LR = 3.4e38  # float32's largest number
+
+
 def schedule_options(opts, world_size):
     """Optimizer, batch and the image-count schedule (durations in Mimg → the loop's kimg)."""
+    if not LOSS_SCALING_RANGE[0] <= opts.ls <= LOSS_SCALING_RANGE[1]:
+        raise UserError(f'--ls={opts.ls:g}: must lie in [{LOSS_SCALING_RANGE[0]:g}, {LOSS_SCALING_RANGE[1]:g}]; beyond, '
+                        f'float32 gradients underflow to zero or overflow')
+    if opts.lr > MAX_LR:
+        raise UserError(f'--lr={opts.lr:g}: beyond float32\'s range ({MAX_LR:g}); the first step would make every weight infinite')
     if opts.batch_gpu is not None and opts.batch % (opts.batch_gpu * world_size) != 0:
         raise UserError(f'--batch={opts.batch} is not divisible by --batch-gpu={opts.batch_gpu} times {world_size} processes')
     if opts.batch % world_size != 0:
@@ -247,7 +260,6 @@ def run_options(opts):
     if opts.transfer is not None:
         if opts.resume is not None:
             raise UserError('--transfer and --resume: choose one')
-        checkpoints.check_network_file(opts.transfer, '--transfer', trust=opts.trust_pickle)
         c.update(resume_pkl=opts.transfer, trust_pickle=opts.trust_pickle,
                  ema_rampup_ratio=None)  # as in EDM: the EMA starts from the pretrained weights
     elif opts.trust_pickle:
@@ -287,6 +299,8 @@ def build_config(opts, world_size):
     c.patch_kwargs, c.augment_kwargs = patch_kwargs, augment_kwargs
     c.update(schedule_options(opts, world_size))
     c.update(run_options(opts))
+    if opts.transfer is not None:
+        checkpoints.check_transfer(opts.transfer, run_dir_lib.meta_network(c)[0], '--transfer', trust=opts.trust_pickle)
     if opts.resume is not None:
         c.resume_state = run_dir_lib.pick_resume_state(opts.resume, c)
     evaluation_options(opts, c)
@@ -307,7 +321,7 @@ LOOP_FIELDS = {
     'batch_size': '--batch', 'loss_scaling': '--ls', 'cudnn_benchmark': '--bench', 'compile_network': '--compile',
     'kimg_per_tick': '--tick', 'time_limit_min': '--time-limit', 'snapshot_ticks': '--snap', 'state_dump_ticks': '--dump',
     'resume_pkl': '--transfer', 'resume_state': '--resume', 'vae_name': '--vae', 'dataset': '--data',
-    'network_kwargs': '--cbase/--cres', 'num_expected': '--metrics-num', 'trust': '--trust-pickle', 'use_labels': '--cond',
+    'network_kwargs': '--cbase/--cres/--blocks', 'num_expected': '--metrics-num', 'trust': '--trust-pickle', 'use_labels': '--cond',
 }
 
 PATCH_ONLY = ('real_p', 'real_p_end', 'patch_sizes', 'progressive', 'loss_norm', 'pos_embed', 'crop_sampler')
@@ -444,7 +458,7 @@ def print_options(opts):
 @click.option('--batch-gpu', 'batch_gpu', help='Limit batch size per process', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cbase', help='Channel multiplier  [default: varies]', metavar='INT', type=click.IntRange(min=1))
 @click.option('--cres', help='Channels per resolution  [default: varies]', metavar='LIST', type=IntList())
-@click.option('--blocks', help='Residual blocks per resolution  [default: 4, adm 3]', metavar='INT', type=click.IntRange(min=1))
+@click.option('--blocks', help='Residual blocks per resolution  [default: 4, adm 3]', metavar='INT', type=click.IntRange(min=1, max=MAX_BLOCKS))
 @click.option('--attn', help='Resolutions with self-attention, or none  [default: 16, adm 32,16,8]', metavar='LIST', type=AttnList())
 @click.option('--lr', help='Learning rate', metavar='FLOAT', type=click.FloatRange(min=0, min_open=True), default=10e-4)
 @click.option('--lr-rampup', 'lr_rampup', help='Learning-rate warm-up', metavar='MIMG', type=click.FloatRange(min=0), default=10)
@@ -487,7 +501,7 @@ def print_options(opts):
 @click.option('--metrics-every', 'metrics_every', help='How often to score', metavar='TICKS', type=click.IntRange(min=1), default=50)
 @click.option('--logger', help='Also write the stats and sample grids live: none, tensorboard or wandb', metavar='KIND',
               type=click.Choice(live_log.KINDS), default='none')
-@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=click.IntRange(min=0))
+@click.option('--seed', help='Random seed  [default: random]', metavar='INT', type=click.IntRange(min=0, max=2**32 - 1))
 @click.option('--transfer', help='Start from the weights of a network file (ours, EDM\'s, the original release\'s; .pkl or .safetensors)', metavar='PATH|URL', type=str)
 @click.option('--trust-pickle', 'trust_pickle', help='Unpickle --transfer fully, running code it carries (only for files you trust)', is_flag=True)
 @click.option('--resume', help='Resume from a training-state file or a run folder', metavar='PT|DIR', type=str)
@@ -515,6 +529,8 @@ def train(opts):
     device = dist.init(opts.device)
     torch.multiprocessing.set_sharing_strategy('file_system')
     notice = misc.bf16_fallback_notice(device, 'training') if opts.precision == 'bf16' else None
+    if opts.precision == 'fp16' and device.type != 'cuda':  # the network's fp16 body runs on CUDA only
+        notice = f'--precision=fp16: half precision runs on CUDA only; training in fp32 on {device.type}'
     if notice:
         dist.print0(notice)
         opts = dnnlib.EasyDict(opts, precision='fp32')
@@ -530,6 +546,7 @@ def train(opts):
     c.seed = dist.broadcast_object(seed)
 
     if opts.nosubdir:
+        run_dir_lib.check_nosubdir(opts.outdir, c.get('resume_state'))
         c.run_dir = opts.outdir
     else:
         run_dir_lib.check_desc(desc, opts.outdir)

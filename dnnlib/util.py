@@ -436,7 +436,7 @@ def process_exists(pid):
     """True when a process `pid` runs on this machine (whoever owns it)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any pid this system can have
         return False
     except OSError:  # exists, but owned by another user
         return True
@@ -542,15 +542,16 @@ class atomic_write:
         return False
 
 
-_DISK_FULL = (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC))
+_DISK_FULL = {errno.ENOSPC: 'no space left on the device', getattr(errno, 'EDQUOT', errno.ENOSPC): 'the disk quota is used up',
+              errno.EFBIG: 'larger than the file-size limit of this process (ulimit -f)'}
 
 
 def raise_if_disk_full(exc, path):
-    """Raises the one-line UserError of a full disk (or exhausted quota) when `exc` is that
-    OSError while writing `path`; returns otherwise."""
+    """Raises the one-line UserError of a full disk, an exhausted quota or a file-size limit when
+    `exc` is that OSError while writing `path`; returns otherwise."""
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        what = 'the disk quota is used up' if exc.errno != errno.ENOSPC else 'no space left on the device'
-        raise UserError(f'{path}: {what} (files being written are left out); free some space and run again') from None
+        raise UserError(f'{path}: {_DISK_FULL[exc.errno]} (files being written are left out); free some space or raise '
+                        f'the limit and run again') from None
 
 
 class disk_full_errors:

@@ -463,3 +463,18 @@ def test_a_trained_run_is_scored_resumably_and_reported(quality, digits, tmp_pat
     assert all(0 <= r['memorised'] <= 1 and 0 <= r['precision'] <= 1 for r in rows)
     for name in ('quality-compute.png', 'quality-seconds.png', 'samples-point1.png', 'closest-point1.png'):
         assert os.path.exists(os.path.join(out, name)), name
+
+
+def test_adversarial_bench_lists_its_held_out_cases():
+    """bench/adversarial.py --list builds and runs nothing; every case has a unique id and a known
+    family, and --only picks one family."""
+    from click.testing import CliRunner
+    adversarial = load_bench('adversarial')
+    result = CliRunner().invoke(adversarial.main, ['--list'])
+    assert result.exit_code == 0, result.output
+    cases = adversarial.case_list()
+    assert len({c.id for c in cases}) == len(cases) >= 80 and {c.family for c in cases} == set(adversarial.FAMILIES)
+    assert result.output.strip().endswith(f'{len(cases)} cases')
+    one = CliRunner().invoke(adversarial.main, ['--list', '--only=zip'])
+    assert one.exit_code == 0 and one.output.startswith('zip (') and 'dest-' not in one.output
+    assert CliRunner().invoke(adversarial.main, ['--only=nonsense']).exit_code == 2

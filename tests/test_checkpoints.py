@@ -485,7 +485,7 @@ def _truncated(path, good):
 
 
 BAD_FILES = {
-    'missing': (None, 'cannot open'),
+    'missing': (None, 'no such file'),
     'truncated pickle': (lambda p, good: _truncated(p, good), 'ends early or is damaged'),
     'text file': (lambda p, good: p.write_text('version https://git-lfs.github.com/spec/v1\noid sha256:abc\n'), 'text file'),
     'pickle of a list': (lambda p, good: p.write_bytes(pickle.dumps([1, 2, 3])), 'pickle of a list'),

@@ -14,6 +14,8 @@ import pickle
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -568,6 +570,26 @@ def test_hub_id_in_a_file_never_downloads(tmp_path, monkeypatch, vae_name, words
     assert not os.path.exists(tmp_path / 'out')
 
 
+def test_hub_id_in_a_latent_data_set_or_for_fid_gen_never_downloads(files, tmp_path, monkeypatch):
+    from training import encoders
+    monkeypatch.setattr(encoders, 'load_vae', lambda *args, **kwargs: pytest.fail(f'a download was attempted: {args}'))
+    network = latent_safetensors(tmp_path / 'latent.safetensors', vae_name='someone/their-vae')
+    line = one_line(CliRunner().invoke(fid.main, ['gen', f'--network={network}', f'--ref={files.stats}', '--num=2', '--steps=2',
+                                                  f'--detector={files.det}', '--device=cpu']), '--network', 'a hub id')
+    assert '--vae=someone/their-vae' in line, line
+    data = tmp_path / 'latents.zip'
+    latents = dict(encoder='vae', vae='someone/their-vae', shape=[8, 4, 4], channels=4, flips=1, dtype='float32')
+    with zipfile.ZipFile(data, 'w') as z:
+        for i in range(2):
+            buf = io.BytesIO()
+            np.save(buf, np.zeros((1, 8, 4, 4), np.float32))
+            z.writestr(f'00000/img{i:08d}.npy', buf.getvalue())
+        z.writestr('dataset.json', json.dumps(dict(labels=None, latents=latents)))
+    args = [a.format(tmp=tmp_path, digits=data) for a in TRAIN] + ['--cres=1', '--attn=none', '-n']
+    one_line(CliRunner().invoke(train.main, args), '--data', 'latents.zip', 'a hub id', '--vae=someone/their-vae')
+    assert not os.path.exists(tmp_path / 'runs')
+
+
 @pytest.mark.parametrize('change,words', [
     (dict(init_kwargs_update=dict(model_channels=8000)), ['far larger than the weights']),
     (dict(init_kwargs_update=dict(num_blocks=3000)), ['far larger than the weights', 'modules']),
@@ -662,6 +684,32 @@ def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path)
     reconstruct_phema.load_template(str(tmp_path), 7, trust_pickle=True)
     assert os.path.isdir(marker)
 
+def test_reconstruct_phema_refuses_broken_profiles_and_those_of_another_network(files, tmp_path):
+    import reconstruct_phema
+    from training import checkpoints, phema
+    run = tmp_path / 'run'
+    shutil.copytree(files.run, run)
+    net = checkpoints.load_snapshot(str(run / run_files.snapshot_name(0)), 'network')['ema']
+    profiles = str(run / phema.phema_name(0))
+    phema.PowerEMA(net, [0.05, 0.1]).save(str(run), 0, 3, 24)
+    good = torch.load(profiles, weights_only=True)
+    args = [f'--indir={run}', f'--outdir={tmp_path}/out', '--outstd=0.07']
+    assert CliRunner().invoke(reconstruct_phema.main, args).exit_code == 0
+    marker = str(tmp_path / 'code-ran')
+    broken = dict(nan=dict(good, gamma=[float('nan'), 1.0]), short=dict(good, averages=good['averages'][:1]),
+                  negative=dict(good, step=-10), code=dict(good, averages=[Evil(marker)] * 2))
+    for name, state in broken.items():
+        torch.save(state, profiles)
+        one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', profiles,
+                 'not a readable profile' if name == 'code' else 'not a profile file')
+    assert not os.path.exists(marker)
+    os.remove(profiles)
+    os.mkfifo(profiles)
+    one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', 'named pipe')
+    os.remove(profiles)
+    phema.PowerEMA(sampling_net(img_channels=1), [0.05]).save(str(run), 0, 3, 24)
+    one_line(CliRunner().invoke(reconstruct_phema.main, args), '--indir', 'another network')
+
 # ----------------------------------------------------------------------------------------------
 # Nothing lost, bounded, one line always: special files, bombs, reference statistics, full
 # disks, long names, run folders, resume and the compile cache.
@@ -729,6 +777,10 @@ def test_special_files_are_refused_without_being_opened(special, files, tmp_path
     one_line(runner.invoke(dataset_tool.cli, [f'--source={special}/piped-json', f'--dest={tmp_path}/d.zip']), 'dataset.json', 'named pipe')
     one_line(runner.invoke(fid.main, ['calc', f'--images={files.digits}', f'--ref={special}/pipe-ref.npz', f'--detector={files.det}']),
              'pipe-ref.npz', 'named pipe')
+    import convert_network
+    one_line(runner.invoke(generate.main, [f'--network={special}/pipe.npz', f'--outdir={tmp_path}/out']), '--network', 'named pipe')
+    one_line(runner.invoke(convert_network.main, [f'--network={special}/zero.npz', f'--dest={tmp_path}/n.safetensors']),
+             '--network', 'device')
     with pytest.raises(dnnlib.util.UserError, match='named pipe'):
         dataset_lib.ImageFolderDataset(str(special / 'piped-images'))
     assert os.listdir(tmp_path) == []
@@ -809,7 +861,7 @@ def test_reference_statistics_are_validated_before_the_features(files, tmp_path)
     cases = dict(nan=(np.zeros(2048), np.where(np.eye(2048) > 0, np.nan, good), 'NaN'),
                  negative=(np.zeros(2048), -np.eye(2048), 'negative eigenvalue'),
                  skewed=(np.zeros(2048), good + np.triu(np.ones((2048, 2048)), 1), 'not symmetric'),
-                 small=(np.zeros(64), np.eye(64), 'expected (2048,)'))
+                 small=(np.zeros(64), np.eye(64), 'expected (2048,)'), huge=(np.zeros(2048), np.eye(2048) * 1e305, 'beyond'))
     for name, (mu, sigma, words) in cases.items():
         path = str(tmp_path / f'{name}.npz')
         np.savez(path, mu=mu, sigma=sigma)
@@ -826,6 +878,16 @@ def test_reference_statistics_are_validated_before_the_features(files, tmp_path)
             z.writestr(key + '.npy', buf.getvalue())
     mu, sigma = metrics.load_stats(extra)
     assert mu.shape == (2048,) and np.array_equal(sigma, good)
+
+
+def test_features_too_few_for_a_metric_name_their_file(files, tmp_path):
+    path = tmp_path / 'few.npz'
+    np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048), features=np.ones((3, 2048), np.float32))
+    with pytest.raises(dnnlib.util.UserError, match='few.npz: holds the features of 3 images; precision/recall needs at least 4'):
+        metrics.load_reference(str(path), ('fid', 'pr'))
+    np.savez(path, features=np.ones((1, 2048), np.float32))
+    one_line(CliRunner().invoke(fid.main, ['kid', f'--images={path}', f'--ref={files.digits}', f'--detector={files.det}']),
+             'few.npz', 'KID needs at least 2')
 
 
 def test_overwrite_judges_a_destination_by_its_contents(files, tmp_path):
@@ -851,12 +913,57 @@ def test_overwrite_judges_a_destination_by_its_contents(files, tmp_path):
     one_line(runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={fake}', '--overwrite']), '--dest', 'not a data set')
 
 
+def test_overwrite_spares_the_source_and_a_foreign_dataset_json(files, tmp_path):
+    runner = CliRunner()
+    folder, archive = tmp_path / 'd', tmp_path / 'd.zip'
+    for dest in (folder, archive):
+        assert runner.invoke(dataset_tool.cli, [f'--source={files.npz}', f'--dest={dest}']).exit_code == 0
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'dataset.json').write_text(json.dumps({'name': 'my experiment', 'labels': None}))
+    before = disk_state(tmp_path)
+    for source, dest, words in ((folder, folder, 'is the --source'), (archive, archive, 'is the --source'),
+                                (folder / '00000', folder, 'holds the --source'), (files.npz, project, 'not a data set')):
+        one_line(runner.invoke(dataset_tool.cli, [f'--source={source}', f'--dest={dest}', '--overwrite', '--resolution=8x8']),
+                 '--dest', words)
+    assert disk_state(tmp_path) == before
+
+
+def test_image_and_statistics_outputs_replace_only_their_own_kind(files, special, tmp_path):
+    runner = CliRunner()
+    ref = tmp_path / 'ref.npz'
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048), thesis=np.arange(3))
+    (tmp_path / 'photo.png').write_bytes(b'\xff\xd8\xff\xe0 a JPEG named .png')
+    os.mkfifo(special / 'grid.png')
+    before = disk_state(tmp_path)
+    one_line(runner.invoke(fid.main, ['ref', f'--data={files.digits}', f'--dest={ref}', f'--detector={files.det}']),
+             '--dest', 'not replacing')
+    one_line(runner.invoke(fid.main, ['mem', f'--images={files.digits}', f'--data={files.digits}', f'--pairs={tmp_path}/photo.png']),
+             '--pairs', 'not a PNG')
+    one_line(runner.invoke(generate.main, [f'--network={files.net}', f'--grid={special}/grid.png']), '--grid', 'not a regular file')
+    assert disk_state(tmp_path) == before
+
+
+def test_nosubdir_never_writes_over_another_run(files, tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(files.run, run)
+    before = disk_state(run)
+    train_args = [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + TINY_RUN + [f'--outdir={run}', '--nosubdir']
+    one_line(CliRunner().invoke(train.main, train_args), '--outdir', 'another run', f'--resume={run}')
+    assert disk_state(run) == before
+    result = CliRunner().invoke(train.main, train_args + [f'--resume={run}', '-n'])  # continuing it in place
+    assert result.exit_code == 0, result.output
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_file(files, tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, 'No space left on device')
     with pytest.raises(dnnlib.util.UserError, match='no space left on the device'):
         with dnnlib.util.atomic_write(tmp_path / 'a.bin', 'wb') as fp:
             full(fp)
+    with pytest.raises(dnnlib.util.UserError, match='a.bin: larger than the file-size limit'):
+        with dnnlib.util.atomic_write(tmp_path / 'a.bin', 'wb') as fp:
+            raise OSError(errno.EFBIG, 'File too large')
     assert os.listdir(tmp_path) == []
     log = dnnlib.util.Logger(file_name=str(tmp_path / 'log.txt'))
     try:
@@ -908,7 +1015,7 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
     ('train', TRAIN + ['--desc=../escape', '-n'], 1, ['--desc', 'plain name']),
     ('train', TRAIN + ['--device=meta', '-n'], 1, ['--device=meta']),
     ('train', TRAIN + ['--cbase=100000000000000000000000', '-n'], 1, ['--cbase', 'cannot be built']),
-    ('train', TRAIN + ['--cbase=1000000', '-n'], 1, ['--cbase/--cres/--batch: ', 'needs at least']),
+    ('train', TRAIN + ['--cbase=1000000', '-n'], 1, ['--cbase/--cres/--blocks/--batch: ', 'needs at least']),
     ('train', TRAIN + ['--seed=-1', '-n'], 2, ['--seed']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--sigma_max=1e39'], 1, ['--sigma_max', 'float32']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--S_noise=-1e30', '--S_churn=40'], 1, ['--S_noise', 'between 0']),
@@ -917,6 +1024,17 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
     ('generate', GENERATE + ['--outdir={tmp}/out', '--device=meta'], 1, ['--device=meta']),
     ('fid', ['calc', '--images={digits}', '--ref={stats}', '--device=meta', '--detector={det}'], 1, ['--device=meta']),
     ('fid', ['kid', '--images={digits}', '--ref={digits}', '--num=4', '--detector={det}', '--seed=-1'], 2, ['--seed']),
+    ('train', TRAIN + ['--seed=18446744073709551616', '-n'], 2, ['--seed']),  # seeds mix modulo 2^63: 2^64 would be seed 0
+    ('train', TRAIN + ['--blocks=20000', '-n'], 2, ['--blocks']),
+    ('train', TRAIN + ['--device=xpu', '-n'], 1, ['--device=xpu', 'not available']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--device=mps'], 1, ['--device=mps', 'not available']),
+    ('generate', GENERATE + ['--outdir={tmp}/out', '--steps=2147483647'], 2, ['--steps']),
+    ('fid', ['calc', '--images={digits}', '--ref={stats}', '--detector={det}', '--device='], 1, ['--device', 'empty']),
+    ('fid', ['kid', '--images={digits}', '--ref={digits}', '--subsets=1000000000', '--detector={det}'], 2, ['--subsets']),
+    ('fid', ['gen', '--network={net}', '--ref={stats}', '--num=2', '--first-seed=4294967295', '--detector={det}', '--device=cpu'],
+     1, ['--num', '2^32']),
+    ('fid', ['gen', '--network={net}', '--ref={stats}', '--num=2', '--first-seed=18446744073709551615', '--detector={det}',
+             '--device=cpu'], 1, ['--first-seed', '2^32']),
 ]
 
 
@@ -925,6 +1043,26 @@ def test_option_values_beyond_what_works_are_refused(script, args, code, words, 
     args = [a.format(tmp=tmp_path, **files) for a in args]
     one_line(CliRunner().invoke(SCRIPTS[script], args), *words, code=code)
     assert not os.path.exists(tmp_path / 'runs') and not os.path.exists(tmp_path / 'out')
+
+
+def test_fp16_on_a_cpu_says_it_trains_in_fp32(files, tmp_path):
+    result = CliRunner().invoke(train.main, [a.format(tmp=tmp_path, digits=files.digits) for a in TRAIN] + ['--precision=fp16', '-n'])
+    assert result.exit_code == 0 and '--precision=fp16: half precision runs on CUDA only; training in fp32' in result.output
+    assert '"use_fp16": false' in result.output
+
+
+def test_memory_checks_see_the_address_space_limit():
+    code = ('import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); '
+            'from training import file_limits; print(file_limits.available_memory())')
+    free = int(subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    assert 0 < free < 3 << 30
+
+
+def test_the_memory_bound_counts_the_encoder_outputs_a_unet_keeps():
+    from training import file_limits
+    # 16 channels at 16x16 (input conv, one block), then 32 at 8x8 (down block keeps 16): per pixel of the full image
+    assert file_limits.skip_elements_per_pixel(sampling_net()) == 16 + 16 + 16 / 4 + 32 / 4
+    assert file_limits.skip_elements_per_pixel(torch.nn.Conv2d(3, 8, 3)) == 0
 
 
 def test_racing_runs_claim_distinct_folders(tmp_path):
@@ -970,6 +1108,14 @@ def test_resume_falls_back_past_states_that_do_not_load_or_fit(files, tmp_path):
     assert not stale.exists()
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000001.pt', '-n']), '--resume', 'random-number')
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000002.pt', '-n']), '--resume', 'does not fit')
+    diverged = dict(state, ema={k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in state['ema'].items()})
+    torch.save(diverged, run / 'training-state-000005.pt')
+    result = runner.invoke(train.main, train_args + [f'--resume={run}', '-n'])
+    assert result.exit_code == 0 and 'Passing over' in result.output and 'NaN or infinite "ema"' in result.output, result.output
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000005.pt', '-n']), '--resume', 'NaN')
+    torch.save(dict(state, network_kwargs=[1, 2]), run / 'training-state-000005.pt')
+    one_line(runner.invoke(train.main, train_args + [f'--resume={run}/training-state-000005.pt', '-n']), '--resume', 'network_kwargs')
+    os.remove(run / 'training-state-000005.pt')
     os.remove(run / 'training-state-000000.pt')
     one_line(runner.invoke(train.main, train_args + [f'--resume={run}']), '--resume', 'no training state', 'loads and fits')
     empty = tmp_path / 'killed-early'

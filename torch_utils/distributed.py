@@ -20,6 +20,8 @@ def pick_device(name=None):
     processes on this machine than there are visible GPUs, or when `name` picks one GPU number
     for several processes."""
     from dnnlib.util import FieldError, UserError
+    if name is not None and not name.strip():
+        raise FieldError('device', value='', detail='is empty; name a device (cpu, cuda, cuda:1, mps) or leave the option out')
     if not name:
         if torch.cuda.is_available():
             name = 'cuda'
@@ -33,7 +35,12 @@ def pick_device(name=None):
         raise FieldError('device', value=name, detail='not a device name (cpu, cuda, cuda:1, mps)') from None
     if dev.type == 'meta':
         raise FieldError('device', value=name, detail='holds shapes only and computes nothing; use cpu, cuda or mps')
+    if dev.type == 'cpu':
+        return dev
     if dev.type != 'cuda':
+        backend = torch.backends.mps if dev.type == 'mps' else getattr(torch, dev.type, None)
+        if not getattr(backend, 'is_available', lambda: False)():
+            raise FieldError('device', value=name, detail=f'{dev.type} devices are not available on this machine (cpu, cuda, mps)')
         return dev
     if not torch.cuda.is_available():
         raise FieldError('device', value=name, detail='CUDA is not available on this machine')

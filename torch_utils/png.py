@@ -2,10 +2,13 @@
 written atomically. Used by generate.py, the training loop's sample grids and the benchmarks."""
 
 import math
+import os
 
 import torch
 
-from dnnlib.util import atomic_write
+from dnnlib.util import UserError, atomic_write, check_output_file
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def _to_pil(image_chw):
@@ -22,6 +25,22 @@ def save_image(image_chw, path):
     """Writes one uint8 (C, H, W) image as a grey (C = 1) or RGB (C = 3) PNG, atomically."""
     with atomic_write(path, 'wb') as f:
         _to_pil(image_chw).save(f, format='PNG')
+
+
+def check_png_dest(path, option):
+    """Raises UserError unless `path` can take a PNG that `option` names: a writable .png name
+    that is new or already a PNG file. Anything else there (a photo in another format, notes, a
+    pipe or a device) is not replaced, nor opened unless it is a regular file."""
+    if not path.lower().endswith('.png'):
+        raise UserError(f'{option}={path}: the image is written as a .png file')
+    check_output_file(path, option)
+    if not os.path.exists(path):
+        return
+    if not os.path.isfile(path):
+        raise UserError(f'{option}={path}: exists and is not a regular file; not replacing it')
+    with open(path, 'rb') as f:
+        if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            raise UserError(f'{option}={path}: exists and is not a PNG image; not replacing it')
 
 
 def grid_shape(num_images, cols=None):

@@ -34,7 +34,7 @@ import dnnlib
 from dnnlib.util import FieldError, UserError, atomic_write
 from torch_utils import persistence
 from torch_utils.persistence import ModuleRecord, PersistentRecord
-from training import encoders, patch
+from training import encoders, file_limits, patch
 
 NETWORK_CLASSES = ('EDMPrecond', 'VPPrecond', 'VEPrecond', 'iDDPMPrecond')  # in training.networks
 ENCODER_CLASS = 'training.encoders.StabilityVAEEncoder'
@@ -154,9 +154,14 @@ def _describe_bad_pickle(data, err):
 
 
 def read_bytes(url):
-    """The whole file at a path or URL; a missing or unreadable one is a one-line UserError."""
+    """The whole file at a path or URL; a missing or unreadable one is a one-line UserError, and
+    so is one that is not a regular file (a pipe would block, a device never ends) or larger than
+    the free memory."""
     try:
-        with dnnlib.util.open_url(url) as f:
+        path = dnnlib.util.open_url(url, return_filename=True)
+        file_limits.check_regular_file(path, f'"{url}"')
+        file_limits.check_memory(os.path.getsize(path), f'"{url}" ({os.path.getsize(path):,} bytes)')
+        with open(path, 'rb') as f:
             return f.read()
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
@@ -493,16 +498,8 @@ def check_file_vae(decoder, url, vae):
     """A VAE named by a network file is used only if it is a local folder; a hub id in a file needs
     `vae` from the caller (`--vae` on the command line), so that a file never makes the program
     download anything."""
-    if decoder is None or vae is not None:
-        return
-    name = decoder.vae_name
-    if not encoders.is_local_vae(name):
-        raise FieldError('network', f'"{url}" names the VAE "{name}", a hub id; pass `vae`={name} to download it '
-                        f'(or `vae`=FOLDER for a local copy)')
-    try:
-        decoder.vae_name = encoders.vae_folder(name)
-    except UserError:
-        raise FieldError('network', f'"{url}" names the VAE folder "{name}", which holds no VAE here; pass `vae`=FOLDER or a hub id') from None
+    if decoder is not None and vae is None:
+        decoder.vae_name = encoders.recorded_vae(decoder.vae_name, 'network', f'"{url}"')
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.
@@ -622,10 +619,33 @@ def load_network(url, field='network', trust=False):
     return for_sampling(net), decoder
 
 
-def check_network_file(url, field, trust=False):
-    """Validates a network file for command lines that load it later: loads it (no code runs
-    from the file unless `trust`)."""
-    load_network(url, field, trust)
+def check_transfer(url, net, field, trust=False):
+    """Loads the network file `url` (no code runs from it unless `trust`) and checks that its
+    weights fit `net` (which may live on the meta device) as `transfer_weights` would copy them,
+    so that --transfer fails before a run folder is made; a problem is a FieldError of `field`."""
+    source, _decoder = load_network(url, field, trust)
+    _transfer_pairs(source, net, field)
+
+
+def _transfer_pairs(source, net, field):
+    """[(tensor of `net`, tensor of `source`)] of every parameter and buffer of `net` that `source`
+    has by name, each of the same shape or of a convolution reading the network input that has
+    `net.coord_channels` more input channels; any other shape is a FieldError of `field`."""
+    src = dict(unwrap(source).named_parameters())
+    src.update(unwrap(source).named_buffers())
+    extra = getattr(net, 'coord_channels', 0)
+    pairs = []
+    for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
+        if name not in src:
+            continue
+        value = src[name]
+        widened = (extra and value.ndim == 4 and value.shape[1] + extra == tensor.shape[1]
+                   and value.shape[0] == tensor.shape[0] and value.shape[2:] == tensor.shape[2:])
+        if value.shape != tensor.shape and not widened:
+            raise FieldError(field, f'"{name}" has shape {tuple(value.shape)} in the source network but '
+                            f'{tuple(tensor.shape)} here (use the architecture options it was trained with)')
+        pairs.append((tensor, value))
+    return pairs
 
 
 def transfer_weights(source, net, field='resume_pkl'):
@@ -633,20 +653,11 @@ def transfer_weights(source, net, field='resume_pkl'):
     the network input and has `net.coord_channels` more input channels than the source's (a patch
     model initialised from a plain EDM model) gets zero weights for the coordinate channels, so
     `net` computes exactly what `source` did. Any other shape mismatch is a FieldError of `field`."""
-    src = dict(unwrap(source).named_parameters())
-    src.update(unwrap(source).named_buffers())
-    extra = getattr(net, 'coord_channels', 0)
     with torch.no_grad():
-        for name, tensor in list(net.named_parameters()) + list(net.named_buffers()):
-            if name not in src:
-                continue
-            value = src[name].to(tensor.device, tensor.dtype)
+        for tensor, value in _transfer_pairs(source, net, field):
+            value = value.to(tensor.device, tensor.dtype)
             if value.shape == tensor.shape:
                 tensor.copy_(value)
-            elif (extra and value.ndim == 4 and value.shape[1] + extra == tensor.shape[1]
-                  and value.shape[0] == tensor.shape[0] and value.shape[2:] == tensor.shape[2:]):
+            else:
                 tensor.zero_()
                 tensor[:, :value.shape[1]].copy_(value)
-            else:
-                raise FieldError(field, f'"{name}" has shape {tuple(value.shape)} in the source network but '
-                                f'{tuple(tensor.shape)} here (use the architecture options it was trained with)')

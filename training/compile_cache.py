@@ -4,8 +4,11 @@ truncated `.so` that every later compiled run loads and dies on ("invalid ELF he
 files are found by their ELF headers and removed; Inductor then builds them again."""
 
 import os
+import stat
 import struct
 import sys
+
+from dnnlib.util import FieldError
 
 _ELF_MAGIC = b'\x7fELF'
 _PT_LOAD = 1
@@ -48,6 +51,15 @@ def is_intact_elf(path):
         return False
 
 
+def _is_regular(path):
+    """True for a regular file that is not a link: a pipe named like a kernel would block the
+    check forever, and a link's target is not the cache's to delete."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def remove_broken_entries(folder=None):
     """Deletes the truncated shared libraries and object files under Inductor's cache `folder`
     (default: its own) and returns their paths. Only on Linux, where they are ELF files."""
@@ -58,7 +70,7 @@ def remove_broken_entries(folder=None):
     for root, _dirs, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
-            if name.endswith(('.so', '.o')) and not os.path.islink(path) and not is_intact_elf(path):
+            if name.endswith(('.so', '.o')) and _is_regular(path) and not is_intact_elf(path):
                 try:
                     os.remove(path)
                     removed.append(path)
@@ -68,8 +80,14 @@ def remove_broken_entries(folder=None):
 
 
 def repair(print_fn=print):
-    """`remove_broken_entries` with one line saying what was removed, if anything."""
-    removed = remove_broken_entries()
+    """`remove_broken_entries` with one line saying what was removed, if anything. A cache folder
+    that cannot be made or read (TORCHINDUCTOR_CACHE_DIR naming a file, say) is a FieldError of
+    `compile_network`."""
+    try:
+        removed = remove_broken_entries()
+    except OSError as err:
+        raise FieldError('compile_network', f'the compile cache {os.environ.get("TORCHINDUCTOR_CACHE_DIR") or "folder"} cannot '
+                         f'be used ({err.strerror or err}); set TORCHINDUCTOR_CACHE_DIR to a writable folder') from None
     if removed:
         print_fn(f'Removed {len(removed)} truncated kernel librar{"ies" if len(removed) > 1 else "y"} from the compile cache '
                  f'{cache_dir()} (left by a killed compile, e.g. {removed[0]}); they are compiled again')

@@ -157,7 +157,7 @@ def parse_labels(path, data, names):
         if labels is None:
             return None
         labels = {str(k).replace('\\', '/'): v for k, v in labels}
-    except (ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:  # RecursionError: arrays nested too deep to parse
         raise UserError(f'{path}: dataset.json is not {{"labels": [[name, label], ...]}} ({err})') from None
     missing = [n for n in names if n not in labels]
     if missing:
@@ -535,7 +535,7 @@ def _description(path, key):
             meta = json.loads(files.read('dataset.json'))
         finally:
             files.close()
-    except (UserError, OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (UserError, OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile):
         return None
     info = meta.get(key) if isinstance(meta, dict) else None
     return info if isinstance(info, dict) else None

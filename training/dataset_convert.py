@@ -445,15 +445,21 @@ def parse_range(text, images):
     return lo, hi
 
 
-def write_array_items(writer, images, labels, value_range, max_images):
+def write_array_items(writer, images, labels, value_range, max_images, source='source'):
     """Stores each (H,W,C) item of the `ArrayImages` `images` as a float32 (C,H,W) `.npy` mapped
     from `value_range` to [-1, 1] (values outside it are kept, not clipped), with its label;
-    dataset.json gets an "arrays" description that `training.dataset.ArrayFolderDataset` reads."""
+    dataset.json gets an "arrays" description that `training.dataset.ArrayFolderDataset` reads.
+    An item with NaN or infinite values (in float32, after the mapping) is a FieldError of
+    `source`: training on it would be garbage."""
     lo, hi = value_range
     count = _limit(len(images), max_images)
     label_of = _array_label(labels)
     for i, item in enumerate(tqdm(images.items(count), total=count, unit='img', file=sys.stderr, dynamic_ncols=True)):
         item = (item.astype(np.float64) - lo) / (hi - lo) * 2 - 1
+        with np.errstate(over='ignore'):
+            if not np.isfinite(item.astype(np.float32)).all():
+                raise FieldError('source', value=source, detail=f'item {i} holds NaN or infinite values (in float32, after '
+                                 f'mapping `value_range` to [-1, 1])')
         writer.add_array(np.ascontiguousarray(item.transpose(2, 0, 1), dtype=np.float32), label_of(i))
     height, width, channels = images.shape[1:]
     writer.meta['arrays'] = dict(shape=[channels, height, width], dtype='float32', range=[lo, hi],
@@ -649,7 +655,7 @@ def iterate_images(source, max_images=None, transform=None, resolution=None, cha
 
 def _is_replaceable_dataset(path):
     """True when `path` holds only a data set as this tool writes it, judged by contents at every
-    depth: a dataset.json that is a JSON object with "labels", and otherwise only
+    depth: a dataset.json as this tool writes it (see `_has_member_contents`), and otherwise only
     NNNNN/imgNNNNNNNN.png or .npy files that begin as PNGs and npy arrays do (as a zip, or a folder
     without links or other files). --overwrite may replace those, never a folder holding anything
     else, such as '12345/thesis.tex' or '.'."""
@@ -699,18 +705,22 @@ def _file_head(full, name):
         return f.read(_JSON_HEAD if name == 'dataset.json' else 8)
 
 
+_DATASET_JSON_KEYS = {'labels', 'arrays', 'latents'}  # all that `DatasetWriter` puts in dataset.json
+
+
 def _has_member_contents(name, read_head):
-    """True when member `name` begins as this tool writes it: a JSON object with "labels" for
-    dataset.json, a PNG signature or the npy magic for images and arrays."""
+    """True when member `name` begins as this tool writes it: for dataset.json a JSON object with
+    "labels" and no keys this tool does not write (a project's own dataset.json is not a data
+    set), a PNG signature or the npy magic for images and arrays."""
     head = read_head()
     if name == 'dataset.json':
         if len(head) >= _JSON_HEAD:
             return head.lstrip().startswith(b'{"labels"')
         try:
             meta = json.loads(head)
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
-        return isinstance(meta, dict) and 'labels' in meta
+        return isinstance(meta, dict) and 'labels' in meta and set(meta) <= _DATASET_JSON_KEYS
     return head.startswith(b'\x89PNG\r\n\x1a\n' if name.endswith('.png') else b'\x93NUMPY')
 
 
@@ -733,6 +743,15 @@ def _restore_moved_aside(dest):
         else:
             shutil.rmtree(aside)
     dnnlib.util.remove_stale_temps(folder)
+
+
+def check_dest_apart(source, dest):
+    """Raises a FieldError of `dest` when `dest` is `source` or a folder holding it: replacing
+    `dest` would delete the data being converted (an overwrite of a data set by itself)."""
+    src, dst = os.path.realpath(source), os.path.realpath(dest)
+    if os.path.lexists(dest) and (src == dst or src.startswith(dst.rstrip(os.sep) + os.sep)):
+        raise FieldError('dest', value=dest, detail=f'{"is" if src == dst else "holds"} the `source` {source}, which replacing '
+                         'it would delete; write the converted data set to another name')
 
 
 class DatasetWriter:

@@ -61,6 +61,19 @@ def vae_folder(name):
     raise FieldError('vae_name', f'"{name}" {what}; {_how_to_provide()}')
 
 
+def recorded_vae(name, field, where):
+    """The local folder of the VAE `name` that a file (`where`: a network file or a data set)
+    records. A hub id there is a FieldError of `field` asking for `vae`, so that a file never
+    makes the program download anything; so is a folder that holds no VAE here."""
+    if not is_local_vae(name):
+        raise FieldError(field, f'{where} names the VAE "{name}", a hub id; pass `vae`={name} to download it '
+                                f'(or `vae`=FOLDER for a local copy)')
+    try:
+        return vae_folder(name)
+    except UserError:
+        raise FieldError(field, f'{where} names the VAE folder "{name}", which holds no VAE here; pass `vae`=FOLDER or a hub id') from None
+
+
 def check_vae_name(name):
     """Cheap validation for command lines (no loading): a local folder must hold a config.json.
     Returns the name to record: an absolute folder for local VAEs, the hub id otherwise."""

@@ -49,7 +49,8 @@ def check_zip_member(info, where):
 
 def available_memory():
     """Bytes of memory this process may still allocate: MemAvailable of /proc/meminfo, lowered
-    to the headroom of a cgroup (container) limit when one is set; None where neither is known."""
+    to the headroom of a cgroup (container) limit and to that of the process's address-space
+    limit (`ulimit -v`) when they are set; None where none is known."""
     free = None
     try:
         with open('/proc/meminfo', encoding='ascii') as f:
@@ -76,7 +77,25 @@ def available_memory():
             headroom = max(int(limit) - usage, 0)
             free = headroom if free is None else min(free, headroom)
         break
+    headroom = _address_space_headroom()
+    if headroom is not None:
+        free = headroom if free is None else min(free, headroom)
     return free
+
+
+def _address_space_headroom():
+    """Bytes of address space left under RLIMIT_AS (None without a limit): an allocation beyond
+    it fails however much memory the machine has free."""
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open('/proc/self/status', encoding='ascii') as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
+    return max(limit - used, 0)
 
 
 def free_memory(device=None):
@@ -103,6 +122,20 @@ def full_resolution_channels(net):
     """Output channels of the first convolution of `net` (its input layer, at full resolution):
     with the batch and image size a lower bound of the memory its activations take."""
     return next((p.shape[0] for p in net.parameters() if p.ndim == 4), 1)
+
+
+def skip_elements_per_pixel(net):
+    """Elements per pixel of the full image of the encoder outputs that one of this project's
+    U-Nets (`net.model.enc`) keeps for its decoder, all alive at the decoder's start: a lower
+    bound of its activations that grows with the depth as well as the width; 0 for other networks."""
+    enc = getattr(getattr(net, 'model', None), 'enc', None)
+    total, scale = 0.0, 1.0
+    for name, module in (enc.items() if hasattr(enc, 'items') else ()):
+        if name.endswith('_down'):
+            scale /= 4
+        if 'aux' not in name:
+            total += getattr(module, 'out_channels', 0) * scale
+    return total
 
 
 def _gib(nbytes):

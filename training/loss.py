@@ -16,6 +16,20 @@ from training import patch, schedules
 
 
 CROP_SAMPLERS = ('uniform', 'content')  # the first is the default
+SIGMA_RANGE = (1e-30, 1e19)  # noise levels whose squares float32 holds (the weight λ(σ) squares them)
+SIGMA_SPREAD = 5  # standard deviations of ln σ that must stay within SIGMA_RANGE (all but 1 draw in 3.5 million)
+
+
+def check_edm_options(P_mean, P_std, sigma_data):
+    """Raises a FieldError when EDM's σ distribution (ln σ ~ N(P_mean, P_std²)) or σ_data leave
+    the range where float32 arithmetic holds, which would make the loss NaN or zero silently."""
+    lo, hi = (float(torch.tensor(v).log()) for v in SIGMA_RANGE)
+    if P_mean - SIGMA_SPREAD * P_std < lo or P_mean + SIGMA_SPREAD * P_std > hi:
+        raise FieldError('P_mean', f'{P_mean:g} with `P_std`={P_std:g} draws sigma = exp(P_mean +- {SIGMA_SPREAD} P_std) '
+                         f'beyond [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], where float32 breaks (EDM: -1.2, 1.2)')
+    if not SIGMA_RANGE[0] <= sigma_data <= SIGMA_RANGE[1]:
+        raise FieldError('sigma_data', f'{sigma_data:g} lies beyond [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}], where float32 '
+                         f'breaks (pixels in [-1, 1]: 0.5)')
 
 
 class DenoisingLoss:

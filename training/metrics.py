@@ -551,12 +551,18 @@ def _feature_shape(path, key, dims):
     return check
 
 
+MAX_STAT = 1e30  # Inception features are activations of order 1; squares of sums of such values stay finite
+
+
 def check_stats(path, mu, sigma):
     """Raises UserError unless `mu` and `sigma` are statistics FID can use: finite, and `sigma` a
     symmetric positive semi-definite matrix (up to rounding); a damaged or hand-made file would
     otherwise give a negative or NaN FID."""
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise UserError(f'{path}: mu or sigma holds NaN or infinite values')
+    if max(np.abs(mu).max(), np.abs(sigma).max()) > MAX_STAT:
+        raise UserError(f'{path}: mu or sigma holds values beyond {MAX_STAT:g}, far from any statistics of Inception features '
+                        f'(the FID would overflow to infinity)')
     scale = max(float(np.abs(sigma).max()), 1e-300)
     if np.abs(sigma - sigma.T).max() > 1e-6 * scale:
         raise UserError(f'{path}: sigma is not symmetric, so it is not a covariance matrix')
@@ -604,7 +610,8 @@ def save_stats(path, mu, sigma, features=None):
 
 def check_stats_dest(path):
     """Raises UserError unless `path` can take reference statistics: a writable .npz name that is
-    new or already holds statistics (`mu` and `sigma`); any other file is not replaced."""
+    new or already holds statistics as `save_stats` writes them (`mu` and `sigma`, perhaps
+    `features`, nothing else); any other file is not replaced."""
     if not path.lower().endswith('.npz'):
         raise FieldError('dest', value=path, detail='reference statistics are written to a .npz file')
     dnnlib.util.check_output_file(path, 'dest')
@@ -612,11 +619,12 @@ def check_stats_dest(path):
         return
     try:
         with np.load(path, allow_pickle=False) as data:
-            ours = {'mu', 'sigma'} <= set(data.files)
+            names = set(data.files)
     except Exception:  # anything unreadable as npz is not ours
-        ours = False
-    if not ours:
-        raise FieldError('dest', value=path, detail='exists and is not a reference-statistics file (no mu and sigma); not replacing it')
+        names = set()
+    if not {'mu', 'sigma'} <= names <= {'mu', 'sigma', 'features'}:
+        raise FieldError('dest', value=path, detail='exists and is not a reference-statistics file (mu, sigma and at most '
+                         'features); not replacing it')
 
 
 def fid_label(num):
@@ -651,7 +659,20 @@ def load_reference(path, metrics=('fid',)):
     ref = dict(mu=mu, sigma=sigma)
     if needs_features(metrics):
         ref['features'] = load_features(path)
+        for metric in metrics:
+            check_feature_count(path, ref['features'], metric)
     return ref
+
+
+MIN_FEATURES = dict(kid=2, pr=PR_NEIGHBOURS + 1)  # rows that KID (an unbiased MMD) and k-NN precision/recall need
+
+
+def check_feature_count(path, feats, metric):
+    """Raises UserError naming `path` when its features are too few for `metric` (kid or pr)."""
+    need = MIN_FEATURES.get(metric, 0)
+    if len(feats) < need:
+        what = 'KID' if metric == 'kid' else 'precision/recall'
+        raise UserError(f'{path}: holds the features of {len(feats)} image{"s" if len(feats) != 1 else ""}; {what} needs at least {need}')
 
 
 def score_features(mu, sigma, feats, ref, metrics, seed=0):
@@ -684,6 +705,26 @@ def format_scores(scores, num):
     return lines
 
 
+MAX_SEED = 2**32 - 1  # seeds are 32-bit, as in generate.py
+
+
+def check_seed_range(first_seed, num):
+    """Raises a FieldError unless the seeds first_seed … first_seed + num - 1 are 32-bit."""
+    if first_seed > MAX_SEED:
+        raise dnnlib.util.FieldError('first_seed', f'goes beyond the largest seed, {MAX_SEED} (2^32 - 1)', value=first_seed)
+    if first_seed + num - 1 > MAX_SEED:
+        raise dnnlib.util.FieldError('num', f'{num:,} images from seed {first_seed} go beyond the largest seed, {MAX_SEED} '
+                                     f'(2^32 - 1)', value=num)
+
+
+def _sample_in_chunks(net, seeds, device, chunk=4096, **kwargs):
+    """`sampler.iter_sample_batches` over a range of seeds, `chunk` seeds at a time, so that a long
+    range is never held as a list."""
+    from training import sampler
+    for start in range(0, len(seeds), chunk):
+        yield from sampler.iter_sample_batches(net, seeds[start:start + chunk], device, **kwargs)
+
+
 def network_features(net, num, detector, first_seed=0, batch_size=64, device=None, decoder=None, keep_features=False,
                      verbose=True, **sampler_kwargs):
     """The Inception statistics of `num` images of `net`, seeds first_seed, first_seed + 1, …,
@@ -692,24 +733,25 @@ def network_features(net, num, detector, first_seed=0, batch_size=64, device=Non
     takes) batch by batch. Returns the mean and covariance (float64) and, with `keep_features`, the
     features (float32, in seed order), else None; other keywords go to the sampler. Collective:
     every rank returns the same."""
-    from training import encoders, sampler
+    from training import encoders
     decoder = encoders.PIXELS if decoder is None else decoder
     channels = net.img_channels if decoder is encoders.PIXELS else 3  # the latent decoder makes RGB
     if channels not in (1, 3):
         raise dnnlib.util.FieldError('net', f'makes {channels}-channel images; the Inception features need 1 or 3 channels')
-    if num < 2:
-        raise dnnlib.util.FieldError('num', f'{num}: need at least 2 images for a covariance')
+    check_seed_range(first_seed, num)
+    if keep_features:
+        file_limits.check_memory(num * FEATURE_DIM * 4, f'`num`: the features of {num:,} images')
     device = torch.device(device) if device is not None else next(net.parameters()).device
     if not isinstance(detector, Detector):
         detector = load_detector(detector, device=device)
     rank, world = dist.get_rank(), dist.get_world_size()
-    seeds = list(range(first_seed + rank, first_seed + num, world))
+    seeds = range(first_seed + rank, first_seed + num, world)
     sums, kept, failure = FeatureSums(detector.device), [], None
     try:
         with tqdm.tqdm(total=num, unit='img', desc='Sampling and scoring', file=sys.stderr,
                        disable=(not verbose or dist.tqdm_disabled())) as bar:
-            for batch_seeds, images in sampler.iter_sample_batches(net, seeds, device, batch_size=batch_size, decoder=decoder,
-                                                                   **sampler_kwargs):
+            for batch_seeds, images in _sample_in_chunks(net, seeds, device, batch_size=batch_size, decoder=decoder,
+                                                         **sampler_kwargs):
                 feats = detector(images)
                 sums.add(feats)
                 if keep_features:

@@ -6,13 +6,17 @@ its width is given as the relative standard deviation σ_rel. Time counts optimi
 
 import copy
 import glob
+import math
 import os
 import re
+import warnings
 
 import numpy as np
 import torch
 
+import dnnlib
 from dnnlib.util import FieldError, atomic_write
+from training import file_limits
 
 
 def std_to_exp(std):
@@ -145,5 +149,28 @@ def list_saved(run_dir):
 
 
 def load_saved(path):
-    """A profile file written by `PowerEMA.save` (tensors only: nothing in it runs code)."""
-    return torch.load(path, map_location='cpu', weights_only=True)
+    """A profile file written by `PowerEMA.save`, loaded with `weights_only` (nothing in it runs
+    code) and checked: a step of at least 1, finite exponents above -1 and one dict of tensors per
+    exponent, so that a damaged or planted file is a FieldError of `indir` (the run folder), not
+    a traceback or a reconstruction of NaNs."""
+    with dnnlib.util.field_of('indir'):
+        file_limits.check_regular_file(path)
+    try:
+        with warnings.catch_warnings():  # about a foreign file's pickle: the error says enough
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise FieldError('indir', f'"{path}" is not a readable profile file ({type(err).__name__}; one holding '
+                         f'code is refused unread)') from None
+    gammas, averages = (state.get('gamma'), state.get('averages')) if isinstance(state, dict) else (None, None)
+    if not (isinstance(state.get('step') if isinstance(state, dict) else None, int) and state['step'] >= 1
+            and isinstance(gammas, list) and gammas and all(_finite(g) and g > -1 for g in gammas)
+            and isinstance(averages, list) and len(averages) == len(gammas)
+            and all(isinstance(a, dict) and a and all(isinstance(t, torch.Tensor) for t in a.values()) for a in averages)):
+        raise FieldError('indir', f'"{path}" is not a profile file of train.py --ema-std (a step, finite exponents above -1 '
+                         f'and one set of averages each)')
+    return state
+
+
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

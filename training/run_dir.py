@@ -32,6 +32,20 @@ def check_desc(desc, outdir):
     dnnlib.util.check_name_lengths(os.path.join(outdir, f'{next_run_id(outdir):05d}-{desc}'), 'desc', reserve=0)
 
 
+_RUN_FILE = re.compile(r'^(training_options\.json|log\.txt|stats\.jsonl|(network-snapshot|training-state|phema|samples)-.*)$')
+
+
+def check_nosubdir(outdir, resume_state=None):
+    """Raises a FieldError of `outdir` when `nosubdir` would write a run into a folder holding the
+    files of another one, whose snapshots, states and log it would replace; continuing the run of
+    that folder (`resume_state` inside it) is allowed."""
+    found = sorted(n for n in (os.listdir(outdir) if os.path.isdir(outdir) else []) if _RUN_FILE.match(n))
+    if not found or resume_state is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_state)), outdir):
+        return
+    raise FieldError('outdir', value=outdir, detail=f'holds the files of another run ({", ".join(found[:3])}{", ..." if len(found) > 3 else ""}), '
+                     f'which `nosubdir` would replace; give a new folder, or continue that run with `resume`={outdir}')
+
+
 def next_run_id(outdir):
     """One more than the largest id of the run folders `<id>-<desc>` in `outdir` (0 if none)."""
     ids = [int(m.group(1)) for name in (os.listdir(outdir) if os.path.isdir(outdir) else [])
@@ -90,6 +104,9 @@ def remove_stale_temps_of_runs(outdir):
 # Resuming.
 
 
+MAX_COUNT = 2**53  # images, steps, ticks or blocks: beyond, float arithmetic on them loses whole counts
+
+
 def check_state_fits(path, state, net):
     """Raises UserError naming what in the loaded training `state` does not fit `net` (built on
     the meta device, so this costs no memory) or this machine's random-number generators: found
@@ -108,8 +125,12 @@ def check_state_fits(path, state, net):
         if shapes:
             raise FieldError('resume_state', f'"{path}" does not fit this network ("{key}" {shapes[0]} has shape '
                             f'{have[shapes[0]]}, the network {wanted[shapes[0]]})')
+        broken = next((name for name, t in stored.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if broken is not None:
+            raise FieldError('resume_state', f'"{path}" holds NaN or infinite "{key}" weights (e.g. {broken}): the run had '
+                            f'diverged or the file is damaged; resume from an earlier state')
     for key in ('nimg', 'step', 'tick', 'blocks_consumed'):
-        if not isinstance(state.get(key), int) or state[key] < 0:
+        if not isinstance(state.get(key), int) or not 0 <= state[key] <= MAX_COUNT:
             raise FieldError('resume_state', f'"{path}" has no valid "{key}" count')
     if not isinstance(state.get('optimizer_state'), dict):
         raise FieldError('resume_state', f'"{path}" holds no optimizer state')
@@ -162,16 +183,21 @@ def meta_network(c):
 
 
 def check_training_memory(c, device):
-    """Raises a FieldError of `network_kwargs` and the batch (`batch_gpu` where set, else
-    `batch_size`) when training with options `c` cannot fit on `device`: the weights, their EMA
-    copy, gradients and Adam's two moments (5 x 4 bytes per parameter), plus the output of the
+    """Raises a FieldError of `network_kwargs` (its `pos_embed` too where set) and the batch
+    (`batch_gpu` where set, else `batch_size`) when training with options `c` cannot fit on
+    `device`: the weights, their EMA copy, gradients and Adam's two moments (5 x 4 bytes per
+    parameter), plus the encoder outputs the U-Net keeps for its decoder and the output of its
     first convolution for one round of full images (a lower bound of the activations)."""
     net, resolution = meta_network(c)
     height, width = patch_lib.image_hw(resolution)
     batch_gpu = c.batch_gpu or c.batch_size // dist.get_world_size()
     weights = 20 * misc.count_parameters(net)
-    activations = 2 * 4 * batch_gpu * file_limits.full_resolution_channels(net) * height * width
-    with dnnlib.util.field_of(('network_kwargs', 'batch_gpu' if c.batch_gpu else 'batch_size')):
+    per_pixel = file_limits.skip_elements_per_pixel(net) + 2 * file_limits.full_resolution_channels(net)
+    activations = 4 * batch_gpu * per_pixel * height * width
+    fields = ('network_kwargs',)
+    if c.network_kwargs.get('pos_embed'):
+        fields += ('network_kwargs.pos_embed',)
+    with dnnlib.util.field_of(fields + ('batch_gpu' if c.batch_gpu else 'batch_size',)):
         file_limits.check_memory(weights + activations, f'{misc.count_parameters(net):,} parameters and batches of '
                                  f'{batch_gpu} images of {width}x{height}', device)
 

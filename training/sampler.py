@@ -12,6 +12,7 @@ from torch_utils import distributed, misc
 from training import encoders, patch, schedules
 
 ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
+MAX_STEPS = 100_000  # noise levels of one sampling run: far beyond any use, while the schedule stays small
 
 # ----------------------------------------------------------------------------------------------
 # Shared pieces.
@@ -123,6 +124,18 @@ def edm_sigma_steps(num_steps, sigma_min, sigma_max, rho):
     i = torch.arange(num_steps, dtype=torch.float64)
     frac = i / max(num_steps - 1, 1)
     return (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def check_rho(rho, num_steps=18, sigma_min=0.002, sigma_max=80):
+    """Raises a FieldError of `rho` unless EDM's discretisation with it gives finite, strictly
+    decreasing noise levels (an extreme ρ overflows 1/ρ or rounds every level to one value)."""
+    try:
+        steps = edm_sigma_steps(max(num_steps, 2), sigma_min, sigma_max, rho)
+    except (OverflowError, ZeroDivisionError):
+        steps = None
+    if steps is None or not torch.isfinite(steps).all() or not (steps[:-1] > steps[1:]).all():
+        raise FieldError('rho', f'{rho:g} gives no decreasing noise levels from {sigma_max:g} to {sigma_min:g} '
+                                f'(float precision; EDM uses 7)', value=None)
 
 
 def edm_time_steps(net, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7):

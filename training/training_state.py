@@ -17,8 +17,10 @@ import warnings
 import numpy as np
 import torch
 
+import dnnlib
 from dnnlib.util import FieldError, atomic_write
 from torch_utils import distributed as dist
+from training import file_limits
 
 # Network options that may differ on resume: they do not change the weights.
 RESUMABLE_CHANGES = ('use_fp16', 'use_bf16')
@@ -37,7 +39,7 @@ def find_resume_state(path):
         if not states:
             raise FieldError('resume_state', f'run folder "{path}" holds no training-state-*.pt file')
         return states[-1]
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FieldError('resume_state', f'"{path}" does not exist')
     return path
 
@@ -49,7 +51,10 @@ def _kimg_of(path):
 
 def load_state(path):
     """The dict of a training-state file, with a clear error for anything else. A file whose
-    unpickling would run code (or build any object but tensors and containers) is refused unread."""
+    unpickling would run code (or build any object but tensors and containers) is refused unread,
+    and so is anything but a regular file (a pipe would block the read forever)."""
+    with dnnlib.util.field_of('resume_state'):
+        file_limits.check_regular_file(path, f'"{path}"')
     try:
         with warnings.catch_warnings():  # e.g. about the pickle protocol of a foreign file: the error says enough
             warnings.simplefilter('ignore')
@@ -71,6 +76,9 @@ def check_resume_state(path, network_kwargs, batch_size):
     resume that cannot work.
     Returns the loaded state."""
     state = load_state(path)
+    if not isinstance(state.get('network_kwargs') or {}, dict):
+        raise FieldError('resume_state', f'"{path}" is not a training-state file written by train.py (its network_kwargs '
+                        f'are not options)')
     stored = dict(state.get('network_kwargs') or {})
     wanted = _plain(network_kwargs)
     differ = [f'{key} {stored.get(key)!r} (now {wanted.get(key)!r})' for key in sorted(set(stored) | set(wanted))
