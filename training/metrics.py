@@ -232,20 +232,52 @@ def use_bf16_features(bf16, device):
 
 
 def optimize_network(net, device, dtype=torch.float32):
-    """The detector prepared for inference on `device`: weights in `dtype` and channels-last
-    order (oneDNN's native layout on CPUs), TorchScript frozen (batch norm folded into the
-    convolutions). In float32 the features stay the plain network's up to float32 rounding.
-    Not `torch.jit.optimize_for_inference`: it fails on adaptive pooling to sizes that do not
-    divide the input."""
+    """The detector prepared for inference on `device`: channels-last order (oneDNN's native
+    layout on CPUs) and TorchScript frozen and streamlined (`_streamline`), weights folded in
+    float32 and then cast to `dtype`. In float32 the features stay the plain network's up to
+    float32 rounding. Not `torch.jit.optimize_for_inference`: it fails on adaptive pooling to
+    sizes that do not divide the input."""
     net = net.to(device=device, memory_format=torch.channels_last)
-    if dtype != torch.float32:  # a float32 network's other float buffers keep their type
-        net = net.to(dtype)
     if isinstance(net, torch.jit.ScriptModule):
         try:
             net = torch.jit.freeze(net.eval())
         except RuntimeError:  # TorchScript that freezing cannot handle still runs, unfrozen
-            pass
-    return net
+            return net.to(dtype) if dtype != torch.float32 else net
+        _streamline(net)
+        if dtype != torch.float32:
+            _cast_constants(net.graph, dtype)
+        return net
+    return net.to(dtype) if dtype != torch.float32 else net  # a float32 network's other buffers keep their type
+
+
+def _streamline(frozen):
+    """Drops what keeps a frozen detector slow on oneDNN: `contiguous` calls (which turn every
+    block's output back to NCHW) and casts of constant weights to the input's dtype (which block
+    folding batch norm into the convolutions; the input is always of the weights' dtype here),
+    then folds. Both removed operations only change layout or cast to the dtype a value has."""
+    graph = frozen.graph
+    for node in list(graph.findAllNodes('aten::contiguous')):
+        node.output().replaceAllUsesWith(node.inputsAt(0))
+        node.destroy()
+    for node in list(graph.findAllNodes('aten::to')):
+        source = node.inputsAt(0).node()
+        if source.kind() == 'prim::Constant' and isinstance(source.output().toIValue(), torch.Tensor) \
+                and source.output().toIValue().dtype == torch.float32:
+            node.output().replaceAllUsesWith(node.inputsAt(0))
+            node.destroy()
+    torch._C._jit_pass_dce(graph)
+    torch.jit.run_frozen_optimizations(frozen)
+
+
+def _cast_constants(graph, dtype):
+    """Every floating-point constant tensor of a frozen graph cast to `dtype`."""
+    for node in list(graph.findAllNodes('prim::Constant')):
+        value = node.output().toIValue() if node.output().type().kind() == 'TensorType' else None
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            with graph.insert_point_guard(node):
+                cast = graph.insertConstant(value.to(dtype))
+            node.output().replaceAllUsesWith(cast)
+            node.destroy()
 
 
 def load_detector(spec=None, device=None, trust_pickle=False, bf16=False):
