@@ -1270,8 +1270,10 @@ def case_list():
         import torch
         run = copy_run(f, d)
         state = torch.load(state_path(run), weights_only=True)
-        state['net'] = {k: Reduced((torch._utils._rebuild_tensor, (v.storage(), 0, tuple(v.shape), tuple(v.stride()))))
-                        for k, v in state['net'].items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # TypedStorage is deprecated, which is what this case wants
+            state['net'] = {k: Reduced((torch._utils._rebuild_tensor, (v.storage(), 0, tuple(v.shape), tuple(v.stride()))))
+                            for k, v in state['net'].items()}
         torch.save(state, os.path.join(run, 'training-state-000099.pt'))
         for name in os.listdir(run):
             if name.startswith('training-state-') and not name.endswith('000099.pt'):
