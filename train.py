@@ -179,8 +179,13 @@ def architecture(opts):
 
 def check_network_shape(opts, arch, resolution, latent):
     """The network halves the image len(channel_mult) - 1 times: every side must divide."""
-    down_factor = 2 ** (len(arch['channel_mult']) - 1)
+    levels = len(arch['channel_mult'])
+    down_factor = 2 ** (levels - 1)
     height, width = patch_lib.image_hw(resolution)
+    if down_factor > min(height, width):
+        most = min(height, width).bit_length()
+        raise UserError(f'--cres: {levels} channel multipliers halve the {"latents" if latent else "images"} {levels - 1} times; '
+                        f'{width}x{height} allows at most {most} multipliers')
     if height % down_factor != 0 or width % down_factor != 0:
         word, size = ('side', f'{height}') if height == width else ('size', f'{width}x{height}')
         side = f'latent {word} {size} (image {word} / 8)' if latent else f'resolution {size}'

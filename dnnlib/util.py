@@ -384,12 +384,27 @@ def max_name_bytes(folder):
         return 255
 
 
+def max_path_bytes(folder):
+    """The longest path (in bytes, with its terminating zero) that the system takes below `folder`
+    (or its nearest existing ancestor); 4096 where it does not say."""
+    while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.pathconf(folder, 'PC_PATH_MAX')
+    except (OSError, ValueError, AttributeError):
+        return 4096
+
+
 def check_name_lengths(path, option, reserve=TEMP_NAME_EXTRA):
-    """Raises UserError when a part of `path` is longer than the file system allows; the last part
+    """Raises UserError when `path` or a part of it is longer than the system allows; the last part
     must leave `reserve` bytes for the temporary name it is written through. Checked before any
     slow work, so that a long name fails at once and not when the first file is written."""
     full = os.path.abspath(path)
     limit = max_name_bytes(os.path.dirname(full))
+    size, most = len(os.fsencode(full)) + reserve, max_path_bytes(os.path.dirname(full))
+    if size >= most:
+        room = f' (+{reserve} for its temporary name)' if reserve else ''
+        raise named_error(option, f'the path is {size - reserve} bytes long{room}; this system takes paths of at most {most - 1} bytes')
     parts = full.split(os.sep)
     for index, part in enumerate(parts):
         extra = reserve if index == len(parts) - 1 else 0
@@ -400,13 +415,18 @@ def check_name_lengths(path, option, reserve=TEMP_NAME_EXTRA):
                                       f'this file system takes at most {limit} bytes per name')
 
 
+MAX_NEW_FOLDERS = 200  # os.makedirs recurses once per missing folder, within Python's recursion limit
+
+
 def _check_writable_ancestor(folder, option):
     """The nearest existing ancestor of `folder` (itself included) must be a writable folder: a file
     is made there and removed (unnamed where the file system allows), since permission bits say
     nothing for root, and network or special file systems may refuse what they allow."""
-    existing = folder
+    existing, missing = folder, 0
     while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+        existing, missing = os.path.dirname(existing), missing + 1
+    if missing > MAX_NEW_FOLDERS:
+        raise named_error(option, f'would make {missing} nested folders below {existing}; at most {MAX_NEW_FOLDERS} are made')
     if not os.path.isdir(existing):
         raise named_error(option, f'cannot create folder {folder}, {existing} is a file')
     try:

@@ -467,7 +467,7 @@ def test_a_trained_run_is_scored_resumably_and_reported(quality, digits, tmp_pat
 
 def test_adversarial_bench_lists_its_held_out_cases():
     """bench/adversarial.py --list builds and runs nothing; every case has a unique id and a known
-    family, and --only picks one family."""
+    family, --only picks one family and --cases picks cases by id or shell pattern."""
     from click.testing import CliRunner
     adversarial = load_bench('adversarial')
     result = CliRunner().invoke(adversarial.main, ['--list'])
@@ -478,3 +478,7 @@ def test_adversarial_bench_lists_its_held_out_cases():
     one = CliRunner().invoke(adversarial.main, ['--list', '--only=zip'])
     assert one.exit_code == 0 and one.output.startswith('zip (') and 'dest-' not in one.output
     assert CliRunner().invoke(adversarial.main, ['--only=nonsense']).exit_code == 2
+    fresh = CliRunner().invoke(adversarial.main, ['--list', '--cases=r3-*,race-desc-dotdot'])
+    listed = [line.split()[0] for line in fresh.output.splitlines() if line.startswith('  ')]
+    assert fresh.exit_code == 0 and len(listed) >= 41 and set(listed) == {c.id for c in cases if c.id.startswith('r3-')} | {'race-desc-dotdot'}
+    assert CliRunner().invoke(adversarial.main, ['--cases=nothing-*']).exit_code == 2

@@ -16,9 +16,11 @@ import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 
@@ -673,6 +675,39 @@ def test_pickle_asking_for_a_huge_network_is_refused_before_building_it(tmp_path
     assert line.startswith('Error: --network') and 'huge.pkl' in line and 'far larger than the weights' in line, line
 
 
+
+def test_pickled_weights_that_repeat_a_few_numbers_are_refused_before_building(tmp_path):
+    net = sampling_net(use_coords=False)
+    weight = next(p for p in net.parameters() if p.ndim == 4)
+    weight.data = torch.zeros(1).expand(weight.shape)  # pickles as one number with stride 0
+    path = tmp_path / 'strided.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(dict(ema=net), fp)
+    line = one_error_line(CliRunner().invoke(generate.main, ['--network', str(path), '--outdir', str(tmp_path / 'out'), '--device=cpu']))
+    assert line.startswith('Error: --network') and 'strided.pkl' in line and 'repeat' in line, line
+
+
+def shared_lists(width, depth):
+    """Nested lists that reuse one list at every level: `width ** depth` leaves in a small pickle."""
+    value = [0]
+    for _ in range(depth):
+        value = [value] * width
+    return value
+
+
+def test_shared_lists_in_a_pickle_are_walked_once(tmp_path):
+    from training import checkpoints
+    net = sampling_net(use_coords=False)
+    net._init_kwargs['extra'] = shared_lists(50, 12)
+    path = tmp_path / 'lists.pkl'
+    with open(path, 'wb') as fp:
+        pickle.dump(dict(ema=net), fp)
+    line = one_error_line(CliRunner().invoke(generate.main, ['--network', str(path), '--outdir', str(tmp_path / 'out'), '--device=cpu']))
+    assert line.startswith('Error: --network') and 'extra' in line, line
+    with open(path, 'wb') as fp:
+        pickle.dump(dict(ema=sampling_net(use_coords=False), notes=shared_lists(50, 25)), fp)
+    assert len(checkpoints.load_snapshot(str(path))['notes']) == 50
+
 def test_reconstruct_phema_reads_the_run_snapshot_without_running_code(tmp_path):
     import reconstruct_phema
     marker = str(tmp_path / 'code-ran')
@@ -1035,6 +1070,9 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
      1, ['--num', '2^32']),
     ('fid', ['gen', '--network={net}', '--ref={stats}', '--num=2', '--first-seed=18446744073709551615', '--detector={det}',
              '--device=cpu'], 1, ['--first-seed', '2^32']),
+    ('train', TRAIN + ['--cres=' + ','.join(['1'] * 40), '-n'], 1, ['--cres', '39 times', 'at most 5 multipliers']),
+    ('generate', GENERATE + ['--grid={tmp}/' + 'a/' * 2100 + 'g.png', '--seeds=0-1'], 1, ['--grid', 'paths of at most']),
+    ('generate', GENERATE + ['--outdir={tmp}/' + 'b/' * 300 + 'out', '--seeds=0-1'], 1, ['--outdir', '301 nested folders']),
 ]
 
 
@@ -1043,6 +1081,45 @@ def test_option_values_beyond_what_works_are_refused(script, args, code, words, 
     args = [a.format(tmp=tmp_path, **files) for a in args]
     one_line(CliRunner().invoke(SCRIPTS[script], args), *words, code=code)
     assert not os.path.exists(tmp_path / 'runs') and not os.path.exists(tmp_path / 'out')
+
+
+def test_zip_with_two_members_of_one_name_is_refused(tmp_path):
+    members = image_members(digit_images(4))
+    path = write_zip(tmp_path / 'twice.zip', members, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # zipfile warns of the duplicate it is asked to write
+        with zipfile.ZipFile(path, 'a') as z:
+            z.writestr('dataset.json', json.dumps({'labels': [[n, 7] for n in members]}))
+    args = [a.format(tmp=tmp_path, digits=path) for a in TRAIN] + ['--cond=1', '-n']
+    one_line(CliRunner().invoke(train.main, args), 'twice.zip', 'more than one member named dataset.json')
+    one_line(CliRunner().invoke(dataset_tool.cli, ['--source', path, '--dest', str(tmp_path / 'o.zip')]), 'dataset.json')
+    assert not os.path.exists(tmp_path / 'runs') and not os.path.exists(tmp_path / 'o.zip')
+
+
+def test_cifar_batch_with_fewer_labels_than_images_is_one_line(tmp_path):
+    batch = pickle.dumps({b'data': np.zeros((10, 3072), np.uint8), b'labels': [1, 2, 3]}, protocol=2)
+    path = tmp_path / 'cifar-10-python.tar.gz'
+    with tarfile.open(path, 'w:gz') as tar:
+        for i in range(1, 6):
+            info = tarfile.TarInfo(f'cifar-10-batches-py/data_batch_{i}')
+            info.size = len(batch)
+            tar.addfile(info, io.BytesIO(batch))
+    result = CliRunner().invoke(dataset_tool.cli, ['--source', str(path), '--dest', str(tmp_path / 'o.zip')])
+    one_line(result, 'cifar-10-python.tar.gz', '15 labels for 50 images')
+
+
+def test_optimizer_moments_of_another_shape_are_refused_before_a_step():
+    param = torch.nn.Parameter(torch.zeros(3, 2))
+    optimizer = torch.optim.Adam([param])
+    param.grad = torch.ones(3, 2)
+    optimizer.step()
+    state = optimizer.state_dict()
+    state['state'][0]['exp_avg'] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r'"exp_avg" of parameter 0 is \(1,\) torch.float32, not \(3, 2\)'):
+        training_state.load_optimizer_state(optimizer, state)
+    state['state'][0]['exp_avg'], state['state'][0]['step'] = torch.zeros(3, 2), torch.zeros(4)
+    with pytest.raises(ValueError, match='"step" of parameter 0 is not one number'):
+        training_state.load_optimizer_state(optimizer, state)
 
 
 def test_fp16_on_a_cpu_says_it_trains_in_fp32(files, tmp_path):

@@ -371,16 +371,17 @@ def rebuild(value, key, where):
     return value
 
 
-def _holds_records(value, depth=0):
+def _holds_records(value, depth=0, seen=None):
+    """True when `value` holds a record within 20 levels; each container is looked into once, so
+    a pickle that reuses one list at every level cannot make the walk exponential."""
     if isinstance(value, (PersistentRecord, ModuleRecord)):
         return True
-    if depth > 20:
+    seen = set() if seen is None else seen
+    if depth > 20 or not isinstance(value, (dict, list, tuple, set, frozenset)) or id(value) in seen:
         return False
-    if isinstance(value, dict):
-        return any(_holds_records(v, depth + 1) for v in value.values())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_holds_records(v, depth + 1) for v in value)
-    return False
+    seen.add(id(value))
+    items = value.values() if isinstance(value, dict) else value
+    return any(_holds_records(v, depth + 1, seen) for v in items)
 
 # ----------------------------------------------------------------------------------------------
 # Building a network only after its size was checked.
@@ -424,6 +425,7 @@ def build_network(class_path, args, kwargs, tensors, where):
     device showed that it holds exactly those tensors' names and shapes (so arguments asking for a
     huge network never allocate it); every mismatch is a one-line UserError."""
     cls = dnnlib.util.get_obj_by_name(class_path)
+    _check_weights_hold_their_numbers(tensors, where)
     file_elements = sum(t.numel() for t in tensors.values())
     for name, value in _integers(dict(enumerate(args)) | kwargs):
         if abs(value) > max(file_elements, 2**16):  # a count (σ levels, blocks, channels) beyond the file's weights
@@ -446,21 +448,41 @@ def build_network(class_path, args, kwargs, tensors, where):
     for name, tensor in tensors.items():
         if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
             raise UserError(f'{where}: the weight "{name}" holds NaN or infinite values')
+    file_limits.check_memory(sum(t.numel() * t.element_size() for t in tensors.values()), f'{where}: the network')
     net = cls(*args, **kwargs)
     net.load_state_dict(tensors)
     return net.eval().requires_grad_(False)
 
 
-def _integers(value, name='', depth=0):
-    """(dotted name, integer) of every integer in nested dicts and lists of constructor arguments."""
+def _check_weights_hold_their_numbers(tensors, where):
+    """Raises UserError when the weights' shapes ask for more numbers than their storages hold: a
+    pickled tensor can repeat a few numbers (stride 0) or share them with another, so that a small
+    file would make the network it describes, and the memory checks, count gigabytes."""
+    storages = {}
+    for tensor in tensors.values():
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+    claimed = sum(t.numel() * t.element_size() for t in tensors.values())
+    held = sum(storages.values())
+    if claimed > held:
+        raise UserError(f'{where}: the weights ask for {claimed:,} bytes but their storages hold {held:,} (tensors that '
+                        f'repeat or overlap their numbers, which saved weights never do)')
+
+
+def _integers(value, name='', depth=0, seen=None):
+    """(dotted name, integer) of every integer in nested dicts and lists of constructor arguments;
+    a container met again (a pickle can reuse one list at every level) is not walked twice."""
+    seen = set() if seen is None else seen
     if isinstance(value, int) and not isinstance(value, bool):
         yield name, value
-    elif isinstance(value, dict) and depth < 8:
-        for key, item in value.items():
-            yield from _integers(item, f'{name}.{key}' if name else str(key), depth + 1)
-    elif isinstance(value, (list, tuple)) and depth < 8:
-        for index, item in enumerate(value):
-            yield from _integers(item, f'{name}[{index}]', depth + 1)
+    elif isinstance(value, (dict, list, tuple)) and depth < 8 and id(value) not in seen:
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                yield from _integers(item, f'{name}.{key}' if name else str(key), depth + 1, seen)
+        else:
+            for index, item in enumerate(value):
+                yield from _integers(item, f'{name}[{index}]', depth + 1, seen)
 
 
 def make_decoder(settings, where):

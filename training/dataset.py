@@ -361,6 +361,16 @@ class Dataset(torch.utils.data.Dataset):
         return self._get_raw_labels().dtype == np.int64
 
 
+def _check_unique_members(path, archive):
+    """Raises UserError (closing `archive`) for a zip with two members of one name: readers differ
+    in which one they take, so the images or labels it holds would be ambiguous."""
+    names, seen = archive.namelist(), set()
+    twice = next((n for n in names if n in seen or seen.add(n)), None)
+    if twice is not None:
+        archive.close()
+        raise UserError(f'{path}: holds more than one member named {twice}; which one is meant is ambiguous')
+
+
 class StoredFiles:
     """The members of a data set stored as a folder or a zip: `type` is 'dir' or 'zip', member
     names are relative and '/'-separated.
@@ -388,10 +398,11 @@ class StoredFiles:
         assert self.type == 'zip'
         if self._zip is None or self._zip_pid != os.getpid():
             try:
-                self._zip = zipfile.ZipFile(self.path)
+                archive = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as err:
                 raise UserError(f'{self.path}: not a readable zip file ({err})') from None
-            self._zip_pid = os.getpid()
+            _check_unique_members(self.path, archive)
+            self._zip, self._zip_pid = archive, os.getpid()
         return self._zip
 
     def names(self):

@@ -483,6 +483,8 @@ def _array_source(path, images, labels, max_images):
     array or None. The items are read in order as they are iterated."""
     if isinstance(images, np.ndarray):
         images = ArrayImages(images)
+    if labels is not None and len(labels) != len(images):
+        raise UserError(f'{path}: holds {len(labels):,} labels for {len(images):,} images; every image needs one')
     count = _limit(len(images), max_images)
     channels = 1 if images.shape[3] == 1 else 3
     label_of = _array_label(labels)

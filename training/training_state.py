@@ -195,3 +195,19 @@ def load_optimizer_state(optimizer, state):
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         group.update(kernels)
+    check_optimizer_moments(optimizer)
+
+
+def check_optimizer_moments(optimizer):
+    """Raises ValueError unless every per-parameter tensor of a loaded optimizer state (Adam's
+    moments) has its parameter's shape and dtype, and every `step` is one number: the fused
+    kernels read them without checking and crash the process on a mismatch."""
+    for group in optimizer.param_groups:
+        for index, param in enumerate(group['params']):
+            for key, value in optimizer.state.get(param, {}).items():
+                if key == 'step':
+                    if isinstance(value, torch.Tensor) and value.numel() != 1 or not isinstance(value, (int, float, torch.Tensor)):
+                        raise ValueError(f'optimizer "step" of parameter {index} is not one number')
+                elif not isinstance(value, torch.Tensor) or value.shape != param.shape or value.dtype != param.dtype:
+                    got = f'{tuple(value.shape)} {value.dtype}' if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f'optimizer "{key}" of parameter {index} is {got}, not {tuple(param.shape)} {param.dtype}')
