@@ -621,15 +621,22 @@ def case_list():
     add('race-two-conversions-one-folder', 'race', 'dataset_tool', TOOL + ['--source={npz}', '--dest={d}/out'], parallel=2,
         expect='either', check=one_valid_dataset('{d}/out', 8))
 
-    def one_valid_stats(d, f, results):
+    def loads(path, loader):
+        """A check that the file at `path` ('{d}' for the case folder) loads with `loader`."""
+        def check(d, f, results):
+            try:
+                loader()(path.format(d=d))
+            except Exception as err:  # noqa: BLE001
+                return str(err)
+            return None
+        return check
+
+    def stats_loader():
         from training import metrics
-        try:
-            metrics.load_stats(f'{d}/r.npz')
-        except Exception as err:  # noqa: BLE001
-            return str(err)
-        return None
+        return metrics.load_stats
+
     add('race-two-references-one-dest', 'race', 'fid', ['{fid}', 'ref', '--data={digits}', '--dest={d}/r.npz'] + FID,
-        parallel=2, expect='either', check=one_valid_stats)
+        parallel=2, expect='either', check=loads('{d}/r.npz', stats_loader))
     def stays_inside(d, f, results):
         folders = [line.split(':', 1)[1].strip() for line in results[0].stdout.splitlines() if line.startswith('Output directory:')]
         inside = folders and os.path.dirname(os.path.realpath(folders[0])) == os.path.realpath(f'{d}/runs')
@@ -1335,15 +1342,12 @@ def case_list():
     add('r3-race-two-grids-one-file', 'race', 'generate', GEN + ['--network={net}', '--grid={d}/g.png'], parallel=2,
         expect='either', check=valid_png('{d}/g.png'))
 
-    def valid_safetensors(d, f, results):
+    def safetensors_loader():
         from training import checkpoints
-        try:
-            checkpoints.load_safetensors(f'{d}/n.safetensors')
-        except Exception as err:  # noqa: BLE001
-            return str(err)
-        return None
+        return checkpoints.load_safetensors
+
     add('r3-race-two-conversions-one-safetensors', 'race', 'convert_network', CONVERT + ['--network={net}', '--dest={d}/n.safetensors'],
-        parallel=2, expect='either', check=valid_safetensors)
+        parallel=2, expect='either', check=loads('{d}/n.safetensors', safetensors_loader))
     add('r3-race-desc-dot', 'race', 'train', TRAIN + ['--desc=.', '-n'], expect='either', check=stays_inside, words=['--desc'])
 
     # bombs

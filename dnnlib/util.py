@@ -373,26 +373,27 @@ def check_output_file(path, option):
 TEMP_NAME_EXTRA = 1 + 1 + 10 + 1 + 8 + 1 + 8 + 4
 
 
-def max_name_bytes(folder):
-    """The longest file name (in bytes) that the file system of `folder` (or its nearest existing
-    ancestor) takes; 255 where it does not say."""
+def _path_limit(folder, name, default):
+    """os.pathconf's `name` for `folder` (or its nearest existing ancestor); `default` where the
+    system does not say."""
     while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:
-        return os.pathconf(folder, 'PC_NAME_MAX')
+        return os.pathconf(folder, name)
     except (OSError, ValueError, AttributeError):
-        return 255
+        return default
+
+
+def max_name_bytes(folder):
+    """The longest file name (in bytes) that the file system of `folder` takes; 255 where it does
+    not say."""
+    return _path_limit(folder, 'PC_NAME_MAX', 255)
 
 
 def max_path_bytes(folder):
-    """The longest path (in bytes, with its terminating zero) that the system takes below `folder`
-    (or its nearest existing ancestor); 4096 where it does not say."""
-    while folder and not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    try:
-        return os.pathconf(folder, 'PC_PATH_MAX')
-    except (OSError, ValueError, AttributeError):
-        return 4096
+    """The longest path (in bytes, with its terminating zero) that the system takes below `folder`;
+    4096 where it does not say."""
+    return _path_limit(folder, 'PC_PATH_MAX', 4096)
 
 
 def check_name_lengths(path, option, reserve=TEMP_NAME_EXTRA):
