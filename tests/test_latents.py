@@ -321,9 +321,9 @@ def test_train_errors(case, images_zip, vae_dir, tmp_path):
     elif case == 'vae-without-latents':
         result = invoke_train(base + [f'--vae={vae_dir}'])
         needles = ['--vae: only applies with --latents=1']
-    else:  # 64 px → 8x8 latents; four levels need a side divisible by 8 → fine; five need 16
+    else:  # 64 px → 8x8 latents; four levels halve them three times → fine; five would go below 1
         result = invoke_train(base + ['--train_on_latents=1', f'--vae={vae_dir}', '--cres=1,1,1,1,1'])
-        needles = ['latent side 8', 'down-sampling factor 16']
+        needles = ['--cres', 'latents 4 times', '8x8 allows at most 4']
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in result.output
