@@ -551,15 +551,20 @@ def case_list():
                                                                                       '--dest={d}/l.safetensors'],
         expect='accept')
 
-    def hub_latents(d, f):
-        with zipfile.ZipFile(f.latents) as src, zipfile.ZipFile(f'{d}/latents.zip', 'w') as dst:
-            for info in src.infolist():
-                data = src.read(info)
-                if info.filename == 'dataset.json':
-                    meta = json.loads(data)
-                    meta['latents']['vae'] = HUB_VAE
-                    data = json.dumps(meta)
-                dst.writestr(info.filename, data)
+    def latents_naming(vae):
+        """A setup: the latent data set as latents.zip, its dataset.json naming `vae`."""
+        def setup(d, f):
+            with zipfile.ZipFile(f.latents) as src, zipfile.ZipFile(f'{d}/latents.zip', 'w') as dst:
+                for info in src.infolist():
+                    data = src.read(info)
+                    if info.filename == 'dataset.json':
+                        meta = json.loads(data)
+                        meta['latents']['vae'] = vae
+                        data = json.dumps(meta)
+                    dst.writestr(info.filename, data)
+        return setup
+
+    hub_latents = latents_naming(HUB_VAE)
     add('online-train-latents-naming-hub-vae-dry', 'online', 'train',
         TRAIN + ['--data={d}/latents.zip', '--cres=1', '--attn=none', '-n'], hub_latents, expect='either')
     add('online-train-latents-naming-hub-vae', 'online', 'train',
@@ -1294,17 +1299,8 @@ def case_list():
                                       lambda r: r['encoder'].update(vae_name='https://example.com/vae/model.safetensors')),
         words=['--network'])
 
-    def latents_vae_url(d, f):
-        with zipfile.ZipFile(f.latents) as src, zipfile.ZipFile(f'{d}/latents.zip', 'w') as dst:
-            for info in src.infolist():
-                data = src.read(info)
-                if info.filename == 'dataset.json':
-                    meta = json.loads(data)
-                    meta['latents']['vae'] = 'http://example.com/vae'
-                    data = json.dumps(meta)
-                dst.writestr(info.filename, data)
     add('r3-online-fid-ref-latents-vae-url', 'online', 'fid', ['{fid}', 'ref', '--data={d}/latents.zip', '--dest={d}/r.npz'] + FID,
-        latents_vae_url, expect='either')
+        latents_naming('http://example.com/vae'), expect='either')
 
     # pairs
     def pair_linked_to_other(d, f):
