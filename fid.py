@@ -10,7 +10,7 @@ from dnnlib.util import UserError, option_errors
 from torch_utils import distributed as dist
 from torch_utils import png
 import dnnlib
-from training import checkpoints, encoders, memorisation, sampler
+from training import checkpoints, memorisation, sampler
 from training.dataset import ImageFolderDataset
 from training.metrics import (calculate_inception_stats, check_feature_count, check_stats_dest, compute_kid, format_scores,
                               list_image_files, load_detector, load_features, load_reference, needs_features, parse_metrics,
@@ -161,11 +161,9 @@ def gen(network_url, ref_path, num, first_seed, num_steps, vae, metrics_text, ma
     dev = dist.init(device)
     reference = load_reference(ref_path, metrics)
     net, decoder = checkpoints.load_network(network_url, trust=trust_pickle)
+    if vae is not None and decoder is None:
+        raise UserError('--vae: only applies to latent networks')
     checkpoints.check_file_vae(decoder, network_url, vae)
-    if vae is not None:
-        if decoder is None:
-            raise UserError('--vae: only applies to latent networks')
-        decoder.vae_name = encoders.check_vae_name(vae)
     net = net.to(dev)
     if decoder is not None:
         decoder.init(dev)

@@ -16,7 +16,6 @@ import re
 import click
 import numpy as np
 import torch
-import tqdm
 
 import dnnlib
 from dnnlib.util import UserError
@@ -25,7 +24,6 @@ from training import checkpoints, encoders, file_limits, patch, sampler
 from training.dataset import MAX_IMAGE_PIXELS
 
 
-MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
 MAX_SIGMA = 1e19  # sigma^2 stays finite in float32
 MIN_SIGMA = 1e-30  # sigma stays a normal float32 number
 MAX_GUIDANCE = 1000  # |--cfg| and |--guidance|
@@ -67,8 +65,8 @@ def parse_seeds(text):
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise UserError(f'--seeds: range "{part}" ends before it starts')
-        if last > MAX_SEED:
-            raise UserError(f'--seeds: "{part}" goes beyond the largest seed, {MAX_SEED} (2^32 - 1)')
+        if last > sampler.MAX_SEED:
+            raise UserError(f'--seeds: "{part}" goes beyond the largest seed, {sampler.MAX_SEED} (2^32 - 1)')
         for lo, hi in covered:  # the parts of first..last not taken yet, in increasing order
             if hi < first or lo > last:
                 continue
@@ -108,10 +106,8 @@ def configure_network(net, decoder, on_latents, vae, embed_fq, mask_pos):
         raise UserError('--mask-pos: only applies to networks that take coordinates')
     if on_latents and decoder is None:
         decoder = encoders.StabilityVAEEncoder(vae_name=encoders.check_vae_name(vae or encoders.DEFAULT_VAE))
-    elif vae is not None:
-        if decoder is None:
-            raise UserError('--vae: only applies to latent networks (--latents=1)')
-        decoder.vae_name = encoders.check_vae_name(vae)
+    elif vae is not None and decoder is None:
+        raise UserError('--vae: only applies to latent networks (--latents=1)')
     if decoder is not None and net.img_channels != encoders.LATENT_CHANNELS:
         raise UserError(f'--latents: the network makes {net.img_channels}-channel images, not {encoders.LATENT_CHANNELS}-channel latents')
     if decoder is None and net.img_channels == encoders.LATENT_CHANNELS and checkpoints.is_foreign(net):
@@ -245,16 +241,6 @@ def check_sampling_memory(net, canvas, batch, device):
                              f'--batch/--image_size: batches of {batch} images of {width}x{height}', device)
 
 
-def iter_lazily(net, seeds, device, chunk=4096, **kwargs):
-    """`sampler.iter_sample_batches` over a long (lazy) seed sequence, `chunk` seeds at a time,
-    with one progress bar for all of them."""
-    with tqdm.tqdm(total=len(seeds), unit='img', disable=distributed.tqdm_disabled()) as bar:
-        for start in range(0, len(seeds), chunk):
-            for batch_seeds, images in sampler.iter_sample_batches(net, list(seeds[start:start + chunk]), device, **kwargs):
-                bar.update(len(batch_seeds))
-                yield batch_seeds, images
-
-
 def save_sample(image, path):
     """Writes a uint8 (C, H, W) sample as PNG (C = 1 or 3), else as the same array in a .npy beside
     where the PNG would be (PNG cannot hold other channel counts)."""
@@ -377,8 +363,8 @@ def main(network_url, outdir, seeds, subdirs, class_idx, max_batch_size, num_ste
     my_seeds = seed_list[rank::world]
     distributed.print0(f'Generating {len(seed_list)} images from "{network_url}" on {world} process(es)...')
     kept = []
-    for batch_seeds, images in iter_lazily(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
-                                           canvas=canvas, decoder=decoder, **sampler_kwargs):
+    for batch_seeds, images in sampler.iter_sample_batches(net, my_seeds, dev, class_idx=class_idx, batch_size=max_batch_size,
+                                                           canvas=canvas, decoder=decoder, progress=True, **sampler_kwargs):
         if outdir is not None:
             for seed, image in zip(batch_seeds, images):
                 save_sample(image, image_path(outdir, seed, subdirs))

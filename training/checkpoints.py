@@ -517,11 +517,12 @@ def _finite_number(value):
 
 
 def check_file_vae(decoder, url, vae):
-    """A VAE named by a network file is used only if it is a local folder; a hub id in a file needs
-    `vae` from the caller (`--vae` on the command line), so that a file never makes the program
-    download anything."""
-    if decoder is not None and vae is None:
-        decoder.vae_name = encoders.recorded_vae(decoder.vae_name, 'network', f'"{url}"')
+    """Sets the VAE of a latent network's `decoder`: `vae` from the caller (`--vae` on the command
+    line) where given, else the one the network file names, used only if it is a local folder; a
+    hub id in a file needs `vae`, so that a file never makes the program download anything."""
+    if decoder is not None:
+        decoder.vae_name = encoders.check_vae_name(vae) if vae is not None else \
+            encoders.recorded_vae(decoder.vae_name, 'network', f'"{url}"')
 
 # ----------------------------------------------------------------------------------------------
 # safetensors.

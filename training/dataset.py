@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 
 from dnnlib.util import FieldError, UserError
+from torch_utils.png import PNG_SIGNATURE
 from training import file_limits, patch
 
 # Transparent pixels are composited on white: most sources with an alpha channel are icons and
@@ -38,7 +39,6 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 MAX_CLASSES = 1 << 20  # class labels (and float label lengths) below this
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _GREY_MODES = ('1', 'L', 'LA', 'La', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
 
 
@@ -179,7 +179,7 @@ def label_array(path, labels):
 def probe_png_header(head):
     """Returns `(width, height, channels)` from the first 26 bytes of a PNG file, or None when
     `head` is not the start of a PNG."""
-    if len(head) < 26 or head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b'IHDR':
         return None
     width, height = struct.unpack('>II', head[16:24])
     colour_type = head[25]

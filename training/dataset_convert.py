@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import dnnlib
 from dnnlib.util import FieldError, UserError
+from torch_utils.png import PNG_SIGNATURE
 from training import file_limits
 from training.dataset import FLOAT32_MAX, MAX_CLASSES, MAX_IMAGE_PIXELS, StoredFiles, convert_image, image_names, open_image, parse_labels, probe_image
 
@@ -723,7 +724,7 @@ def _has_member_contents(name, read_head):
         except (ValueError, RecursionError):
             return False
         return isinstance(meta, dict) and 'labels' in meta and set(meta) <= _DATASET_JSON_KEYS
-    return head.startswith(b'\x89PNG\r\n\x1a\n' if name.endswith('.png') else b'\x93NUMPY')
+    return head.startswith(PNG_SIGNATURE if name.endswith('.png') else b'\x93NUMPY')
 
 
 def _is_dataset_member(name):

@@ -260,20 +260,25 @@ def _streamline(frozen):
         node.output().replaceAllUsesWith(node.inputsAt(0))
         node.destroy()
     for node in list(graph.findAllNodes('aten::to')):
-        source = node.inputsAt(0).node()
-        if source.kind() == 'prim::Constant' and isinstance(source.output().toIValue(), torch.Tensor) \
-                and source.output().toIValue().dtype == torch.float32:
+        if _constant_tensor(node.inputsAt(0).node()) is not None and node.inputsAt(0).type().dtype() == torch.float32:
             node.output().replaceAllUsesWith(node.inputsAt(0))
             node.destroy()
     torch._C._jit_pass_dce(graph)
     torch.jit.run_frozen_optimizations(frozen)
 
 
+def _constant_tensor(node):
+    """The tensor a graph node holds when it is a constant tensor, else None."""
+    if node.kind() != 'prim::Constant' or node.output().type().kind() != 'TensorType':
+        return None
+    return node.output().toIValue()
+
+
 def _cast_constants(graph, dtype):
     """Every floating-point constant tensor of a frozen graph cast to `dtype`."""
     for node in list(graph.findAllNodes('prim::Constant')):
-        value = node.output().toIValue() if node.output().type().kind() == 'TensorType' else None
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
+        value = _constant_tensor(node)
+        if value is not None and value.is_floating_point():
             with graph.insert_point_guard(node):
                 cast = graph.insertConstant(value.to(dtype))
             node.output().replaceAllUsesWith(cast)
@@ -737,24 +742,14 @@ def format_scores(scores, num):
     return lines
 
 
-MAX_SEED = 2**32 - 1  # seeds are 32-bit, as in generate.py
-
-
 def check_seed_range(first_seed, num):
     """Raises a FieldError unless the seeds first_seed … first_seed + num - 1 are 32-bit."""
+    from training.sampler import MAX_SEED
     if first_seed > MAX_SEED:
         raise dnnlib.util.FieldError('first_seed', f'goes beyond the largest seed, {MAX_SEED} (2^32 - 1)', value=first_seed)
     if first_seed + num - 1 > MAX_SEED:
         raise dnnlib.util.FieldError('num', f'{num:,} images from seed {first_seed} go beyond the largest seed, {MAX_SEED} '
                                      f'(2^32 - 1)', value=num)
-
-
-def _sample_in_chunks(net, seeds, device, chunk=4096, **kwargs):
-    """`sampler.iter_sample_batches` over a range of seeds, `chunk` seeds at a time, so that a long
-    range is never held as a list."""
-    from training import sampler
-    for start in range(0, len(seeds), chunk):
-        yield from sampler.iter_sample_batches(net, seeds[start:start + chunk], device, **kwargs)
 
 
 def network_features(net, num, detector, first_seed=0, batch_size=64, device=None, decoder=None, keep_features=False,
@@ -765,7 +760,7 @@ def network_features(net, num, detector, first_seed=0, batch_size=64, device=Non
     takes) batch by batch. Returns the mean and covariance (float64) and, with `keep_features`, the
     features (float32, in seed order), else None; other keywords go to the sampler. Collective:
     every rank returns the same."""
-    from training import encoders
+    from training import encoders, sampler
     decoder = encoders.PIXELS if decoder is None else decoder
     channels = net.img_channels if decoder is encoders.PIXELS else 3  # the latent decoder makes RGB
     if channels not in (1, 3):
@@ -782,8 +777,8 @@ def network_features(net, num, detector, first_seed=0, batch_size=64, device=Non
     try:
         with tqdm.tqdm(total=num, unit='img', desc='Sampling and scoring', file=sys.stderr,
                        disable=(not verbose or dist.tqdm_disabled())) as bar:
-            for batch_seeds, images in _sample_in_chunks(net, seeds, device, batch_size=batch_size, decoder=decoder,
-                                                         **sampler_kwargs):
+            for batch_seeds, images in sampler.iter_sample_batches(net, seeds, device, batch_size=batch_size, decoder=decoder,
+                                                                   **sampler_kwargs):
                 feats = detector(images)
                 sums.add(feats)
                 if keep_features:

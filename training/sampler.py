@@ -2,6 +2,7 @@
 (ablation) sampler, and seeds → uint8 images. Each seed has its own generator for its latent,
 label and churn noise, so an image depends only on its seed, not on the batch or the processes."""
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ from torch_utils import distributed, misc
 from training import encoders, patch, schedules
 
 ABLATION_KEYS = ('solver', 'discretization', 'schedule', 'scaling')
+MAX_SEED = 2**32 - 1  # seeds are 32-bit: larger ones would alias smaller ones
 MAX_STEPS = 100_000  # noise levels of one sampling run: far beyond any use, while the schedule stays small
 
 # ----------------------------------------------------------------------------------------------
@@ -498,8 +500,8 @@ def draw_batch_inputs(net, seeds, canvas, device, class_idx=None):
 
 def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, canvas=None, decoder=encoders.PIXELS,
                         progress=False, **sampler_kwargs):
-    """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of `seeds`,
-    so that long runs never hold all images. `net` must already be on `device`; `decoder` (the
+    """Yields (batch_seeds, uint8 images (B, C, H, W) on the CPU) for consecutive batches of `seeds`
+    (a sized sequence, read a batch at a time, so that long runs never hold all seeds or images). `net` must already be on `device`; `decoder` (the
     training data's encoder) turns its outputs into images; other keywords go to the sampler."""
     if device is None:
         device = next(net.parameters()).device
@@ -507,8 +509,8 @@ def iter_sample_batches(net, seeds, device=None, class_idx=None, batch_size=64, 
     canvas = default_canvas(net) if canvas is None else Canvas(*canvas)
     check_sampling_options(net, class_idx, canvas, sampler_kwargs.get('cfg_scale'))
     sampler = select_sampler(sampler_kwargs)
-    seeds = [int(seed) for seed in seeds]
-    batches = [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
+    seed_iter = iter(seeds)
+    batches = iter(lambda: [int(seed) for seed in itertools.islice(seed_iter, batch_size)], [])
 
     from tqdm import tqdm
     bar = tqdm(total=len(seeds), unit='img', disable=(not progress) or distributed.tqdm_disabled())
