@@ -121,10 +121,13 @@ STUDY = dict(data='mnist', cbase=16, cres='1,2', batch=32, lr=2e-3, lr_rampup=2,
              train_options='--blocks=1 --attn=none', tick=2, seeds='0,1', budget=8000, points=16, fid_num=5000,
              ref_num=10000)
 PRESETS = {
-    'cpu': dict(STUDY, jobs=2, threads=1),
+    # On CPUs scoring costs more than training: six log-spaced points, four EMA widths judged on 250
+    # samples each, Inception features in bfloat16 (docs/results.md, "At the plateau").
+    'cpu': dict(STUDY, jobs=2, threads=1, score_points='0,1,3,7,11,15', ema_search='0.03,0.06,0.10,0.15',
+                ema_search_num=250, bf16_features=True),
     'gpu': dict(STUDY, device='cuda', jobs=4, threads=2, budget=32000, points=16, gen_batch=1000),
 }
-SMOKE = dict(budget=20, points=2, seeds='0', fid_num=64, ref_num=64, tick=0.1, ema_search='0.05,0.10', ema_search_num=64)
+SMOKE = dict(score_points=None, budget=20, points=2, seeds='0', fid_num=64, ref_num=64, tick=0.1, ema_search='0.05,0.10', ema_search_num=64)
 
 
 def run_name(method, seed):
@@ -451,12 +454,14 @@ def score_key(point, how, ref_path):
     return [point['point'], point['snapshot'], os.path.basename(ref_path), how]
 
 
-def points_to_score(run_dir, scores, how, ref_path, first=None):
+def points_to_score(run_dir, scores, how, ref_path, first=None, only=None):
     """The points of a run without a score for this snapshot, scoring and reference, last first;
     with `first`, the points up to that index come before the later ones, so that runs trained to
-    different points are compared at the last point they all reached before anything else."""
+    different points are compared at the last point they all reached before anything else; with
+    `only`, just the point indices in it (a log-spaced curve costs a few points, not all)."""
     done = [s['key'] for s in scores]
-    points = [p for p in reversed(read_json(os.path.join(run_dir, 'points.json'), [])) if score_key(p, how, ref_path) not in done]
+    points = [p for p in reversed(read_json(os.path.join(run_dir, 'points.json'), []))
+              if score_key(p, how, ref_path) not in done and (only is None or p['point'] in only)]
     if first is None:
         return points
     return [p for p in points if p['point'] <= first] + [p for p in points if p['point'] > first]
@@ -563,7 +568,7 @@ def score_run(cfg, run_dir, ref_path, train_data, first=None):
         device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         scores = read_json(os.path.join(run_dir, 'scores.json'), [])
         how = scoring(cfg)
-        todo = points_to_score(run_dir, scores, how, ref_path, first)
+        todo = points_to_score(run_dir, scores, how, ref_path, first, cfg.get('score_points'))
         if not todo:
             return scores
         ref = dict(np.load(ref_path))
@@ -796,6 +801,8 @@ def parse_list(option, text, choices=None, kind=str):
 @click.option('--budget', help='Training compute per run, in full-image step equivalents', metavar='STEPS',
               type=click.FloatRange(min=0, min_open=True), default=2000)
 @click.option('--points', help='Evaluation points, evenly spaced over the budget', metavar='N', type=click.IntRange(min=1), default=4)
+@click.option('--score-points', 'score_points', help='Point indices to score (0 is the first), e.g. 0,1,3,7,11,15 of 16 for a log-spaced curve  [default: all]',
+              metavar='LIST')
 @click.option('--fid-num', 'fid_num', help='Samples per FID/KID evaluation', metavar='N', type=click.IntRange(min=2), default=1000)
 @click.option('--ref-num', 'ref_num', help='Reference images of the whole data set (at most all of it)', metavar='N',
               type=click.IntRange(min=2), default=10000)
@@ -846,6 +853,9 @@ def main(**kwargs):
     cfg = apply_preset(dnnlib.EasyDict(kwargs), {k for k in kwargs if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE})
     methods = parse_list('--methods', cfg.methods, choices=list(METHODS))
     cfg.seeds = parse_list('--seeds', cfg.seeds, kind=int)
+    cfg.score_points = None if cfg.score_points is None else parse_list('--score-points', cfg.score_points, kind=int)
+    if cfg.score_points and not all(0 <= i < cfg.points for i in cfg.score_points):
+        raise UserError(f'--score-points: indices must lie in 0..{cfg.points - 1} (--points={cfg.points})')
     cfg.ema_std = None if cfg.ema_std == 'none' else ','.join(f'{std:g}' for std in parse_list('--ema-std', cfg.ema_std, kind=float))
     cfg.ema_search = parse_list('--ema-search', cfg.ema_search, kind=float) if cfg.ema_std else []
     if cfg.out is None:

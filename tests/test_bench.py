@@ -232,6 +232,7 @@ def test_scoring_resumes_and_rescores_for_another_sample_count(quality, tmp_path
         assert [p['point'] for p in quality.points_to_score(run_dir, scored, quality.scoring(other), '/x/ref.npz')] == [2, 1, 0]
     fresh = quality.scoring(study(fid_num=200))
     assert [p['point'] for p in quality.points_to_score(run_dir, scored, fresh, '/x/ref.npz', first=1)] == [1, 0, 2]
+    assert [p['point'] for p in quality.points_to_score(run_dir, scored, fresh, '/x/ref.npz', first=1, only=[0, 2])] == [0, 2]
     behind = write_run(str(tmp_path), 'full-seed0', points[:2], [])
     assert quality.last_common_point([run_dir, behind]) == 1
     assert quality.last_common_point([run_dir, str(tmp_path / 'none-seed0')]) is None
@@ -418,6 +419,9 @@ def test_presets_yield_to_explicit_options(quality):
     cfg = quality.apply_preset(dnnlib.EasyDict(base, smoke=True), given=set())
     assert cfg.budget == 20 and cfg.device == 'cuda' and cfg.ema_search_num == 64
     assert quality.apply_preset(dnnlib.EasyDict(base, preset=None), given=set()) == dnnlib.EasyDict(base, preset=None)
+    for name, preset in quality.PRESETS.items():
+        points = quality.parse_list('--score-points', preset.get('score_points') or '0', kind=int)
+        assert all(0 <= i < preset['points'] for i in points), name
 
 
 def test_named_data_in_the_shared_folder_and_npz_files(quality, tmp_path, monkeypatch):
