@@ -796,6 +796,16 @@ def parse_list(option, text, choices=None, kind=str):
     return items
 
 
+def parse_score_points(text, points):
+    """The point indices of --score-points (None: all), each one of the `points` points."""
+    if text is None:
+        return None
+    indices = parse_list('--score-points', text, kind=int)
+    if not all(0 <= i < points for i in indices):
+        raise UserError(f'--score-points: indices must lie in 0..{points - 1} (--points={points})')
+    return indices
+
+
 @click.command(context_settings=dict(show_default=True, max_content_width=100))
 @click.option('--data', help='mnist, fashion, emoji, or a data-set zip/folder', metavar='NAME|PATH', default='mnist')
 @click.option('--max-images', 'max_images', help='Train on N random images of the data set (judged against all of it)',
@@ -857,9 +867,7 @@ def main(**kwargs):
     cfg = apply_preset(dnnlib.EasyDict(kwargs), {k for k in kwargs if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE})
     methods = parse_list('--methods', cfg.methods, choices=list(METHODS))
     cfg.seeds = parse_list('--seeds', cfg.seeds, kind=int)
-    cfg.score_points = None if cfg.score_points is None else parse_list('--score-points', cfg.score_points, kind=int)
-    if cfg.score_points and not all(0 <= i < cfg.points for i in cfg.score_points):
-        raise UserError(f'--score-points: indices must lie in 0..{cfg.points - 1} (--points={cfg.points})')
+    cfg.score_points = parse_score_points(cfg.score_points, cfg.points)
     cfg.ema_std = None if cfg.ema_std == 'none' else ','.join(f'{std:g}' for std in parse_list('--ema-std', cfg.ema_std, kind=float))
     cfg.ema_search = parse_list('--ema-search', cfg.ema_search, kind=float) if cfg.ema_std else []
     if cfg.out is None:

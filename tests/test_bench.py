@@ -419,9 +419,11 @@ def test_presets_yield_to_explicit_options(quality):
     cfg = quality.apply_preset(dnnlib.EasyDict(base, smoke=True), given=set())
     assert cfg.budget == 20 and cfg.device == 'cuda' and cfg.ema_search_num == 64
     assert quality.apply_preset(dnnlib.EasyDict(base, preset=None), given=set()) == dnnlib.EasyDict(base, preset=None)
-    for name, preset in quality.PRESETS.items():
-        points = quality.parse_list('--score-points', preset.get('score_points') or '0', kind=int)
-        assert all(0 <= i < preset['points'] for i in points), name
+    for preset in quality.PRESETS.values():
+        quality.parse_score_points(preset.get('score_points'), preset['points'])
+    assert quality.parse_score_points('0, 3', 4) == [0, 3] and quality.parse_score_points(None, 4) is None
+    with pytest.raises(UserError, match='--score-points: indices must lie in 0..3'):
+        quality.parse_score_points('1,4', 4)
 
 
 def test_named_data_in_the_shared_folder_and_npz_files(quality, tmp_path, monkeypatch):
