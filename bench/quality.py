@@ -117,8 +117,8 @@ PROFILE_SAVES = 4  # post-hoc EMA profile files per segment
 RUN_NAME = re.compile(r'^(?P<method>[\w.-]+)-seed(?P<seed>\d+)$')
 
 
-# The study's network: small enough that full-image training can plateau within hours of a CPU core
-# or minutes of a GPU (docs/results.md, "Claim 1").
+# The study's network: small enough that a CPU core trains it for thousands of steps an hour and a
+# GPU towards its plateau in minutes (docs/results.md, "At the plateau").
 STUDY = dict(data='mnist', cbase=16, cres='1,2', batch=32, lr=2e-3, lr_rampup=2, dropout=0.0,
              train_options='--blocks=1 --attn=none', tick=2, seeds='0,1', budget=8000, points=16, fid_num=5000,
              ref_num=10000)
