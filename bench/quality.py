@@ -23,9 +23,10 @@ Each (method, seed) run trains in segments, one per evaluation point (--points, 
 over --budget): a segment resumes from the previous segment's training state, stops when its
 compute reaches the point, and leaves the training loop's own snapshot and state. Training resumes
 after the last finished point and scoring after the last scored one, so a study can be stopped and
-continued (across sittings: rerun the same command), extended to a larger --budget with the same
-spacing, and run folders trained on other machines can be copied into --out (the compute axis does
-not depend on a machine's speed). A run resumes when its training configuration is the same,
+continued (across sittings: rerun the same command; workers end within a second of their driver,
+even one killed alone), extended to a larger --budget with the same spacing, and run folders
+trained on other machines can be copied into --out (the compute axis does not depend on a
+machine's speed). A run resumes when its training configuration is the same,
 whatever the spelling of the options. Schedules that follow the training progress (progressive,
 rising) are given the duration, in images, at which their compute reaches the budget, found by
 replaying the schedule; they cannot be extended.
@@ -84,6 +85,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import click
@@ -373,10 +375,19 @@ def check_resumable(run_dir, new):
 # Workers (one process each, `--threads` threads).
 
 
-def worker_init(threads):
-    """Each worker process computes with `threads` threads."""
+def worker_init(threads, driver):
+    """Each worker process computes with `threads` threads and ends with its driver."""
     import torch
     torch.set_num_threads(threads)
+    threading.Thread(target=exit_without_driver, args=(driver,), daemon=True).start()
+
+
+def exit_without_driver(driver, interval=1.0):
+    """Ends this worker once the driver process `driver` is gone (killed without its workers, by
+    SIGTERM or SIGKILL), so a restarted study never shares a run folder with a stale writer."""
+    while os.getppid() == driver:
+        time.sleep(interval)
+    os._exit(1)
 
 
 @contextlib.contextmanager
@@ -599,7 +610,7 @@ def run_all(cfg, runs, train_data, ref_path):
     os.environ.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
     context = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(cfg.jobs, mp_context=context, initializer=worker_init,
-                                                initargs=(cfg.threads,)) as pool:
+                                                initargs=(cfg.threads, os.getpid())) as pool:
         pending = {}
         first = last_common_point([os.path.join(cfg.out, name) for name in runs]) if cfg.eval_only else None
         for name, spec in runs.items():

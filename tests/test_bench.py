@@ -7,6 +7,10 @@ import math
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import PIL.Image
@@ -469,6 +473,52 @@ def test_a_trained_run_is_scored_resumably_and_reported(quality, digits, tmp_pat
     assert all(0 <= r['memorised'] <= 1 and 0 <= r['precision'] <= 1 for r in rows)
     for name in ('quality-compute.png', 'quality-seconds.png', 'samples-point1.png', 'closest-point1.png'):
         assert os.path.exists(os.path.join(out, name)), name
+
+
+DRIVER = """
+import concurrent.futures, multiprocessing, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import quality
+if __name__ == '__main__':
+    context = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=quality.worker_init,
+                                                initargs=(1, os.getpid())) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120).result()
+"""
+
+
+def running(pid):
+    """Whether process `pid` exists and is not a zombie (an orphan's new parent may not reap it)."""
+    try:
+        os.kill(pid, 0)
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except ProcessLookupError:
+        return False
+    except FileNotFoundError:
+        return not os.path.isdir('/proc')  # the process exists; /proc tells zombies apart on Linux
+
+
+def test_workers_end_when_their_driver_is_killed(tmp_path):
+    """A study killed without its workers (SIGKILL to the driver only) leaves no worker training on
+    into its --out, where a restarted study would write too."""
+    script = tmp_path / 'driver.py'
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script), os.path.join(ROOT, 'bench')], stdout=subprocess.PIPE, text=True)
+    worker = int(driver.stdout.readline())
+    try:
+        os.kill(worker, 0)  # alive while the driver is
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and running(worker):
+            time.sleep(0.2)
+        assert not running(worker), 'the worker outlived its driver by 30 s'
+    finally:
+        driver.kill()
+        if running(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def test_adversarial_bench_lists_its_held_out_cases():
