@@ -48,8 +48,8 @@ Inception features of reference and samples in bfloat16 (faster on CPUs with AVX
 FID moves slightly, so such scores are kept apart). --max-images N trains on N images drawn at
 random (not the first N: the bundled MNIST starts with a thousand zeros), judged
 against the whole data set. The report prints, per method, how much FID improved over the last
-third of its compute (under 5%: a plateau) and the compute each method needs to reach the last
-FID of full images, as a multiple of what full images needed.
+third of its compute (under 5%: a plateau; 5% or more worse: past its best) and the compute each
+method needs to reach the best FID of full images, as a multiple of what full images needed.
 
 Data (--data): mnist (the bundled 10,000 digits, 32x32), fashion (Fashion-MNIST, from
 `apt-get install dataset-fashion-mnist`, 32x32), emoji (the bundled colour emoji, 32x32), emoji64
@@ -683,6 +683,14 @@ def last_third_gain(rows):
     return (fid - rows[-1]['fid']) / fid
 
 
+def plateau_verdict(gain):
+    """What a last-third gain says: still improving (5% or more), past its best (5% or more
+    worse: over-fitting), else a plateau."""
+    if gain >= 0.05:
+        return 'still improving'
+    return 'past its best' if gain <= -0.05 else 'a plateau'
+
+
 def interpolate(xs, ys, x):
     """y at `x` on the polyline through (xs, ys), xs increasing."""
     for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
@@ -701,14 +709,19 @@ def compute_to_reach(rows, fid):
     return None
 
 
+def best_point(rows):
+    """The first scored point with the lowest FID: a curve's last while it improves, earlier once
+    training over-fits (a model copying a small data set gets worse with more compute)."""
+    return min(rows, key=lambda r: r['fid'])
+
+
 def compute_ratios(table, reference='full'):
-    """{method: compute to reach the FID of `reference`'s last point / `reference`'s compute for it}
-    (below 1: the method gets there with less) for every method that reaches it."""
+    """{method: compute to reach `reference`'s best FID / the compute at which `reference` reached
+    it} (below 1: the method gets there with less) for every method that reaches it."""
     base = table.get(reference) or []
     if not base:
         return {}
-    target = base[-1]['fid']
-    own = compute_to_reach(base, target) or base[-1]['compute']
+    target, own = best_point(base)['fid'], best_point(base)['compute']
     ratios = {}
     for method, rows in table.items():
         reached = compute_to_reach(rows, target) if method != reference else own
@@ -761,12 +774,13 @@ def report(cfg, methods, train_data, ref_path, ref_num):
     gains = {m: last_third_gain(rows) for m, rows in table.items()}
     for method, gain in gains.items():
         if gain is not None:
-            verdict = 'a plateau' if gain < 0.05 else 'still improving'
-            log(f'{method}: FID {gain:.1%} better over the last third of its compute ({verdict})')
+            log(f'{method}: FID {gain:.1%} better over the last third of its compute ({plateau_verdict(gain)})')
     ratios = compute_ratios(table)
     for method, ratio in ratios.items():
         if method != 'full':
-            log(f'{method}: {ratio:.2f}x the compute of full images to reach their last FID ({table["full"][-1]["fid"]:.2f})')
+            best = best_point(table['full'])
+            log(f'{method}: {ratio:.2f}x the compute of full images to reach their best FID '
+                f'({best["fid"]:.2f} at {best["compute"]:.0f})')
     subset = f', {cfg.max_images} random images' if cfg.max_images else ''
     title = f'{label} vs training: {os.path.basename(train_data)}{subset}, DDPM++ {cfg.cbase} ch [{cfg.cres}], batch {cfg.batch}'
     for axis, xlabel in (('compute', 'training compute (full-image step equivalents)'),

@@ -400,7 +400,7 @@ def test_scoring_searches_the_ema_widths_and_counts_copies(quality, digits, tmp_
 
 def test_plateau_and_compute_ratio(quality):
     """The last-third gain interpolates in log compute; the ratio is the compute patches need to
-    reach full images' last FID over the compute full images needed."""
+    reach full images' FID (their last, while improving) over the compute full images needed."""
     full = [dict(compute=c, fid=f) for c, f in ((1000, 40.0), (2000, 30.0), (3000, 29.0))]
     at_2000 = 30.0 + (29.0 - 30.0) * (math.log(2000) - math.log(2000)) / (math.log(3000) - math.log(2000))
     assert quality.last_third_gain(full) == pytest.approx((at_2000 - 29.0) / at_2000)
@@ -410,6 +410,19 @@ def test_plateau_and_compute_ratio(quality):
     assert ratios['full'] == 1.0 and ratios['patch'] == pytest.approx(expected / 3000)
     assert quality.compute_ratios(dict(full=full, patch=patch[:2])) == {'full': 1.0}
     assert quality.last_third_gain(full[:1]) is None
+
+
+def test_over_fitting_curve_is_judged_at_its_best(quality):
+    """Once full-image training over-fits (FID rising again), the ratio is taken at its best FID,
+    not its last, and the verdict says the curve is past its best."""
+    full = [dict(compute=c, fid=f) for c, f in ((1000, 30.0), (3000, 16.0), (5000, 19.0), (10000, 26.0))]
+    patch = [dict(compute=c, fid=f) for c, f in ((1000, 48.0), (5000, 17.0), (7000, 15.0), (10000, 16.0))]
+    expected = math.exp(math.log(5000) + 0.5 * (math.log(7000) - math.log(5000)))
+    ratios = quality.compute_ratios(dict(full=full, patch=patch))
+    assert ratios['full'] == 1.0 and ratios['patch'] == pytest.approx(expected / 3000)
+    assert quality.best_point(full)['compute'] == 3000
+    assert quality.plateau_verdict(quality.last_third_gain(full)) == 'past its best'
+    assert quality.plateau_verdict(0.049) == 'a plateau' and quality.plateau_verdict(0.05) == 'still improving'
 
 
 def test_presets_yield_to_explicit_options(quality):
