@@ -12,9 +12,18 @@ from click.testing import CliRunner
 
 import dataset_tool
 import generate
+from training import run_files
 from training.dataset import ArrayFolderDataset
 from conftest import load_bench
 from test_training import TINY, invoke_train, read_stats, run_dir_of
+
+@pytest.fixture
+def small_grids(monkeypatch):
+    """Snapshot grids of 4 images instead of 64: at these shapes the grids, not the training
+    steps, would take most of a test's time (grids are tested in test_training.py)."""
+    full = run_files.save_sample_grid
+    monkeypatch.setattr(run_files, 'save_sample_grid', lambda *args, **kwargs: full(*args, **kwargs, num_images=4))
+
 
 def train_with_patches(outdir, data, sizes, options):
     """Trains a tiny network with patches; checks the patch shapes (WxH, as printed) it reported and the
@@ -43,8 +52,7 @@ def test_two_digit_numbers_are_mnist_digits_side_by_side(shapes):
     assert (images[:, :2] == 0).all() and images[:, :, 30:34].sum() < images[:, :, 8:24].sum()
 
 
-@pytest.mark.slow
-def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
+def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tmp_path, small_grids):
     images, labels = shapes.two_digit_numbers(32)
     np.savez(tmp_path / 'numbers.npz', images=images, labels=labels)
     data = str(tmp_path / 'numbers.zip')
@@ -66,8 +74,7 @@ def test_two_digit_numbers_train_with_patches_and_sample_at_full_size(shapes, tm
             assert img.size == (64, 32) and img.mode == 'L'
 
 
-@pytest.mark.slow
-def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
+def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path, small_grids):
     """1-channel float signals (16x256): stored as float32 .npy items mapped by --range, trained
     with aspect-keeping patches, sampled at 256x16."""
     signals = shapes.sine_signals(16)
@@ -79,7 +86,7 @@ def test_signals_train_with_patches_and_sample_at_full_size(shapes, tmp_path):
     dataset = ArrayFolderDataset(data)
     assert dataset.resolution == (16, 256) and np.allclose(dataset[3][0], signals[3], atol=1e-6)
 
-    # --cres=1,1,1: attention at the 64-wide level, not the 128-wide one: the 64-image grids cost less
+    # --cres=1,1,1: attention at the 64-wide level, not the 128-wide one
     run_dir, snapshot = train_with_patches(tmp_path / 'runs', data, {'64x4', '128x8', '256x16'},
                                            ['--batch=2', '--duration=0.00001', '--cres=1,1,1'])
     grid = tmp_path / 'grid.png'
