@@ -721,7 +721,8 @@ def compute_ratios(table, reference='full'):
     base = table.get(reference) or []
     if not base:
         return {}
-    target, own = best_point(base)['fid'], best_point(base)['compute']
+    best = best_point(base)
+    target, own = best['fid'], best['compute']
     ratios = {}
     for method, rows in table.items():
         reached = compute_to_reach(rows, target) if method != reference else own
@@ -776,9 +777,9 @@ def report(cfg, methods, train_data, ref_path, ref_num):
         if gain is not None:
             log(f'{method}: FID {gain:.1%} better over the last third of its compute ({plateau_verdict(gain)})')
     ratios = compute_ratios(table)
+    best = best_point(table['full']) if ratios else None
     for method, ratio in ratios.items():
         if method != 'full':
-            best = best_point(table['full'])
             log(f'{method}: {ratio:.2f}x the compute of full images to reach their best FID '
                 f'({best["fid"]:.2f} at {best["compute"]:.0f})')
     subset = f', {cfg.max_images} random images' if cfg.max_images else ''

@@ -17,6 +17,7 @@ from training.dataset import ArrayFolderDataset
 from conftest import load_bench
 from test_training import TINY, invoke_train, read_stats, run_dir_of
 
+
 @pytest.fixture
 def small_grids(monkeypatch):
     """Snapshot grids of 4 images instead of 64: at these shapes the grids, not the training
