@@ -36,8 +36,8 @@ four times per segment; at each point the network of every --ema-search width is
 from all profiles saved until then, and the width with the lowest FID of --ema-search-num samples
 (the same seeds for every width and method) is the one scored. So neither method is judged at an
 EMA length chosen in advance. --ema-std=none scores the classic EMA of the snapshot instead.
---score-points scores only some points (--preset=cpu: six, log-spaced, with a smaller search and
-bf16 features, since on CPUs scoring a point costs more than training to it).
+--score-points scores only some points (--preset=cpu and gpu: six, log-spaced; on CPUs with a
+smaller search and bf16 features, since there scoring a point costs more than training to it).
 
 Scoring, of the chosen network: FID of --fid-num samples (seeds 0..N-1, --solver in --steps
 steps) against the Inception statistics of --ref-num images of the WHOLE data set; KID and
@@ -130,8 +130,9 @@ PRESETS = {
     'cpu': dict(STUDY, jobs=2, threads=1, score_points='0,1,3,7,11,15', ema_search='0.03,0.06,0.10,0.15',
                 ema_search_num=250, bf16_features=True),
     # Patches chose the widest CPU width, 0.15, late in training: the GPU search goes on to 0.20.
-    'gpu': dict(STUDY, device='cuda', jobs=4, threads=2, budget=32000, points=16, gen_batch=1000,
-                ema_search='0.02,0.04,0.06,0.08,0.10,0.13,0.16,0.20'),
+    # A scored point costs about a minute per process on a GPU: six log-spaced points, as on CPUs.
+    'gpu': dict(STUDY, device='cuda', jobs=4, threads=2, budget=32000, points=16, score_points='0,1,3,7,11,15',
+                gen_batch=1000, ema_search='0.02,0.04,0.06,0.08,0.10,0.13,0.16,0.20'),
 }
 SMOKE = dict(score_points=None, budget=20, points=2, seeds='0', fid_num=64, ref_num=64, tick=0.1, ema_search='0.05,0.10', ema_search_num=64)
 
