@@ -166,6 +166,10 @@ def architecture(opts):
     arch = dict(ARCHITECTURES[opts.arch])
     if opts.cbase is not None:
         arch['model_channels'] = opts.cbase
+        noise = opts.cbase * arch.get('channel_mult_noise', 1)
+        if noise % 2:
+            raise UserError(f'--cbase={opts.cbase}: the noise embedding splits its {noise} channels into cosines and sines; '
+                            'use an even --cbase')
     if opts.cres is not None:
         if not opts.cres or min(opts.cres) < 1:
             raise UserError(f'--cres={",".join(map(str, opts.cres))}: channel multipliers must be 1 or more')

@@ -1052,6 +1052,7 @@ OPTION_CASES = [  # (script, arguments, exit code, words)
     ('train', TRAIN + ['--cbase=100000000000000000000000', '-n'], 1, ['--cbase', 'cannot be built']),
     ('train', TRAIN + ['--cbase=1000000', '-n'], 1, ['--cbase/--cres/--blocks/--batch: ', 'needs at least']),
     ('train', TRAIN + ['--seed=-1', '-n'], 2, ['--seed']),
+    ('train', TRAIN + ['--cbase=5', '-n'], 1, ['--cbase=5', 'even --cbase']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--sigma_max=1e39'], 1, ['--sigma_max', 'float32']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--S_noise=-1e30', '--S_churn=40'], 1, ['--S_noise', 'between 0']),
     ('generate', GENERATE + ['--outdir={tmp}/out', '--x_start=100000000000000000000'], 1, ['--x_start', '2^24']),

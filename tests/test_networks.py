@@ -511,3 +511,17 @@ def test_network_with_dropout_traces_as_one_graph():
     explained = torch._dynamo.explain(net)(torch.randn(2, 1, 16, 16), torch.rand(2) * 5)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     torch._dynamo.reset()
+
+
+def test_group_norm_keeps_edm_groups_and_trains_any_width():
+    """EDM's group counts for the widths of its configurations; narrow or odd widths (where EDM's
+    count is zero or does not divide the channels) get the largest count that does, and the
+    narrowest even widths train (a 2-channel noise embedding has one frequency)."""
+    assert [networks.group_count(c, 32, 4) for c in (64, 128, 192, 256, 384, 576, 768)] == [16, 32, 32, 32, 32, 32, 32]
+    assert [networks.group_count(c, 32, 4) for c in (2, 3, 6, 65, 130)] == [1, 1, 1, 13, 26]
+    for cbase in (2, 6, 34):
+        net = networks.SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=cbase, channel_mult=[1, 2],
+                                num_blocks=1, attn_resolutions=[])
+        x = torch.randn(2, 3, 8, 8)
+        net(x, torch.ones(2), None).square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

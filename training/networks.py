@@ -116,17 +116,28 @@ class Conv2d(torch.nn.Module):
 
 @persistence.persistent_class
 class GroupNorm(torch.nn.Module):
-    """Group normalisation with min(num_groups, C / min_channels_per_group) groups."""
+    """Group normalisation with min(num_groups, C / min_channels_per_group) groups, as EDM; for
+    channel counts where that is zero or does not divide C (e.g. --cbase=2 or 65), the largest
+    count below it that divides C, so that any width trains."""
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
         super().__init__()
-        self.num_groups = min(num_groups, num_channels // min_channels_per_group)
+        self.num_groups = group_count(num_channels, num_groups, min_channels_per_group)
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(num_channels))
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x):
         return F.group_norm(x, num_groups=self.num_groups, weight=self.weight.to(x.dtype), bias=self.bias.to(x.dtype), eps=self.eps)
+
+
+def group_count(num_channels, num_groups, min_channels_per_group):
+    """Groups of GroupNorm: EDM's min(num_groups, C // min_channels_per_group), lowered to the
+    nearest count that divides C, and at least 1."""
+    groups = max(1, min(num_groups, num_channels // min_channels_per_group))
+    while num_channels % groups:
+        groups -= 1
+    return groups
 
 
 def attention(qkv):
@@ -218,7 +229,7 @@ class PositionalEmbedding(torch.nn.Module):
 
     def forward(self, x):
         half = self.num_channels // 2
-        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / (half - (1 if self.endpoint else 0))
+        freqs = torch.arange(half, dtype=torch.float32, device=x.device) / max(half - (1 if self.endpoint else 0), 1)
         freqs = (1 / self.max_positions) ** freqs
         x = torch.outer(x.to(freqs.dtype), freqs)
         return torch.cat([x.cos(), x.sin()], dim=1)
