@@ -117,7 +117,7 @@ class Conv2d(torch.nn.Module):
 @persistence.persistent_class
 class GroupNorm(torch.nn.Module):
     """Group normalisation with min(num_groups, C / min_channels_per_group) groups, as EDM; for
-    channel counts where that is zero or does not divide C (e.g. --cbase=2 or 65), the largest
+    channel counts where that is zero or does not divide C (e.g. --cbase=2 or 34), the largest
     count below it that divides C, so that any width trains."""
 
     def __init__(self, num_channels, num_groups=32, min_channels_per_group=4, eps=1e-5):
