@@ -88,13 +88,17 @@ class PowerEMA:
         self.stds = [float(s) for s in stds]
         self.gammas = [std_to_exp(s) for s in self.stds]
         self.averages = [{name: p.detach().clone() for name, p in net.named_parameters()} for _ in self.stds]
+        self._source = None
 
     @torch.no_grad()
     def update(self, net, step):
         """θ̂ ← β_t θ̂ + (1 − β_t) θ for every profile, after optimizer step `step` (1, 2, ...)."""
-        names, params = zip(*[(name, p.detach()) for name, p in net.named_parameters()])
-        for gamma, average in zip(self.gammas, self.averages):
-            torch._foreach_lerp_([average[name] for name in names], list(params), 1 - beta(step, gamma))
+        if self._source is not net:  # the lists are taken once per network: walking it every step is slow
+            names, params = zip(*net.named_parameters())
+            self._source, self._params = net, list(params)
+            self._targets = [[average[name] for name in names] for average in self.averages]
+        for gamma, targets in zip(self.gammas, self._targets):
+            torch._foreach_lerp_(targets, self._params, 1 - beta(step, gamma))
 
     def state_dict(self, step):
         """The profiles at step `step`: tensors, numbers and lists only (loads with weights_only)."""

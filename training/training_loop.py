@@ -94,16 +94,25 @@ def learning_rate(base, nimg, rampup_kimg, decay_kimg):
     return lr
 
 
-def update_ema(ema, net, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio):
+class TensorLists:
+    """The parameter and buffer lists of the network and its EMA, taken once: walking the module
+    tree for them every step costs more host time than the updates themselves on small networks."""
+
+    def __init__(self, net, ema):
+        self.params, self.buffers = list(net.parameters()), list(net.buffers())
+        self.ema_params, self.ema_buffers = list(ema.parameters()), list(ema.buffers())
+
+
+def update_ema(tensors, images_in_step, nimg, ema_halflife_kimg, ema_rampup_ratio):
     """ema ← β·ema + (1 − β)·net with β = 0.5^(images in step / h), h = min(half-life, ratio·nimg)."""
     halflife = ema_halflife_kimg * 1000
     if ema_rampup_ratio is not None:
         halflife = min(halflife, nimg * ema_rampup_ratio)
     beta = 0.5 ** (images_in_step / max(halflife, 1e-8))
     with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - beta)
-        for b_ema, b_net in zip(ema.buffers(), net.buffers()):
-            b_ema.copy_(b_net.detach())
+        torch._foreach_lerp_(tensors.ema_params, tensors.params, 1 - beta)
+        for b_ema, b_net in zip(tensors.ema_buffers, tensors.buffers):
+            b_ema.copy_(b_net)
 
 
 def training_step(run, state, patch_size):
@@ -126,7 +135,7 @@ def training_step(run, state, patch_size):
 
     for group in state.optimizer.param_groups:
         group['lr'] = learning_rate(c.optimizer_kwargs['lr'], state.nimg, c.lr_rampup_kimg, c.lr_decay_kimg)
-    for param in state.net.parameters():  # NaN → 0 and ±∞ → ±1e5, so one bad batch cannot poison Adam
+    for param in run.tensors.params:  # NaN → 0 and ±∞ → ±1e5, so one bad batch cannot poison Adam
         if param.grad is not None:
             misc.nan_to_num_(param.grad)
     state.optimizer.step()
@@ -135,7 +144,7 @@ def training_step(run, state, patch_size):
     state.nimg += images_in_step
     state.step += 1
     state.blocks_consumed = run.loader.blocks_consumed
-    update_ema(state.ema, state.net, images_in_step, state.nimg, c.ema_halflife_kimg, c.ema_rampup_ratio)
+    update_ema(run.tensors, images_in_step, state.nimg, c.ema_halflife_kimg, c.ema_rampup_ratio)
     for tracker in state.parts.values():
         tracker.update(state.net, state.step, state.nimg)
 
@@ -267,7 +276,7 @@ def training_loop(
     dist.print0(f'Training for {total_kimg} kimg...')
     dist.print0()
     run = dnnlib.EasyDict(options=options, device=device, ddp=ddp, loss_fn=loss_fn, augment_pipe=augment_pipe,
-                          encoder=encoder, schedule=schedule, loader=loader, losses=run_files.LossStats(),
+                          encoder=encoder, schedule=schedule, loader=loader, losses=run_files.LossStats(), tensors=TensorLists(net, ema),
                           trackers=[*parts.values(), *reporters], clock=run_files.TickClock(start_time, state.nimg))
     compiled_sizes = set()
     dist.barrier()
