@@ -550,3 +550,18 @@ def test_adversarial_bench_lists_its_held_out_cases():
     listed = [line.split()[0] for line in fresh.output.splitlines() if line.startswith('  ')]
     assert fresh.exit_code == 0 and len(listed) >= 41 and set(listed) == {c.id for c in cases if c.id.startswith('r3-')} | {'race-desc-dotdot'}
     assert CliRunner().invoke(adversarial.main, ['--cases=nothing-*']).exit_code == 2
+
+
+def test_step_time_measures_the_study_steps_at_each_batch(tmp_path):
+    """bench/step_time.py times the study network's real training steps: a full-image step takes
+    `batch` images, a patch step between `batch` and 4 x `batch` (R/s images per slot)."""
+    step_time = load_bench('step_time')
+    rows = step_time.time_steps('full', 'cpu', [2, 4], 1, 2, 1, str(tmp_path / 'cache'), 'cpu')
+    rows += step_time.time_steps('patch', 'cpu', [2], 1, 4, 1, str(tmp_path / 'cache'), 'cpu')
+    assert [(r['method'], r['batch']) for r in rows] == [('full', 2), ('full', 4), ('patch', 2)]
+    for r in rows:
+        per_step = r['img_s'] * r['ms'] / 1e3
+        low, high = (r['batch'], r['batch']) if r['method'] == 'full' else (r['batch'], 4 * r['batch'])
+        assert low - 1e-6 <= per_step <= high + 1e-6
+    table = step_time.summary(rows + [dict(rows[0], ms=3 * rows[0]['ms'])])
+    assert table[('full', 2)][0] == pytest.approx(2 * rows[0]['ms'])
