@@ -4,11 +4,11 @@ full-image EDM.
 The claim under test (Wang et al. 2023): training on patches reaches a given FID with less
 training than full images, and does better on small data sets. Every method trains the same
 network (--preset=cpu/gpu: the study network, DDPM++ with 16 channels, mult [1,2], one block per
-resolution, no attention, batch 32 on CPUs and 256 on a GPU) with the real training loop for the SAME training compute,
-counted in full-image step equivalents: each step's network FLOPs (3x the forward FLOPs of its
-batch at its patch size, counted by torch's FlopCounterMode; backward is about twice the forward)
-divided by the FLOPs of a full-image step of the network with coordinate channels. A step of
-side-s patches costs about s/R of a full step. Training wall seconds are recorded too.
+resolution, no attention, batch 32 on CPUs and 256 on a GPU) with the real training loop for the
+SAME training compute, counted in full-image step equivalents: each step's network FLOPs (3x the
+forward FLOPs of its batch at its patch size, counted by torch's FlopCounterMode; backward is about
+twice the forward) divided by the FLOPs of a full-image step of the network with coordinate
+channels. A step of side-s patches costs about s/R of a full step. Training wall seconds are recorded too.
 
 Methods (--methods):
   patch, patch-0.25, patch-0.75   random patch sizes with real_p 0.5, 0.25, 0.75 (the paper's knob)
@@ -129,9 +129,9 @@ PRESETS = {
     # samples each, Inception features in bfloat16 (docs/results.md, "At the plateau").
     'cpu': dict(STUDY, jobs=2, threads=1, score_points='0,1,3,7,11,15', ema_search='0.03,0.06,0.10,0.15',
                 ema_search_num=250, bf16_features=True),
-    # On a GPU a step of this network costs its kernel launches up to batch 256 (about 40 ms with
-    # four processes sharing an H200), so the GPU study trains at batch 256: eight times the images
-    # per second of batch 32. Eight points, six of them scored; five EMA widths on 500 samples each.
+    # On a GPU a step of this network costs its kernel launches, not its arithmetic, up to batch 256
+    # (docs/gpu.md), so the GPU study trains at batch 256. Eight points, six of them scored; five EMA
+    # widths on 500 samples each.
     'gpu': dict(STUDY, device='cuda', jobs=4, threads=2, batch=256, budget=4000, points=8, score_points='0,1,2,3,5,7',
                 gen_batch=1000, ema_search='0.03,0.06,0.10,0.15,0.20', ema_search_num=500),
 }
