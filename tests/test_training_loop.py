@@ -286,3 +286,25 @@ def test_memory_estimate_names_arguments_in_python_and_options_in_train_py(digit
     with pytest.raises(dnnlib.util.UserError, match=r'^--cbase/--cres/--blocks/--batch-gpu: '):
         with dnnlib.util.option_errors(train.main, names=train.LOOP_FIELDS):
             run_dir.check_training_memory(one, cpu)
+
+
+def test_ema_update_follows_the_half_life_and_sees_later_weights():
+    """update_ema is ema ← β·ema + (1 − β)·net with β = 0.5^(images / h), h the ramped half-life;
+    the tensor lists taken once keep following the network as its weights change in place."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = copy.deepcopy(net)
+    tensors = training_loop.TensorLists(net, ema)
+    for step in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net[1].running_mean.add_(1.0)
+        expected = [e.detach().clone() for e in ema.parameters()]
+        nimg, images = 64 * (step + 1), 64
+        halflife = min(0.5 * 1000, nimg * 0.05)  # 0.5 kimg, ramp-up ratio 0.05
+        beta = 0.5 ** (images / halflife)
+        expected = [beta * e + (1 - beta) * p.detach() for e, p in zip(expected, net.parameters())]
+        training_loop.update_ema(tensors, images, nimg, 0.5, 0.05)
+        for e, want in zip(ema.parameters(), expected):
+            torch.testing.assert_close(e.detach(), want)
+        assert torch.equal(ema[1].running_mean, net[1].running_mean)
