@@ -8,7 +8,8 @@ resolution, no attention, batch 32 on CPUs and 256 on a GPU) with the real train
 SAME training compute, counted in full-image step equivalents: each step's network FLOPs (3x the
 forward FLOPs of its batch at its patch size, counted by torch's FlopCounterMode; backward is about
 twice the forward) divided by the FLOPs of a full-image step of the network with coordinate
-channels. A step of side-s patches costs about s/R of a full step. Training wall seconds are recorded too.
+channels. A step of side-s patches costs about s/R of a full step. Training wall seconds are
+recorded too.
 
 Methods (--methods):
   patch, patch-0.25, patch-0.75   random patch sizes with real_p 0.5, 0.25, 0.75 (the paper's knob)

@@ -12,6 +12,7 @@ and batch, then the mean per method and batch with the images per second that gi
     python bench/step_time.py --device=cpu --batches=8,16 --copies=1 --steps=5
 """
 
+import collections
 import concurrent.futures
 import json
 import multiprocessing
@@ -27,12 +28,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
+import dnnlib  # noqa: E402
+import quality  # noqa: E402
+
 
 def time_steps(method, device, batches, warmup, steps, threads, cache, preset):
     """[{method, batch, ms, img_s}] of one process training `method` at each batch size in turn."""
     import torch
-    import dnnlib
-    import quality
     from training import training_loop
     torch.set_num_threads(threads)
     data, _ = quality.prepare_data('mnist', None, cache)
@@ -63,9 +65,11 @@ def time_steps(method, device, batches, warmup, steps, threads, cache, preset):
 
 def summary(rows):
     """{(method, batch): (mean ms per step, mean images per second)} over the processes."""
-    keys = sorted({(r['method'], r['batch']) for r in rows})
-    return {k: (statistics.mean(r['ms'] for r in rows if (r['method'], r['batch']) == k),
-                statistics.mean(r['img_s'] for r in rows if (r['method'], r['batch']) == k)) for k in keys}
+    groups = collections.defaultdict(list)
+    for r in rows:
+        groups[r['method'], r['batch']].append(r)
+    return {k: (statistics.mean(r['ms'] for r in group), statistics.mean(r['img_s'] for r in group))
+            for k, group in sorted(groups.items())}
 
 
 @click.command(context_settings=dict(show_default=True))
@@ -76,21 +80,19 @@ def summary(rows):
 @click.option('--warmup', help='Steps before the timed ones', type=click.IntRange(min=1), default=20)
 @click.option('--steps', help='Timed steps', type=click.IntRange(min=1), default=50)
 @click.option('--threads', help='Threads per process', type=click.IntRange(min=1), default=2)
-@click.option('--preset', help='bench/quality.py preset whose network and schedule are timed', default='gpu')
+@click.option('--preset', help='bench/quality.py preset whose network and schedule are timed', default='gpu',
+              type=click.Choice(list(quality.PRESETS)))
 @click.option('--cache', help='Data sets (as bench/quality.py --cache)', default=os.path.join(ROOT, 'runs', 'quality-cache'))
 def main(device, methods, copies, batches, warmup, steps, threads, preset, cache):
     """Milliseconds per training step of the quality study network at several batch sizes."""
-    import quality
-    from dnnlib.util import UserError
     methods = quality.parse_list('--methods', methods, choices=list(quality.METHODS))
     batches = quality.parse_list('--batches', batches, kind=int)
-    if preset not in quality.PRESETS:
-        raise UserError(f'--preset: "{preset}" is not one of {", ".join(quality.PRESETS)}')
-    quality.prepare_data('mnist', None, os.path.abspath(cache))  # once, before the processes read it
+    cache = os.path.abspath(cache)
+    quality.prepare_data('mnist', None, cache)  # once, before the processes read it
     jobs = [m for _ in range(copies) for m in methods]
     context = multiprocessing.get_context('spawn')
     with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
-        futures = [pool.submit(time_steps, m, device, batches, warmup, steps, threads, os.path.abspath(cache), preset) for m in jobs]
+        futures = [pool.submit(time_steps, m, device, batches, warmup, steps, threads, cache, preset) for m in jobs]
         rows = [row for f in futures for row in f.result()]
     print(f'\n{"method":8s} {"batch":>6s} {"ms/step":>8s} {"img/s":>8s}  ({len(jobs)} processes at once on {device})')
     for (method, batch), (ms, img_s) in summary(rows).items():
