@@ -1,8 +1,8 @@
 """The figures of README.md, docs/results.md and docs/benchmarks.md, redrawn from their numbers.
 
 The measured points live in docs/plots.json (one entry per PNG: a title and panels of series, each
-series a method, a label and its [x, y] points; a log-scale panel is labelled at its points or at
-its `xticks`), so a new measurement is a JSON edit and a rerun;
+series a method, a label and its [x, y] points; a log-scale x axis is labelled at its points or at
+its `xticks`, a log-scale y axis (`logy`) at its `yticks`), so a new measurement is a JSON edit and a rerun;
 nothing is trained or measured here. The method figure (docs/method.png) is drawn from a bundled
 emoji with the project's own crop and coordinate formula (`training.patch.coord_grid`).
 
@@ -73,6 +73,11 @@ def draw_figure(plt, spec, path):
             xs = panel.get('xticks') or sorted({x for series in panel['series'] for x, _y in series['points']})
             ax.set_xticks(xs, [f'{x:,.0f}' for x in xs])
             ax.minorticks_off()
+        if panel.get('logy'):
+            ax.set_yscale('log')
+            if panel.get('yticks'):
+                ax.set_yticks(panel['yticks'], [f'{y:g}' for y in panel['yticks']])
+                ax.minorticks_off()
         ax.set_xlabel(panel['xlabel'])
         ax.set_ylabel(panel['ylabel'])
         if panel.get('subtitle'):

@@ -41,6 +41,18 @@ def test_a_figure_is_drawn_from_the_json_points(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['one.png', 'plots.json']
 
 
+def test_a_log_y_panel_is_drawn_on_a_log_axis_labelled_at_its_ticks(tmp_path, monkeypatch):
+    pytest.importorskip('matplotlib')
+    drawn = []
+    monkeypatch.setattr(plot_results, 'save', lambda fig, path: drawn.append(fig))
+    spec = {'title': 't', 'panels': [{'xlabel': 'x', 'ylabel': 'y', 'logx': True, 'logy': True, 'yticks': [20, 50, 200],
+                                      'series': [{'label': 'full', 'method': 'full', 'points': [[10, 200.0], [100, 20.0]]}]}]}
+    plot_results.draw_figure(plot_results.pyplot(), spec, str(tmp_path / 'one.png'))
+    ax = drawn[0].axes[0]
+    assert ax.get_yscale() == 'log' and ax.get_xscale() == 'log'
+    assert [t.get_text() for t in ax.get_yticklabels()] == ['20', '50', '200']
+
+
 def test_unknown_figure_is_a_one_line_error(tmp_path):
     result = run(f'--outdir={tmp_path}', '--only=nope.png')
     assert result.exit_code == 1 and '--only: "nope.png" is none of method.png' in result.output
