@@ -2,9 +2,10 @@
 
 The measured points live in docs/plots.json (one entry per PNG: a title and panels of series, each
 series a method, a label and its [x, y] points; a log-scale x axis is labelled at its points or at
-its `xticks`, a log-scale y axis (`logy`) at its `yticks`), so a new measurement is a JSON edit and a rerun;
-nothing is trained or measured here. The method figure (docs/method.png) is drawn from a bundled
-emoji with the project's own crop and coordinate formula (`training.patch.coord_grid`).
+its `xticks`, a log-scale y axis (`logy`) at its `yticks`), so a new measurement is a JSON edit
+and a rerun; nothing is trained or measured here. The method figure (docs/method.png) is drawn
+from a bundled emoji with the project's own crop and coordinate formula
+(`training.patch.coord_grid`).
 
     python bench/plot_results.py                      # every figure into docs/
     python bench/plot_results.py --only=method.png    # one of them
